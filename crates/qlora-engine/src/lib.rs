@@ -3,3 +3,4 @@
 //! generates text.
 
 pub mod linear;
+pub mod lora;
