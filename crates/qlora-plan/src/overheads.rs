@@ -1,0 +1,116 @@
+//! Runtime overheads (CUDA context, cuBLAS workspace, allocator slack, CPU process) as data:
+//! `configs/overheads.json`, embedded at build time, each value with where it comes from.
+//! The GPU issue measures them and writes the measurements back into that file.
+
+use crate::PlanError;
+use serde::{Deserialize, Serialize};
+use std::sync::OnceLock;
+
+const OVERHEADS_JSON: &str = include_str!("../../../configs/overheads.json");
+
+/// A number with its provenance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sourced<T> {
+    pub value: T,
+    /// "estimate, to be measured", "policy", or where and how it was measured.
+    pub source: String,
+    #[serde(default)]
+    pub note: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CudaOverheads {
+    pub context_bytes: Sourced<u64>,
+    pub cublas_workspace_bytes: Sourced<u64>,
+    pub allocator_slack_fraction: Sourced<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CpuOverheads {
+    pub process_bytes: Sourced<u64>,
+    pub allocator_slack_fraction: Sourced<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerdictPolicy {
+    pub tight_fraction: Sourced<f64>,
+}
+
+/// Everything in `configs/overheads.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Overheads {
+    pub cuda: CudaOverheads,
+    pub cpu: CpuOverheads,
+    pub verdict: VerdictPolicy,
+}
+
+/// Where a plan runs: decides which overheads apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    Cuda,
+    Cpu,
+}
+
+impl Overheads {
+    /// The overheads shipped in `configs/overheads.json`.
+    pub fn builtin() -> Result<&'static Overheads, PlanError> {
+        static CELL: OnceLock<Result<Overheads, String>> = OnceLock::new();
+        CELL.get_or_init(|| Self::from_json(OVERHEADS_JSON).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|reason| PlanError::BadOverheads { reason: reason.clone() })
+    }
+
+    /// Parses an overheads file (same shape as `configs/overheads.json`).
+    pub fn from_json(text: &str) -> Result<Overheads, PlanError> {
+        let o: Overheads = serde_json::from_str(text).map_err(|e| PlanError::BadOverheads { reason: e.to_string() })?;
+        let fractions = [o.cuda.allocator_slack_fraction.value, o.cpu.allocator_slack_fraction.value];
+        if fractions.iter().any(|f| !(0.0..1.0).contains(f)) || !(0.0..=1.0).contains(&o.verdict.tight_fraction.value) {
+            return Err(PlanError::BadOverheads { reason: "fractions must lie between 0 and 1".into() });
+        }
+        Ok(o)
+    }
+
+    /// Fixed bytes plus slack on `working` (the sum of the other terms).
+    pub fn overhead_bytes(&self, device: DeviceKind, working: u64) -> u64 {
+        let (fixed, slack) = match device {
+            DeviceKind::Cuda => (
+                self.cuda.context_bytes.value + self.cuda.cublas_workspace_bytes.value,
+                self.cuda.allocator_slack_fraction.value,
+            ),
+            DeviceKind::Cpu => (self.cpu.process_bytes.value, self.cpu.allocator_slack_fraction.value),
+        };
+        fixed + (working as f64 * slack).ceil() as u64
+    }
+
+    /// True while any value is still an estimate rather than a measurement.
+    pub fn has_estimates(&self) -> bool {
+        [&self.cuda.context_bytes.source, &self.cuda.cublas_workspace_bytes.source, &self.cuda.allocator_slack_fraction.source]
+            .iter()
+            .any(|s| s.contains("estimate"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_overheads_parse_and_say_where_they_come_from() {
+        let o = Overheads::builtin().unwrap();
+        assert!(!o.cuda.context_bytes.source.is_empty());
+        // 512 MiB + 32 MiB fixed; 5 % of 1 GiB slack.
+        let fixed = o.cuda.context_bytes.value + o.cuda.cublas_workspace_bytes.value;
+        let slack = (o.cuda.allocator_slack_fraction.value * (1u64 << 30) as f64).ceil() as u64;
+        assert_eq!(o.overhead_bytes(DeviceKind::Cuda, 1 << 30), fixed + slack);
+    }
+
+    #[test]
+    fn a_broken_overheads_file_is_an_error_not_a_guess() {
+        let e = Overheads::from_json("{}").unwrap_err().to_string();
+        assert!(e.contains("overheads"), "{e}");
+        let mut v: serde_json::Value = serde_json::from_str(OVERHEADS_JSON).unwrap();
+        v["cuda"]["allocator_slack_fraction"]["value"] = serde_json::json!(1.5);
+        assert!(Overheads::from_json(&v.to_string()).is_err());
+    }
+}

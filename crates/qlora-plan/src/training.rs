@@ -1,0 +1,202 @@
+//! QLoRA training memory, term by term, as `qlora-train` runs it: an NF4 base (16-bit
+//! embeddings, norms and head), f32 LoRA `A`/`B` on the chosen projections with f32 gradients
+//! and two f32 AdamW moments, activations kept for backward (all layers, or with gradient
+//! checkpointing only each layer's input plus one layer recomputed), the chunked loss's logits
+//! buffer (`qlora_train::loss::CHUNK` positions at a time) and the runtime overhead.
+//! The per-layer activation formula and its assumptions are in docs/PLANNER.md.
+
+use crate::arch::ArchSpec;
+use crate::overheads::{DeviceKind, Overheads};
+use crate::tensors::{TensorSpec, layer_projections};
+use crate::weights::{Precision, largest_projection_numel, weights_bytes};
+use crate::PlanError;
+use serde::{Deserialize, Serialize};
+
+/// Positions per loss chunk (`qlora_train::loss::CHUNK`).
+pub const LOSS_CHUNK: u64 = 256;
+
+/// A QLoRA run to price.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainOptions {
+    pub seq_len: u64,
+    pub micro_batch: u64,
+    pub rank: u64,
+    /// Projection names (`q_proj`, `down_proj`, `fc1`…); empty = every projection.
+    pub targets: Vec<String>,
+    pub checkpointing: bool,
+    /// Base weights: `nf4` or `nf4_dq` (the QLoRA paper's double quantization).
+    pub base: Precision,
+    /// LoRA dropout > 0 keeps an f32 mask and a masked copy of each target's input.
+    pub dropout: bool,
+}
+
+impl Default for TrainOptions {
+    /// The configuration the GPU benchmarks measure (issue 7): sequence 512, micro-batch 4,
+    /// rank 16 on every projection, gradient checkpointing, NF4 + double quantization.
+    fn default() -> Self {
+        Self { seq_len: 512, micro_batch: 4, rank: 16, targets: vec![], checkpointing: true, base: Precision::Nf4Dq, dropout: false }
+    }
+}
+
+/// Every term of a QLoRA run's peak memory, in bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainingMemory {
+    pub lora_parameters: u64,
+    pub base_weights_bytes: u64,
+    pub lora_weights_bytes: u64,
+    pub lora_grads_bytes: u64,
+    pub optimizer_bytes: u64,
+    /// 0: the LoRA weights are themselves f32, there is no separate master copy.
+    pub master_weights_bytes: u64,
+    pub activations_bytes: u64,
+    pub logits_bytes: u64,
+    /// Dense copy of the largest projection while its NF4 matmul runs.
+    pub dequant_scratch_bytes: u64,
+    pub overhead_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// `(out, in)` of each targeted projection in one layer.
+pub fn lora_targets(s: &ArchSpec, targets: &[String]) -> Result<Vec<(u64, u64)>, PlanError> {
+    let all = layer_projections(s);
+    let short = |name: &str| name.rsplit('.').next().unwrap_or(name).to_string();
+    for t in targets {
+        if !all.iter().any(|(n, _, _)| short(n) == *t) {
+            let known: Vec<String> = all.iter().map(|(n, _, _)| short(n)).collect();
+            return Err(PlanError::BadOption { option: "target".into(), reason: format!("'{t}' is not a projection of this model; use one of {}", known.join(", ")) });
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter(|(n, _, _)| targets.is_empty() || targets.contains(&short(n)))
+        .map(|(_, o, i)| (o, i))
+        .collect())
+}
+
+/// LoRA parameters: `rank × (in + out)` per targeted projection per layer.
+pub fn lora_parameters(s: &ArchSpec, rank: u64, targets: &[(u64, u64)]) -> u64 {
+    s.num_layers * targets.iter().map(|(o, i)| rank * (i + o)).sum::<u64>()
+}
+
+/// Bytes one decoder layer keeps for backward, for `bt` = batch × seq tokens (c = 2 bytes).
+pub fn layer_activation_bytes(s: &ArchSpec, batch: u64, t: u64, rank: u64, targets: &[(u64, u64)], dropout: bool) -> u64 {
+    let (c, bt, h) = (2u64, batch * t, s.hidden_size);
+    let norms = if s.parallel_block { 1 } else { 2 };
+    // Per norm: f32 upcast and the 16-bit output; plus the layer input and the residual sums.
+    let hidden = bt * h * (norms * (4 + c) + 3 * c);
+    let qkv_width = s.q_dim() + 2 * s.kv_dim();
+    // Projection outputs, their head-major copies, rotary outputs of q and k.
+    let qkv = bt * (2 * qkv_width + s.q_dim() + s.kv_dim()) * c;
+    let repeated = if s.num_kv_heads == s.num_heads { 0 } else { 2 * bt * s.q_dim() * c };
+    // Scores: matmul c, scaled c, f32, masked f32, exp f32, softmax f32, cast back c.
+    let scores = batch * s.num_heads * t * t * (4 * 4 + 3 * c);
+    let attn_out = 2 * bt * s.q_dim() * c;
+    let mlp = if s.parallel_block { 2 } else { 4 } * bt * s.intermediate_size * c;
+    // LoRA: f32 input copy (+ mask and masked copy with dropout), x·Aᵀ, the f32 update, its cast.
+    let lora: u64 = targets
+        .iter()
+        .map(|(o, i)| bt * (i * 4 * if dropout { 3 } else { 1 } + rank * 4 + o * (4 + c)))
+        .sum();
+    hidden + qkv + repeated + scores + attn_out + mlp + lora
+}
+
+/// The chunked loss's buffer: logits of one chunk in 16-bit, f32 copy, f32 log-softmax, and in
+/// backward their f32 gradients and the 16-bit one: 2 + 4 + 4 + 4 + 4 + 2 = 20 bytes each.
+pub fn logits_bytes(s: &ArchSpec, batch: u64, seq_len: u64) -> u64 {
+    batch * seq_len.min(LOSS_CHUNK) * s.vocab_size * 20
+}
+
+/// The whole QLoRA estimate.
+pub fn training_memory(
+    s: &ArchSpec,
+    tensors: &[TensorSpec],
+    o: &TrainOptions,
+    device: DeviceKind,
+    overheads: &Overheads,
+) -> Result<TrainingMemory, PlanError> {
+    if !matches!(o.base, Precision::Nf4 | Precision::Nf4Dq) {
+        return Err(PlanError::BadOption { option: "base".into(), reason: "QLoRA trains on an nf4 or nf4_dq base".into() });
+    }
+    if o.seq_len == 0 || o.micro_batch == 0 || o.rank == 0 {
+        return Err(PlanError::BadOption { option: "seq-len/micro-batch/rank".into(), reason: "must be at least 1".into() });
+    }
+    let targets = lora_targets(s, &o.targets)?;
+    let params = lora_parameters(s, o.rank, &targets);
+    let (b, t) = (o.micro_batch, o.seq_len);
+    let layer = layer_activation_bytes(s, b, t, o.rank, &targets, o.dropout);
+    // Embedding output and final norm stay alive in both modes.
+    let outside = 2 * b * t * s.hidden_size * 2;
+    let activations = if o.checkpointing {
+        // Every layer's input, one layer recomputed, and its gradients during backward.
+        s.num_layers * b * t * s.hidden_size * 2 + 2 * layer + outside
+    } else {
+        (s.num_layers + 1) * layer + outside
+    };
+    let base = weights_bytes(s, tensors, o.base);
+    let scratch = largest_projection_numel(s, tensors) * (4 + 2);
+    let logits = logits_bytes(s, b, t);
+    let working = base + params * 16 + activations + logits + scratch;
+    let overhead = overheads.overhead_bytes(device, working);
+    Ok(TrainingMemory {
+        lora_parameters: params,
+        base_weights_bytes: base,
+        lora_weights_bytes: params * 4,
+        lora_grads_bytes: params * 4,
+        optimizer_bytes: params * 8,
+        master_weights_bytes: 0,
+        activations_bytes: activations,
+        logits_bytes: logits,
+        dequant_scratch_bytes: scratch,
+        overhead_bytes: overhead,
+        total_bytes: working + overhead,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn spec(name: &str) -> ArchSpec {
+        let p = format!("{}/../../tests/fixtures/hub-configs/{name}/config.json", env!("CARGO_MANIFEST_DIR"));
+        ArchSpec::from_json(Path::new(&p), &std::fs::read_to_string(&p).unwrap()).unwrap()
+    }
+
+    /// TinyLlama, r = 16 on all seven projections, per layer:
+    /// q 16·(2048+2048) = 65,536; k, v 16·(2048+256) = 36,864 each; o 65,536;
+    /// gate, up 16·(2048+5632) = 122,880 each; down 122,880 → 573,440; × 22 = 12,615,680.
+    #[test]
+    fn lora_parameter_count_by_hand() {
+        let s = spec("TinyLlama--TinyLlama-1.1B-Chat-v1.0");
+        let all = lora_targets(&s, &[]).unwrap();
+        assert_eq!(lora_parameters(&s, 16, &all), 12_615_680);
+        let qv = lora_targets(&s, &["q_proj".into(), "v_proj".into()]).unwrap();
+        assert_eq!(lora_parameters(&s, 8, &qv), 22 * 8 * (4096 + 2304));
+        let e = lora_targets(&s, &["fc1".into()]).unwrap_err().to_string();
+        assert!(e.contains("'fc1'") && e.contains("gate_proj"), "{e}");
+    }
+
+    /// Gemma's 256,000-token vocabulary: micro-batch 4 × 256-position chunk × 256,000 × 20
+    /// = 5,242,880,000 bytes; micro-batch 1 is a quarter of it.
+    #[test]
+    fn gemma_logits_buffer_is_large() {
+        let s = spec("google--gemma-2b");
+        assert_eq!(logits_bytes(&s, 4, 512), 5_242_880_000);
+        assert_eq!(logits_bytes(&s, 1, 512), 1_310_720_000);
+        assert_eq!(logits_bytes(&s, 1, 100), 100 * 256_000 * 20);
+    }
+
+    #[test]
+    fn checkpointing_saves_memory_and_every_term_adds_up() {
+        let s = spec("mistralai--Mistral-7B-v0.1");
+        let tensors = crate::tensors::from_arch(&s);
+        let ov = Overheads::builtin().unwrap();
+        let on = training_memory(&s, &tensors, &TrainOptions::default(), DeviceKind::Cuda, ov).unwrap();
+        let off = training_memory(&s, &tensors, &TrainOptions { checkpointing: false, ..Default::default() }, DeviceKind::Cuda, ov).unwrap();
+        assert!(off.activations_bytes > 5 * on.activations_bytes, "{} vs {}", off.activations_bytes, on.activations_bytes);
+        let sum = on.base_weights_bytes + on.lora_weights_bytes + on.lora_grads_bytes + on.optimizer_bytes
+            + on.master_weights_bytes + on.activations_bytes + on.logits_bytes + on.dequant_scratch_bytes + on.overhead_bytes;
+        assert_eq!(sum, on.total_bytes);
+        assert_eq!(on.optimizer_bytes, 2 * on.lora_weights_bytes);
+    }
+}
