@@ -1,0 +1,296 @@
+//! What the Hub knows about a model, fetched without downloading weights: its commit, the file
+//! listing with sizes and checksums (git blob id, LFS SHA-256), one file's metadata, a byte
+//! range of a file, and a safetensors header (first 8 bytes give the header length, then the
+//! JSON header) read over HTTP `Range`. The planner plans from these; the downloader fetches
+//! from them.
+
+use crate::cache::layout::{safe_etag, safe_relative};
+use crate::client::HubClient;
+use crate::config::split_repo_id;
+use crate::{HubError, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One file of a repository at a commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteFile {
+    /// Path in the repository, `/`-separated, checked safe (no `..`, not absolute).
+    pub path: String,
+    pub size: u64,
+    /// Git blob id (of the LFS pointer, for an LFS file).
+    pub blob_id: String,
+    /// SHA-256 of the content, for LFS files.
+    pub lfs_sha256: Option<String>,
+}
+
+impl RemoteFile {
+    /// The ETag the Hub gives the content, and the blob's name in the cache: the LFS SHA-256,
+    /// else the git blob id.
+    pub fn etag(&self) -> &str {
+        self.lfs_sha256.as_deref().unwrap_or(&self.blob_id)
+    }
+}
+
+/// A repository's files at one commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoListing {
+    pub repo: String,
+    /// The revision asked for (branch, tag or commit).
+    pub revision: String,
+    /// The commit it resolved to.
+    pub commit: String,
+    pub files: Vec<RemoteFile>,
+    pub gated: bool,
+    pub private: bool,
+}
+
+impl RepoListing {
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    pub fn get(&self, path: &str) -> Option<&RemoteFile> {
+        self.files.iter().find(|f| f.path == path)
+    }
+}
+
+/// The commit a revision points to, and the repository's access flags (hf-hub's repo info).
+pub async fn resolve_revision(client: &HubClient, repo: &str, revision: &str) -> Result<(String, bool, bool)> {
+    client.ensure_online(&format!("{repo}@{revision}"))?;
+    let (org, name) = split_repo_id(repo)?;
+    let info = client
+        .hf()
+        .model(org, name)
+        .info()
+        .revision(revision.to_string())
+        .send()
+        .await
+        .map_err(|e| client.from_hf(e, repo, revision))?;
+    let url = client.api_url(repo, &["revision", revision])?.to_string();
+    let commit = info.sha.ok_or_else(|| HubError::BadResponse { url, what: "repo info without a commit sha".into() })?;
+    let gated = info.gated.as_ref().is_some_and(|g| g != &serde_json::Value::Bool(false));
+    Ok((commit, gated, info.private.unwrap_or(false)))
+}
+
+#[derive(Deserialize)]
+struct TreeLfs {
+    oid: String,
+}
+
+#[derive(Deserialize)]
+struct TreeEntry {
+    #[serde(rename = "type")]
+    kind: String,
+    path: String,
+    #[serde(default)]
+    oid: String,
+    #[serde(default)]
+    size: u64,
+    lfs: Option<TreeLfs>,
+}
+
+/// Every file of `repo` at `revision`, with sizes and checksums; a hostile file name (`..`,
+/// absolute) fails the whole listing.
+pub async fn list_files(client: &HubClient, repo: &str, revision: &str) -> Result<RepoListing> {
+    let (commit, gated, private) = resolve_revision(client, repo, revision).await?;
+    let mut url = client.api_url(repo, &["tree", &commit])?;
+    url.query_pairs_mut().append_pair("recursive", "true");
+    let mut files = Vec::new();
+    let mut next = Some(url);
+    while let Some(url) = next.take() {
+        let resp = client.get(&url, None).await?;
+        let resp = client.check(resp, repo, revision, None).await?;
+        next = next_link(resp.headers());
+        let text = resp.text().await.map_err(|e| client.network_error(&e))?;
+        let entries: Vec<TreeEntry> = serde_json::from_str(&text)
+            .map_err(|e| HubError::BadResponse { url: url.to_string(), what: format!("tree listing: {e}") })?;
+        for e in entries.into_iter().filter(|e| e.kind == "file") {
+            safe_relative(repo, &e.path)?;
+            safe_etag(repo, &e.oid)?;
+            let lfs_sha256 = e.lfs.map(|l| l.oid);
+            if let Some(s) = &lfs_sha256 {
+                safe_etag(repo, s)?;
+            }
+            files.push(RemoteFile { path: e.path, size: e.size, blob_id: e.oid, lfs_sha256 });
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(RepoListing { repo: repo.into(), revision: revision.into(), commit, files, gated, private })
+}
+
+fn next_link(h: &reqwest::header::HeaderMap) -> Option<reqwest::Url> {
+    let link = h.get(reqwest::header::LINK)?.to_str().ok()?;
+    link.split(',').find(|p| p.contains("rel=\"next\"")).and_then(|p| {
+        let (a, b) = (p.find('<')?, p.find('>')?);
+        reqwest::Url::parse(&p[a + 1..b]).ok()
+    })
+}
+
+/// One file's metadata from a `HEAD` on its resolve URL, redirects not followed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileMetadata {
+    pub commit: String,
+    /// Git blob id, or SHA-256 for LFS files.
+    pub etag: String,
+    pub size: u64,
+    /// Where the content is (the CDN for LFS files).
+    pub location: String,
+}
+
+pub async fn file_metadata(client: &HubClient, repo: &str, revision: &str, path: &str) -> Result<FileMetadata> {
+    client.ensure_online(&format!("{repo}@{revision}/{path}"))?;
+    safe_relative(repo, path)?;
+    let url = client.resolve_url(repo, revision, path)?;
+    let resp = client.head(&url).await?;
+    let resp = client.check(resp, repo, revision, Some(path)).await?;
+    let h = resp.headers();
+    let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).map(|s| s.trim_start_matches("W/").trim_matches('"').to_string());
+    let bad = |what: &str| HubError::BadResponse { url: url.to_string(), what: what.into() };
+    let commit = get("x-repo-commit").ok_or_else(|| bad("no X-Repo-Commit header: HF_ENDPOINT is not a Hub"))?;
+    let etag = get("x-linked-etag").or_else(|| get("etag")).ok_or_else(|| bad("no ETag header"))?;
+    let size = get("x-linked-size")
+        .or_else(|| (!resp.status().is_redirection()).then(|| get("content-length")).flatten())
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no file size (X-Linked-Size or Content-Length)"))?;
+    let location = get("location").map_or_else(|| url.to_string(), |l| url.join(&l).map(|u| u.to_string()).unwrap_or(l));
+    Ok(FileMetadata { commit, etag, size, location })
+}
+
+/// `len` bytes of a file from `start`, with one `Range` request (through the LFS redirect).
+pub async fn read_range(client: &HubClient, repo: &str, revision: &str, path: &str, start: u64, len: u64) -> Result<Vec<u8>> {
+    client.ensure_online(&format!("{repo}@{revision}/{path}"))?;
+    safe_relative(repo, path)?;
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let url = client.resolve_url(repo, revision, path)?;
+    let range = format!("bytes={}-{}", start, start + len - 1);
+    let resp = client.get(&url, Some(&range)).await?;
+    let resp = client.check(resp, repo, revision, Some(path)).await?;
+    let partial = resp.status() == reqwest::StatusCode::PARTIAL_CONTENT;
+    let bytes = resp.bytes().await.map_err(|e| client.network_error(&e))?;
+    // A server that ignores Range sends the whole file: cut out the part asked for.
+    let bytes = if partial { bytes.to_vec() } else { bytes.iter().skip(start as usize).take(len as usize).copied().collect() };
+    if bytes.len() as u64 != len {
+        return Err(HubError::BadResponse { url: url.to_string(), what: format!("asked for {len} bytes at {start}, got {}", bytes.len()) });
+    }
+    Ok(bytes)
+}
+
+/// One tensor in a safetensors header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorInfo {
+    pub dtype: String,
+    pub shape: Vec<u64>,
+    pub data_offsets: (u64, u64),
+}
+
+/// A safetensors file's header: every tensor's dtype, shape and byte range, and `__metadata__`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SafetensorsHeader {
+    /// Length of the JSON header (the file's first 8 bytes, little-endian).
+    pub header_len: u64,
+    pub tensors: BTreeMap<String, TensorInfo>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Refuse headers larger than this (the format's own limit is 100 MB).
+const MAX_HEADER: u64 = 100_000_000;
+
+impl SafetensorsHeader {
+    /// Parses the JSON header bytes (those after the 8-byte length).
+    pub fn parse(header_len: u64, json: &[u8]) -> std::result::Result<Self, String> {
+        let mut v: BTreeMap<String, serde_json::Value> = serde_json::from_slice(json).map_err(|e| format!("header JSON: {e}"))?;
+        let metadata = match v.remove("__metadata__") {
+            Some(m) => serde_json::from_value(m).map_err(|e| format!("__metadata__: {e}"))?,
+            None => BTreeMap::new(),
+        };
+        let tensors = v
+            .into_iter()
+            .map(|(k, t)| serde_json::from_value(t).map(|t| (k.clone(), t)).map_err(|e| format!("tensor '{k}': {e}")))
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(SafetensorsHeader { header_len, tensors, metadata })
+    }
+
+    /// Reads the header of a local safetensors file (two small reads, no weights).
+    pub fn read_file(path: &std::path::Path) -> Result<Self> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|e| HubError::io(path, e))?;
+        let mut n = [0u8; 8];
+        f.read_exact(&mut n).map_err(|e| HubError::io(path, e))?;
+        let n = u64::from_le_bytes(n);
+        let bad = |detail: String| HubError::BadSafetensors { repo: String::new(), path: path.display().to_string(), detail };
+        if n > MAX_HEADER {
+            return Err(bad(format!("header length {n} is larger than 100 MB")));
+        }
+        let mut json = vec![0u8; n as usize];
+        f.read_exact(&mut json).map_err(|e| HubError::io(path, e))?;
+        Self::parse(n, &json).map_err(bad)
+    }
+
+    /// Bytes of tensor data (the file size minus 8 and the header).
+    pub fn data_bytes(&self) -> u64 {
+        self.tensors.values().map(|t| t.data_offsets.1).max().unwrap_or(0)
+    }
+}
+
+/// A remote safetensors file's header, read with two `Range` requests: 8 bytes, then the JSON.
+pub async fn safetensors_header(client: &HubClient, repo: &str, revision: &str, path: &str) -> Result<SafetensorsHeader> {
+    let bad = |detail: String| HubError::BadSafetensors { repo: repo.into(), path: path.into(), detail };
+    let head = read_range(client, repo, revision, path, 0, 8).await?;
+    let n = u64::from_le_bytes(head.try_into().map_err(|_| bad("shorter than 8 bytes".into()))?);
+    if n > MAX_HEADER {
+        return Err(bad(format!("header length {n} is larger than 100 MB")));
+    }
+    let json = read_range(client, repo, revision, path, 8, n).await?;
+    SafetensorsHeader::parse(n, &json).map_err(bad)
+}
+
+/// A model found by [`search_models`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelSummary {
+    pub id: String,
+    pub gated: bool,
+    pub private: bool,
+    pub downloads: u64,
+    pub likes: u64,
+    pub last_modified: Option<String>,
+}
+
+/// Models whose id contains `query`, most downloaded first (hf-hub's `list_models`).
+pub async fn search_models(client: &HubClient, query: &str, limit: usize) -> Result<Vec<ModelSummary>> {
+    use futures::StreamExt;
+    client.ensure_online("a model search")?;
+    let stream = client
+        .hf()
+        .list_models()
+        .search(query.to_string())
+        .sort("downloads".to_string())
+        .limit(limit)
+        .send()
+        .map_err(|e| client.from_hf(e, query, "main"))?;
+    futures::pin_mut!(stream);
+    let mut out = Vec::new();
+    while let Some(m) = stream.next().await {
+        let m = m.map_err(|e| client.from_hf(e, query, "main"))?;
+        out.push(ModelSummary {
+            gated: m.gated.as_ref().is_some_and(|g| g != &serde_json::Value::Bool(false)),
+            private: m.private.unwrap_or(false),
+            downloads: m.downloads.unwrap_or(0),
+            likes: m.likes.unwrap_or(0),
+            last_modified: m.last_modified,
+            id: m.id,
+        });
+    }
+    Ok(out)
+}
+
+/// Runs an async call to completion on a private runtime, for synchronous callers (the CLI, the
+/// planner). Do not call from inside a tokio runtime.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread tokio runtime always builds")
+        .block_on(f)
+}
