@@ -32,3 +32,12 @@ pub trait Linear: Send + Sync + std::fmt::Debug {
 }
 
 pub type ArcLinear = Arc<dyn Linear>;
+
+pub mod dense;
+pub mod int8;
+pub mod load;
+pub mod nf4;
+pub mod prequantized;
+
+pub use dense::DenseLinear;
+pub use load::{LinearLoader, Quant};

@@ -1,0 +1,313 @@
+//! The decoder-only transformer for every supported architecture, loaded from a Hugging Face
+//! model folder. One code path with per-architecture switches decided in [`config`], so a
+//! fix to attention or caching applies to all five families at once.
+//!
+//! For inference: [`Model::forward`] with a [`KvCache`] (prefill, then one token at a time).
+//! For training: [`Model::set_training`] switches to differentiable ops everywhere;
+//! [`Model::forward_hidden`] over a `[B, T]` batch returns the hidden states before the
+//! LM head so the loss can be computed in chunks ([`Model::logits`]); the layer-level calls
+//! ([`Model::embed`], [`Model::layer_forward`], [`Model::final_norm`]) let a trainer
+//! checkpoint per layer; [`Model::projections`] / [`Model::replace_projection`] give
+//! named access (`model.layers.0.self_attn.q_proj`) for attaching LoRA.
+
+pub mod config;
+pub mod layers;
+pub mod rope;
+
+use crate::error::{Error, Result};
+use crate::linear::{ArcLinear, LinearLoader, Quant};
+use crate::weights::Weights;
+use candle_core::{DType, Device, Module, Tensor};
+use config::{Arch, ModelConfig, NormKind};
+use layers::{Attention, DecoderLayer, Mlp, Norm, Step};
+use rope::Rope;
+use std::path::{Path, PathBuf};
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Compute dtype for activations and dense weights.
+    pub dtype: DType,
+    /// Storage of the projections (ignored for bitsandbytes pre-quantized checkpoints,
+    /// which stay in the storage they were saved in).
+    pub quant: Quant,
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { dtype: DType::F32, quant: Quant::None, device: Device::Cpu }
+    }
+}
+
+/// Per-layer key/value cache for incremental decoding.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        Self { layers: vec![None; num_layers], len: 0 }
+    }
+
+    /// Positions cached so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(|l| *l = None);
+        self.len = 0;
+    }
+}
+
+/// A loaded decoder-only language model.
+#[derive(Debug, Clone)]
+pub struct Model {
+    cfg: ModelConfig,
+    dir: PathBuf,
+    embed: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: Norm,
+    lm_head: candle_nn::Linear,
+    rope: Rope,
+    dtype: DType,
+    device: Device,
+    training: bool,
+}
+
+impl Model {
+    /// Loads `dir/config.json` and the folder's safetensors weights.
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let cfg = ModelConfig::from_dir(dir)?;
+        let weights = Weights::from_dir(dir)?;
+        Self::from_weights(cfg, &weights, opts)
+    }
+
+    /// Builds the model from an already-parsed config and opened weights.
+    pub fn from_weights(cfg: ModelConfig, w: &Weights, opts: &LoadOptions) -> Result<Self> {
+        let (dt, dev) = (opts.dtype, &opts.device);
+        let loader = LinearLoader { weights: w, dtype: dt, device: dev, quant: opts.quant, prequantized: cfg.quantization.clone() };
+        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+        let embed = w.get_as("model.embed_tokens.weight", &[v, h], dt, dev)?;
+        let norm_at = |name: &str| -> Result<Norm> {
+            let weight = w.get_as(&format!("{name}.weight"), &[h], dt, dev)?;
+            let bias = match cfg.norm {
+                NormKind::LayerNorm => Some(w.get_as(&format!("{name}.bias"), &[h], dt, dev)?),
+                _ => None,
+            };
+            Ok(Norm { kind: cfg.norm, weight, bias, eps: cfg.norm_eps })
+        };
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            layers.push(load_layer(&cfg, &loader, i, &norm_at)?);
+        }
+        let final_name = if cfg.arch == Arch::Phi { "model.final_layernorm" } else { "model.norm" };
+        let norm = norm_at(final_name)?;
+        let lm_head = if cfg.tie_embeddings {
+            candle_nn::Linear::new(embed.clone(), None)
+        } else {
+            let weight = w.get_as("lm_head.weight", &[v, h], dt, dev)?;
+            let bias = if cfg.arch == Arch::Phi { Some(w.get_as("lm_head.bias", &[v], dt, dev)?) } else { None };
+            candle_nn::Linear::new(weight, bias)
+        };
+        Ok(Self {
+            rope: Rope::new(&cfg),
+            cfg,
+            dir: w.dir().to_path_buf(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            dtype: dt,
+            device: dev.clone(),
+            training: false,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The model's context length (`max_position_embeddings`).
+    pub fn context_len(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Training mode uses only differentiable ops (candle's fused softmax has no backward).
+    pub fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
+
+    /// Token embeddings of `ids` (`[B, T]` u32), scaled by sqrt(hidden) for Gemma.
+    pub fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
+        if !self.cfg.scale_embeddings {
+            return Ok(x);
+        }
+        // transformers multiplies by sqrt(hidden) rounded to the model dtype.
+        let scale = Tensor::new((self.cfg.hidden_size as f32).sqrt(), &self.device)?.to_dtype(self.dtype)?;
+        x.broadcast_mul(&scale)
+    }
+
+    /// Rotary tables for positions `offset .. offset + len`.
+    pub fn rope_tables(&self, offset: usize, len: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        self.rope.tables(offset, len, &self.device)
+    }
+
+    /// One decoder layer without cache, positions starting at 0 (`cos`/`sin` from
+    /// [`Model::rope_tables`]`(0, T)`), for per-layer gradient checkpointing.
+    pub fn layer_forward(&self, i: usize, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+        let step = Step { cos, sin, past: 0, training: self.training };
+        self.layers[i].forward(x, &step, None)
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn final_norm(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.norm.forward(x)
+    }
+
+    /// Logits (`[..., vocab]`, model dtype) from final hidden states.
+    pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        self.lm_head.forward(hidden)
+    }
+
+    /// Hidden states after the final norm, `[B, T, hidden]`. With a cache, `ids` are the new
+    /// tokens and the cache grows by `T`.
+    pub fn forward_hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> candle_core::Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        let (cos, sin) = self.rope_tables(past, t)?;
+        let step = Step { cos: &cos, sin: &sin, past, training: self.training };
+        let mut x = self.embed(ids)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(&x, &step, slot)?;
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        self.norm.forward(&x)
+    }
+
+    /// Logits `[B, T, vocab]` in the model dtype.
+    pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> candle_core::Result<Tensor> {
+        let h = self.forward_hidden(ids, cache)?;
+        self.logits(&h)
+    }
+
+    /// Every projection with its module path (`model.layers.3.mlp.down_proj`), in layer order.
+    pub fn projections(&self) -> Vec<(String, ArcLinear)> {
+        let mut layers = self.layers.clone();
+        let mut out = Vec::new();
+        for (i, layer) in layers.iter_mut().enumerate() {
+            for (name, lin) in layer.projections_mut() {
+                out.push((format!("model.layers.{i}.{name}"), lin.clone()));
+            }
+        }
+        out
+    }
+
+    /// Replaces the projection at `path` (e.g. with a LoRA-wrapped one). Shapes must agree.
+    pub fn replace_projection(&mut self, path: &str, new: ArcLinear) -> Result<ArcLinear> {
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for (name, lin) in layer.projections_mut() {
+                if format!("model.layers.{i}.{name}") == path {
+                    if (lin.in_features(), lin.out_features()) != (new.in_features(), new.out_features()) {
+                        return Err(Error::InvalidOption(format!(
+                            "{path}: replacement is {}x{}, the layer is {}x{}",
+                            new.out_features(),
+                            new.in_features(),
+                            lin.out_features(),
+                            lin.in_features()
+                        )));
+                    }
+                    return Ok(std::mem::replace(lin, new));
+                }
+            }
+        }
+        Err(Error::InvalidOption(format!("no projection named '{path}' in this {:?} model", self.cfg.arch)))
+    }
+
+    /// Embedding matrix `[vocab, hidden]` (dense, as bitsandbytes leaves it).
+    pub fn embed_weight(&self) -> &Tensor {
+        &self.embed
+    }
+
+    /// Bytes held by the weights (projections in their storage, plus embeddings, norms, head).
+    pub fn weight_bytes(&self) -> usize {
+        let t = |x: &Tensor| x.elem_count() * x.dtype().size_in_bytes();
+        let proj: usize = self.projections().iter().map(|(_, l)| l.storage_bytes()).sum();
+        let head = if self.cfg.tie_embeddings { 0 } else { t(self.lm_head.weight()) };
+        proj + t(&self.embed) + head
+    }
+}
+
+fn load_layer(
+    cfg: &ModelConfig,
+    l: &LinearLoader,
+    i: usize,
+    norm_at: &dyn Fn(&str) -> Result<Norm>,
+) -> Result<DecoderLayer> {
+    let p = format!("model.layers.{i}");
+    let (h, hd, im) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+    let (q_out, kv_out) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+    let o_name = if cfg.arch == Arch::Phi { "dense" } else { "o_proj" };
+    let attn = Attention {
+        q_proj: l.load(&format!("{p}.self_attn.q_proj"), h, q_out, cfg.qkv_bias)?,
+        k_proj: l.load(&format!("{p}.self_attn.k_proj"), h, kv_out, cfg.qkv_bias)?,
+        v_proj: l.load(&format!("{p}.self_attn.v_proj"), h, kv_out, cfg.qkv_bias)?,
+        o_proj: l.load(&format!("{p}.self_attn.{o_name}"), q_out, h, cfg.o_bias)?,
+        num_heads: cfg.num_heads,
+        num_kv_heads: cfg.num_kv_heads,
+        head_dim: hd,
+        sliding_window: cfg.sliding_window.get(i).copied().flatten(),
+    };
+    let mlp = if cfg.arch == Arch::Phi {
+        Mlp::Plain {
+            fc1: l.load(&format!("{p}.mlp.fc1"), h, im, true)?,
+            fc2: l.load(&format!("{p}.mlp.fc2"), im, h, true)?,
+            act: cfg.activation,
+        }
+    } else {
+        Mlp::Gated {
+            gate: l.load(&format!("{p}.mlp.gate_proj"), h, im, cfg.mlp_bias)?,
+            up: l.load(&format!("{p}.mlp.up_proj"), h, im, cfg.mlp_bias)?,
+            down: l.load(&format!("{p}.mlp.down_proj"), im, h, cfg.mlp_bias)?,
+            act: cfg.activation,
+        }
+    };
+    let post_attention_norm =
+        if cfg.parallel_block { None } else { Some(norm_at(&format!("{p}.post_attention_layernorm"))?) };
+    Ok(DecoderLayer { input_norm: norm_at(&format!("{p}.input_layernorm"))?, post_attention_norm, attn, mlp })
+}

@@ -1,0 +1,168 @@
+//! The decoder's building blocks written from candle's primitive ops, so that gradients flow
+//! through them. candle-nn's fused `rms_norm`, `layer_norm`, `softmax_last_dim`, `rope` and
+//! `sdpa` have no backward pass: used on the way from the loss to a LoRA parameter they
+//! silently cut the gradient. Each function here follows the arithmetic (and the dtype
+//! casts) of the transformers module it replaces, so f32 results match the reference within
+//! float rounding.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! let x = Tensor::new(&[[1f32, 2., 3.]], &Device::Cpu).unwrap();
+//! let p = qlora_engine::ops::softmax_last_dim(&x).unwrap();
+//! let sum: f32 = p.sum_all().unwrap().to_scalar().unwrap();
+//! assert!((sum - 1.0).abs() < 1e-6);
+//! ```
+
+use candle_core::{D, DType, Result, Tensor};
+
+/// Llama's RMSNorm: normalise in f32, cast back to the input dtype, then multiply by `weight`.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let xf = x.to_dtype(DType::F32)?;
+    let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = xf.broadcast_mul(&(var + eps)?.sqrt()?.recip()?)?;
+    normed.to_dtype(dtype)?.broadcast_mul(weight)
+}
+
+/// Gemma's RMSNorm: `normalize(x) * (1 + weight)`, all in f32, then cast to the input dtype.
+pub fn rms_norm_one_plus(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let xf = x.to_dtype(DType::F32)?;
+    let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = xf.broadcast_mul(&(var + eps)?.sqrt()?.recip()?)?;
+    let scale = (weight.to_dtype(DType::F32)? + 1.0)?;
+    normed.broadcast_mul(&scale)?.to_dtype(dtype)
+}
+
+/// LayerNorm over the last dimension with weight and bias (computed in f32).
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let xf = x.to_dtype(DType::F32)?;
+    let mean = xf.mean_keepdim(D::Minus1)?;
+    let centred = xf.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centred.broadcast_mul(&(var + eps)?.sqrt()?.recip()?)?;
+    let w = weight.to_dtype(DType::F32)?;
+    let b = bias.to_dtype(DType::F32)?;
+    normed.broadcast_mul(&w)?.broadcast_add(&b)?.to_dtype(dtype)
+}
+
+/// Softmax over the last dimension. The row maximum is subtracted for stability and detached
+/// (it cancels out of the result, so its gradient is zero anyway).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(D::Minus1)?;
+    e.broadcast_div(&sum)
+}
+
+/// `[-x2, x1]` where `x1`, `x2` are the two halves of the last dimension.
+pub fn rotate_half(x: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d - d / 2)?;
+    Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)
+}
+
+/// Rotary embedding, transformers' non-interleaved layout, on the first `cos.dim(-1)`
+/// dimensions of `x` (`[B, H, T, head_dim]`); the rest (Phi's partial rotary) passes through.
+/// `cos`/`sin` are `[T, rotary_dim]`.
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let rot = cos.dim(D::Minus1)?;
+    let head_dim = x.dim(D::Minus1)?;
+    let cos = cos.to_dtype(x.dtype())?;
+    let sin = sin.to_dtype(x.dtype())?;
+    if rot == head_dim {
+        return x.broadcast_mul(&cos)? + rotate_half(x)?.broadcast_mul(&sin)?;
+    }
+    let xr = x.narrow(D::Minus1, 0, rot)?;
+    let xp = x.narrow(D::Minus1, rot, head_dim - rot)?;
+    let rotated = (xr.broadcast_mul(&cos)? + rotate_half(&xr)?.broadcast_mul(&sin)?)?;
+    Tensor::cat(&[&rotated, &xp], D::Minus1)
+}
+
+/// GELU with the tanh approximation (`gelu_new`, `gelu_pytorch_tanh`); candle's `gelu` is
+/// exactly this formula and has a backward pass.
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    x.gelu()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn close(a: &Tensor, b: &[f32], tol: f32) {
+        let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= tol, "{a:?} vs {b:?}");
+        }
+    }
+
+    #[test]
+    fn rms_norm_hand_checked() {
+        // x = [3, 4]: mean square 12.5, rsqrt = 0.28284271
+        let x = Tensor::new(&[[3f32, 4.]], &Device::Cpu).unwrap();
+        let w = Tensor::new(&[1f32, 2.], &Device::Cpu).unwrap();
+        close(&rms_norm(&x, &w, 0.0).unwrap(), &[0.8485281, 2.2627417], 1e-6);
+        // Gemma: (1 + w)
+        close(&rms_norm_one_plus(&x, &w, 0.0).unwrap(), &[1.6970563, 3.3941125], 1e-6);
+    }
+
+    #[test]
+    fn layer_norm_hand_checked() {
+        // x = [1, 3]: mean 2, var 1 -> [-1, 1]
+        let x = Tensor::new(&[[1f32, 3.]], &Device::Cpu).unwrap();
+        let w = Tensor::new(&[2f32, 3.], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[0.5f32, -0.5], &Device::Cpu).unwrap();
+        close(&layer_norm(&x, &w, &b, 0.0).unwrap(), &[-1.5, 2.5], 1e-6);
+    }
+
+    #[test]
+    fn softmax_matches_fused_and_handles_neg_inf() {
+        let x = Tensor::new(&[[1f32, 2., f32::NEG_INFINITY], [1000., 1000., 0.]], &Device::Cpu).unwrap();
+        let ours = softmax_last_dim(&x).unwrap();
+        close(&ours, &[0.26894142, 0.73105858, 0.0, 0.5, 0.5, 0.0], 1e-6);
+    }
+
+    #[test]
+    fn rope_rotates_pairs_half_apart() {
+        // head_dim 4: pairs (0,2) and (1,3). angle for pair 0 = pi/2, pair 1 = 0.
+        let x = Tensor::new(&[1f32, 2., 3., 4.], &Device::Cpu).unwrap().reshape((1, 1, 1, 4)).unwrap();
+        let h = std::f32::consts::FRAC_PI_2;
+        let cos = Tensor::new(&[[h.cos(), 1., h.cos(), 1.]], &Device::Cpu).unwrap();
+        let sin = Tensor::new(&[[h.sin(), 0., h.sin(), 0.]], &Device::Cpu).unwrap();
+        // pair 0: (1, 3) rotated by 90° -> (-3, 1); pair 1 unchanged.
+        close(&apply_rope(&x, &cos, &sin).unwrap(), &[-3., 2., 1., 4.], 1e-6);
+        // partial rotary: only the first 2 dims rotate (pair (0,1)), the rest passes.
+        let cos2 = Tensor::new(&[[h.cos(), h.cos()]], &Device::Cpu).unwrap();
+        let sin2 = Tensor::new(&[[h.sin(), h.sin()]], &Device::Cpu).unwrap();
+        close(&apply_rope(&x, &cos2, &sin2).unwrap(), &[-2., 1., 3., 4.], 1e-6);
+    }
+
+    #[test]
+    fn gradients_flow_through_every_op() {
+        let dev = Device::Cpu;
+        let x = Var::new(&[[0.5f32, -1.0, 2.0, 0.25]], &dev).unwrap();
+        let w = Var::new(&[1f32, 2., 3., 4.], &dev).unwrap();
+        let b = Var::new(&[0.1f32, 0.2, 0.3, 0.4], &dev).unwrap();
+        let cos = Tensor::new(&[[0.5f32, 0.6, 0.5, 0.6]], &dev).unwrap();
+        let sin = Tensor::new(&[[0.8f32, 0.7, 0.8, 0.7]], &dev).unwrap();
+        let y1 = rms_norm(x.as_tensor(), w.as_tensor(), 1e-6).unwrap();
+        let y2 = rms_norm_one_plus(&y1, w.as_tensor(), 1e-6).unwrap();
+        let y3 = layer_norm(&y2, w.as_tensor(), b.as_tensor(), 1e-5).unwrap();
+        let y4 = apply_rope(&y3.reshape((1, 1, 1, 4)).unwrap(), &cos, &sin).unwrap();
+        let y5 = softmax_last_dim(&gelu_tanh(&y4).unwrap()).unwrap();
+        let loss = (y5 * Tensor::new(&[1f32, 2., 3., 4.], &dev).unwrap().reshape((1, 1, 1, 4)).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        for v in [&x, &w, &b] {
+            let g = grads.get(v.as_tensor()).expect("gradient reached the variable");
+            let n: f32 = g.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
+            assert!(n > 0.0, "zero gradient");
+        }
+    }
+}
