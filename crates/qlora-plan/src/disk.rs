@@ -22,6 +22,18 @@ pub struct PipelineDisk {
     pub total_new_bytes: u64,
     /// Free space on the cache's filesystem, when known.
     pub available_bytes: Option<u64>,
+    /// `total_new_bytes` against `available_bytes`, when known.
+    pub verdict: Option<crate::verdict::Fit>,
+}
+
+impl PipelineDisk {
+    /// Reads the free space of the filesystem holding `cache_dir` (created or not) and judges.
+    pub fn check_free_space(&mut self, cache_dir: &std::path::Path, tight_fraction: f64) -> Result<(), crate::PlanError> {
+        let d = qlora_gpu::disk_space(cache_dir).map_err(|e| crate::PlanError::Machine { reason: e.to_string() })?;
+        self.available_bytes = Some(d.available_bytes);
+        self.verdict = Some(crate::verdict::Fit::judge(self.total_new_bytes, d.available_bytes, tight_fraction));
+        Ok(())
+    }
 }
 
 /// The pipeline's disk needs. `lora_parameters` is 0 when no training is planned;
@@ -46,6 +58,7 @@ pub fn pipeline_disk(
         merged_export_bytes: merged,
         total_new_bytes: download_bytes + checkpoints * checkpoint + adapter + merged,
         available_bytes: None,
+        verdict: None,
     }
 }
 
@@ -64,5 +77,17 @@ mod tests {
         assert_eq!(d.merged_export_bytes, 2_200_162_304);
         assert_eq!(d.total_new_bytes, 2_200_119_864 + 3 * 151_453_696 + 50_528_256 + 2_200_162_304);
         assert_eq!(pipeline_disk(5, 5, 0, 2, false, 10).total_new_bytes, 5);
+    }
+
+    #[test]
+    fn free_space_is_read_from_the_cache_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = pipeline_disk(1, 1, 0, 0, false, 0);
+        d.check_free_space(&dir.path().join("hub/not-yet"), 0.9).unwrap();
+        assert!(d.available_bytes.unwrap() > 0);
+        assert_eq!(d.verdict, Some(crate::verdict::Fit::Fits));
+        let mut huge = pipeline_disk(u64::MAX / 2, 1, 0, 0, false, 0);
+        huge.check_free_space(dir.path(), 0.9).unwrap();
+        assert_eq!(huge.verdict, Some(crate::verdict::Fit::WontFit));
     }
 }
