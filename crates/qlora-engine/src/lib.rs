@@ -11,6 +11,8 @@ pub mod linear;
 pub mod lora;
 pub mod model;
 pub mod ops;
+pub mod perplexity;
+pub mod text_model;
 pub mod tokenizer;
 pub mod weights;
 
@@ -19,4 +21,5 @@ pub use error::{Error, Result};
 pub use linear::{ArcLinear, Linear, Quant, Storage};
 pub use model::config::{Arch, ModelConfig};
 pub use model::{KvCache, LoadOptions, Model};
+pub use text_model::TextModel;
 pub use weights::Weights;
