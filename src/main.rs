@@ -15,9 +15,25 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     // Each subcommand: one line here, one arm in `main`, one file in src/cli/.
+    /// Disk and memory needs of a model (download, inference, QLoRA training) before fetching it.
+    Plan(cli::plan::Args),
+    /// Turn a Llama-architecture GGUF file into a Hugging Face-style model folder.
+    ImportGguf(cli::import_gguf::Args),
+    /// Generate a completion (only the generated text on stdout).
+    Generate(cli::generate::Args),
+    /// Mean NLL and perplexity of a model over a text file.
+    Perplexity(cli::perplexity::Args),
+    /// Interactive chat with streaming.
+    Chat(cli::chat::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Plan(a) => cli::plan::run(a),
+        Command::ImportGguf(a) => cli::import_gguf::run(a),
+        Command::Generate(a) => cli::generate::run(a),
+        Command::Perplexity(a) => cli::perplexity::run(a),
+        Command::Chat(a) => cli::chat::run(a),
+    }
 }
