@@ -1,0 +1,42 @@
+//! Chat: conversations on disk and streamed generation through a `Channel`.
+
+use super::{AppError, CmdResult};
+use crate::conversations::{Conversation, ConversationSummary, Store};
+use crate::state::AppState;
+use crate::views::{ChatChunk, ChatRequest};
+use tauri::State;
+use tauri::ipc::Channel;
+
+#[tauri::command]
+pub fn list_conversations(state: State<'_, AppState>) -> Vec<ConversationSummary> {
+    Store::new(&state.home).list()
+}
+
+#[tauri::command]
+pub fn load_conversation(state: State<'_, AppState>, id: String) -> CmdResult<Conversation> {
+    Store::new(&state.home).load(&id)
+}
+
+#[tauri::command]
+pub fn save_conversation(state: State<'_, AppState>, conversation: Conversation) -> CmdResult<Conversation> {
+    Store::new(&state.home).save(conversation)
+}
+
+#[tauri::command]
+pub fn delete_conversation(state: State<'_, AppState>, id: String) -> CmdResult<()> {
+    Store::new(&state.home).delete(&id)
+}
+
+#[tauri::command]
+pub async fn chat_send(state: State<'_, AppState>, request: ChatRequest, on_chunk: Channel<ChatChunk>) -> CmdResult<()> {
+    if request.model.trim().is_empty() {
+        return Err(AppError::invalid("pick a model to chat with"));
+    }
+    let _ = (&state, &on_chunk);
+    Err(AppError::not_built("qlora_studio::engine generation (streamed tokens with a cancel token)"))
+}
+
+#[tauri::command]
+pub fn chat_stop(state: State<'_, AppState>, stream: u64) -> CmdResult<()> {
+    state.cancel_job(stream)
+}

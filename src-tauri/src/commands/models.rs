@@ -1,0 +1,99 @@
+//! Models, Planner and Library: the curated list, Hub search and model details, local model
+//! folders, the planner, and the cache manager.
+
+use super::{AppError, CmdResult};
+use crate::local_models::{self, LocalModel};
+use crate::state::AppState;
+use crate::views::{CacheReport, CachedRepo, CuratedModel, ModelDetail, ModelHit, PlanReport, PlanRequest};
+use tauri::State;
+
+#[tauri::command]
+pub fn curated_models() -> Vec<CuratedModel> {
+    crate::views::curated()
+}
+
+#[tauri::command]
+pub fn list_local_models(state: State<'_, AppState>) -> Vec<LocalModel> {
+    local_models::scan(&state.settings().local_model_dirs)
+}
+
+/// Checks the shape of a Hub model id (`org/name`) before anything goes to the network.
+pub fn check_model_id(id: &str) -> CmdResult<()> {
+    let id = id.trim();
+    let ok_part = |p: &str| {
+        !p.is_empty() && p.len() <= 96 && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && !p.starts_with('.')
+    };
+    let parts: Vec<_> = id.split('/').collect();
+    if parts.len() == 2 && parts.iter().all(|p| ok_part(p)) {
+        Ok(())
+    } else {
+        Err(AppError::invalid(format!(
+            "'{id}' is not a Hub model id: use the form organisation/name, e.g. TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+        )))
+    }
+}
+
+#[tauri::command]
+pub async fn search_models(query: String) -> CmdResult<Vec<ModelHit>> {
+    if query.trim().is_empty() {
+        return Err(AppError::invalid("type part of a model name to search the Hub"));
+    }
+    Err(AppError::not_built("qlora_studio::hub search (list models matching a query)"))
+}
+
+#[tauri::command]
+pub async fn model_info(id: String) -> CmdResult<ModelDetail> {
+    check_model_id(&id)?;
+    Err(AppError::not_built("qlora_studio::hub model info (card summary and file list of a repo)"))
+}
+
+#[tauri::command]
+pub async fn plan_model(request: PlanRequest) -> CmdResult<PlanReport> {
+    if request.model.trim().is_empty() {
+        return Err(AppError::invalid("name a model: a Hub id such as TinyLlama/TinyLlama-1.1B-Chat-v1.0 or a local folder"));
+    }
+    if request.context == 0 || request.batch_size == 0 {
+        return Err(AppError::invalid("context length and batch size must be at least 1"));
+    }
+    Err(AppError::not_built("qlora_studio::plan (memory and disk plan of a model for a GPU)"))
+}
+
+#[tauri::command]
+pub async fn library_list() -> CmdResult<Vec<CachedRepo>> {
+    Err(AppError::not_built("qlora_studio::hub cache scan (repos, revisions, sizes, shared blobs)"))
+}
+
+#[tauri::command]
+pub async fn library_delete(id: String, dry_run: bool) -> CmdResult<CacheReport> {
+    check_model_id(&id)?;
+    let _ = dry_run;
+    Err(AppError::not_built("qlora_studio::hub cache delete (with dry run)"))
+}
+
+#[tauri::command]
+pub async fn library_prune(dry_run: bool) -> CmdResult<CacheReport> {
+    let _ = dry_run;
+    Err(AppError::not_built("qlora_studio::hub cache prune (with dry run)"))
+}
+
+#[tauri::command]
+pub async fn library_verify(id: String) -> CmdResult<CacheReport> {
+    check_model_id(&id)?;
+    Err(AppError::not_built("qlora_studio::hub cache verify (sizes and SHA-256 of blobs)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_ids_are_checked_before_the_network() {
+        check_model_id("TinyLlama/TinyLlama-1.1B-Chat-v1.0").unwrap();
+        check_model_id("HuggingFaceTB/SmolLM2-135M-Instruct").unwrap();
+        for bad in ["", "gpt2", "a/b/c", "../etc", "org/na me", "org/.hidden"] {
+            let e = check_model_id(bad).unwrap_err();
+            assert!(e.message.contains("organisation/name"), "{bad}: {}", e.message);
+        }
+    }
+}

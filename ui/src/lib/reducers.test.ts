@@ -1,0 +1,67 @@
+import { describe, expect, it } from "vitest";
+import { blankChat, blankTrain, reduceChat, reduceDownload, reduceTrain, type Downloads } from "./reducers";
+import type { DownloadEvent, TrainEvent } from "../bindings";
+
+describe("download events", () => {
+  it("start, progress, cancel, resume, finish", () => {
+    const evs: DownloadEvent[] = [
+      { kind: "started", job: 1, model: "a/b", total_bytes: 1000, resumed_bytes: 0 },
+      { kind: "progress", job: 1, file: "model.safetensors", done_bytes: 400, total_bytes: 1000, bytes_per_sec: 100, eta_secs: 6 },
+      { kind: "progress", job: 1, file: "model.safetensors", done_bytes: 300, total_bytes: 1000, bytes_per_sec: 90, eta_secs: 7 },
+      { kind: "cancelled", job: 1, done_bytes: 400 },
+    ];
+    let s: Downloads = {};
+    for (const e of evs) s = reduceDownload(s, e);
+    expect(s[1]).toMatchObject({ status: "cancelled", done: 400, total: 1000, etaSecs: null });
+    // A late, smaller progress count did not move the bar back before the cancel.
+    s = reduceDownload(s, { kind: "started", job: 2, model: "a/b", total_bytes: 1000, resumed_bytes: 400 });
+    expect(s[2]).toMatchObject({ status: "running", done: 400, resumedBytes: 400 });
+    s = reduceDownload(s, { kind: "finished", job: 2, path: "/cache/a" });
+    expect(s[2]).toMatchObject({ status: "finished", done: 1000, path: "/cache/a" });
+    expect(s[1].status).toBe("cancelled");
+  });
+  it("keeps the error of a failed job", () => {
+    const s = reduceDownload({}, { kind: "failed", job: 3, error: { code: "offline", message: "connection refused" } });
+    expect(s[3].status).toBe("failed");
+    expect(s[3].error?.code).toBe("offline");
+  });
+});
+
+describe("training events", () => {
+  it("builds the loss series and the result", () => {
+    const evs: TrainEvent[] = [
+      { kind: "started", job: 7, total_steps: 3, resumed_from: 0 },
+      { kind: "step", job: 7, step: 1, loss: 3.2, lr: 1e-4, tokens_per_sec: 50, eta_secs: 4, gpu_mem_bytes: null },
+      { kind: "step", job: 8, step: 1, loss: 99, lr: 1, tokens_per_sec: 1, eta_secs: 1, gpu_mem_bytes: null },
+      { kind: "step", job: 7, step: 2, loss: 2.9, lr: 2e-4, tokens_per_sec: 55, eta_secs: 2, gpu_mem_bytes: 1024 },
+      { kind: "eval", job: 7, step: 2, loss: 3.0 },
+      { kind: "finished", job: 7, adapter_dir: "/runs/a/adapter", samples: [{ prompt: "hi", before: "x", after: "y" }] },
+    ];
+    const s = evs.reduce(reduceTrain, blankTrain(7));
+    expect(s.loss).toEqual([{ x: 1, y: 3.2 }, { x: 2, y: 2.9 }]);
+    expect(s.evalLoss).toEqual([{ x: 2, y: 3.0 }]);
+    expect(s).toMatchObject({ status: "finished", step: 2, lr: 2e-4, gpuMemBytes: 1024, adapterDir: "/runs/a/adapter" });
+  });
+  it("a resumed run continues the series without duplicates", () => {
+    let s = blankTrain(1);
+    s = reduceTrain(s, { kind: "step", job: 1, step: 1, loss: 3, lr: 0, tokens_per_sec: 0, eta_secs: null, gpu_mem_bytes: null });
+    s = reduceTrain(s, { kind: "step", job: 1, step: 2, loss: 2.5, lr: 0, tokens_per_sec: 0, eta_secs: null, gpu_mem_bytes: null });
+    s = reduceTrain(s, { kind: "cancelled", job: 1, step: 2 });
+    expect(s.status).toBe("cancelled");
+    s = reduceTrain({ ...s, job: 1 }, { kind: "started", job: 1, total_steps: 4, resumed_from: 2 });
+    s = reduceTrain(s, { kind: "step", job: 1, step: 2, loss: 2.4, lr: 0, tokens_per_sec: 0, eta_secs: null, gpu_mem_bytes: null });
+    expect(s.loss).toEqual([{ x: 1, y: 3 }, { x: 2, y: 2.4 }]);
+    expect(s.status).toBe("running");
+  });
+});
+
+describe("chat stream", () => {
+  it("appends tokens and stops at done", () => {
+    let s = blankChat();
+    s = reduceChat(s, { kind: "token", text: "Hel" });
+    s = reduceChat(s, { kind: "token", text: "lo" });
+    s = reduceChat(s, { kind: "done", tokens: 2, tokens_per_sec: 10, stopped: true });
+    s = reduceChat(s, { kind: "token", text: " late" });
+    expect(s).toMatchObject({ text: "Hello", done: true, stopped: true, tokens: 2 });
+  });
+});

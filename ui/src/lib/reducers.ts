@@ -1,0 +1,119 @@
+// Job state from job events: pure functions, so what the pages show is unit-tested.
+import type { ChatChunk, DownloadEvent, SampleAnswer, TrainEvent, AppError } from "../bindings";
+import type { Point } from "./chart";
+
+export type JobStatus = "running" | "finished" | "cancelled" | "failed";
+
+export interface DownloadState {
+  job: number;
+  model: string;
+  status: JobStatus;
+  file: string;
+  done: number;
+  total: number;
+  bytesPerSec: number;
+  etaSecs: number | null;
+  resumedBytes: number;
+  path: string | null;
+  error: AppError | null;
+}
+
+export type Downloads = Record<number, DownloadState>;
+
+function blankDownload(job: number): DownloadState {
+  return { job, model: "", status: "running", file: "", done: 0, total: 0, bytesPerSec: 0, etaSecs: null, resumedBytes: 0, path: null, error: null };
+}
+
+/** Applies one download event; returns a new map (the old one is not changed). */
+export function reduceDownload(state: Downloads, ev: DownloadEvent): Downloads {
+  const cur = state[ev.job] ?? blankDownload(ev.job);
+  let next: DownloadState;
+  switch (ev.kind) {
+    case "started":
+      next = { ...blankDownload(ev.job), model: ev.model, total: ev.total_bytes, done: ev.resumed_bytes, resumedBytes: ev.resumed_bytes };
+      break;
+    case "progress":
+      // Events can arrive out of order across files: progress never goes backwards.
+      next = { ...cur, file: ev.file, done: Math.max(cur.done, ev.done_bytes), total: ev.total_bytes || cur.total, bytesPerSec: ev.bytes_per_sec, etaSecs: ev.eta_secs };
+      break;
+    case "finished":
+      next = { ...cur, status: "finished", path: ev.path, done: cur.total || cur.done, etaSecs: 0 };
+      break;
+    case "cancelled":
+      next = { ...cur, status: "cancelled", done: ev.done_bytes, bytesPerSec: 0, etaSecs: null };
+      break;
+    case "failed":
+      next = { ...cur, status: "failed", error: ev.error, bytesPerSec: 0, etaSecs: null };
+      break;
+  }
+  return { ...state, [ev.job]: next };
+}
+
+export interface TrainState {
+  job: number;
+  status: JobStatus;
+  totalSteps: number;
+  resumedFrom: number;
+  step: number;
+  loss: Point[];
+  evalLoss: Point[];
+  lr: number;
+  tokensPerSec: number;
+  etaSecs: number | null;
+  gpuMemBytes: number | null;
+  lastCheckpoint: string | null;
+  adapterDir: string | null;
+  samples: SampleAnswer[];
+  error: AppError | null;
+}
+
+export function blankTrain(job: number): TrainState {
+  return { job, status: "running", totalSteps: 0, resumedFrom: 0, step: 0, loss: [], evalLoss: [], lr: 0, tokensPerSec: 0, etaSecs: null, gpuMemBytes: null, lastCheckpoint: null, adapterDir: null, samples: [], error: null };
+}
+
+/** Applies one training event. Events of another job are ignored. */
+export function reduceTrain(s: TrainState, ev: TrainEvent): TrainState {
+  if (ev.job !== s.job) return s;
+  switch (ev.kind) {
+    case "started":
+      return { ...s, status: "running", totalSteps: ev.total_steps, resumedFrom: ev.resumed_from, step: ev.resumed_from };
+    case "step": {
+      // A resumed run replays no steps; a repeated step replaces the old point.
+      const loss = s.loss.filter((p) => p.x < ev.step).concat({ x: ev.step, y: ev.loss });
+      return { ...s, step: ev.step, loss, lr: ev.lr, tokensPerSec: ev.tokens_per_sec, etaSecs: ev.eta_secs, gpuMemBytes: ev.gpu_mem_bytes };
+    }
+    case "eval":
+      return { ...s, evalLoss: s.evalLoss.concat({ x: ev.step, y: ev.loss }) };
+    case "checkpoint":
+      return { ...s, lastCheckpoint: ev.path };
+    case "finished":
+      return { ...s, status: "finished", adapterDir: ev.adapter_dir, samples: ev.samples, etaSecs: 0 };
+    case "cancelled":
+      return { ...s, status: "cancelled", step: ev.step, etaSecs: null };
+    case "failed":
+      return { ...s, status: "failed", error: ev.error, etaSecs: null };
+  }
+}
+
+export interface ChatStream {
+  text: string;
+  done: boolean;
+  tokens: number;
+  tokensPerSec: number;
+  stopped: boolean;
+  error: AppError | null;
+}
+
+export const blankChat = (): ChatStream => ({ text: "", done: false, tokens: 0, tokensPerSec: 0, stopped: false, error: null });
+
+export function reduceChat(s: ChatStream, c: ChatChunk): ChatStream {
+  if (s.done) return s;
+  switch (c.kind) {
+    case "token":
+      return { ...s, text: s.text + c.text };
+    case "done":
+      return { ...s, done: true, tokens: c.tokens, tokensPerSec: c.tokens_per_sec, stopped: c.stopped };
+    case "failed":
+      return { ...s, done: true, error: c.error };
+  }
+}

@@ -1,0 +1,130 @@
+// Chat: conversations kept on disk, a system prompt, sampling settings, streamed answers with
+// stop, base or base + adapter with a scale slider, and base vs fine-tuned side by side.
+import { call, Channel } from "../api";
+import type { AppError, ChatChunk, ChatMessage, Conversation, Sampling } from "../bindings";
+import { h, clear, errorBox, field, numberInput, textInput } from "../dom";
+import { blankChat, reduceChat, type ChatStream } from "../lib/reducers";
+import { checkModelRef, validateSampling } from "../lib/validate";
+
+let nextStream = Date.now();
+
+function blank(model: string, adapter: string | null): Conversation {
+  return { id: "", title: "New chat", model, adapter, adapter_scale: 1, system_prompt: "You are a helpful assistant.", sampling: { temperature: 0.7, top_p: 0.9, top_k: 40, max_new_tokens: 128, repetition_penalty: 1.1, seed: null }, messages: [], updated: 0 };
+}
+
+/** Streams one answer into `into`; resolves with the final stream state. */
+async function stream(c: Conversation, adapter: string | null, into: HTMLElement, onStop: (stop: () => void) => void): Promise<ChatStream> {
+  const id = nextStream++;
+  let s = blankChat();
+  const text = h("div", { class: "bubble assistant streaming", "data-testid": adapter ? "answer-adapter" : "answer" });
+  into.append(text);
+  onStop(() => void call("chat_stop", { stream: id }).catch(() => {}));
+  const ch = new Channel<ChatChunk>();
+  const done = new Promise<ChatStream>((resolve) => {
+    ch.onmessage = (chunk) => {
+      s = reduceChat(s, chunk);
+      text.textContent = s.text;
+      if (s.done) {
+        text.classList.remove("streaming");
+        text.append(h("small", { class: "muted" }, ` ${s.tokens} tokens · ${s.tokensPerSec.toFixed(1)} tokens/s${s.stopped ? " · stopped" : ""}`));
+        if (s.error) into.append(errorBox(s.error, "chat-error"));
+        resolve(s);
+      }
+    };
+  });
+  try {
+    await call("chat_send", { request: { stream: id, model: c.model, adapter, adapter_scale: c.adapter_scale, system_prompt: c.system_prompt, messages: c.messages, sampling: c.sampling }, onChunk: ch });
+  } catch (e) {
+    text.remove();
+    into.append(errorBox(e as AppError, "chat-error"));
+    return { ...s, done: true, error: e as AppError };
+  }
+  return done;
+}
+
+export function chatPage(root: HTMLElement, params: URLSearchParams): void {
+  let convo = blank(params.get("model") ?? "", params.get("adapter"));
+  const side = h("aside", { class: "convos", "data-testid": "conversations" });
+  const model = h("select", { "data-testid": "chat-model" });
+  const modelText = textInput("chat-model-path", convo.model, "or a model folder / Hub id");
+  const adapter = textInput("chat-adapter", convo.adapter ?? "", "adapter folder (optional)");
+  const scale = h("input", { type: "range", min: 0, max: 2, step: 0.05, value: convo.adapter_scale, "data-testid": "adapter-scale" });
+  const scaleLabel = h("span", {}, convo.adapter_scale.toFixed(2));
+  const sideBySide = h("input", { type: "checkbox", "data-testid": "side-by-side" });
+  const system = h("textarea", { rows: 2, "data-testid": "system-prompt" }, convo.system_prompt);
+  const sampling = { temperature: numberInput("temperature", 0.7, "0.05"), topP: numberInput("top-p", 0.9, "0.05"), topK: numberInput("top-k", 40), maxNewTokens: numberInput("max-new-tokens", 128) };
+  const log = h("div", { class: "messages", "data-testid": "messages" });
+  const input = h("textarea", { rows: 3, "data-testid": "chat-input", placeholder: "Ask something…" });
+  const errs = h("div", {});
+  let stops: (() => void)[] = [];
+  const send = h("button", { class: "primary", "data-testid": "chat-send" }, "Send");
+  const stop = h("button", { "data-testid": "chat-stop", disabled: true, onclick: () => stops.forEach((s) => s()) }, "Stop");
+  scale.addEventListener("input", () => { scaleLabel.textContent = Number(scale.value).toFixed(2); });
+  model.addEventListener("change", () => { modelText.value = model.value; });
+
+  const drawLog = () => {
+    clear(log);
+    for (const m of convo.messages.filter((m) => m.role !== "system")) log.append(h("div", { class: `bubble ${m.role}` }, m.content));
+  };
+  const drawSide = async () => {
+    clear(side);
+    side.append(h("button", { "data-testid": "chat-new", onclick: () => { convo = blank(modelText.value, adapter.value || null); system.value = convo.system_prompt; drawLog(); } }, "+ New chat"));
+    for (const c of await call("list_conversations", {}).catch(() => [])) {
+      side.append(h("a", { class: c.id === convo.id ? "active" : "", onclick: async () => {
+        try {
+          convo = await call("load_conversation", { id: c.id });
+          modelText.value = convo.model; adapter.value = convo.adapter ?? ""; system.value = convo.system_prompt; scale.value = String(convo.adapter_scale);
+          drawLog(); void drawSide();
+        } catch (e) { errs.append(errorBox(e as AppError)); }
+      } }, c.title));
+    }
+  };
+  send.addEventListener("click", async () => {
+    clear(errs);
+    const text = input.value.trim();
+    const modelRef = modelText.value.trim();
+    const badModel = checkModelRef(modelRef);
+    const s: Sampling = { ...convo.sampling, temperature: Number(sampling.temperature.value), top_p: Number(sampling.topP.value), top_k: Number(sampling.topK.value), max_new_tokens: Number(sampling.maxNewTokens.value) };
+    const bad = { ...validateSampling({ temperature: s.temperature, topP: s.top_p, topK: s.top_k, maxNewTokens: s.max_new_tokens }), ...(badModel ? { model: badModel } : {}), ...(text ? {} : { text: "type a message first" }) };
+    if (Object.keys(bad).length) return void Object.values(bad).forEach((m) => errs.append(errorBox({ code: "invalid_input", message: m }, "chat-error")));
+    const adapterDir = adapter.value.trim() || null;
+    convo = { ...convo, model: modelRef, adapter: adapterDir, adapter_scale: Number(scale.value), system_prompt: system.value, sampling: s, title: convo.messages.length ? convo.title : text.slice(0, 40) };
+    const user: ChatMessage = { role: "user", content: text };
+    convo.messages = [...convo.messages, user];
+    input.value = "";
+    drawLog();
+    send.disabled = true; stop.disabled = false; stops = [];
+    const row = h("div", { class: sideBySide.checked ? "side-by-side" : "" });
+    log.append(row);
+    let runs: Promise<ChatStream>[];
+    if (sideBySide.checked && adapterDir) {
+      const base = h("div", { class: "col" }, h("small", { class: "muted" }, "base"));
+      const tuned = h("div", { class: "col" }, h("small", { class: "muted" }, `base + adapter × ${convo.adapter_scale}`));
+      row.append(base, tuned);
+      runs = [stream(convo, null, base, (f) => stops.push(f)), stream(convo, adapterDir, tuned, (f) => stops.push(f))];
+    } else {
+      runs = [stream(convo, adapterDir, row, (f) => stops.push(f))];
+    }
+    const results = await Promise.all(runs);
+    const answer = results[results.length - 1];
+    if (!answer.error) convo.messages = [...convo.messages, { role: "assistant", content: answer.text }];
+    send.disabled = false; stop.disabled = true;
+    try { convo = await call("save_conversation", { conversation: convo }); void drawSide(); } catch (e) { errs.append(errorBox(e as AppError)); }
+  });
+
+  call("list_local_models", {}).then((ms) => {
+    model.append(h("option", { value: "" }, "— pick a ready model —"));
+    for (const m of ms.filter((m) => m.ready)) model.append(h("option", { value: m.path, selected: m.path === convo.model }, m.name));
+    if (!modelText.value && ms.some((m) => m.ready)) { modelText.value = ms.find((m) => m.ready)!.path; model.value = modelText.value; }
+  }).catch(() => {});
+  void drawSide();
+  drawLog();
+  root.append(h("h1", {}, "Chat"),
+    h("div", { class: "chat" }, side,
+      h("section", { class: "chat-main" },
+        h("div", { class: "row" }, field("Model", model), field("", modelText), field("Adapter", adapter), h("label", { class: "field" }, h("span", { class: "label" }, "Adapter scale ", scaleLabel), scale)),
+        h("details", {}, h("summary", {}, "System prompt and sampling"), field("System prompt", system),
+          h("div", { class: "row" }, field("Temperature", sampling.temperature), field("Top-p", sampling.topP), field("Top-k", sampling.topK), field("Max new tokens", sampling.maxNewTokens))),
+        h("label", { class: "check" }, sideBySide, " side by side: base vs base + adapter"),
+        log, errs, input, h("div", { class: "actions" }, send, stop))));
+}

@@ -1,0 +1,137 @@
+// Models: the curated list, Hub search, ready local models, a model's details, the planner's
+// verdict for this machine, and downloads with progress, speed, ETA, cancel and resume.
+import { call } from "../api";
+import type { AppError, CuratedModel, LocalModel, ModelDetail, PlanReport } from "../bindings";
+import { h, append, clear, errorBox, notice, progressBar, textInput } from "../dom";
+import { formatBytes, formatEta, formatParams, formatPercent, formatRate } from "../lib/format";
+import { checkModelRef } from "../lib/validate";
+import { go } from "../nav";
+import { state, subscribe } from "../store";
+
+function verdictChip(r: PlanReport): HTMLElement {
+  const label = { fits: "fits", tight: "tight fit", does_not_fit: "does not fit" }[r.verdict];
+  return h("span", { class: `chip verdict-${r.verdict}`, "data-testid": "verdict", title: r.suggestion ?? "" }, `${label} on ${r.device}`);
+}
+
+async function checkFit(model: string, into: HTMLElement): Promise<void> {
+  clear(into);
+  into.append(h("span", { class: "muted" }, "planning…"));
+  try {
+    const r = await call("plan_model", { request: { model, gpu: { kind: "this_machine" }, precision: "nf4", context: 1024, train: true, batch_size: 1, lora_rank: 8, gradient_checkpointing: true } });
+    clear(into);
+    append(into, verdictChip(r), r.suggestion ? h("small", { class: "muted" }, ` ${r.suggestion}`) : null);
+  } catch (e) {
+    clear(into);
+    into.append(errorBox(e as AppError, "plan-error"));
+  }
+}
+
+function downloadPanel(model: string): HTMLElement {
+  const box = h("div", { class: "download", "data-testid": "download-panel" });
+  const draw = () => {
+    clear(box);
+    const jobs = Object.values(state.downloads).filter((d) => d.model === model);
+    const d = jobs[jobs.length - 1];
+    if (!d) return;
+    append(box,
+      h("div", { class: "row" }, progressBar(d.done, d.total, "download-progress"),
+        h("span", { "data-testid": "download-status" }, `${d.status} · ${formatPercent(d.done, d.total)} · ${formatBytes(d.done)} of ${formatBytes(d.total)} · ${formatRate(d.bytesPerSec)} · ETA ${formatEta(d.etaSecs)}`)),
+      d.file ? h("small", { class: "muted" }, d.file) : null,
+      d.error ? errorBox(d.error, "download-error") : null,
+      d.status === "running"
+        ? h("button", { "data-testid": "download-cancel", onclick: () => call("cancel_download", { job: d.job }).catch(() => {}) }, "Cancel")
+        : d.status !== "finished"
+          ? h("button", { "data-testid": "download-resume", onclick: () => startDownload(model, box) }, "Resume")
+          : h("span", { class: "chip verdict-fits" }, "downloaded"),
+    );
+  };
+  const un = subscribe(draw);
+  (box as HTMLElement & { cleanup?: () => void }).cleanup = () => void un();
+  draw();
+  return box;
+}
+
+async function startDownload(model: string, into: HTMLElement): Promise<void> {
+  try {
+    await call("start_download", { model });
+  } catch (e) {
+    into.append(errorBox(e as AppError, "download-error"));
+  }
+}
+
+function detailView(d: ModelDetail): HTMLElement {
+  return h("div", { class: "detail", "data-testid": "model-detail" },
+    h("p", {}, d.summary || "(no card summary)"),
+    h("p", { class: "muted" }, `revision ${d.revision.slice(0, 10)} · licence ${d.license ?? "unknown"} · download ${formatBytes(d.download_bytes)}${d.gated ? " · gated" : ""}${d.cached ? " · in the cache" : ""}`),
+    h("table", { class: "files" }, ...d.files.map((f) => h("tr", {}, h("td", {}, f.path), h("td", { class: "num" }, formatBytes(f.size))))));
+}
+
+function modelCard(id: string, title: string, meta: string, note: string, cleanups: (() => void)[]): HTMLElement {
+  const fit = h("div", { class: "fit" });
+  const more = h("div", {});
+  const card = h("div", { class: "card", "data-testid": `model-${id}` },
+    h("div", { class: "card-head" }, h("b", {}, title), h("span", { class: "muted" }, ` ${id}`)),
+    h("div", { class: "muted" }, meta), h("p", {}, note), fit,
+    h("div", { class: "actions" },
+      h("button", { "data-testid": "check-fit", onclick: () => checkFit(id, fit) }, "Check fit"),
+      h("button", { onclick: () => go("planner", { model: id }) }, "Plan…"),
+      h("button", { "data-testid": "details", onclick: async () => {
+        clear(more);
+        try { more.append(detailView(await call("model_info", { id }))); } catch (e) { more.append(errorBox(e as AppError, "details-error")); }
+      } }, "Details"),
+      h("button", { class: "primary", "data-testid": "download", onclick: () => startDownload(id, more) }, "Download")),
+    more);
+  const panel = downloadPanel(id);
+  cleanups.push((panel as HTMLElement & { cleanup?: () => void }).cleanup ?? (() => {}));
+  card.append(panel);
+  return card;
+}
+
+function localCard(m: LocalModel): HTMLElement {
+  return h("div", { class: "card", "data-testid": `local-${m.name}` },
+    h("div", { class: "card-head" }, h("b", {}, m.name), " ", m.ready ? h("span", { class: "chip verdict-fits", "data-testid": "ready" }, "ready") : h("span", { class: "chip verdict-does_not_fit" }, `missing ${m.missing.join(", ")}`)),
+    h("div", { class: "muted" }, `${m.path} · ${formatBytes(m.bytes)}`),
+    h("div", { class: "actions" },
+      h("button", { disabled: !m.ready, "data-testid": "chat-local", onclick: () => go("chat", { model: m.path }) }, "Chat"),
+      h("button", { disabled: !m.ready, onclick: () => go("train", { model: m.path }) }, "Train"),
+      h("button", { onclick: () => go("planner", { model: m.path }) }, "Plan…")));
+}
+
+export function modelsPage(root: HTMLElement): () => void {
+  const cleanups: (() => void)[] = [];
+  const local = h("div", { class: "grid", "data-testid": "local-models" });
+  const curated = h("div", { class: "grid", "data-testid": "curated" });
+  const results = h("div", { class: "grid", "data-testid": "search-results" });
+  const query = textInput("search", "", "search the Hub, or type an id such as microsoft/phi-2");
+  const doSearch = async () => {
+    clear(results);
+    const q = query.value.trim();
+    if (q.includes("/")) {
+      const bad = checkModelRef(q);
+      if (bad) return void results.append(errorBox({ code: "invalid_input", message: bad }, "search-error"));
+      results.append(modelCard(q, q, "Hub model", "", cleanups));
+      return;
+    }
+    try {
+      const hits = await call("search_models", { query: q });
+      if (hits.length === 0) results.append(notice(`no model on the Hub matches '${q}'`, "info", "search-empty"));
+      for (const m of hits) results.append(modelCard(m.id, m.id, `${m.downloads} downloads · ${m.likes} likes`, m.pipeline_tag ?? "", cleanups));
+    } catch (e) {
+      results.append(errorBox(e as AppError, "search-error"));
+    }
+  };
+  root.append(
+    h("h1", {}, "Models"),
+    h("form", { class: "search", onsubmit: (e: Event) => { e.preventDefault(); void doSearch(); } }, query, h("button", { type: "submit", "data-testid": "search-go" }, "Search")),
+    results,
+    h("h2", {}, "Ready on this machine"), local,
+    h("h2", {}, "Curated"), curated);
+  call("list_local_models", {}).then((ms) => {
+    if (ms.length === 0) local.append(notice("No local models yet. Add a folder in Settings, or download one below.", "info", "no-local"));
+    for (const m of ms) local.append(localCard(m));
+  }).catch((e) => local.append(errorBox(e as AppError)));
+  call("curated_models", {}).then((ms: CuratedModel[]) => {
+    for (const m of ms) curated.append(modelCard(m.id, m.name, `${formatParams(m.params_b)} parameters · ${m.license}${m.gated ? " · gated" : ""}`, m.note, cleanups));
+  }).catch((e) => curated.append(errorBox(e as AppError)));
+  return () => cleanups.forEach((c) => c());
+}

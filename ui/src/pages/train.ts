@@ -1,0 +1,167 @@
+// The Train wizard: base model → dataset (preview and preflight) → preset and knobs with the
+// planner's verdict live → the run (loss chart, LR, tokens/s, ETA, GPU memory, cancel, resume)
+// → the result (adapter, answers before and after).
+import { call } from "../api";
+import type { AppError, LocalModel, TrainRequest } from "../bindings";
+import { open } from "@tauri-apps/plugin-dialog";
+import { lineChart } from "../charts";
+import { h, append, clear, errorBox, field, notice, numberInput, textInput } from "../dom";
+import { formatBytes, formatEta, formatLoss } from "../lib/format";
+import { validateTrain, type TrainForm } from "../lib/validate";
+import { go } from "../nav";
+import { state, subscribe, startTraining } from "../store";
+import { planView, toRequest } from "./planner";
+
+const STEPS = ["Base model", "Dataset", "Settings", "Run", "Result"];
+
+interface Wizard {
+  step: number;
+  form: TrainForm;
+  config: string;
+}
+
+const wiz: Wizard = {
+  step: 0,
+  config: "",
+  form: { baseModel: "", dataset: "", outputDir: "", steps: 20, learningRate: 2e-4, loraRank: 8, loraAlpha: 16, batchSize: 1, context: 256 },
+};
+
+function stepper(): HTMLElement {
+  return h("ol", { class: "stepper" }, ...STEPS.map((s, i) => h("li", { class: i === wiz.step ? "active" : i < wiz.step ? "done" : "" }, s)));
+}
+
+function chooseBase(body: HTMLElement, next: () => void): void {
+  const input = textInput("train-base", wiz.form.baseModel, "a local model folder or a Hub id");
+  const list = h("div", { class: "grid" });
+  call("list_local_models", {}).then((ms: LocalModel[]) => {
+    for (const m of ms.filter((m) => m.ready)) list.append(h("button", { class: "card pick", onclick: () => { input.value = m.path; } }, h("b", {}, m.name), h("div", { class: "muted" }, formatBytes(m.bytes))));
+  }).catch(() => {});
+  body.append(field("Base model", input), list,
+    h("button", { class: "primary", "data-testid": "wizard-next", onclick: () => { wiz.form.baseModel = input.value.trim(); next(); } }, "Next"));
+}
+
+function chooseDataset(body: HTMLElement, next: () => void): void {
+  const input = textInput("train-dataset", wiz.form.dataset, "/path/to/train.jsonl");
+  const out = h("div", { "data-testid": "dataset-preview" });
+  const preview = async () => {
+    clear(out);
+    wiz.form.dataset = input.value.trim();
+    try {
+      const p = await call("preview_dataset", { path: wiz.form.dataset });
+      out.append(h("div", { class: "card" }, h("b", {}, `${p.rows} rows · ${p.format}`), p.token_stats ? h("div", { class: "muted" }, p.token_stats) : null,
+        h("ol", { class: "samples" }, ...p.sample.map((s) => h("li", {}, h("pre", {}, s)))),
+        ...p.warnings.map((w) => notice(w, "warn"))));
+    } catch (e) {
+      out.append(errorBox(e as AppError, "dataset-error"));
+    }
+  };
+  const pick = async () => {
+    const f = await open({ multiple: false, directory: false, filters: [{ name: "Datasets", extensions: ["jsonl", "json", "csv", "parquet"] }] });
+    if (typeof f === "string") { input.value = f; await preview(); }
+  };
+  body.append(h("div", { class: "row" }, field("Dataset file", input), h("button", { onclick: () => void pick() }, "Browse…"), h("button", { "data-testid": "dataset-preview-go", onclick: () => void preview() }, "Preview")), out,
+    h("button", { class: "primary", "data-testid": "wizard-next", onclick: () => { wiz.form.dataset = input.value.trim(); next(); } }, "Next"));
+}
+
+function chooseKnobs(body: HTMLElement, next: () => void): () => void {
+  const f = wiz.form;
+  const config = textInput("train-config", wiz.config, "optional: a config file such as configs/demo_smollm2.yaml");
+  const out = textInput("train-output", f.outputDir, "/path/to/runs/my-adapter");
+  const inputs = { steps: numberInput("train-steps", f.steps), learningRate: numberInput("train-lr", f.learningRate, "0.00001"), loraRank: numberInput("train-rank", f.loraRank), loraAlpha: numberInput("train-alpha", f.loraAlpha), batchSize: numberInput("train-batch", f.batchSize), context: numberInput("train-context", f.context) };
+  const verdict = h("div", { "data-testid": "live-verdict" });
+  const errs = h("div", {});
+  let timer = 0;
+  const read = (): TrainForm => ({ ...f, outputDir: out.value.trim(), steps: Number(inputs.steps.value), learningRate: Number(inputs.learningRate.value), loraRank: Number(inputs.loraRank.value), loraAlpha: Number(inputs.loraAlpha.value), batchSize: Number(inputs.batchSize.value), context: Number(inputs.context.value) });
+  const replan = () => {
+    window.clearTimeout(timer);
+    timer = window.setTimeout(async () => {
+      const r = read();
+      clear(verdict);
+      try {
+        const plan = await call("plan_model", { request: toRequest({ model: r.baseModel, precision: "nf4", context: r.context, train: true, batchSize: r.batchSize, loraRank: r.loraRank }, "this", true) });
+        verdict.append(planView(plan));
+      } catch (e) {
+        verdict.append(errorBox(e as AppError, "plan-error"));
+      }
+    }, 300);
+  };
+  for (const i of Object.values(inputs)) i.addEventListener("input", replan);
+  replan();
+  const start = async () => {
+    clear(errs);
+    const form = read();
+    const bad = validateTrain(form);
+    if (Object.keys(bad).length) return void Object.values(bad).forEach((m) => errs.append(errorBox({ code: "invalid_input", message: m }, "train-error")));
+    wiz.form = form;
+    wiz.config = config.value.trim();
+    const req: TrainRequest = { base_model: form.baseModel, dataset: form.dataset, config: wiz.config || null, output_dir: form.outputDir, steps: form.steps, learning_rate: form.learningRate, lora_rank: form.loraRank, lora_alpha: form.loraAlpha, batch_size: form.batchSize, context: form.context, resume: false };
+    try {
+      startTraining(await call("start_training", { request: req }));
+      next();
+    } catch (e) {
+      errs.append(errorBox(e as AppError, "train-error"));
+    }
+  };
+  body.append(field("Preset config", config, undefined, "leave empty to use the knobs below"), field("Output folder", out),
+    h("div", { class: "row" }, field("Steps", inputs.steps), field("Learning rate", inputs.learningRate), field("LoRA rank", inputs.loraRank), field("LoRA alpha", inputs.loraAlpha), field("Batch", inputs.batchSize), field("Context", inputs.context)),
+    verdict, errs, h("button", { class: "primary", "data-testid": "train-start", onclick: () => void start() }, "Start training"));
+  return () => window.clearTimeout(timer);
+}
+
+function runView(body: HTMLElement, next: () => void): () => void {
+  const draw = () => {
+    clear(body);
+    const t = state.training;
+    if (!t) return void body.append(notice("No run in progress."));
+    append(body,
+      h("div", { class: "stats", "data-testid": "train-stats" },
+        h("span", {}, `step ${t.step}/${t.totalSteps}`), h("span", {}, `loss ${t.loss.length ? formatLoss(t.loss[t.loss.length - 1].y) : "–"}`),
+        h("span", {}, `LR ${t.lr.toExponential(2)}`), h("span", {}, `${t.tokensPerSec.toFixed(0)} tokens/s`), h("span", {}, `ETA ${formatEta(t.etaSecs)}`),
+        h("span", {}, `GPU memory ${t.gpuMemBytes != null ? formatBytes(t.gpuMemBytes) : "n/a (CPU)"}`)),
+      lineChart([{ name: "loss", points: t.loss, cls: "loss" }, { name: "eval", points: t.evalLoss, cls: "eval" }], 640, 240, "loss-chart"),
+      t.error ? errorBox(t.error, "train-error") : null,
+      t.status === "running" ? h("button", { class: "danger", "data-testid": "train-cancel", onclick: () => call("cancel_training", { job: t.job }).catch(() => {}) }, "Cancel") : null,
+      t.status === "cancelled" || t.status === "failed" ? h("button", { "data-testid": "train-resume", onclick: async () => {
+        const f = wiz.form;
+        try {
+          startTraining(await call("start_training", { request: { base_model: f.baseModel, dataset: f.dataset, config: wiz.config || null, output_dir: f.outputDir, steps: f.steps, learning_rate: f.learningRate, lora_rank: f.loraRank, lora_alpha: f.loraAlpha, batch_size: f.batchSize, context: f.context, resume: true } }));
+        } catch (e) { body.append(errorBox(e as AppError, "train-error")); }
+      } }, "Resume") : null,
+      t.status === "finished" ? h("button", { class: "primary", "data-testid": "wizard-next", onclick: next }, "See the result") : null);
+  };
+  draw();
+  return subscribe(draw);
+}
+
+function resultView(body: HTMLElement): void {
+  const t = state.training;
+  if (!t?.adapterDir) return void body.append(notice("No finished run yet."));
+  body.append(notice(`Adapter saved in ${t.adapterDir}`, "ok", "adapter-dir"),
+    h("table", { class: "table" }, h("thead", {}, h("tr", {}, h("th", {}, "Prompt"), h("th", {}, "Before"), h("th", {}, "After"))),
+      h("tbody", {}, ...t.samples.map((s) => h("tr", {}, h("td", {}, s.prompt), h("td", {}, s.before), h("td", {}, s.after))))),
+    h("button", { class: "primary", "data-testid": "chat-adapter", onclick: () => go("chat", { model: wiz.form.baseModel, adapter: t.adapterDir! }) }, "Chat with the adapter"));
+}
+
+export function trainPage(root: HTMLElement, params: URLSearchParams): () => void {
+  if (params.get("model")) { wiz.form.baseModel = params.get("model")!; wiz.step = 0; }
+  if (state.training && wiz.step < 3) wiz.step = state.training.status === "finished" ? 4 : 3;
+  const head = h("div", {});
+  const body = h("div", { class: "wizard-body", "data-testid": "wizard" });
+  let cleanup: (() => void) | void;
+  const show = () => {
+    if (cleanup) cleanup();
+    clear(head); clear(body);
+    head.append(stepper());
+    const next = () => { wiz.step = Math.min(STEPS.length - 1, wiz.step + 1); show(); };
+    if (wiz.step > 0 && wiz.step !== 3) head.append(h("button", { class: "link", onclick: () => { wiz.step--; show(); } }, "← Back"));
+    if (wiz.step === 0) chooseBase(body, next);
+    else if (wiz.step === 1) chooseDataset(body, next);
+    else if (wiz.step === 2) cleanup = chooseKnobs(body, next);
+    else if (wiz.step === 3) cleanup = runView(body, next);
+    else resultView(body);
+    if (wiz.step >= 3 && state.training?.status !== "running") head.append(h("button", { class: "link", onclick: () => { wiz.step = 0; state.training = null; show(); } }, "New run"));
+  };
+  root.append(h("h1", {}, "Train an adapter"), head, body);
+  show();
+  return () => { if (cleanup) cleanup(); };
+}
