@@ -61,6 +61,9 @@ pub(crate) struct LogRecord {
 pub(crate) struct State {
     root: PathBuf,
     base_url: String,
+    /// The CDN LFS files redirect to: another origin (port), as on the Hub, so clients treat it
+    /// as a CDN (no token sent, headers of the redirect used for metadata).
+    cdn_url: String,
     hashes: repo::HashCache,
     faults: Mutex<Vec<FaultRule>>,
     log: Mutex<Vec<LogRecord>>,
@@ -76,6 +79,7 @@ pub(crate) struct State {
 pub struct TestHub {
     state: Arc<State>,
     port: u16,
+    cdn_port: u16,
     stop: Option<tokio::sync::watch::Sender<bool>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -90,9 +94,12 @@ impl TestHub {
     pub fn start_on(root: &Path, port: u16) -> std::io::Result<TestHub> {
         let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
         let port = listener.local_addr()?.port();
+        let cdn = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        let cdn_port = cdn.local_addr()?.port();
         let state = Arc::new(State {
             root: root.to_path_buf(),
             base_url: format!("http://127.0.0.1:{port}"),
+            cdn_url: format!("http://127.0.0.1:{cdn_port}"),
             hashes: Default::default(),
             faults: Default::default(),
             log: Default::default(),
@@ -102,20 +109,21 @@ impl TestHub {
             lfs_by_sha: Default::default(),
             phantom: Default::default(),
         });
-        let mut hub = TestHub { state, port, stop: None, thread: None };
-        hub.serve(listener)?;
+        let mut hub = TestHub { state, port, cdn_port, stop: None, thread: None };
+        hub.serve(listener, cdn)?;
         Ok(hub)
     }
 
-    fn serve(&mut self, listener: std::net::TcpListener) -> std::io::Result<()> {
+    fn serve(&mut self, listener: std::net::TcpListener, cdn: std::net::TcpListener) -> std::io::Result<()> {
         listener.set_nonblocking(true)?;
+        cdn.set_nonblocking(true)?;
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let (tx, rx) = tokio::sync::watch::channel(false);
         let state = self.state.clone();
         let thread = std::thread::Builder::new().name(format!("testhub-{}", self.port)).spawn(move || {
             rt.block_on(async move {
-                if let Ok(l) = tokio::net::TcpListener::from_std(listener) {
-                    accept_loop(l, state, rx).await;
+                if let (Ok(l), Ok(c)) = (tokio::net::TcpListener::from_std(listener), tokio::net::TcpListener::from_std(cdn)) {
+                    tokio::join!(accept_loop(l, state.clone(), rx.clone()), accept_loop(c, state, rx));
                 }
             });
             rt.shutdown_background();
@@ -153,7 +161,8 @@ impl TestHub {
     pub fn restart(&mut self) -> std::io::Result<()> {
         self.shutdown();
         let listener = std::net::TcpListener::bind(("127.0.0.1", self.port))?;
-        self.serve(listener)
+        let cdn = std::net::TcpListener::bind(("127.0.0.1", self.cdn_port))?;
+        self.serve(listener, cdn)
     }
 
     pub fn add_fault(&self, rule: FaultRule) {

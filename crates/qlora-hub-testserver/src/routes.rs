@@ -8,7 +8,7 @@
 //!   `lfs: {oid, size, pointerSize}`, paginated with a `Link: <…>; rel="next"` header;
 //! - `GET /api/models?search=…`, `GET /api/whoami-v2`;
 //! - `HEAD`/`GET /{repo}/resolve/{rev}/{path}`: `ETag` (git blob id, or SHA-256 for LFS),
-//!   `X-Repo-Commit`; LFS files answer `302` to `/_cdn/{sha256}` with `X-Linked-Etag` and
+//!   `X-Repo-Commit`; LFS files answer `302` to `/_cdn/{sha256}` on a second port (another origin, like the Hub's CDN) with `X-Linked-Etag` and
 //!   `X-Linked-Size`; `Range` gives `206`;
 //! - errors with the Hub's `X-Error-Code`/`X-Error-Message`: `RepoNotFound`, `RevisionNotFound`,
 //!   `EntryNotFound`, `GatedRepo` (401 without a token, 403 with a token that has no access).
@@ -442,7 +442,7 @@ async fn resolve(
     let mut resp = Response::new(full(Bytes::new()));
     *resp.status_mut() = StatusCode::FOUND;
     let h = resp.headers_mut();
-    h.insert(header::LOCATION, format!("{}/_cdn/{}", state.base_url, f.sha256).parse().unwrap());
+    h.insert(header::LOCATION, format!("{}/_cdn/{}", state.cdn_url, f.sha256).parse().unwrap());
     h.insert(header::ETAG, format!("\"{}\"", f.blob_id).parse().unwrap());
     h.insert("x-linked-etag", format!("\"{}\"", f.sha256).parse().unwrap());
     h.insert("x-linked-size", f.size.into());
