@@ -35,9 +35,10 @@ pub fn kv_cache_bytes(s: &ArchSpec, context: u64, batch: u64, dtype_bytes: u64) 
 }
 
 /// Bytes per attention score alive at the softmax in inference: the matmul result is freed,
-/// the f32 scores, their masked copy and the f32 softmax stay, then the cast back to `c`.
+/// the f32 scores, their masked copy and the f32 softmax stay, then the cast back to `c`
+/// (in fp32 both casts are no-ops that share storage).
 fn score_bytes(c: u64) -> u64 {
-    4 + 4 + 4 + c
+    if c == 4 { 4 + 4 + 4 } else { 4 + 4 + 4 + c }
 }
 
 /// Transient activation bytes of the largest step: a prefill of `t` tokens (`batch` rows)
@@ -46,7 +47,9 @@ pub fn prefill_activation_bytes(s: &ArchSpec, t: u64, batch: u64, c: u64, dequan
     let bt = batch * t;
     let residual = 2 * bt * s.hidden_size * c;
     let qkv = bt * (s.q_dim() + 2 * s.kv_dim()) * c;
-    let repeated_kv = if s.num_kv_heads == s.num_heads { 0 } else { 2 * batch * s.num_heads * t * s.head_dim * c };
+    // GQA-repeated k and v (when kv heads < heads) and the contiguous transposed k.
+    let copies = if s.num_kv_heads == s.num_heads { 1 } else { 3 };
+    let repeated_kv = copies * batch * s.num_heads * t * s.head_dim * c;
     let scores = batch * s.num_heads * t * t * score_bytes(c) + t * t * 4;
     let attention = qkv + repeated_kv + scores;
     let mlp_tensors = if s.parallel_block { 2 } else { 4 };
@@ -102,13 +105,20 @@ mod tests {
     }
 
     /// A 2-token prefill of Mistral in 16-bit, by hand: residual 2·2·4096·2 = 32,768;
-    /// attention: qkv 2·(4096+2048)·2 = 24,576, repeated kv 2·32·2·128·2 = 32,768,
-    /// scores 32·4·14 + 4·4 = 1,808 → 59,152; MLP 4·2·14336·2 = 229,376; logits
+    /// attention: qkv 2·(4096+2048)·2 = 24,576, repeated k, v and kᵀ 3·32·2·128·2 = 49,152,
+    /// scores 32·4·14 + 4·4 = 1,808 → 75,536; MLP 4·2·14336·2 = 229,376; logits
     /// 2·32000·2 + 32000·4 = 256,000. Peak = 32,768 + 256,000 = 288,768.
     #[test]
     fn prefill_activation_by_hand() {
         assert_eq!(prefill_activation_bytes(&mistral(), 2, 1, 2, 0), 288_768);
         // With a dequantized 14336×4096 projection: + 58,720,256 × 6.
         assert_eq!(prefill_activation_bytes(&mistral(), 2, 1, 2, 14336 * 4096), 288_768 + 58_720_256 * 6);
+        // 64 tokens: attention wins. qkv 64·6144·2 = 786,432; k, v, kᵀ 3·32·64·128·2 = 1,572,864;
+        // scores 32·4096·14 + 4096·4 = 1,851,392 → 4,210,688; MLP 4·64·14336·2 = 7,340,032;
+        // logits 64·32000·2 + 128,000 = 4,224,000. Peak = 64·4096·2·2 (1,048,576) + 7,340,032.
+        assert_eq!(prefill_activation_bytes(&mistral(), 64, 1, 2, 0), 1_048_576 + 7_340_032);
+        // fp32, 1024 tokens: scores 32·1024²·12 + 1024²·4 = 406,847,488 dominate.
+        let attn32 = 1024 * 6144 * 4 + 3 * 32 * 1024 * 128 * 4 + 406_847_488;
+        assert_eq!(prefill_activation_bytes(&mistral(), 1024, 1, 4, 0), 2 * 1024 * 4096 * 4 + attn32);
     }
 }

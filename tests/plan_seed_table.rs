@@ -1,0 +1,235 @@
+//! The seed's table — download, VRAM in fp16 / 8-bit / 4-bit, QLoRA training, RTX 2080
+//! verdicts — recomputed for its four models from their real config.json files
+//! (tests/fixtures/hub-configs/), with every expected number derived by hand below.
+//!
+//! Conventions (docs/PLANNER.md): context 2048 tokens, batch 1; compute in fp16 on the
+//! RTX 2080 (Turing has no bf16); QLoRA: sequence 512, micro-batch 4, rank 16 on every
+//! projection, gradient checkpointing, NF4 + double quantization base (the configuration
+//! the GPU benchmarks of issue 7 measure). Overheads come from configs/overheads.json, so the
+//! totals here are `working + fixed + ceil(slack × working)` with those values.
+
+use qlora_studio::plan::{self as qp, Fit, Overheads, PlanOptions, Precision, Target, TrainOptions};
+
+const GIB: u64 = 1 << 30;
+
+struct Row {
+    dir: &'static str,
+    params: u64,
+    /// Projection elements per layer × layers; everything else ("small": embeddings, head,
+    /// norms, biases) stays 16-bit in every quantized load.
+    layers: u64,
+    proj_per_layer: &'static [(u64, u64)],
+    small: u64,
+    kv_cache: u64,
+    /// Activations of the 2048-token prefill in fp16, and with a quantized base
+    /// (+ the dense copy of the largest projection: numel × (4 + 2)).
+    act_fp16: u64,
+    act_quant: u64,
+    /// QLoRA (stated configuration): LoRA parameters and the total before overhead.
+    lora_params: u64,
+    train_working: u64,
+    verdicts_2080: [Fit; 4], // fp16, int8, nf4, qlora
+}
+
+fn nf4_dq(n: u64) -> u64 {
+    // codes n/2, u8 absmax per 64, f32 per 256 absmax, f32 offset, 256 f32 map, 16 f32 code.
+    n / 2 + n / 64 + (n / 64).div_ceil(256) * 4 + 4 + 1024 + 64
+}
+
+/// TinyLlama 1.1B: h 2048, I 5632, 22 layers, 32 heads, 4 kv heads (head_dim 64), vocab 32000.
+/// Per layer q 2048², k = v 256·2048, o 2048², gate = up = down 5632·2048:
+/// 4,194,304·2 + 524,288·2 + 11,534,336·3 = 44,040,192; × 22 = 968,884,224.
+/// Small: embed 65,536,000 + head 65,536,000 + norms 22·2·2048 + 2048 = 131,164,160.
+/// Params 1,100,048,384 (the published count). fp16 download 2,200,096,768 B = 2.20 GB.
+/// KV 22·2·4·64·2048·2 = 46,137,344.
+/// Prefill: attention dominates: qkv 2048·(2048+512)·2 = 10,485,760; k, v, kᵀ repeated
+/// 3·32·2048·64·2 = 25,165,824; scores 32·2048²·14 + 2048²·4 = 1,895,825,408 → 1,931,476,992;
+/// + residual 2·2048·2048·2 = 16,777,216 → 1,948,254,208; quantized + 11,534,336·6 = 69,206,016.
+/// QLoRA: LoRA 22·16·(4096+2304+2304+4096+7680·3) = 12,615,680; per-layer activations
+/// 1,337,851,904 (hidden 2048·2048·18 = 75,497,472; q/k/v 2048·(2·3072+2048+256)·2 =
+/// 34,603,008; repeated 2048·2048·2·2 = 16,777,216; scores 4·32·512²·22 = 738,197,504;
+/// attn out 16,777,216; MLP 4·2048·5632·2 = 92,274,688; LoRA 363,724,800), with checkpointing
+/// 22·2048·2048·2 + 2 × layer + 2·2048·2048·2 = 2,877,030,400; logits 4·256·32000·20 =
+/// 655,360,000; scratch 69,206,016; base 762,313,960; LoRA+grads+AdamW 12,615,680·16.
+const TINYLLAMA: Row = Row {
+    dir: "TinyLlama--TinyLlama-1.1B-Chat-v1.0",
+    params: 1_100_048_384,
+    layers: 22,
+    proj_per_layer: &[(2048, 2048), (256, 2048), (256, 2048), (2048, 2048), (5632, 2048), (5632, 2048), (2048, 5632)],
+    small: 131_164_160,
+    kv_cache: 46_137_344,
+    act_fp16: 1_948_254_208,
+    act_quant: 1_948_254_208 + 69_206_016,
+    lora_params: 12_615_680,
+    train_working: 762_313_960 + 12_615_680 * 16 + 2_877_030_400 + 655_360_000 + 69_206_016,
+    verdicts_2080: [Fit::Fits, Fit::Fits, Fit::Fits, Fit::Fits],
+};
+
+/// Phi-2: h 2560, I 10240, 32 layers, 32 heads (head_dim 80, no GQA), vocab 51200, biases
+/// everywhere, one LayerNorm (weight + bias) per layer. Per layer q = k = v = dense 2560²,
+/// fc1 10240·2560, fc2 2560·10240 → 78,643,200; × 32 = 2,516,582,400.
+/// Small: embed 131,072,000 + head 131,072,000 + head bias 51,200 + per layer biases
+/// (4·2560 + 10240 + 2560 = 23,040) and LN 5,120 → 28,160·32 = 901,120 + final LN 5,120
+/// = 263,101,440. Params 2,779,683,840. fp16 download 5,559,367,680 B = 5.56 GB.
+/// KV 32·2·32·80·2048·2 = 671,088,640.
+/// Prefill: qkv 2048·7680·2 = 31,457,280; kᵀ 32·2048·80·2 = 10,485,760; scores
+/// 1,895,825,408 → 1,937,768,448; + residual 2·2048·2560·2 = 20,971,520 → 1,958,739,968;
+/// quantized + 26,214,400·6 = 157,286,400.
+/// QLoRA: LoRA 32·16·(5120·4 + 12800·2) = 23,592,960.
+const PHI2: Row = Row {
+    dir: "microsoft--phi-2",
+    params: 2_779_683_840,
+    layers: 32,
+    proj_per_layer: &[(2560, 2560), (2560, 2560), (2560, 2560), (2560, 2560), (10240, 2560), (2560, 10240)],
+    small: 263_101_440,
+    kv_cache: 671_088_640,
+    act_fp16: 1_958_739_968,
+    act_quant: 1_958_739_968 + 157_286_400,
+    lora_params: 23_592_960,
+    train_working: 1_824_639_744 + 23_592_960 * 16 + 3_281_518_592 + 1_048_576_000 + 157_286_400,
+    verdicts_2080: [Fit::WontFit, Fit::Fits, Fit::Fits, Fit::Fits],
+};
+
+/// Gemma 2B: h 2048, I 16384, 18 layers, 8 heads of 256, 1 kv head, vocab 256000, tied head.
+/// Per layer q 2048², k = v 256·2048, o 2048², gate = up = down 16384·2048 → 110,100,480;
+/// × 18 = 1,981,808,640. Small: embed 524,288,000 + norms 18·2·2048 + 2048 = 524,363,776.
+/// Params 2,506,172,416. fp16 download 5,012,344,832 B = 5.01 GB (the seed said ~4 GB).
+/// KV 18·2·1·256·2048·2 = 37,748,736.
+/// Prefill: the logits win: 2048·256000·2 + 256000·4 = 1,049,600,000 (attention:
+/// qkv 2048·2560·2 + 3·8·2048·256·2 + 8·2048²·14 + 2048²·4 = 522,190,848);
+/// + residual 16,777,216 → 1,066,377,216; quantized + 33,554,432·6 = 201,326,592.
+/// QLoRA: the loss buffer 4·256·256000·20 = 5,242,880,000 is the largest term.
+/// LoRA 18·16·(4096·2 + 2304·2 + 18432·3) = 19,611,648.
+const GEMMA2B: Row = Row {
+    dir: "google--gemma-2b",
+    params: 2_506_172_416,
+    layers: 18,
+    proj_per_layer: &[(2048, 2048), (256, 2048), (256, 2048), (2048, 2048), (16384, 2048), (16384, 2048), (2048, 16384)],
+    small: 524_363_776,
+    kv_cache: 37_748_736,
+    act_fp16: 1_066_377_216,
+    act_quant: 1_066_377_216 + 201_326_592,
+    lora_params: 19_611_648,
+    train_working: 2_071_219_064 + 19_611_648 * 16 + 2_793_144_320 + 5_242_880_000 + 201_326_592,
+    verdicts_2080: [Fit::Fits, Fit::Fits, Fit::Fits, Fit::WontFit],
+};
+
+/// Mistral 7B: h 4096, I 14336, 32 layers, 32 heads of 128, 8 kv heads, vocab 32000.
+/// Per layer q 4096², k = v 1024·4096, o 4096², gate = up = down 14336·4096 → 218,103,808;
+/// × 32 = 6,979,321,856. Small: embed + head 2·131,072,000 + norms 32·2·4096 + 4096 =
+/// 262,410,240. Params 7,241,732,096. fp16 download 14,483,464,192 B = 14.48 GB.
+/// KV 32·2·8·128·2048·2 = 268,435,456 (sliding window 4096 > 2048: no effect, and the
+/// engine does not cap its cache by it anyway).
+/// Prefill: qkv 2048·6144·2 = 25,165,824; k, v, kᵀ 3·32·2048·128·2 = 50,331,648; scores
+/// 1,895,825,408 → 1,971,322,880; + residual 2·2048·4096·2 = 33,554,432 → 2,004,877,312;
+/// quantized + 58,720,256·6 = 352,321,536.
+/// QLoRA: LoRA 32·16·(8192·2 + 5120·2 + 18432·3) = 41,943,040.
+const MISTRAL7B: Row = Row {
+    dir: "mistralai--Mistral-7B-v0.1",
+    params: 7_241_732_096,
+    layers: 32,
+    proj_per_layer: &[(4096, 4096), (1024, 4096), (1024, 4096), (4096, 4096), (14336, 4096), (14336, 4096), (4096, 14336)],
+    small: 262_410_240,
+    kv_cache: 268_435_456,
+    act_fp16: 2_004_877_312,
+    act_quant: 2_004_877_312 + 352_321_536,
+    lora_params: 41_943_040,
+    train_working: 4_125_481_856 + 41_943_040 * 16 + 4_791_730_176 + 655_360_000 + 352_321_536,
+    verdicts_2080: [Fit::WontFit, Fit::WontFit, Fit::Tight, Fit::WontFit],
+};
+
+fn stated_training() -> TrainOptions {
+    TrainOptions { seq_len: 512, micro_batch: 4, rank: 16, targets: vec![], checkpointing: true, base: Precision::Nf4Dq, dropout: false }
+}
+
+fn plan_on_2080(dir: &str) -> qp::Plan {
+    let path = format!("{}/tests/fixtures/hub-configs/{dir}", env!("CARGO_MANIFEST_DIR"));
+    let meta = qp::gather(&qp::LocalFolder::new(&path)).unwrap();
+    let opts = PlanOptions { context: Some(2048), batch: 1, train: Some(stated_training()), ..Default::default() };
+    qp::plan(&meta, &Target::preset("rtx2080").unwrap(), &opts, Overheads::builtin().unwrap()).unwrap()
+}
+
+fn with_overhead(working: u64) -> u64 {
+    let o = Overheads::builtin().unwrap();
+    working + o.cuda.context_bytes.value + o.cuda.cublas_workspace_bytes.value + (working as f64 * o.cuda.allocator_slack_fraction.value).ceil() as u64
+}
+
+fn check(row: &Row) {
+    let p = plan_on_2080(row.dir);
+    let name = row.dir;
+    assert_eq!(p.parameters, row.params, "{name}: parameters");
+    assert_eq!(p.tensors_from, qp::TensorsFrom::Architecture, "{name}: config.json only");
+    // Weights at the published 16-bit dtype, plus the small files the folder has (config.json).
+    let config = std::fs::metadata(format!("{}/tests/fixtures/hub-configs/{name}/config.json", env!("CARGO_MANIFEST_DIR"))).unwrap().len();
+    let download = row.params * 2 + config;
+    assert_eq!((p.download_bytes, p.model_bytes, p.download_exact), (download, download, false), "{name}: download");
+
+    let proj: u64 = row.proj_per_layer.iter().map(|(o, i)| o * i).sum();
+    assert_eq!(row.layers * proj + row.small, row.params, "{name}: the hand split adds up");
+    let int8: u64 = row.layers * row.proj_per_layer.iter().map(|(o, i)| o * i + o * 4).sum::<u64>() + row.small * 2;
+    let nf4: u64 = row.layers * row.proj_per_layer.iter().map(|(o, i)| o * i / 2 + o * i / 64 * 4 + 64).sum::<u64>() + row.small * 2;
+    let dq: u64 = row.layers * row.proj_per_layer.iter().map(|(o, i)| nf4_dq(o * i)).sum::<u64>() + row.small * 2;
+    let expect = [
+        (Precision::Fp16, row.params * 2, row.act_fp16),
+        (Precision::Int8, int8, row.act_quant),
+        (Precision::Nf4, nf4, row.act_quant),
+        (Precision::Nf4Dq, dq, row.act_quant),
+    ];
+    for (prec, weights, act) in expect {
+        let m = &p.inference.get(prec).memory;
+        assert_eq!(m.weights_bytes, weights, "{name} {prec:?} weights");
+        assert_eq!(m.kv_cache_bytes, row.kv_cache, "{name} {prec:?} kv");
+        assert_eq!(m.activations_bytes, act, "{name} {prec:?} activations");
+        assert_eq!(m.total_bytes, with_overhead(weights + row.kv_cache + act), "{name} {prec:?} total");
+    }
+    let t = p.training.as_ref().unwrap();
+    assert_eq!(t.memory.lora_parameters, row.lora_params, "{name} LoRA parameters");
+    assert_eq!(t.memory.base_weights_bytes, dq, "{name} QLoRA base");
+    assert_eq!(t.memory.total_bytes, with_overhead(row.train_working), "{name} QLoRA total");
+    let got = [p.inference.fp16.verdict, p.inference.int8.verdict, p.inference.nf4.verdict, t.verdict];
+    assert_eq!(got, row.verdicts_2080, "{name}: RTX 2080 verdicts (fp16, int8, nf4, QLoRA)");
+    println!(
+        "{name}: download {:.2} GB, fp16 {:.2} GiB, int8 {:.2} GiB, nf4 {:.2} GiB, QLoRA {:.2} GiB",
+        p.download_bytes as f64 / 1e9,
+        p.inference.fp16.memory.total_bytes as f64 / GIB as f64,
+        p.inference.int8.memory.total_bytes as f64 / GIB as f64,
+        p.inference.nf4.memory.total_bytes as f64 / GIB as f64,
+        t.memory.total_bytes as f64 / GIB as f64
+    );
+}
+
+#[test]
+fn tinyllama_1_1b() {
+    check(&TINYLLAMA);
+}
+
+#[test]
+fn phi_2() {
+    check(&PHI2);
+}
+
+#[test]
+fn gemma_2b() {
+    check(&GEMMA2B);
+}
+
+#[test]
+fn mistral_7b() {
+    check(&MISTRAL7B);
+}
+
+/// Where the RTX 2080 says no, the planner names the smallest change that fits.
+#[test]
+fn rtx2080_suggestions() {
+    let m = plan_on_2080(MISTRAL7B.dir);
+    let s = m.inference_suggestion.unwrap();
+    assert!(s.change.starts_with("load in nf4 "), "{}", s.change);
+    assert_eq!(s.fit, Fit::Tight);
+    let t = m.training.unwrap().suggestion.unwrap();
+    assert!(t.change.starts_with("micro-batch 1"), "{}", t.change);
+    assert!(t.total_bytes <= 8 * GIB);
+    // Gemma's 256k vocabulary: the loss buffer is what does not fit; micro-batch 1 quarters it.
+    let g = plan_on_2080(GEMMA2B.dir).training.unwrap();
+    assert!(g.memory.logits_bytes > g.memory.activations_bytes);
+    assert!(g.suggestion.unwrap().change.starts_with("micro-batch 1"));
+}
