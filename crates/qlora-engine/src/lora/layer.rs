@@ -165,7 +165,8 @@ impl Linear for LoraLinear {
         let xa = x.to_dtype(a.a.dtype())?;
         let xa = if training && a.dropout > 0.0 { candle_nn::ops::dropout(&xa, a.dropout as f32)? } else { xa };
         let h = xa.broadcast_matmul(&a.a.t()?)?.broadcast_matmul(&a.b.t()?)?;
-        y + (h * scale)?.to_dtype(y.dtype())?
+        let dt = y.dtype();
+        y + (h * scale)?.to_dtype(dt)?
     }
 
     fn in_features(&self) -> usize {

@@ -83,7 +83,18 @@ impl AdapterConfig {
     pub fn new(r: usize, lora_alpha: f64, target_modules: Vec<String>, lora_dropout: f64, use_rslora: bool) -> Self {
         let mut extra = Map::new();
         for (k, v) in [
+            ("alora_invocation_tokens", Value::Null),
+            ("arrow_config", Value::Null),
             ("auto_mapping", Value::Null),
+            ("corda_config", Value::Null),
+            ("ensure_weight_tying", Value::Bool(false)),
+            ("eva_config", Value::Null),
+            ("kasa_config", Value::Null),
+            ("lora_ga_config", Value::Null),
+            ("monteclora_config", Value::Null),
+            ("qalora_group_size", Value::from(16)),
+            ("use_bdlora", Value::Null),
+            ("velora_config", Value::Null),
             ("exclude_modules", Value::Null),
             ("inference_mode", Value::Bool(true)),
             ("init_lora_weights", Value::Bool(true)),
@@ -128,16 +139,14 @@ impl AdapterConfig {
             return Err(LoraError::MissingFile { path });
         }
         let text = std::fs::read_to_string(&path).map_err(|source| LoraError::Io { path: path.clone(), source })?;
-        let cfg: AdapterConfig = serde_json::from_str(&text).map_err(|e| {
-            let reason = e.to_string();
-            // serde names the field in "missing field `r`" / "invalid type ... for key `r`".
-            match reason.split('`').nth(1) {
-                Some(field) if reason.contains("field") => {
-                    LoraError::BadField { path: path.clone(), field: field.into(), reason: reason.clone() }
-                }
-                _ => LoraError::BadJson { path: path.clone(), reason },
-            }
-        })?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| LoraError::BadJson { path: path.clone(), reason: e.to_string() })?;
+        let Value::Object(map) = &value else {
+            return Err(LoraError::BadJson { path, reason: "expected a JSON object".into() });
+        };
+        check_fields(&path, map)?;
+        let cfg: AdapterConfig =
+            serde_json::from_value(value).map_err(|e| LoraError::BadJson { path: path.clone(), reason: e.to_string() })?;
         cfg.validate(&path)?;
         Ok(cfg)
     }
@@ -196,6 +205,40 @@ impl AdapterConfig {
         let text = serde_json::to_string_pretty(&sorted).map_err(|e| LoraError::Invalid(e.to_string()))?;
         atomic_write(&dir.join(CONFIG_FILE), text.as_bytes())
     }
+}
+
+/// Checks presence and type of the fields we use, so an error names the field.
+fn check_fields(path: &Path, map: &Map<String, Value>) -> Result<()> {
+    let bad = |field: &str, reason: &str| LoraError::BadField { path: path.into(), field: field.into(), reason: reason.into() };
+    for field in ["r", "lora_alpha", "target_modules"] {
+        if map.get(field).is_none_or(Value::is_null) {
+            return Err(bad(field, "is missing; peft writes it in every LoRA adapter_config.json"));
+        }
+    }
+    let is_uint = |v: &Value| v.as_u64().is_some();
+    let is_num = |v: &Value| v.is_number();
+    let is_bool = |v: &Value| v.is_boolean();
+    let is_str = |v: &Value| v.is_string();
+    let is_targets = |v: &Value| v.is_string() || v.as_array().is_some_and(|a| a.iter().all(Value::is_string));
+    let checks: [(&str, &dyn Fn(&Value) -> bool, &str); 9] = [
+        ("r", &is_uint, "must be a positive integer"),
+        ("lora_alpha", &is_num, "must be a number"),
+        ("target_modules", &is_targets, "must be a list of module names or one regex string"),
+        ("use_rslora", &is_bool, "must be true or false"),
+        ("lora_dropout", &is_num, "must be a number"),
+        ("use_dora", &is_bool, "must be true or false"),
+        ("fan_in_fan_out", &is_bool, "must be true or false"),
+        ("bias", &is_str, "must be a string"),
+        ("peft_type", &is_str, "must be a string"),
+    ];
+    for (field, ok, reason) in checks {
+        if let Some(v) = map.get(field) {
+            if !v.is_null() && !ok(v) {
+                return Err(bad(field, &format!("{reason}, found {v}")));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
