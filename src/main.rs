@@ -25,6 +25,12 @@ enum Command {
     Perplexity(cli::perplexity::Args),
     /// Interactive chat with streaming.
     Chat(cli::chat::Args),
+    /// Download a model into the Hugging Face cache (resumable, verified).
+    Download(cli::download::Args),
+    /// The Hugging Face cache: ls, rm, prune, verify (with --dry-run).
+    Cache(cli::cache::Args),
+    /// Store a Hugging Face token as the `hf` CLI does.
+    Login(cli::login::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +41,8 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(a) => cli::generate::run(a),
         Command::Perplexity(a) => cli::perplexity::run(a),
         Command::Chat(a) => cli::chat::run(a),
+        Command::Download(a) => cli::download::run(a),
+        Command::Cache(a) => cli::cache::run(a),
+        Command::Login(a) => cli::login::run(a),
     }
 }

@@ -4,3 +4,6 @@ pub mod chat;
 pub mod generate;
 pub mod import_gguf;
 pub mod perplexity;
+pub mod download;
+pub mod cache;
+pub mod login;
