@@ -31,6 +31,10 @@ enum Command {
     Cache(cli::cache::Args),
     /// Store a Hugging Face token as the `hf` CLI does.
     Login(cli::login::Args),
+    /// QLoRA fine-tuning from a YAML config (see configs/).
+    Train(cli::train::Args),
+    /// Merge a LoRA adapter into its base as a dense Hub-style folder.
+    Merge(cli::merge::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,5 +48,7 @@ fn main() -> anyhow::Result<()> {
         Command::Download(a) => cli::download::run(a),
         Command::Cache(a) => cli::cache::run(a),
         Command::Login(a) => cli::login::run(a),
+        Command::Train(a) => cli::train::run(a),
+        Command::Merge(a) => cli::merge::run(a),
     }
 }

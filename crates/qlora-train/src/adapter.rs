@@ -114,3 +114,53 @@ pub fn load_into(dir: &Path, layers: &Attached) -> Result<(), AdapterError> {
     }
     Ok(())
 }
+
+/// Reads a peft `adapter_config.json` into our LoRA settings.
+pub fn read_config(dir: &Path) -> Result<LoraConfig, AdapterError> {
+    let path = dir.join(CONFIG_FILE);
+    let bad = |problem: String| AdapterError::Mismatch { path: path.clone(), name: CONFIG_FILE.into(), problem };
+    let text = std::fs::read_to_string(&path).map_err(|source| AdapterError::Io { path: path.clone(), source })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("is not valid JSON: {e}")))?;
+    let targets = match &v["target_modules"] {
+        serde_json::Value::Array(a) => a.iter().filter_map(|t| t.as_str().map(String::from)).collect(),
+        serde_json::Value::String(s) => vec![s.clone()],
+        _ => return Err(bad("has no `target_modules`".into())),
+    };
+    Ok(LoraConfig {
+        rank: v["r"].as_u64().ok_or_else(|| bad("has no `r`".into()))? as usize,
+        alpha: v["lora_alpha"].as_f64().ok_or_else(|| bad("has no `lora_alpha`".into()))?,
+        dropout: 0.0,
+        rslora: v["use_rslora"].as_bool().unwrap_or(false),
+        target_modules: targets,
+    })
+}
+
+/// Applies a peft adapter folder to a loaded model with our LoRA layers, dropout off: for
+/// checking a trained adapter by generating with it. (The engine's own LoRA decorator is the
+/// production path for chat.)
+pub fn apply(model: &mut qlora_engine::model::Model, dir: &Path) -> Result<Attached, crate::trainer::TrainError> {
+    let lora = read_config(dir)?;
+    let projections = model.projections();
+    let paths: Vec<String> = projections.iter().map(|(p, _)| p.clone()).collect();
+    let device = model.device().clone();
+    let mut out = Vec::new();
+    for (path, base) in projections {
+        if !lora.target_modules.iter().any(|t| crate::lora::matches(&path, t)) {
+            continue;
+        }
+        let l = std::sync::Arc::new(crate::lora::TrainLora::new(base, lora.rank, lora.scaling(), 0.0, 0, &device)?);
+        model
+            .replace_projection(&path, l.clone())
+            .map_err(|e| crate::trainer::TrainError::Model { path: dir.to_path_buf(), message: e.to_string() })?;
+        out.push((path, l));
+    }
+    if out.is_empty() {
+        return Err(crate::trainer::TrainError::TargetModule {
+            name: lora.target_modules.join(", "),
+            available: crate::lora::available(&paths),
+        });
+    }
+    load_into(dir, &out)?;
+    out.iter().for_each(|(_, l)| l.set_train_mode(false));
+    Ok(out)
+}

@@ -26,6 +26,7 @@ pub mod data;
 pub mod events;
 pub mod lora;
 pub mod loss;
+pub mod merge;
 pub mod optim;
 pub mod preflight;
 pub mod schedule;
