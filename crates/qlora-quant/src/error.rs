@@ -25,6 +25,12 @@ pub enum QuantError {
     #[error("quantization state field `{field}`: {reason}")]
     BadQuantState { field: String, reason: String },
 
+    #[error("bitsandbytes checkpoint: tensor '{tensor}' is missing; a 4-bit weight needs {tensor} next to its packed weight")]
+    MissingTensor { tensor: String },
+
+    #[error("bitsandbytes checkpoint: tensor '{tensor}': {reason}")]
+    BadBnbTensor { tensor: String, reason: String },
+
     #[error("int8 quantization needs a 2-d [rows, cols] tensor, got shape {shape:?}")]
     NotMatrix { shape: Vec<usize> },
 

@@ -11,6 +11,7 @@
 //!
 //! No dependency on the engine: the engine wraps these types in its `Linear` implementations.
 
+pub mod bnb_format;
 pub mod codebook;
 pub mod error;
 mod generic;
