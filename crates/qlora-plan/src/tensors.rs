@@ -50,26 +50,31 @@ pub fn projection_names(arch: Arch) -> &'static [&'static str] {
     }
 }
 
-/// The role of a tensor by name, as the engine loads it.
+/// The role of a tensor by name, as the engine loads it. A tensor the engine does not load
+/// (rotary buffers, a tied head's copy, anything else a checkpoint carries) is `Unused`.
 pub fn role_of(spec: &ArchSpec, name: &str) -> Role {
-    if name.ends_with("rotary_emb.inv_freq") || name.ends_with(".masked_bias") || name.ends_with(".attn.bias") {
+    match name {
+        "model.embed_tokens.weight" => return Role::Embedding,
+        "lm_head.weight" => return if spec.tie_embeddings { Role::Unused } else { Role::LmHead },
+        "lm_head.bias" if spec.arch == Arch::Phi && !spec.tie_embeddings => return Role::Small,
+        "model.norm.weight" | "model.final_layernorm.weight" | "model.final_layernorm.bias" => return Role::Small,
+        _ => {}
+    }
+    let Some(rest) = name.strip_prefix("model.layers.") else { return Role::Unused };
+    let Some((index, rest)) = rest.split_once('.') else { return Role::Unused };
+    if index.parse::<u64>().map_or(true, |i| i >= spec.num_layers) {
         return Role::Unused;
     }
-    if name == "model.embed_tokens.weight" {
-        return Role::Embedding;
+    let Some((module, kind)) = rest.rsplit_once('.') else { return Role::Unused };
+    let is_norm = module == "input_layernorm" || (module == "post_attention_layernorm" && !spec.parallel_block);
+    let norm_bias = spec.arch == Arch::Phi;
+    match (projection_names(spec.arch).contains(&module), kind) {
+        (true, "weight") => Role::Projection,
+        (true, "bias") => Role::Small,
+        (false, "weight") if is_norm => Role::Small,
+        (false, "bias") if is_norm && norm_bias => Role::Small,
+        _ => Role::Unused,
     }
-    if name == "lm_head.weight" {
-        return if spec.tie_embeddings { Role::Unused } else { Role::LmHead };
-    }
-    if let Some(rest) = name.strip_prefix("model.layers.") {
-        let rest = rest.split_once('.').map_or("", |(_, r)| r);
-        if let Some(module) = rest.strip_suffix(".weight") {
-            if projection_names(spec.arch).contains(&module) {
-                return Role::Projection;
-            }
-        }
-    }
-    Role::Small
 }
 
 /// `(out, in)` of every projection of one decoder layer, in checkpoint order.
@@ -171,6 +176,9 @@ mod tests {
         assert_eq!(role_of(&s, "model.embed_tokens.weight"), Role::Embedding);
         assert_eq!(role_of(&s, "lm_head.weight"), Role::Unused, "gemma ties its head");
         assert_eq!(role_of(&s, "model.layers.0.self_attn.rotary_emb.inv_freq"), Role::Unused);
+        assert_eq!(role_of(&s, "model.layers.18.mlp.down_proj.weight"), Role::Unused, "past the last layer");
+        assert_eq!(role_of(&s, "greedy_logits"), Role::Unused);
+        assert_eq!(role_of(&s, "model.norm.weight"), Role::Small);
         let phi = spec("microsoft--phi-2");
         assert_eq!(role_of(&phi, "model.layers.0.self_attn.dense.weight"), Role::Projection);
         assert_eq!(role_of(&phi, "model.layers.0.mlp.fc1.weight"), Role::Projection);
