@@ -5,11 +5,14 @@
 //! test fails when the committed `ui/src/bindings.ts` is stale.
 
 pub mod bindings;
+pub mod chat_engine;
 pub mod commands;
 pub mod conversations;
 pub mod error;
 pub mod events;
+pub mod hub;
 pub mod local_models;
+pub mod planning;
 pub mod settings;
 pub mod state;
 pub mod system;

@@ -19,6 +19,8 @@ pub struct AppState {
     pub home: PathBuf,
     settings: Mutex<Settings>,
     jobs: Mutex<HashMap<u64, CancelToken>>,
+    /// The model loaded for chat, kept between messages.
+    pub chat_model: std::sync::Arc<crate::chat_engine::Loaded>,
 }
 
 impl AppState {
@@ -30,7 +32,7 @@ impl AppState {
         {
             settings.save(&Self::settings_path(home))?;
         }
-        Ok(Self { home: home.to_path_buf(), settings: Mutex::new(settings), jobs: Mutex::default() })
+        Ok(Self { home: home.to_path_buf(), settings: Mutex::new(settings), jobs: Mutex::default(), chat_model: Default::default() })
     }
 
     fn settings_path(home: &Path) -> PathBuf {

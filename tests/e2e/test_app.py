@@ -106,6 +106,58 @@ def test_train_wizard_refuses_a_file_that_is_not_a_dataset(d):
     d.wait_text("[data-testid=dataset-error]", "dataset file '/nonexistent/data.jsonl' does not exist")
 
 
+def starter_path():
+    return os.path.join(MODELS_DIR, STARTER)
+
+
+def test_plan_the_starter_model(d):
+    page(d, "planner")
+    d.type("[data-testid=plan-model]", starter_path())
+    d.click("[data-testid=plan-go]")
+    d.wait_text("[data-testid=plan-verdict]", "Fits", timeout=60)
+    assert d.exists("[data-testid=breakdown] rect"), "the breakdown chart has bars"
+    assert "base weights" in d.text("[data-testid=breakdown]")
+    d.screenshot(os.path.join(SHOTS, "planner.png"))
+
+
+def test_a_config_that_wont_fit_says_what_to_change(d):
+    page(d, "planner")
+    d.type("[data-testid=plan-model]", starter_path())
+    d.click("[data-testid=plan-gpu] option[value=rtx2080]")
+    d.type("[data-testid=plan-context]", "131072")
+    d.type("[data-testid=plan-batch]", "512")
+    d.click("[data-testid=plan-go]")
+    d.wait_text("[data-testid=plan-verdict]", "Does not fit", timeout=60)
+    assert d.text("[data-testid=plan-suggestion]").startswith("To make it fit:")
+    d.screenshot(os.path.join(SHOTS, "planner-does-not-fit.png"))
+
+
+def answer_text(d, sel="[data-testid=answer]"):
+    return d.js("const a = document.querySelectorAll(arguments[0]); return a.length ? a[a.length - 1].innerText : ''", sel) or ""
+
+
+def test_chat_streams_an_answer_and_stops(d):
+    page(d, "chat")
+    d.wait(lambda: starter_path() in d.js("return document.querySelector('[data-testid=chat-model-path]').value"), 10, "the starter model to be picked")
+    d.type("[data-testid=chat-input]", "What is the capital of France?")
+    d.click("[data-testid=chat-send]")
+    # Streamed: text shows up while the answer is still being written.
+    d.wait(lambda: d.exists("[data-testid=answer].streaming") and len(answer_text(d)) > 0, 120, "the first streamed tokens")
+    d.wait(lambda: not d.exists("[data-testid=answer].streaming"), 300, "the answer to finish")
+    assert "tokens/s" in answer_text(d), answer_text(d)
+    d.screenshot(os.path.join(SHOTS, "chat.png"))
+    # Kept on disk, listed on the side.
+    convos = os.path.join(os.environ["QLORA_STUDIO_HOME"], "conversations")
+    assert len(os.listdir(convos)) == 1, os.listdir(convos)
+    d.find("[data-testid=conversations] a")
+    # Stop: a second question, stopped after its first tokens.
+    d.type("[data-testid=chat-input]", "Write a long story about a dragon.")
+    d.click("[data-testid=chat-send]")
+    d.wait(lambda: d.exists("[data-testid=answer].streaming") and len(answer_text(d)) > 0, 120, "the second answer to start")
+    d.click("[data-testid=chat-stop]")
+    d.wait(lambda: "stopped" in answer_text(d), 60, "the answer to stop")
+
+
 TESTS = [v for k, v in list(globals().items()) if k.startswith("test_")]
 
 

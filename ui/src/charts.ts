@@ -42,11 +42,11 @@ export function breakdownBar(items: { label: string; bytes: number }[], budget: 
   const root = svg("svg", { viewBox: `0 0 ${width} 46`, class: "bar-chart" });
   let x = 0;
   widths.forEach((w, i) => {
-    root.append(svg("rect", { x, y: 6, width: Math.max(0, w), height: 26, class: `seg seg-${i % 6}` }, svg("title", {}, `${items[i].label}: ${formatBytes(items[i].bytes)}`)));
+    root.append(svg("rect", { x, y: 6, width: Math.max(0, w), height: 26, class: `seg seg-${i % 8}` }, svg("title", {}, `${items[i].label}: ${formatBytes(items[i].bytes)}`)));
     x += w;
   });
   root.append(svg("line", { x1: budgetX, x2: budgetX, y1: 0, y2: 38, class: "budget" }));
   root.append(svg("text", { x: Math.min(budgetX, width - 4), y: 45, class: "tick", "text-anchor": budgetX > width - 60 ? "end" : "middle" }, `budget ${formatBytes(budget)}`));
-  const legend = h("ul", { class: "legend" }, ...items.map((it, i) => h("li", {}, h("span", { class: `swatch seg-${i % 6}` }), `${it.label} `, h("b", {}, formatBytes(it.bytes)))));
+  const legend = h("ul", { class: "legend" }, ...items.map((it, i) => h("li", {}, h("span", { class: `swatch seg-${i % 8}` }), `${it.label} `, h("b", {}, formatBytes(it.bytes)))));
   return h("div", { class: "breakdown", "data-testid": testId }, root, legend);
 }

@@ -27,9 +27,13 @@ pub fn gpu_presets() -> CmdResult<Vec<GpuPresetView>> {
     system::presets()
 }
 
-/// Runs a blocking core call off the main thread.
+/// Runs a blocking core call on its own thread, off the main thread and outside the async
+/// runtime: some core calls (the planner's Hub reads) run a private runtime of their own,
+/// which tokio refuses inside a runtime's threads, blocking pool included.
 pub async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> CmdResult<T> + Send + 'static) -> CmdResult<T> {
-    tauri::async_runtime::spawn_blocking(f)
-        .await
-        .map_err(|e| super::AppError::new(crate::error::ErrorCode::Internal, format!("a background task failed: {e}")))?
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.await.map_err(|_| super::AppError::new(crate::error::ErrorCode::Internal, "a background task stopped without an answer"))?
 }

@@ -32,8 +32,18 @@ pub async fn chat_send(state: State<'_, AppState>, request: ChatRequest, on_chun
     if request.model.trim().is_empty() {
         return Err(AppError::invalid("pick a model to chat with"));
     }
-    let _ = (&state, &on_chunk);
-    Err(AppError::not_built("qlora_studio::engine generation (streamed tokens with a cancel token)"))
+    let cancel = state.start_job_with_id(request.stream);
+    let loaded = state.chat_model.clone();
+    let stream = request.stream;
+    let result = super::app::run_blocking(move || {
+        let send = |c: ChatChunk| {
+            let _ = on_chunk.send(c);
+        };
+        crate::chat_engine::generate(&loaded, &request, &cancel, &send)
+    })
+    .await;
+    state.finish_job(stream);
+    result
 }
 
 #[tauri::command]

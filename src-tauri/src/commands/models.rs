@@ -49,14 +49,19 @@ pub async fn model_info(id: String) -> CmdResult<ModelDetail> {
 }
 
 #[tauri::command]
-pub async fn plan_model(request: PlanRequest) -> CmdResult<PlanReport> {
+pub async fn plan_model(state: State<'_, AppState>, request: PlanRequest) -> CmdResult<PlanReport> {
     if request.model.trim().is_empty() {
         return Err(AppError::invalid("name a model: a Hub id such as TinyLlama/TinyLlama-1.1B-Chat-v1.0 or a local folder"));
     }
     if request.context == 0 || request.batch_size == 0 {
         return Err(AppError::invalid("context length and batch size must be at least 1"));
     }
-    Err(AppError::not_built("qlora_studio::plan (memory and disk plan of a model for a GPU)"))
+    let model = request.model.trim();
+    if !model.starts_with('/') {
+        check_model_id(model)?;
+    }
+    let hub = crate::hub::client(&state.settings(), state.cache_dir())?;
+    super::app::run_blocking(move || crate::planning::plan(&request, hub)).await
 }
 
 #[tauri::command]

@@ -1,0 +1,139 @@
+//! The Planner page's call: a [`PlanRequest`] becomes `qlora_plan` options, the plan is made
+//! against this machine or a preset card (the same composition as `qlora plan`), and the part
+//! the page shows (the chosen precision or training, its breakdown, verdict and suggestion)
+//! becomes a [`PlanReport`].
+
+use crate::error::{AppError, CmdResult, ErrorCode};
+use crate::views::{GpuChoice, PlanItem, PlanReport, PlanRequest, Verdict};
+use qlora_plan::{self as qp, Fit, PlanError, PlanOptions, Precision, Target, TrainOptions};
+use std::path::Path;
+
+fn verdict(f: Fit) -> Verdict {
+    match f {
+        Fit::Fits => Verdict::Fits,
+        Fit::Tight => Verdict::Tight,
+        _ => Verdict::DoesNotFit,
+    }
+}
+
+/// A stable code per planner failure. `PlanError::Hub` carries the Hub error as text, so the
+/// not-found and network cases are told apart by the Hub's own wording.
+fn to_app(e: PlanError) -> AppError {
+    let code = match &e {
+        PlanError::Io { .. } => ErrorCode::NotFound,
+        PlanError::BadConfig { .. } | PlanError::UnsupportedArchitecture { .. } => ErrorCode::BadFormat,
+        PlanError::BadOption { .. } => ErrorCode::InvalidInput,
+        PlanError::Hub { reason, .. } if reason.contains("was not found") => ErrorCode::NotFound,
+        PlanError::Hub { reason, .. } if reason.contains("cannot reach") || reason.contains("offline mode") => {
+            ErrorCode::Offline
+        }
+        _ => ErrorCode::Internal,
+    };
+    AppError::new(code, e.to_string())
+}
+
+pub fn precision(key: &str) -> CmdResult<Precision> {
+    Precision::ALL
+        .into_iter()
+        .find(|p| p.key() == key)
+        .ok_or_else(|| AppError::invalid(format!("precision '{key}' is not one of fp32, bf16, fp16, int8, nf4, nf4_dq")))
+}
+
+/// Plans the request. Blocking (reads the Hub or a folder): call it off the main thread.
+pub fn plan(req: &PlanRequest, hub: qlora_hub::HubClient) -> CmdResult<PlanReport> {
+    let target = match &req.gpu {
+        GpuChoice::ThisMachine => Target::detect(),
+        GpuChoice::Preset { id } => Target::preset(id),
+    }
+    .map_err(to_app)?;
+    let model = req.model.trim();
+    let local = Path::new(model).is_dir();
+    if model.starts_with('/') && !local {
+        return Err(AppError::new(ErrorCode::NotFound, format!("model folder '{model}' does not exist")));
+    }
+    let cache_dir = hub.config().cache_dir.clone();
+    let meta = if local {
+        qp::gather(&qp::LocalFolder::new(model))
+    } else {
+        qp::gather(&qp::HubSource::new(hub, model, "main"))
+    }
+    .map_err(to_app)?;
+    let train = req.train.then(|| TrainOptions {
+        seq_len: req.context as u64,
+        micro_batch: req.batch_size as u64,
+        rank: req.lora_rank as u64,
+        targets: Vec::new(),
+        checkpointing: req.gradient_checkpointing,
+        base: Precision::Nf4Dq,
+        dropout: false,
+    });
+    let opts = PlanOptions { context: Some(req.context as u64), batch: if req.train { 1 } else { req.batch_size as u64 }, train, ..Default::default() };
+    let overheads = qp::Overheads::builtin().map_err(to_app)?;
+    let mut p = qp::plan(&meta, &target, &opts, overheads).map_err(to_app)?;
+    let disk_dir = if local { Path::new(model).to_path_buf() } else { cache_dir };
+    let _ = p.disk.check_free_space(&disk_dir, overheads.verdict.tight_fraction.value);
+    report(&p, req)
+}
+
+fn report(p: &qp::Plan, req: &PlanRequest) -> CmdResult<PlanReport> {
+    let item = |label: &str, bytes: u64| PlanItem { label: label.to_string(), bytes };
+    let (fit, total, breakdown, suggestion) = match &p.training {
+        Some(t) => {
+            let m = &t.memory;
+            let items = vec![
+                item("base weights (NF4)", m.base_weights_bytes),
+                item("LoRA weights", m.lora_weights_bytes),
+                item("LoRA gradients", m.lora_grads_bytes),
+                item("AdamW states", m.optimizer_bytes + m.master_weights_bytes),
+                item("activations", m.activations_bytes),
+                item("logits / loss", m.logits_bytes),
+                item("dequantize scratch", m.dequant_scratch_bytes),
+                item("overhead", m.overhead_bytes),
+            ];
+            (t.verdict, m.total_bytes, items, t.suggestion.as_ref().map(|s| s.change.clone()))
+        }
+        None => {
+            let e = p.inference.get(precision(&req.precision)?);
+            let m = &e.memory;
+            let items = vec![
+                item("weights", m.weights_bytes),
+                item("KV cache", m.kv_cache_bytes),
+                item("activations", m.activations_bytes),
+                item("overhead", m.overhead_bytes),
+            ];
+            let suggestion = (!e.verdict.fits()).then(|| smallest_fitting(p)).flatten();
+            (e.verdict, m.total_bytes, items, suggestion)
+        }
+    };
+    let mut notes = p.notes.clone();
+    if let Some(n) = &p.target.note {
+        notes.push(n.clone());
+    }
+    if !p.download_exact {
+        notes.push("download size estimated from the architecture".into());
+    }
+    Ok(PlanReport {
+        model: p.model.clone(),
+        device: p.target.name.clone(),
+        verdict: verdict(fit),
+        budget_bytes: p.target.available_bytes,
+        total_bytes: total,
+        breakdown: breakdown.into_iter().filter(|i| i.bytes > 0).collect(),
+        download_bytes: p.download_bytes,
+        disk_free_bytes: p.disk.available_bytes,
+        suggestion,
+        notes,
+    })
+}
+
+/// For inference that does not fit: the planner's own suggestion, else the lightest precision
+/// that fits.
+fn smallest_fitting(p: &qp::Plan) -> Option<String> {
+    if let Some(s) = &p.inference_suggestion {
+        return Some(s.change.clone());
+    }
+    [Precision::Int8, Precision::Nf4, Precision::Nf4Dq]
+        .into_iter()
+        .find(|&q| p.inference.get(q).verdict.fits())
+        .map(|q| format!("load it in {}", q.key()))
+}
