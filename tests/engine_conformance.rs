@@ -141,3 +141,41 @@ fn llama_computes_in_bf16() {
     assert!(diff < 0.5, "bf16 logits drift by {diff}");
     assert!(agree >= 20, "bf16 argmax agrees at only {agree}/24 positions");
 }
+
+/// A bitsandbytes pre-quantized 4-bit checkpoint (`tests/fixtures/bnb4`, NF4 + double quant)
+/// gives transformers + bitsandbytes' logits, which equal its dequantized dense twin's.
+#[test]
+fn bnb_prequantized_nf4_checkpoint() {
+    let dir = fixture("../bnb4");
+    let model = Model::load(&dir, &LoadOptions::default()).unwrap();
+    assert!(model.projections().iter().all(|(_, l)| l.storage() == qlora_studio::engine::Storage::Nf4DoubleQuant));
+    let w = Weights::from_files(&dir, &[dir.join("reference.safetensors")]).unwrap();
+    let input = w.get("input_ids", &Device::Cpu).unwrap().to_dtype(DType::U32).unwrap();
+    let want = w.get("logits", &Device::Cpu).unwrap();
+    let logits = model.forward(&input, None).unwrap().squeeze(0).unwrap();
+    let diff = max_abs_diff(&logits, &want);
+    eprintln!("bnb4: max |logit diff| vs transformers+bitsandbytes {diff:.2e}");
+    assert!(diff <= 1e-4, "bnb4 logits differ by {diff}");
+    assert_eq!(argmax(&logits), argmax(&want));
+}
+
+/// The tiny llama quantized on load to NF4 with double quantization is the same model
+/// bitsandbytes makes of it: same logits as the bnb4 fixture (quantized from the same f32
+/// weights by bitsandbytes).
+#[test]
+fn nf4_on_load_matches_bitsandbytes() {
+    let opts = LoadOptions { quant: qlora_studio::engine::Quant::Nf4DoubleQuant, ..LoadOptions::default() };
+    let model = Model::load(&fixture("llama"), &opts).unwrap();
+    let dir = fixture("../bnb4");
+    let w = Weights::from_files(&dir, &[dir.join("reference.safetensors")]).unwrap();
+    let input = w.get("input_ids", &Device::Cpu).unwrap().to_dtype(DType::U32).unwrap();
+    let want = w.get("logits", &Device::Cpu).unwrap();
+    let logits = model.forward(&input, None).unwrap().squeeze(0).unwrap();
+    let diff = max_abs_diff(&logits, &want);
+    eprintln!("nf4 on load vs bitsandbytes: max |logit diff| {diff:.2e}");
+    assert!(diff <= 1e-4, "NF4-on-load logits differ from bitsandbytes' by {diff}");
+    let p = model.projections();
+    let bytes: usize = p.iter().map(|(_, l)| l.storage_bytes()).sum();
+    let dense: usize = p.iter().map(|(_, l)| l.in_features() * l.out_features() * 4).sum();
+    assert!(bytes * 4 < dense, "NF4 storage {bytes} bytes is not well under a quarter of f32 {dense}");
+}

@@ -4,6 +4,7 @@
 use anyhow::Context;
 use qlora_studio::engine::candle_core::{DType, Device};
 use qlora_studio::engine::generate::{GenerateEvent, GenerateOptions};
+use qlora_studio::engine::lora;
 use qlora_studio::engine::text_model::single_turn;
 use qlora_studio::engine::{LoadOptions, Quant, TextModel};
 use qlora_studio::jobs::CancelToken;
@@ -44,11 +45,17 @@ impl LoadArgs {
 
     pub fn load(&self) -> anyhow::Result<TextModel> {
         let opts = self.options()?;
-        let tm = TextModel::load(&self.model, &opts).with_context(|| format!("loading {}", self.model.display()))?;
+        let mut tm = TextModel::load(&self.model, &opts).with_context(|| format!("loading {}", self.model.display()))?;
         if let Some(adapter) = &self.adapter {
-            anyhow::bail!(
-                "--adapter {}: applying LoRA adapters from the CLI is not wired up yet (scale {})",
+            let layers = tm.model.lora_layers()?;
+            let attached = lora::attach_adapter(adapter, &layers, &opts.device, None)
+                .with_context(|| format!("applying adapter {}", adapter.display()))?;
+            lora::set_scale_all(&layers, self.adapter_scale);
+            eprintln!(
+                "adapter {} on {} modules (r={}, scale {})",
                 adapter.display(),
+                attached.modules.len(),
+                attached.config.r,
                 self.adapter_scale
             );
         }

@@ -59,6 +59,9 @@ pub enum Error {
     InvalidOption(String),
 
     #[error(transparent)]
+    Lora(#[from] crate::lora::LoraError),
+
+    #[error(transparent)]
     Cancelled(#[from] qlora_jobs::Cancelled),
 
     #[error("tensor computation failed: {0}")]

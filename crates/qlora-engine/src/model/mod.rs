@@ -80,6 +80,8 @@ pub struct Model {
     dtype: DType,
     device: Device,
     training: bool,
+    /// Set once the projections are wrapped for LoRA ([`Model::lora_layers`]).
+    lora: Option<crate::lora::LoraLayers>,
 }
 
 impl Model {
@@ -128,6 +130,7 @@ impl Model {
             dtype: dt,
             device: dev.clone(),
             training: false,
+            lora: None,
         })
     }
 
@@ -257,6 +260,21 @@ impl Model {
             }
         }
         Err(Error::InvalidOption(format!("no projection named '{path}' in this {:?} model", self.cfg.arch)))
+    }
+
+    /// Wraps every projection in a [`crate::lora::LoraLinear`] (once; later calls return the
+    /// same layers), so adapters can be attached, rescaled, switched and dropped without
+    /// reloading the base: pass the map to `lora::attach_adapter`, `set_scale_all`, ...
+    pub fn lora_layers(&mut self) -> Result<crate::lora::LoraLayers> {
+        if let Some(l) = &self.lora {
+            return Ok(l.clone());
+        }
+        let layers = crate::lora::wrap_all(self.projections());
+        for (path, layer) in &layers {
+            self.replace_projection(path, layer.clone())?;
+        }
+        self.lora = Some(layers.clone());
+        Ok(layers)
     }
 
     /// Embedding matrix `[vocab, hidden]` (dense, as bitsandbytes leaves it).
