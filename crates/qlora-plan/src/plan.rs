@@ -155,6 +155,12 @@ pub fn plan(meta: &ModelMeta, target: &Target, opts: &PlanOptions, overheads: &O
     if let Some(n) = &target.note {
         notes.push(n.clone());
     }
+    if context > s.max_position_embeddings {
+        notes.push(format!("context {context} is longer than the model's max_position_embeddings ({}); quality past it is not assured", s.max_position_embeddings));
+    }
+    if let Some(t) = opts.train.as_ref().filter(|t| t.seq_len > s.max_position_embeddings) {
+        notes.push(format!("sequence length {} is longer than the model's max_position_embeddings ({})", t.seq_len, s.max_position_embeddings));
+    }
     if s.prequantized {
         notes.push("config.json announces a bitsandbytes pre-quantized checkpoint: the nf4/int8 rows apply; the 16-bit rows would need the dense original".into());
     }
