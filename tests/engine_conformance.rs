@@ -179,3 +179,21 @@ fn nf4_on_load_matches_bitsandbytes() {
     let dense: usize = p.iter().map(|(_, l)| l.in_features() * l.out_features() * 4).sum();
     assert!(bytes * 4 < dense, "NF4 storage {bytes} bytes is not well under a quarter of f32 {dense}");
 }
+
+/// `perplexity` over one window equals transformers' mean NLL; sliding windows score every
+/// token after the first exactly once.
+#[test]
+fn perplexity_windows() {
+    use qlora_studio::engine::perplexity::perplexity;
+    let r = reference("llama");
+    let model = Model::load(&fixture("llama"), &LoadOptions::default()).unwrap();
+    let cancel = qlora_studio::jobs::CancelToken::new();
+    let full = perplexity(&model, &r.input_ids, 64, 32, &cancel).unwrap();
+    assert_eq!((full.windows, full.scored_tokens), (1, 23));
+    assert!(((full.mean_nll - r.mean_nll) / r.mean_nll).abs() < 1e-4, "{} vs {}", full.mean_nll, r.mean_nll);
+    let sliding = perplexity(&model, &r.input_ids, 12, 6, &cancel).unwrap();
+    assert_eq!((sliding.windows, sliding.scored_tokens), (3, 23));
+    let disjoint = perplexity(&model, &r.input_ids, 12, 12, &cancel).unwrap();
+    assert_eq!((disjoint.windows, disjoint.scored_tokens), (2, 22));
+    eprintln!("mean NLL: full {:.4}, sliding {:.4}, disjoint {:.4}", full.mean_nll, sliding.mean_nll, disjoint.mean_nll);
+}
