@@ -13,6 +13,9 @@
 
 pub mod bnb_format;
 pub mod codebook;
+/// CUDA kernels (NF4 dequantize, fused decode GEMV) with CPU twins; `cuda` feature only.
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 mod generic;
 pub mod kernels;

@@ -232,6 +232,10 @@ impl Nf4Tensor {
     /// The dense weight in `dtype` (a new allocation of the full size: keep it short-lived).
     pub fn dequantize(&self, dtype: DType) -> candle_core::Result<Tensor> {
         if !on_cpu(&self.packed) {
+            #[cfg(feature = "cuda")]
+            if self.packed.device().is_cuda() && matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+                return crate::cuda::dequantize(self, dtype);
+            }
             return crate::generic::nf4_dequantize(self, dtype);
         }
         let absmax = self.absmax_f32()?;

@@ -28,6 +28,11 @@ pub trait DequantWeight: Clone + Send + Sync + std::fmt::Debug + 'static {
     const OP_NAME: &'static str;
     fn out_in(&self) -> (usize, usize);
     fn dequantize_to(&self, dtype: DType) -> Result<Tensor>;
+    /// A fused CUDA product for this input, or `None` to dequantize + matmul.
+    #[cfg(feature = "cuda")]
+    fn cuda_fused(&self, _x: &CudaStorage, _l: &Layout) -> Result<Option<(CudaStorage, Shape)>> {
+        Ok(None)
+    }
 }
 
 impl DequantWeight for Nf4Tensor {
@@ -38,6 +43,11 @@ impl DequantWeight for Nf4Tensor {
     }
     fn dequantize_to(&self, dtype: DType) -> Result<Tensor> {
         self.dequantize(dtype)
+    }
+    /// Decode (at most 8 rows of x): the fused NF4 GEMV of `crate::cuda`.
+    #[cfg(feature = "cuda")]
+    fn cuda_fused(&self, x: &CudaStorage, l: &Layout) -> Result<Option<(CudaStorage, Shape)>> {
+        crate::cuda::linear_fused(self, x, l)
     }
 }
 
@@ -127,6 +137,10 @@ impl<W: DequantWeight> CustomOp1 for QuantLinearOp<W> {
     }
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        #[cfg(feature = "cuda")]
+        if let Some(fused) = self.w.cuda_fused(s, l)? {
+            return Ok(fused);
+        }
         self.fwd(s, l, |st| match st {
             Storage::Cuda(c) => Some(c),
             _ => None,
