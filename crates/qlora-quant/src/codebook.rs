@@ -19,7 +19,9 @@
 
 use std::sync::OnceLock;
 
-/// bitsandbytes' NF4 code values (`quant_map` in checkpoints), index = 4-bit code.
+/// bitsandbytes' NF4 code values (`quant_map` in checkpoints), index = 4-bit code. Written with
+/// the digits bnb's source has (each is exactly an f32).
+#[allow(clippy::excessive_precision)]
 pub const NF4_CODE: [f32; 16] = [
     -1.0,
     -0.696_192_800_998_687_7,

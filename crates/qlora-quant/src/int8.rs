@@ -17,6 +17,7 @@ use crate::tensor_util::{check_finite, cpu_vec, on_cpu, with_cpu_slice};
 use candle_core::{DType, Device, Tensor};
 
 /// bnb's dequantization constant, `1/127` as it writes it.
+#[allow(clippy::excessive_precision)]
 const INV_127: f32 = 7.874_015_718_698_502e-3;
 /// bnb's `int8_mm_dequant` constant, `1/127²` as it writes it.
 const INV_127_SQ: f32 = 6.200_124e-5;

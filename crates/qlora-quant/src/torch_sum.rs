@@ -8,6 +8,9 @@
 //! in f32. Above `GRAIN_SIZE` (32768) elements torch splits the sum across its intra-op threads,
 //! so the result then depends on `torch.get_num_threads()`: [`torch_mean_f32`] takes that count.
 
+// The loops index accumulators exactly as ATen's do, which is the point of this module.
+#![allow(clippy::needless_range_loop)]
+
 const LANES: usize = 8;
 const ILP: usize = 4;
 const LEVELS: usize = 4;
