@@ -23,10 +23,8 @@ fn tiny_llama_layers() -> (LoraLayers, HashMap<String, Tensor>) {
     let w = load(&fixtures().join("tiny/llama/model.safetensors"));
     let mut proj = Vec::new();
     for (name, t) in &w {
-        if let Some(path) = name.strip_suffix(".weight") {
-            if path.contains("_proj") {
-                proj.push((path.to_string(), Arc::new(DenseLinear::new(t.clone(), None)) as ArcLinear));
-            }
+        if let Some(path) = name.strip_suffix(".weight").filter(|p| p.contains("_proj")) {
+            proj.push((path.to_string(), Arc::new(DenseLinear::new(t.clone(), None)) as ArcLinear));
         }
     }
     (wrap_all(proj), w)

@@ -220,7 +220,8 @@ fn check_fields(path: &Path, map: &Map<String, Value>) -> Result<()> {
     let is_bool = |v: &Value| v.is_boolean();
     let is_str = |v: &Value| v.is_string();
     let is_targets = |v: &Value| v.is_string() || v.as_array().is_some_and(|a| a.iter().all(Value::is_string));
-    let checks: [(&str, &dyn Fn(&Value) -> bool, &str); 9] = [
+    type Check<'a> = (&'a str, &'a dyn Fn(&Value) -> bool, &'a str);
+    let checks: [Check; 9] = [
         ("r", &is_uint, "must be a positive integer"),
         ("lora_alpha", &is_num, "must be a number"),
         ("target_modules", &is_targets, "must be a list of module names or one regex string"),
@@ -232,10 +233,8 @@ fn check_fields(path: &Path, map: &Map<String, Value>) -> Result<()> {
         ("peft_type", &is_str, "must be a string"),
     ];
     for (field, ok, reason) in checks {
-        if let Some(v) = map.get(field) {
-            if !v.is_null() && !ok(v) {
-                return Err(bad(field, &format!("{reason}, found {v}")));
-            }
+        if let Some(v) = map.get(field).filter(|v| !v.is_null() && !ok(v)) {
+            return Err(bad(field, &format!("{reason}, found {v}")));
         }
     }
     Ok(())
