@@ -32,6 +32,11 @@ impl std::fmt::Debug for HubClient {
 
 impl HubClient {
     pub fn new(cfg: HubConfig) -> Result<Self> {
+        let parsed = Url::parse(&cfg.endpoint)
+            .map_err(|e| HubError::BadEndpoint { endpoint: cfg.endpoint.clone(), detail: e.to_string() })?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(HubError::BadEndpoint { endpoint: cfg.endpoint.clone(), detail: "not http(s)".into() });
+        }
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))

@@ -13,6 +13,9 @@ pub enum HubError {
     #[error("'{id}' is not a Hub model id; use the form 'org/name' (for example 'TinyLlama/TinyLlama-1.1B-Chat-v1.0')")]
     InvalidRepoId { id: String },
 
+    #[error("HF_ENDPOINT '{endpoint}' is not a valid URL ({detail}); unset it, or set it to a Hub such as https://huggingface.co")]
+    BadEndpoint { endpoint: String, detail: String },
+
     #[error("{repo} needs a Hugging Face token ({why}) and none was found; run `qlora login` or set HF_TOKEN")]
     NoToken { repo: String, why: String },
 
@@ -88,6 +91,7 @@ impl HubError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::InvalidRepoId { .. } => "invalid_repo_id",
+            Self::BadEndpoint { .. } => "bad_endpoint",
             Self::NoToken { .. } => "no_token",
             Self::LicenceNotAccepted { .. } => "licence_not_accepted",
             Self::RepoNotFound { .. } => "repo_not_found",

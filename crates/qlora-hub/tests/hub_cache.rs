@@ -126,3 +126,29 @@ async fn refuses_paths_outside_the_cache() {
     }
     assert!(victim.exists());
 }
+
+#[tokio::test]
+async fn moving_the_cache_keeps_links_and_leaves_a_symlink() {
+    use qlora_hub::cache::relocate;
+    let env = Env::new(300_000);
+    let out = fetch(&env, "main").await;
+    let before = cache::scan(&env.cache_dir());
+    let dest = tempfile::tempdir().unwrap();
+    let to = dest.path().join("hf-cache");
+    let plan = relocate::plan_move(&env.cache_dir(), &to).unwrap();
+    assert!(plan.bytes >= before.size_on_disk);
+    let events = std::sync::Mutex::new(Vec::new());
+    let sink = |e: relocate::MoveEvent| events.lock().unwrap().push(e);
+    relocate::move_cache(&plan, true, &Default::default(), &sink).unwrap();
+    // Links were recreated (relative, not dereferenced copies) and the old path points to the new.
+    let link = std::fs::read_link(to.join("models--test-org--tiny-model/snapshots").join(&out.commit).join("model.safetensors")).unwrap();
+    assert!(link.starts_with("../../blobs"), "{link:?}");
+    assert!(std::fs::symlink_metadata(env.cache_dir()).unwrap().file_type().is_symlink());
+    let after = cache::scan(&to);
+    assert_eq!(after.size_on_disk, before.size_on_disk);
+    assert_eq!(std::fs::read(out.snapshot.join("model.safetensors")).unwrap(), env.repo_file("model.safetensors"));
+    assert!(matches!(events.lock().unwrap().last(), Some(relocate::MoveEvent::Finished { .. })));
+    // Moving into itself, or onto a non-empty folder, is refused.
+    assert!(relocate::plan_move(&to, &to.join("inner")).is_err());
+    assert!(relocate::plan_move(&to, dest.path()).is_err());
+}

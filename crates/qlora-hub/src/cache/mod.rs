@@ -5,6 +5,7 @@
 
 pub mod layout;
 pub mod manage;
+pub mod relocate;
 
 use crate::remote::{RemoteFile, RepoListing};
 use layout::{RepoCache, is_commit_hash, repo_id_from_folder};
