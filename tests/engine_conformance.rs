@@ -197,3 +197,41 @@ fn perplexity_windows() {
     assert_eq!((disjoint.windows, disjoint.scored_tokens), (2, 22));
     eprintln!("mean NLL: full {:.4}, sliding {:.4}, disjoint {:.4}", full.mean_nll, sliding.mean_nll, disjoint.mean_nll);
 }
+
+/// In training mode the gradient of the loss reaches the first layer's projections through
+/// every op in between (norms, softmax, rope, activations, lm_head), for every architecture:
+/// candle's fused ops would silently cut it.
+#[test]
+fn gradients_reach_the_first_layer_in_training_mode() {
+    use qlora_studio::engine::candle_core::Var;
+    use qlora_studio::engine::linear::DenseLinear;
+    for name in ["llama", "mistral", "phi", "gemma", "qwen2"] {
+        let mut model = Model::load(&fixture(name), &LoadOptions::default()).unwrap();
+        model.set_training(true);
+        let mut vars = Vec::new();
+        for (path, lin) in model.projections().into_iter().filter(|(p, _)| p.starts_with("model.layers.0.")) {
+            let var = Var::from_tensor(&lin.dense_weight(DType::F32).unwrap()).unwrap();
+            let dense = DenseLinear::new(var.as_tensor().clone(), lin.bias().cloned());
+            model.replace_projection(&path, std::sync::Arc::new(dense)).unwrap();
+            vars.push((path, var));
+        }
+        let r = reference(name);
+        let ids = Tensor::new(r.input_ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let logits = model.forward(&ids, None).unwrap().squeeze(0).unwrap();
+        let n = r.input_ids.len();
+        let logp = qlora_studio::engine::candle_core::Tensor::log(
+            &qlora_studio::engine::ops::softmax_last_dim(&logits.narrow(0, 0, n - 1).unwrap()).unwrap(),
+        )
+        .unwrap();
+        let targets = Tensor::new(&r.input_ids[1..], &Device::Cpu).unwrap().unsqueeze(1).unwrap();
+        let loss = logp.gather(&targets, 1).unwrap().mean_all().unwrap().neg().unwrap();
+        let l: f32 = loss.to_scalar().unwrap();
+        assert!(((l as f64 - r.mean_nll) / r.mean_nll).abs() < 1e-4, "{name}: training-mode loss {l} vs {}", r.mean_nll);
+        let grads = loss.backward().unwrap();
+        for (path, var) in &vars {
+            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient reached {path}"));
+            let norm: f32 = g.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar().unwrap();
+            assert!(norm > 0.0 && norm.is_finite(), "{name}: gradient of {path} is {norm}");
+        }
+    }
+}
