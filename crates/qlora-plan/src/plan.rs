@@ -149,7 +149,9 @@ pub fn plan(meta: &ModelMeta, target: &Target, opts: &PlanOptions, overheads: &O
     let lora = training.as_ref().map_or(0, |t| t.memory.lora_parameters);
     let disk = pipeline_disk(meta.download.to_fetch_bytes, meta.download.selected_bytes, lora, opts.checkpoints, opts.merged_export, parameters);
     let mut notes = Vec::new();
-    if meta.tensors_from == TensorsFrom::Architecture {
+    if meta.tensors_from == TensorsFrom::Architecture && s.prequantized {
+        notes.push("bitsandbytes pre-quantized checkpoint: tensor shapes are computed from config.json's architecture (its headers hold packed codes); the download is exact".into());
+    } else if meta.tensors_from == TensorsFrom::Architecture {
         notes.push("no safetensors weights were found: tensor shapes are computed from config.json's architecture, and download sizes are the weights at the published dtype".into());
     }
     if let Some(n) = &target.note {

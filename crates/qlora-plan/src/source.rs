@@ -65,19 +65,25 @@ pub fn gather(source: &dyn MetadataSource) -> Result<ModelMeta, PlanError> {
     let spec = ArchSpec::from_json(Path::new(&format!("{model}/config.json")), &source.read_text("config.json")?)?;
     let listing = source.listing()?;
     let sel = files_for_load(&listing, &SelectOptions::default()).map_err(|e| PlanError::Hub { model: model.clone(), reason: e.to_string() })?;
+    // A bitsandbytes pre-quantized checkpoint stores packed codes (`[n/2, 1]` u8) under the
+    // weights' names: its headers do not give the shapes, the architecture does.
     if sel.weights == Some(WeightsFormat::Safetensors) {
+        let download = DownloadInfo {
+            selected_bytes: sel.total_bytes(),
+            to_fetch_bytes: source.to_fetch_bytes(&sel.files)?,
+            exact: true,
+            files: sel.files.clone(),
+        };
+        if spec.prequantized {
+            let tensors = tensors::from_arch(&spec);
+            return Ok(ModelMeta { model, spec, tensors, tensors_from: TensorsFrom::Architecture, download });
+        }
         let mut tensors = Vec::new();
         for f in sel.files.iter().filter(|f| f.path.ends_with(".safetensors")) {
             let header = source.safetensors_header(&f.path)?;
             tensors.extend(header.tensors.into_iter().map(|(name, t)| TensorSpec { name, shape: t.shape, dtype: t.dtype }));
         }
         tensors.sort_by(|a, b| a.name.cmp(&b.name));
-        let download = DownloadInfo {
-            selected_bytes: sel.total_bytes(),
-            to_fetch_bytes: source.to_fetch_bytes(&sel.files)?,
-            exact: true,
-            files: sel.files,
-        };
         return Ok(ModelMeta { model, spec, tensors, tensors_from: TensorsFrom::SafetensorsHeaders, download });
     }
     // No safetensors weights: plan from the architecture; the download is the weights at the
