@@ -1,0 +1,274 @@
+//! Our side of `bench/gpu/run.sh`: the engine on CUDA, measured the way
+//! `../shared/gpu/peer/peer_bench.py` measures transformers + peft + bitsandbytes.
+//!
+//! For one model shape (`--config DIR` holding a real `config.json`, Llama/Mistral layout):
+//! writes random bf16 weights (std 0.02, norms 1.0) as safetensors under `--workdir`, loads
+//! them on CUDA in bf16, and measures; then swaps every projection for a random NF4
+//! (double-quantized, blocks of 64) weight of the same shape, frees the dense ones, and
+//! measures again. Random NF4 codes instead of quantizing the random bf16 weights: loading
+//! with `Quant::Nf4DoubleQuant` quantizes on the CPU (single-threaded, about a minute for 7B),
+//! and the speed of the kernels does not depend on which codes they read.
+//!
+//! Per storage: GPU memory after load (cuMemGetInfo used, minus what the CUDA context and
+//! cuBLAS held before loading), decode tokens/s (prompt 32, 128 new tokens greedy, token ids
+//! read back to the host every step as a chat does; one untimed warm-up, median of 3 runs, 2 at
+//! batch 8, prefill of the prompt included as in `generate()`), and prefill tokens/s (one
+//! forward over 512 tokens, full logits, median of 5 after 2 warm-ups). One JSON object per
+//! line on stdout and appended to `--out`, with peer_bench's metric names.
+
+use anyhow::{bail, Context, Result};
+use qlora_studio::engine::candle_core::cuda_backend::cudarc::driver::result::mem_get_info;
+use qlora_studio::engine::candle_core::{DType, Device, IndexOp, Tensor, D};
+use qlora_studio::engine::linear::nf4::Nf4Linear;
+use qlora_studio::engine::{LoadOptions, Model, ModelConfig, Quant};
+use qlora_studio::quant::codebook::{dynamic_map, NF4_CODE};
+use qlora_studio::quant::{Absmax, DoubleQuant, Nf4Tensor};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+struct Args {
+    config: PathBuf,
+    name: String,
+    out: Option<PathBuf>,
+    workdir: PathBuf,
+    batches: Vec<usize>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args { config: PathBuf::new(), name: String::new(), out: None, workdir: "/tmp".into(), batches: vec![1, 8] };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || it.next().with_context(|| format!("{k} needs a value"));
+        match k.as_str() {
+            "--config" => a.config = v()?.into(),
+            "--name" => a.name = v()?,
+            "--out" => a.out = Some(v()?.into()),
+            "--workdir" => a.workdir = v()?.into(),
+            "--batches" => a.batches = v()?.split(',').map(|s| s.parse()).collect::<Result<_, _>>()?,
+            _ => bail!("unknown argument {k}: use --config DIR --name NAME [--out FILE] [--workdir DIR] [--batches 1,8]"),
+        }
+    }
+    if a.name.is_empty() || !a.config.join("config.json").is_file() {
+        bail!("usage: engine_bench --config DIR (holding config.json) --name NAME [--out FILE]");
+    }
+    Ok(a)
+}
+
+fn emit(out: &Option<PathBuf>, mut v: Value) -> Result<()> {
+    v["side"] = json!("ours");
+    let line = serde_json::to_string(&v)?;
+    println!("{line}");
+    if let Some(p) = out {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
+        writeln!(f, "{line}")?;
+    }
+    Ok(())
+}
+
+/// f32 to bf16 bits, round to nearest even (finite inputs).
+fn bf16_bits(v: f32) -> u16 {
+    let b = v.to_bits();
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// xorshift64* stream of approximately normal values (sum of 4 uniforms), as bf16 bytes.
+fn fill_bf16(buf: &mut [u8], seed: u64, std: f32, constant: Option<f32>) {
+    let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
+    let chunk = buf.len().div_ceil(threads).next_multiple_of(2);
+    std::thread::scope(|s| {
+        for (t, part) in buf.chunks_mut(chunk).enumerate() {
+            s.spawn(move || {
+                let mut x = (seed ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
+                for pair in part.chunks_exact_mut(2) {
+                    let v = constant.unwrap_or_else(|| {
+                        let mut acc = 0f32;
+                        for _ in 0..4 {
+                            x ^= x >> 12;
+                            x ^= x << 25;
+                            x ^= x >> 27;
+                            acc += (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
+                        }
+                        (acc - 2.0) * 1.732 * std
+                    });
+                    pair.copy_from_slice(&bf16_bits(v).to_le_bytes());
+                }
+            });
+        }
+    });
+}
+
+/// The tensors of a Llama/Mistral checkpoint: (name, shape, constant value for norms).
+fn tensor_list(c: &ModelConfig) -> Vec<(String, Vec<usize>, Option<f32>)> {
+    let (h, im, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
+    let (q, kv) = (c.num_heads * hd, c.num_kv_heads * hd);
+    let mut t = vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size, h], None)];
+    for i in 0..c.num_layers {
+        let p = format!("model.layers.{i}");
+        for (n, s) in [("self_attn.q_proj", [q, h]), ("self_attn.k_proj", [kv, h]), ("self_attn.v_proj", [kv, h]), ("self_attn.o_proj", [h, q])] {
+            t.push((format!("{p}.{n}.weight"), s.to_vec(), None));
+        }
+        for (n, s) in [("mlp.gate_proj", [im, h]), ("mlp.up_proj", [im, h]), ("mlp.down_proj", [h, im])] {
+            t.push((format!("{p}.{n}.weight"), s.to_vec(), None));
+        }
+        t.push((format!("{p}.input_layernorm.weight"), vec![h], Some(1.0)));
+        t.push((format!("{p}.post_attention_layernorm.weight"), vec![h], Some(1.0)));
+    }
+    t.push(("model.norm.weight".into(), vec![h], Some(1.0)));
+    if !c.tie_embeddings {
+        t.push(("lm_head.weight".into(), vec![c.vocab_size, h], None));
+    }
+    t
+}
+
+/// Writes `dir/model.safetensors` (bf16, random) and `dir/config.json`, unless already there.
+fn write_random_checkpoint(config_dir: &Path, dir: &Path) -> Result<()> {
+    let file = dir.join("model.safetensors");
+    if file.is_file() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::copy(config_dir.join("config.json"), dir.join("config.json"))?;
+    let cfg = ModelConfig::from_dir(dir)?;
+    let list = tensor_list(&cfg);
+    let mut header = serde_json::Map::new();
+    let mut off = 0usize;
+    for (name, shape, _) in &list {
+        let bytes = shape.iter().product::<usize>() * 2;
+        header.insert(name.clone(), json!({"dtype": "BF16", "shape": shape, "data_offsets": [off, off + bytes]}));
+        off += bytes;
+    }
+    let mut h = serde_json::to_vec(&Value::Object(header))?;
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let tmp = dir.join("model.safetensors.part");
+    let mut f = std::io::BufWriter::with_capacity(1 << 24, std::fs::File::create(&tmp)?);
+    f.write_all(&(h.len() as u64).to_le_bytes())?;
+    f.write_all(&h)?;
+    for (i, (_, shape, constant)) in list.iter().enumerate() {
+        let mut buf = vec![0u8; shape.iter().product::<usize>() * 2];
+        fill_bf16(&mut buf, i as u64 + 7, 0.02, *constant);
+        f.write_all(&buf)?;
+    }
+    f.into_inner()?.sync_all()?;
+    std::fs::rename(&tmp, &file)?;
+    Ok(())
+}
+
+/// A random double-quantized NF4 weight `[out, in]` on `dev` (codes uniform, absmax ~0.05).
+fn random_nf4(out: usize, inp: usize, dev: &Device) -> Result<Nf4Tensor> {
+    let n = out * inp;
+    let blocks = n / 64;
+    let u8s = |len: usize| -> Result<Tensor> { Ok(Tensor::rand(0f32, 255.99, len, dev)?.floor()?.to_dtype(DType::U8)?) };
+    let packed = u8s(n / 2)?;
+    let q = u8s(blocks)?;
+    let nested_absmax = Tensor::rand(0.001f32, 0.002, blocks.div_ceil(256), dev)?;
+    let dq = DoubleQuant { q, offset: 0.05, nested_absmax, nested_code: Arc::new(*dynamic_map()), nested_blocksize: 256 };
+    Ok(Nf4Tensor::from_parts(packed, Absmax::Double(dq), NF4_CODE, 64, (out, inp).into(), DType::BF16)?)
+}
+
+fn used_bytes(dev: &Device) -> Result<usize> {
+    dev.synchronize()?;
+    let (free, total) = mem_get_info()?;
+    Ok(total - free)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn rand_ids(vocab: usize, shape: (usize, usize), seed: u64, dev: &Device) -> Result<Tensor> {
+    let mut x = seed | 1;
+    let ids: Vec<u32> = (0..shape.0 * shape.1)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            3 + (x % (vocab as u64 - 3)) as u32
+        })
+        .collect();
+    Ok(Tensor::from_vec(ids, shape, dev)?)
+}
+
+/// One greedy generation of `new` tokens after `prompt`; returns the seconds it took.
+fn generate(model: &Model, prompt: &Tensor, new: usize) -> Result<f64> {
+    let dev = model.device().clone();
+    let b = prompt.dim(0)?;
+    dev.synchronize()?;
+    let t0 = Instant::now();
+    let mut cache = model.new_cache();
+    let mut input = prompt.clone();
+    for _ in 0..new {
+        let logits = model.forward(&input, Some(&mut cache))?;
+        let last = logits.i((.., logits.dim(1)? - 1))?;
+        let next: Vec<u32> = last.argmax(D::Minus1)?.to_vec1()?; // to the host, as a chat does
+        input = Tensor::from_vec(next, (b, 1), &dev)?;
+    }
+    dev.synchronize()?;
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+fn bench_model(a: &Args, model: &Model, quant: &str, wbytes: usize) -> Result<()> {
+    let (dev, vocab) = (model.device().clone(), model.config().vocab_size);
+    for &b in &a.batches {
+        let prompt = rand_ids(vocab, (b, 32), 1234 + b as u64, &dev)?;
+        let tw = generate(model, &prompt, 128)?;
+        let runs: Vec<f64> = (0..if b == 1 { 3 } else { 2 }).map(|_| generate(model, &prompt, 128)).collect::<Result<_>>()?;
+        let med = median(runs.clone());
+        emit(&a.out, json!({"metric": "decode_tok_s", "model": a.name, "quant": quant, "batch": b,
+            "value": (b * 128) as f64 / med, "new_tokens": 128, "prompt_len": 32, "runs_s": runs,
+            "ms_per_step": 1e3 * med / 128.0, "warmup_s": tw, "weight_bytes_per_token": wbytes}))?;
+    }
+    let ids = rand_ids(vocab, (1, 512), 99, &dev)?;
+    let mut times = Vec::new();
+    for i in 0..7 {
+        dev.synchronize()?;
+        let t0 = Instant::now();
+        let logits = model.forward(&ids, None)?;
+        dev.synchronize()?;
+        drop(logits);
+        if i >= 2 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let med = median(times.clone());
+    emit(&a.out, json!({"metric": "prefill_tok_s", "model": a.name, "quant": quant, "seq": 512,
+        "value": 512.0 / med, "median_s": med, "runs_s": times}))
+}
+
+fn main() -> Result<()> {
+    let a = parse_args()?;
+    let dev = Device::new_cuda(0).context("no CUDA device 0")?;
+    Tensor::ones((64, 64), DType::BF16, &dev)?.matmul(&Tensor::ones((64, 64), DType::BF16, &dev)?)?; // cuBLAS up
+    let base = used_bytes(&dev)?;
+    let dir = a.workdir.join(format!("ours_{}", a.name));
+    let t0 = Instant::now();
+    write_random_checkpoint(&a.config, &dir)?;
+    let write_s = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let opts = LoadOptions { dtype: DType::BF16, quant: Quant::None, device: dev.clone() };
+    let mut model = Model::load(&dir, &opts)?;
+    let used = used_bytes(&dev)?.saturating_sub(base);
+    let embed = model.embed_weight().elem_count() * 2;
+    emit(&a.out, json!({"metric": "mem_after_load", "model": a.name, "quant": "bf16",
+        "allocated_GiB": used as f64 / (1u64 << 30) as f64, "load_s": t0.elapsed().as_secs_f64(), "write_s": write_s,
+        "weight_bytes": model.weight_bytes(), "how": "cuMemGetInfo used after load minus before (context, cuBLAS)"}))?;
+    bench_model(&a, &model, "bf16", model.weight_bytes() - embed)?;
+
+    let t0 = Instant::now();
+    for (path, lin) in model.projections() {
+        let q = random_nf4(lin.out_features(), lin.in_features(), &dev)?;
+        model.replace_projection(&path, Arc::new(Nf4Linear::new(q, None)))?;
+    }
+    let used = used_bytes(&dev)?.saturating_sub(base);
+    emit(&a.out, json!({"metric": "mem_after_load", "model": a.name, "quant": "nf4",
+        "allocated_GiB": used as f64 / (1u64 << 30) as f64, "load_s": t0.elapsed().as_secs_f64(),
+        "weight_bytes": model.weight_bytes(),
+        "how": "bf16 load, then every projection replaced by random double-quantized NF4; cuMemGetInfo used minus before load"}))?;
+    bench_model(&a, &model, "nf4", model.weight_bytes() - embed)?;
+    Ok(())
+}
