@@ -75,7 +75,7 @@ impl Attention {
         let k = repeat_kv(&k, rep)?;
         let v = repeat_kv(&v, rep)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.to_dtype(DType::F32)?;
+        let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?.to_dtype(DType::F32)?;
         let scores = match causal_mask(t, step.past, self.sliding_window, x.device())? {
             Some(mask) => scores.broadcast_add(&mask)?,
             None => scores,
