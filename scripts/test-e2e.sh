@@ -17,11 +17,12 @@ if [ ! -f "$assets/SmolLM2-135M-Instruct/config.json" ]; then
 fi
 
 (cd ui && { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; } && npm run --silent build)
-cargo build -p qlora-studio-app
+cargo build -p qlora-studio-app -p qlora-hub-testserver
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 export QLORA_APP="$root/target/debug/qlora-studio-app"
+export QLORA_HUB_TESTSERVER="$root/target/debug/qlora-hub-testserver"
 export QLORA_STUDIO_HOME="$work/home"          # fresh settings and conversations
 export QLORA_STUDIO_LOCAL_MODELS="$assets"     # the starter model, ready without the Hub
 export HF_HOME="$work/hf"                      # an empty Hugging Face cache

@@ -45,7 +45,7 @@ pub fn commands(cfg: &Config) -> Vec<CommandSig> {
         sig("library_delete", vec![("id", n("string")), ("dryRun", n("boolean"))], CacheReport::name(cfg)),
         sig("library_prune", vec![("dryRun", n("boolean"))], CacheReport::name(cfg)),
         sig("library_verify", vec![("id", n("string"))], CacheReport::name(cfg)),
-        sig("preview_dataset", vec![("path", n("string"))], DatasetPreview::name(cfg)),
+        sig("preview_dataset", vec![("request", TrainRequest::name(cfg))], DatasetPreview::name(cfg)),
         sig("start_training", vec![("request", TrainRequest::name(cfg))], n("number")),
         sig("cancel_training", vec![("job", n("number"))], n("null")),
         sig("list_conversations", vec![], format!("{}[]", ConversationSummary::name(cfg))),

@@ -8,6 +8,7 @@ pub mod bindings;
 pub mod chat_engine;
 pub mod commands;
 pub mod conversations;
+pub mod downloads;
 pub mod error;
 pub mod events;
 pub mod hub;
@@ -16,6 +17,7 @@ pub mod planning;
 pub mod settings;
 pub mod state;
 pub mod system;
+pub mod training;
 pub mod views;
 
 include!("command_names.rs");

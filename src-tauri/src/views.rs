@@ -204,7 +204,8 @@ pub struct TrainRequest {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TrainEvent {
     Started { job: u64, total_steps: u32, resumed_from: u32 },
-    Step { job: u64, step: u32, loss: f32, lr: f64, tokens_per_sec: f64, eta_secs: Option<f64>, #[ts(type = "number | null")] gpu_mem_bytes: Option<u64> },
+    /// `memory_bytes`: the process's resident memory (GPU memory once training runs on CUDA).
+    Step { job: u64, step: u32, loss: f32, lr: f64, tokens_per_sec: f64, eta_secs: Option<f64>, #[ts(type = "number | null")] memory_bytes: Option<u64> },
     Eval { job: u64, step: u32, loss: f32 },
     Checkpoint { job: u64, step: u32, path: String },
     Finished { job: u64, adapter_dir: String, samples: Vec<SampleAnswer> },

@@ -9,7 +9,10 @@ Each test starts from the Models page; a failing test leaves a screenshot named 
 in $E2E_ARTIFACTS and the others still run."""
 
 import os
+import socket
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
@@ -30,6 +33,16 @@ PAGES = {
     "settings": "[data-testid=settings-save]",
     "system": "[data-testid=ram]",
 }
+
+
+def shot(d, name, center=None):
+    """A screenshot into docs/screenshots, with `center` (a selector) scrolled into view."""
+    if center:
+        d.js("const e = document.querySelector(arguments[0]); if (e) e.scrollIntoView({block: 'center'})", center)
+    else:
+        d.js("window.scrollTo(0, 0)")
+    time.sleep(0.2)
+    d.screenshot(os.path.join(SHOTS, name))
 
 
 def page(d, name):
@@ -97,13 +110,61 @@ def test_system_page_reads_the_machine(d):
     assert "free" in body, body
 
 
-def test_train_wizard_refuses_a_file_that_is_not_a_dataset(d):
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEMO_CONFIG = os.path.join(REPO, "configs", "demo_smollm2.yaml")
+
+
+def wizard_to_dataset(d):
     page(d, "train")
-    d.type("[data-testid=train-base]", os.path.join(MODELS_DIR, STARTER))
+    if d.exists("[data-testid=wizard-restart]"):
+        d.click("[data-testid=wizard-restart]")
+    d.type("[data-testid=train-base]", starter_path())
     d.click("[data-testid=wizard-next]")
+    d.type("[data-testid=train-config]", DEMO_CONFIG)
+
+
+def test_train_wizard_refuses_a_file_that_is_not_a_dataset(d):
+    notes = os.path.join(tempfile.mkdtemp(), "notes.jsonl")
+    with open(notes, "w") as f:
+        f.write("these are my notes, not a dataset\n")
+    wizard_to_dataset(d)
+    d.type("[data-testid=train-dataset]", notes)
+    d.click("[data-testid=dataset-preview-go]")
+    d.wait_text("[data-testid=dataset-error]", "notes.jsonl", timeout=60)
+    shot(d, "train-bad-dataset.png")
     d.type("[data-testid=train-dataset]", "/nonexistent/data.jsonl")
     d.click("[data-testid=dataset-preview-go]")
     d.wait_text("[data-testid=dataset-error]", "dataset file '/nonexistent/data.jsonl' does not exist")
+
+
+def loss_points(d):
+    return int(d.js("const c = document.querySelector('[data-testid=loss-chart]'); return c ? Number(c.dataset.points) : 0") or 0)
+
+
+def test_train_a_few_steps_with_the_demo_config(d):
+    wizard_to_dataset(d)
+    d.type("[data-testid=train-dataset]", "")
+    d.click("[data-testid=dataset-preview-go]")
+    d.wait_text("[data-testid=dataset-preview]", "trained (loss)", timeout=60)
+    shot(d, "train-dataset.png")
+    d.click("[data-testid=wizard-next]")
+    d.type("[data-testid=train-output]", os.path.join(tempfile.mkdtemp(), "demo-run"))
+    d.type("[data-testid=train-steps]", "6")
+    d.wait_text("[data-testid=live-verdict]", "Fits", timeout=60)
+    shot(d, "train-settings.png")
+    d.click("[data-testid=train-start]")
+    # The chart moves: points appear step by step.
+    d.wait(lambda: loss_points(d) >= 2, 300, "two training steps on the chart")
+    shot(d, "train.png")
+    d.click("[data-testid=train-cancel]")
+    d.wait(lambda: d.exists("[data-testid=train-resume]"), 120, "the run to stop")
+    stopped_at = loss_points(d)
+    d.click("[data-testid=train-resume]")
+    d.wait(lambda: d.exists("[data-testid=wizard-next]"), 600, "the run to finish")
+    assert loss_points(d) >= stopped_at, (stopped_at, loss_points(d))
+    d.click("[data-testid=wizard-next]")
+    d.wait_text("[data-testid=adapter-dir]", "Adapter saved in")
+    shot(d, "train-result.png")
 
 
 def starter_path():
@@ -158,6 +219,102 @@ def test_chat_streams_an_answer_and_stops(d):
     d.wait(lambda: "stopped" in answer_text(d), 60, "the answer to stop")
 
 
+class LocalHub:
+    """The hub engineer's qlora-hub-testserver serving a copy (symlinks) of the test model as
+    HuggingFaceTB/SmolLM2-135M-Instruct; throttled (about 1 MB/s: the server's throttle sends
+    one 64 KiB chunk a tick) while a download is watched, cancelled and cut off, then served at
+    full speed. It stops and starts again on the same port: the network going away and back."""
+
+    REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+    def __init__(self):
+        self.root = tempfile.mkdtemp(prefix="qlora-e2e-hub-")
+        repo = os.path.join(self.root, self.REPO)
+        os.makedirs(repo)
+        for f in os.listdir(starter_path()):
+            os.symlink(os.path.join(starter_path(), f), os.path.join(repo, f))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc = None
+
+    def start(self, throttle=None):
+        args = [os.environ["QLORA_HUB_TESTSERVER"], "--root", self.root, "--port", str(self.port)]
+        if throttle:
+            args += ["--throttle", str(throttle)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        self.url = self.proc.stdout.readline().strip()
+        assert self.url.startswith("http://127.0.0.1:"), f"test server printed {self.url!r}"
+        return self
+
+    def stop(self):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+HUB = None
+
+
+def download_status(d):
+    return d.js("const e = document.querySelector(arguments[0] + ' [data-testid=download-status]'); return e ? e.innerText : ''",
+                f"[data-testid='model-{LocalHub.REPO}']") or ""
+
+
+def test_download_with_cancel_resume_and_the_network_going_away(d):
+    global HUB
+    HUB = LocalHub().start(throttle=1_000_000)
+    page(d, "settings")
+    d.type("[data-testid=endpoint]", HUB.url)
+    d.click("[data-testid=settings-save]")
+    d.find("[data-testid=settings-saved]")
+    page(d, "models")
+    card = f"[data-testid='model-{LocalHub.REPO}']"
+    # A model id that does not exist: a clear message, and the page stays usable.
+    d.type("[data-testid=search]", "nobody/no-such-model")
+    d.click("[data-testid=search-go]")
+    d.click("[data-testid='model-nobody/no-such-model'] [data-testid=check-fit]")
+    d.wait_text("[data-testid='model-nobody/no-such-model'] [data-testid=plan-error]", "not found", timeout=30)
+    shot(d, "models-unknown-id.png", "[data-testid='model-nobody/no-such-model']")
+    # Download, cancel.
+    d.click(f"{card} [data-testid=download]")
+    # Progress with a speed and a time left.
+    d.wait(lambda: download_status(d).startswith("running") and "B/s" in download_status(d) and "ETA –" not in download_status(d),
+           30, "download progress with speed and ETA")
+    shot(d, "models-downloading.png", card)
+    d.click(f"{card} [data-testid=download-cancel]")
+    d.wait(lambda: download_status(d).startswith("cancelled"), 15, "the download to cancel")
+    cancelled_at = download_status(d)
+    # Resume, then the network goes away mid-download.
+    d.click(f"{card} [data-testid=download-resume]")
+    d.wait(lambda: download_status(d).startswith("running"), 15, "the download to resume")
+    HUB.stop()
+    d.wait(lambda: download_status(d).startswith("failed"), 60, "the download to fail without the network")
+    msg = d.text(f"{card} [data-testid=download-error]")
+    assert "offline" in msg.lower() or "cannot reach" in msg or "failed after" in msg, msg
+    shot(d, "models-network-gone.png", f"{card} [data-testid=download-error]")
+    page(d, "system")  # still usable
+    page(d, "models")
+    # The network is back: resume to the end.
+    HUB.start()
+    d.click(f"{card} [data-testid=download-resume]")
+    d.wait(lambda: d.exists(f"{card} [data-testid=downloaded]"), 120, "the download to finish")
+    assert "100.0%" in download_status(d), (cancelled_at, download_status(d))
+    shot(d, "models-downloaded.png", card)
+
+
+def test_chat_with_the_downloaded_model(d):
+    page(d, "models")
+    card = f"[data-testid='model-{LocalHub.REPO}']"
+    d.click(f"{card} [data-testid=chat-downloaded]")
+    d.wait(lambda: "/snapshots/" in d.js("return document.querySelector('[data-testid=chat-model-path]').value"), 10, "the snapshot to be picked")
+    d.type("[data-testid=chat-input]", "Say hello.")
+    d.click("[data-testid=chat-send]")
+    d.wait(lambda: len(answer_text(d)) > 0, 120, "streamed tokens")
+    d.wait(lambda: not d.exists("[data-testid=answer].streaming"), 300, "the answer to finish")
+
+
 TESTS = [v for k, v in list(globals().items()) if k.startswith("test_")]
 
 
@@ -187,6 +344,8 @@ def main():
                     pass
     finally:
         d.quit()
+        if HUB:
+            HUB.stop()
     print(f"{len(failed)} failed: {failed}" if failed else "all end-to-end tests passed")
     sys.exit(1 if failed else 0)
 

@@ -68,15 +68,24 @@ class Driver:
         return self.wait(lambda: (self.find_all(css) or [None])[0], timeout, f"an element matching {css!r}")
 
     def click(self, css, timeout=10):
-        el = self.find(css, timeout)
-        self._s(f"/element/{el}/click", body={})
-        return el
+        # A live view (download progress) redraws its buttons: a button found a moment ago may
+        # be gone; find it again.
+        for _ in range(20):
+            el = self.find(css, timeout)
+            try:
+                self._s(f"/element/{el}/click", body={})
+                return el
+            except WebDriverError as e:
+                if "stale element" not in str(e):
+                    raise
+        raise WebDriverError(f"{css!r} kept going stale")
 
     def type(self, css, text, clear=True):
         el = self.find(css)
         if clear:
             self._s(f"/element/{el}/clear", body={})
-        self._s(f"/element/{el}/value", body={"text": text})
+        if text:
+            self._s(f"/element/{el}/value", body={"text": text})
         return el
 
     def text(self, css, timeout=10):

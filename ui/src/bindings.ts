@@ -127,7 +127,7 @@ config: string | null, output_dir: string, steps: number, learning_rate: number,
  */
 resume: boolean, };
 
-export type TrainEvent = { "kind": "started", job: number, total_steps: number, resumed_from: number, } | { "kind": "step", job: number, step: number, loss: number, lr: number, tokens_per_sec: number, eta_secs: number | null, gpu_mem_bytes: number | null, } | { "kind": "eval", job: number, step: number, loss: number, } | { "kind": "checkpoint", job: number, step: number, path: string, } | { "kind": "finished", job: number, adapter_dir: string, samples: Array<SampleAnswer>, } | { "kind": "cancelled", job: number, step: number, } | { "kind": "failed", job: number, error: AppError, };
+export type TrainEvent = { "kind": "started", job: number, total_steps: number, resumed_from: number, } | { "kind": "step", job: number, step: number, loss: number, lr: number, tokens_per_sec: number, eta_secs: number | null, memory_bytes: number | null, } | { "kind": "eval", job: number, step: number, loss: number, } | { "kind": "checkpoint", job: number, step: number, path: string, } | { "kind": "finished", job: number, adapter_dir: string, samples: Array<SampleAnswer>, } | { "kind": "cancelled", job: number, step: number, } | { "kind": "failed", job: number, error: AppError, };
 
 export type SampleAnswer = { prompt: string, before: string, after: string, };
 
@@ -188,7 +188,7 @@ export interface Commands {
   library_delete: { args: { id: string; dryRun: boolean }; result: CacheReport };
   library_prune: { args: { dryRun: boolean }; result: CacheReport };
   library_verify: { args: { id: string }; result: CacheReport };
-  preview_dataset: { args: { path: string }; result: DatasetPreview };
+  preview_dataset: { args: { request: TrainRequest }; result: DatasetPreview };
   start_training: { args: { request: TrainRequest }; result: number };
   cancel_training: { args: { job: number }; result: null };
   list_conversations: { args: {  }; result: ConversationSummary[] };

@@ -4,20 +4,21 @@
 use super::{AppError, CmdResult};
 use crate::state::AppState;
 use crate::views::{DatasetPreview, TrainRequest};
-use tauri::State;
+use tauri::{AppHandle, Manager, State};
 
 #[tauri::command]
-pub async fn start_download(state: State<'_, AppState>, model: String) -> CmdResult<u64> {
+pub async fn start_download(app: AppHandle, state: State<'_, AppState>, model: String) -> CmdResult<u64> {
+    let model = model.trim().to_string();
     super::models::check_model_id(&model)?;
-    if state.settings().offline {
-        return Err(AppError::new(
-            crate::error::ErrorCode::Offline,
-            "offline mode is on: turn it off in Settings to download",
-        ));
-    }
-    Err(AppError::not_built(
-        "qlora_studio::hub download (resumable, with a progress sink and a cancel token)",
-    ))
+    let client = crate::hub::client(&state.settings(), state.cache_dir())?;
+    let (job, cancel) = state.start_job();
+    let mapper = crate::downloads::Mapper::new(job, &model);
+    tauri::async_runtime::spawn(async move {
+        let emit = |e| crate::events::emit_download(&app, e);
+        crate::downloads::run(client, mapper, cancel, emit).await;
+        app.state::<AppState>().finish_job(job);
+    });
+    Ok(job)
 }
 
 #[tauri::command]
@@ -26,20 +27,35 @@ pub fn cancel_download(state: State<'_, AppState>, job: u64) -> CmdResult<()> {
 }
 
 #[tauri::command]
-pub async fn preview_dataset(path: String) -> CmdResult<DatasetPreview> {
-    let p = std::path::Path::new(&path);
-    if !p.is_file() {
-        return Err(AppError::new(crate::error::ErrorCode::NotFound, format!("dataset file '{path}' does not exist")));
-    }
-    Err(AppError::not_built("qlora_studio::train dataset preview and preflight"))
+pub async fn preview_dataset(request: TrainRequest) -> CmdResult<DatasetPreview> {
+    super::app::run_blocking(move || {
+        let cfg = crate::training::config(&request)?;
+        let data = crate::training::prepare(&cfg)?;
+        Ok(crate::training::preview(&cfg, &data))
+    })
+    .await
 }
 
 #[tauri::command]
-pub async fn start_training(request: TrainRequest) -> CmdResult<u64> {
+pub async fn start_training(app: AppHandle, state: State<'_, AppState>, request: TrainRequest) -> CmdResult<u64> {
     if request.steps == 0 {
         return Err(AppError::invalid("steps must be at least 1"));
     }
-    Err(AppError::not_built("qlora_studio::train (QLoRA training with a progress sink and a cancel token)"))
+    // The data is checked before the job starts: a bad file is an error on the form.
+    let resume = request.resume;
+    let (cfg, data) = super::app::run_blocking(move || {
+        let cfg = crate::training::config(&request)?;
+        let data = crate::training::prepare(&cfg)?;
+        Ok((cfg, data))
+    })
+    .await?;
+    let (job, cancel) = state.start_job();
+    std::thread::spawn(move || {
+        let emit = |e| crate::events::emit_train(&app, e);
+        crate::training::run(job, cfg, data, resume, &cancel, &emit);
+        app.state::<AppState>().finish_job(job);
+    });
+    Ok(job)
 }
 
 #[tauri::command]

@@ -31,25 +31,25 @@ describe("training events", () => {
   it("builds the loss series and the result", () => {
     const evs: TrainEvent[] = [
       { kind: "started", job: 7, total_steps: 3, resumed_from: 0 },
-      { kind: "step", job: 7, step: 1, loss: 3.2, lr: 1e-4, tokens_per_sec: 50, eta_secs: 4, gpu_mem_bytes: null },
-      { kind: "step", job: 8, step: 1, loss: 99, lr: 1, tokens_per_sec: 1, eta_secs: 1, gpu_mem_bytes: null },
-      { kind: "step", job: 7, step: 2, loss: 2.9, lr: 2e-4, tokens_per_sec: 55, eta_secs: 2, gpu_mem_bytes: 1024 },
+      { kind: "step", job: 7, step: 1, loss: 3.2, lr: 1e-4, tokens_per_sec: 50, eta_secs: 4, memory_bytes: null },
+      { kind: "step", job: 8, step: 1, loss: 99, lr: 1, tokens_per_sec: 1, eta_secs: 1, memory_bytes: null },
+      { kind: "step", job: 7, step: 2, loss: 2.9, lr: 2e-4, tokens_per_sec: 55, eta_secs: 2, memory_bytes: 1024 },
       { kind: "eval", job: 7, step: 2, loss: 3.0 },
       { kind: "finished", job: 7, adapter_dir: "/runs/a/adapter", samples: [{ prompt: "hi", before: "x", after: "y" }] },
     ];
     const s = evs.reduce(reduceTrain, blankTrain(7));
     expect(s.loss).toEqual([{ x: 1, y: 3.2 }, { x: 2, y: 2.9 }]);
     expect(s.evalLoss).toEqual([{ x: 2, y: 3.0 }]);
-    expect(s).toMatchObject({ status: "finished", step: 2, lr: 2e-4, gpuMemBytes: 1024, adapterDir: "/runs/a/adapter" });
+    expect(s).toMatchObject({ status: "finished", step: 2, lr: 2e-4, memoryBytes: 1024, adapterDir: "/runs/a/adapter" });
   });
   it("a resumed run continues the series without duplicates", () => {
     let s = blankTrain(1);
-    s = reduceTrain(s, { kind: "step", job: 1, step: 1, loss: 3, lr: 0, tokens_per_sec: 0, eta_secs: null, gpu_mem_bytes: null });
-    s = reduceTrain(s, { kind: "step", job: 1, step: 2, loss: 2.5, lr: 0, tokens_per_sec: 0, eta_secs: null, gpu_mem_bytes: null });
+    s = reduceTrain(s, { kind: "step", job: 1, step: 1, loss: 3, lr: 0, tokens_per_sec: 0, eta_secs: null, memory_bytes: null });
+    s = reduceTrain(s, { kind: "step", job: 1, step: 2, loss: 2.5, lr: 0, tokens_per_sec: 0, eta_secs: null, memory_bytes: null });
     s = reduceTrain(s, { kind: "cancelled", job: 1, step: 2 });
     expect(s.status).toBe("cancelled");
     s = reduceTrain({ ...s, job: 1 }, { kind: "started", job: 1, total_steps: 4, resumed_from: 2 });
-    s = reduceTrain(s, { kind: "step", job: 1, step: 2, loss: 2.4, lr: 0, tokens_per_sec: 0, eta_secs: null, gpu_mem_bytes: null });
+    s = reduceTrain(s, { kind: "step", job: 1, step: 2, loss: 2.4, lr: 0, tokens_per_sec: 0, eta_secs: null, memory_bytes: null });
     expect(s.loss).toEqual([{ x: 1, y: 3 }, { x: 2, y: 2.4 }]);
     expect(s.status).toBe("running");
   });

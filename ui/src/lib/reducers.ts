@@ -60,7 +60,7 @@ export interface TrainState {
   lr: number;
   tokensPerSec: number;
   etaSecs: number | null;
-  gpuMemBytes: number | null;
+  memoryBytes: number | null;
   lastCheckpoint: string | null;
   adapterDir: string | null;
   samples: SampleAnswer[];
@@ -68,7 +68,7 @@ export interface TrainState {
 }
 
 export function blankTrain(job: number): TrainState {
-  return { job, status: "running", totalSteps: 0, resumedFrom: 0, step: 0, loss: [], evalLoss: [], lr: 0, tokensPerSec: 0, etaSecs: null, gpuMemBytes: null, lastCheckpoint: null, adapterDir: null, samples: [], error: null };
+  return { job, status: "running", totalSteps: 0, resumedFrom: 0, step: 0, loss: [], evalLoss: [], lr: 0, tokensPerSec: 0, etaSecs: null, memoryBytes: null, lastCheckpoint: null, adapterDir: null, samples: [], error: null };
 }
 
 /** Applies one training event. Events of another job are ignored. */
@@ -80,7 +80,7 @@ export function reduceTrain(s: TrainState, ev: TrainEvent): TrainState {
     case "step": {
       // A resumed run replays no steps; a repeated step replaces the old point.
       const loss = s.loss.filter((p) => p.x < ev.step).concat({ x: ev.step, y: ev.loss });
-      return { ...s, step: ev.step, loss, lr: ev.lr, tokensPerSec: ev.tokens_per_sec, etaSecs: ev.eta_secs, gpuMemBytes: ev.gpu_mem_bytes };
+      return { ...s, step: ev.step, loss, lr: ev.lr, tokensPerSec: ev.tokens_per_sec, etaSecs: ev.eta_secs, memoryBytes: ev.memory_bytes };
     }
     case "eval":
       return { ...s, evalLoss: s.evalLoss.concat({ x: ev.step, y: ev.loss }) };

@@ -60,8 +60,8 @@ export function validateTrain(f: TrainForm): FormErrors {
   const e: FormErrors = {};
   const m = checkModelRef(f.baseModel);
   if (m) e.baseModel = m;
-  if (!f.dataset.trim()) e.dataset = "pick a dataset file (.jsonl, .json, .csv or .parquet)";
-  else if (!/\.(jsonl|json|csv|parquet)$/i.test(f.dataset.trim())) e.dataset = "the dataset must be a .jsonl, .json, .csv or .parquet file";
+  // Empty: the preset's own data files.
+  if (f.dataset.trim() && !/\.(jsonl|json|csv|parquet)$/i.test(f.dataset.trim())) e.dataset = "the dataset must be a .jsonl, .json, .csv or .parquet file";
   if (!f.outputDir.trim().startsWith("/")) e.outputDir = "the output folder must be an absolute path";
   if (!intIn(f.steps, 1, 1_000_000)) e.steps = "steps must be a whole number of at least 1";
   if (!(f.learningRate > 0 && f.learningRate < 1)) e.learningRate = "learning rate must be between 0 and 1 (e.g. 0.0002)";

@@ -42,7 +42,9 @@ function downloadPanel(model: string): HTMLElement {
         ? h("button", { "data-testid": "download-cancel", onclick: () => call("cancel_download", { job: d.job }).catch(() => {}) }, "Cancel")
         : d.status !== "finished"
           ? h("button", { "data-testid": "download-resume", onclick: () => startDownload(model, box) }, "Resume")
-          : h("span", { class: "chip verdict-fits" }, "downloaded"),
+          : h("span", { class: "actions" }, h("span", { class: "chip verdict-fits", "data-testid": "downloaded" }, "downloaded"),
+              h("button", { "data-testid": "chat-downloaded", onclick: () => go("chat", { model: d.path ?? "" }) }, "Chat"),
+              h("button", { onclick: () => go("train", { model: d.path ?? "" }) }, "Train")),
     );
   };
   const un = subscribe(draw);

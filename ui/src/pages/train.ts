@@ -23,8 +23,14 @@ interface Wizard {
 const wiz: Wizard = {
   step: 0,
   config: "",
-  form: { baseModel: "", dataset: "", outputDir: "", steps: 20, learningRate: 2e-4, loraRank: 8, loraAlpha: 16, batchSize: 1, context: 256 },
+  // The knobs start at configs/demo_smollm2.yaml's values; what the user changes is what runs.
+  form: { baseModel: "", dataset: "", outputDir: "", steps: 12, learningRate: 3e-3, loraRank: 8, loraAlpha: 16, batchSize: 4, context: 96 },
 };
+
+function request(resume: boolean): TrainRequest {
+  const f = wiz.form;
+  return { base_model: f.baseModel, dataset: f.dataset, config: wiz.config || null, output_dir: f.outputDir, steps: f.steps, learning_rate: f.learningRate, lora_rank: f.loraRank, lora_alpha: f.loraAlpha, batch_size: f.batchSize, context: f.context, resume };
+}
 
 function stepper(): HTMLElement {
   return h("ol", { class: "stepper" }, ...STEPS.map((s, i) => h("li", { class: i === wiz.step ? "active" : i < wiz.step ? "done" : "" }, s)));
@@ -41,13 +47,15 @@ function chooseBase(body: HTMLElement, next: () => void): void {
 }
 
 function chooseDataset(body: HTMLElement, next: () => void): void {
-  const input = textInput("train-dataset", wiz.form.dataset, "/path/to/train.jsonl");
+  const config = textInput("train-config", wiz.config, "/path/to/configs/demo_smollm2.yaml");
+  const input = textInput("train-dataset", wiz.form.dataset, "/path/to/train.jsonl (empty: the preset's own data)");
   const out = h("div", { "data-testid": "dataset-preview" });
   const preview = async () => {
     clear(out);
     wiz.form.dataset = input.value.trim();
+    wiz.config = config.value.trim();
     try {
-      const p = await call("preview_dataset", { path: wiz.form.dataset });
+      const p = await call("preview_dataset", { request: request(false) });
       out.append(h("div", { class: "card" }, h("b", {}, `${p.rows} rows · ${p.format}`), p.token_stats ? h("div", { class: "muted" }, p.token_stats) : null,
         h("ol", { class: "samples" }, ...p.sample.map((s) => h("li", {}, h("pre", {}, s)))),
         ...p.warnings.map((w) => notice(w, "warn"))));
@@ -59,13 +67,17 @@ function chooseDataset(body: HTMLElement, next: () => void): void {
     const f = await open({ multiple: false, directory: false, filters: [{ name: "Datasets", extensions: ["jsonl", "json", "csv", "parquet"] }] });
     if (typeof f === "string") { input.value = f; await preview(); }
   };
-  body.append(h("div", { class: "row" }, field("Dataset file", input), h("button", { onclick: () => void pick() }, "Browse…"), h("button", { "data-testid": "dataset-preview-go", onclick: () => void preview() }, "Preview")), out,
-    h("button", { class: "primary", "data-testid": "wizard-next", onclick: () => { wiz.form.dataset = input.value.trim(); next(); } }, "Next"));
+  const pickConfig = async () => {
+    const f = await open({ multiple: false, directory: false, filters: [{ name: "Training presets", extensions: ["yaml", "yml"] }] });
+    if (typeof f === "string") config.value = f;
+  };
+  body.append(h("div", { class: "row" }, field("Preset config", config, undefined, "a training preset; the next step's knobs adjust it"), h("button", { onclick: () => void pickConfig() }, "Browse…")),
+    h("div", { class: "row" }, field("Dataset file", input), h("button", { onclick: () => void pick() }, "Browse…"), h("button", { "data-testid": "dataset-preview-go", onclick: () => void preview() }, "Preview")), out,
+    h("button", { class: "primary", "data-testid": "wizard-next", onclick: () => { wiz.form.dataset = input.value.trim(); wiz.config = config.value.trim(); next(); } }, "Next"));
 }
 
 function chooseKnobs(body: HTMLElement, next: () => void): () => void {
   const f = wiz.form;
-  const config = textInput("train-config", wiz.config, "optional: a config file such as configs/demo_smollm2.yaml");
   const out = textInput("train-output", f.outputDir, "/path/to/runs/my-adapter");
   const inputs = { steps: numberInput("train-steps", f.steps), learningRate: numberInput("train-lr", f.learningRate, "0.00001"), loraRank: numberInput("train-rank", f.loraRank), loraAlpha: numberInput("train-alpha", f.loraAlpha), batchSize: numberInput("train-batch", f.batchSize), context: numberInput("train-context", f.context) };
   const verdict = h("div", { "data-testid": "live-verdict" });
@@ -93,16 +105,14 @@ function chooseKnobs(body: HTMLElement, next: () => void): () => void {
     const bad = validateTrain(form);
     if (Object.keys(bad).length) return void Object.values(bad).forEach((m) => errs.append(errorBox({ code: "invalid_input", message: m }, "train-error")));
     wiz.form = form;
-    wiz.config = config.value.trim();
-    const req: TrainRequest = { base_model: form.baseModel, dataset: form.dataset, config: wiz.config || null, output_dir: form.outputDir, steps: form.steps, learning_rate: form.learningRate, lora_rank: form.loraRank, lora_alpha: form.loraAlpha, batch_size: form.batchSize, context: form.context, resume: false };
     try {
-      startTraining(await call("start_training", { request: req }));
+      startTraining(await call("start_training", { request: request(false) }));
       next();
     } catch (e) {
       errs.append(errorBox(e as AppError, "train-error"));
     }
   };
-  body.append(field("Preset config", config, undefined, "leave empty to use the knobs below"), field("Output folder", out),
+  body.append(field("Output folder", out, undefined, "checkpoints and the adapter go here; the same folder resumes"),
     h("div", { class: "row" }, field("Steps", inputs.steps), field("Learning rate", inputs.learningRate), field("LoRA rank", inputs.loraRank), field("LoRA alpha", inputs.loraAlpha), field("Batch", inputs.batchSize), field("Context", inputs.context)),
     verdict, errs, h("button", { class: "primary", "data-testid": "train-start", onclick: () => void start() }, "Start training"));
   return () => window.clearTimeout(timer);
@@ -117,14 +127,13 @@ function runView(body: HTMLElement, next: () => void): () => void {
       h("div", { class: "stats", "data-testid": "train-stats" },
         h("span", {}, `step ${t.step}/${t.totalSteps}`), h("span", {}, `loss ${t.loss.length ? formatLoss(t.loss[t.loss.length - 1].y) : "–"}`),
         h("span", {}, `LR ${t.lr.toExponential(2)}`), h("span", {}, `${t.tokensPerSec.toFixed(0)} tokens/s`), h("span", {}, `ETA ${formatEta(t.etaSecs)}`),
-        h("span", {}, `GPU memory ${t.gpuMemBytes != null ? formatBytes(t.gpuMemBytes) : "n/a (CPU)"}`)),
+        h("span", {}, `memory ${t.memoryBytes != null ? formatBytes(t.memoryBytes) : "–"}`)),
       lineChart([{ name: "loss", points: t.loss, cls: "loss" }, { name: "eval", points: t.evalLoss, cls: "eval" }], 640, 240, "loss-chart"),
       t.error ? errorBox(t.error, "train-error") : null,
       t.status === "running" ? h("button", { class: "danger", "data-testid": "train-cancel", onclick: () => call("cancel_training", { job: t.job }).catch(() => {}) }, "Cancel") : null,
       t.status === "cancelled" || t.status === "failed" ? h("button", { "data-testid": "train-resume", onclick: async () => {
-        const f = wiz.form;
         try {
-          startTraining(await call("start_training", { request: { base_model: f.baseModel, dataset: f.dataset, config: wiz.config || null, output_dir: f.outputDir, steps: f.steps, learning_rate: f.learningRate, lora_rank: f.loraRank, lora_alpha: f.loraAlpha, batch_size: f.batchSize, context: f.context, resume: true } }));
+          startTraining(await call("start_training", { request: request(true) }));
         } catch (e) { body.append(errorBox(e as AppError, "train-error")); }
       } }, "Resume") : null,
       t.status === "finished" ? h("button", { class: "primary", "data-testid": "wizard-next", onclick: next }, "See the result") : null);
@@ -159,7 +168,7 @@ export function trainPage(root: HTMLElement, params: URLSearchParams): () => voi
     else if (wiz.step === 2) cleanup = chooseKnobs(body, next);
     else if (wiz.step === 3) cleanup = runView(body, next);
     else resultView(body);
-    if (wiz.step >= 3 && state.training?.status !== "running") head.append(h("button", { class: "link", onclick: () => { wiz.step = 0; state.training = null; show(); } }, "New run"));
+    if (wiz.step > 0 && state.training?.status !== "running") head.append(h("button", { class: "link", "data-testid": "wizard-restart", onclick: () => { wiz.step = 0; state.training = null; show(); } }, "Start over"));
   };
   root.append(h("h1", {}, "Train an adapter"), head, body);
   show();
