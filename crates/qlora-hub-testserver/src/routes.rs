@@ -13,6 +13,9 @@
 //! - errors with the Hub's `X-Error-Code`/`X-Error-Message`: `RepoNotFound`, `RevisionNotFound`,
 //!   `EntryNotFound`, `GatedRepo` (401 without a token, 403 with a token that has no access).
 
+// An error here is a ready HTTP response, built once per request: boxing it buys nothing.
+#![allow(clippy::result_large_err)]
+
 use crate::faults::{file_stream, take_faults};
 use crate::repo::{Access, RepoDir, RepoFile, Revision};
 use crate::{LogRecord, State};

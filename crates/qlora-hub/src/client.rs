@@ -201,7 +201,7 @@ impl HubClient {
     }
 
     /// Maps hf-hub's error to ours.
-    pub(crate) fn from_hf(&self, e: hf_hub::HFError, repo: &str, revision: &str) -> HubError {
+    pub(crate) fn map_hf(&self, e: hf_hub::HFError, repo: &str, revision: &str) -> HubError {
         use hf_hub::HFError as E;
         match e {
             E::AuthRequired { context } | E::Forbidden { context } | E::Http { context } => self.classify(

@@ -65,7 +65,7 @@ pub async fn resolve_revision(client: &HubClient, repo: &str, revision: &str) ->
         .revision(revision.to_string())
         .send()
         .await
-        .map_err(|e| client.from_hf(e, repo, revision))?;
+        .map_err(|e| client.map_hf(e, repo, revision))?;
     let url = client.api_url(repo, &["revision", revision])?.to_string();
     let commit = info.sha.ok_or_else(|| HubError::BadResponse { url, what: "repo info without a commit sha".into() })?;
     let gated = info.gated.as_ref().is_some_and(|g| g != &serde_json::Value::Bool(false));
@@ -268,11 +268,11 @@ pub async fn search_models(client: &HubClient, query: &str, limit: usize) -> Res
         .sort("downloads".to_string())
         .limit(limit)
         .send()
-        .map_err(|e| client.from_hf(e, query, "main"))?;
+        .map_err(|e| client.map_hf(e, query, "main"))?;
     futures::pin_mut!(stream);
     let mut out = Vec::new();
     while let Some(m) = stream.next().await {
-        let m = m.map_err(|e| client.from_hf(e, query, "main"))?;
+        let m = m.map_err(|e| client.map_hf(e, query, "main"))?;
         out.push(ModelSummary {
             gated: m.gated.as_ref().is_some_and(|g| g != &serde_json::Value::Bool(false)),
             private: m.private.unwrap_or(false),
