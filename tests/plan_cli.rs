@@ -27,7 +27,7 @@ fn json_has_the_documented_shape() {
         assert!(e["verdict"].is_string());
     }
     let t = &v["training"];
-    let terms = ["base_weights_bytes", "lora_weights_bytes", "lora_grads_bytes", "optimizer_bytes", "master_weights_bytes", "activations_bytes", "logits_bytes", "dequant_scratch_bytes", "overhead_bytes"];
+    let terms = ["base_weights_bytes", "lora_weights_bytes", "lora_grads_bytes", "optimizer_bytes", "master_weights_bytes", "activations_bytes", "logits_bytes", "head_grad_bytes", "dequant_scratch_bytes", "overhead_bytes"];
     let sum: u64 = terms.iter().map(|k| t[*k].as_u64().unwrap()).sum();
     assert_eq!(t["total_bytes"].as_u64().unwrap(), sum);
     assert_eq!(t["verdict"], "wont_fit");

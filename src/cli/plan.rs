@@ -152,6 +152,7 @@ pub fn render(p: &Plan) -> String {
             ("AdamW states (2 × f32)", m.optimizer_bytes),
             ("activations", m.activations_bytes),
             ("logits / loss buffer", m.logits_bytes),
+            ("LM head gradient", m.head_grad_bytes),
             ("dequantize scratch", m.dequant_scratch_bytes),
             ("overhead", m.overhead_bytes),
         ] {

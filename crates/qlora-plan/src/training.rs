@@ -50,6 +50,10 @@ pub struct TrainingMemory {
     pub master_weights_bytes: u64,
     pub activations_bytes: u64,
     pub logits_bytes: u64,
+    /// Gradient of the frozen, untied LM head that candle's autograd computes during each loss
+    /// chunk's backward (`[vocab, hidden]` in 16-bit, + Phi's head bias); 0 for tied heads,
+    /// whose gradient `qlora_train::loss` writes out analytically.
+    pub head_grad_bytes: u64,
     /// Dense copy of the largest projection while its NF4 matmul runs.
     pub dequant_scratch_bytes: u64,
     pub overhead_bytes: u64,
@@ -106,6 +110,15 @@ pub fn logits_bytes(s: &ArchSpec, batch: u64, seq_len: u64) -> u64 {
     batch * seq_len.min(LOSS_CHUNK) * s.vocab_size * 20
 }
 
+/// The untied head's weight (and bias) gradient alive during a loss chunk's backward.
+pub fn head_grad_bytes(s: &ArchSpec) -> u64 {
+    if s.tie_embeddings {
+        return 0;
+    }
+    let bias = if s.arch == crate::arch::Arch::Phi { s.vocab_size } else { 0 };
+    (s.vocab_size * s.hidden_size + bias) * 2
+}
+
 /// The whole QLoRA estimate.
 pub fn training_memory(
     s: &ArchSpec,
@@ -135,7 +148,8 @@ pub fn training_memory(
     let base = weights_bytes(s, tensors, o.base);
     let scratch = largest_projection_numel(s, tensors) * (4 + 2);
     let logits = logits_bytes(s, b, t);
-    let working = base + params * 16 + activations + logits + scratch;
+    let head_grad = head_grad_bytes(s);
+    let working = base + params * 16 + activations + logits + head_grad + scratch;
     let overhead = overheads.overhead_bytes(device, working);
     Ok(TrainingMemory {
         lora_parameters: params,
@@ -146,6 +160,7 @@ pub fn training_memory(
         master_weights_bytes: 0,
         activations_bytes: activations,
         logits_bytes: logits,
+        head_grad_bytes: head_grad,
         dequant_scratch_bytes: scratch,
         overhead_bytes: overhead,
         total_bytes: working + overhead,
@@ -184,6 +199,11 @@ mod tests {
         assert_eq!(logits_bytes(&s, 4, 512), 5_242_880_000);
         assert_eq!(logits_bytes(&s, 1, 512), 1_310_720_000);
         assert_eq!(logits_bytes(&s, 1, 100), 100 * 256_000 * 20);
+        assert_eq!(head_grad_bytes(&s), 0, "tied: the loss writes the gradient out");
+        // Mistral's untied head: 32000 × 4096 × 2 bytes.
+        assert_eq!(head_grad_bytes(&spec("mistralai--Mistral-7B-v0.1")), 262_144_000);
+        // Phi-2: 51200 × 2560 × 2 + the bias 51200 × 2.
+        assert_eq!(head_grad_bytes(&spec("microsoft--phi-2")), 262_246_400);
     }
 
     #[test]
@@ -195,7 +215,8 @@ mod tests {
         let off = training_memory(&s, &tensors, &TrainOptions { checkpointing: false, ..Default::default() }, DeviceKind::Cuda, ov).unwrap();
         assert!(off.activations_bytes > 5 * on.activations_bytes, "{} vs {}", off.activations_bytes, on.activations_bytes);
         let sum = on.base_weights_bytes + on.lora_weights_bytes + on.lora_grads_bytes + on.optimizer_bytes
-            + on.master_weights_bytes + on.activations_bytes + on.logits_bytes + on.dequant_scratch_bytes + on.overhead_bytes;
+            + on.master_weights_bytes + on.activations_bytes + on.logits_bytes + on.head_grad_bytes + on.dequant_scratch_bytes
+            + on.overhead_bytes;
         assert_eq!(sum, on.total_bytes);
         assert_eq!(on.optimizer_bytes, 2 * on.lora_weights_bytes);
     }
