@@ -58,10 +58,10 @@ impl LinearLoader<'_> {
         } else {
             None
         };
-        if let Some(q) = &self.prequantized {
-            if self.weights.info(&w_name).is_some_and(|i| i.dtype == DType::U8) {
-                return super::prequantized::load(self, q, name, in_features, out_features, b);
-            }
+        if let Some(q) = &self.prequantized
+            && self.weights.info(&w_name).is_some_and(|i| i.dtype == DType::U8)
+        {
+            return super::prequantized::load(self, q, name, in_features, out_features, b);
         }
         let w = self.weights.get_as(&w_name, &[out_features, in_features], self.dtype, self.device)?;
         match self.quant {
