@@ -65,6 +65,80 @@ pub fn nf4_dequantize<T>(
     out
 }
 
+/// Borrowed NF4 weight data for the slice kernels.
+#[derive(Clone, Copy)]
+pub struct Nf4View<'a> {
+    pub packed: &'a [u8],
+    /// f32 absmax per block (rebuilt first when double-quantized).
+    pub absmax: &'a [f32],
+    pub code: &'a [f32; 16],
+    pub blocksize: usize,
+}
+
+/// `y = x Wᵀ` for a few rows of `x` (`[m, k]`, decode) straight from packed NF4 `W` `[n, k]`,
+/// without materialising W: each block's 64 codes are looked up once into a small buffer, dotted
+/// with every row of x, and scaled by the block's absmax. Needs `k % blocksize == 0` so blocks
+/// never straddle rows. Rows of W are split across the machine's threads. Returns `[m, n]`.
+/// (Same values as dequantize + matmul up to f32 summation order.)
+pub fn nf4_gemm_small(x: &[f32], m: usize, w: Nf4View<'_>, n: usize, k: usize) -> Vec<f32> {
+    let Nf4View { packed, absmax, code, blocksize } = w;
+    // byte -> (code of high nibble, code of low nibble)
+    let mut pair = [[0f32; 2]; 256];
+    for (b, p) in pair.iter_mut().enumerate() {
+        *p = [code[b >> 4], code[b & 0x0f]];
+    }
+    let rows_of = |lo: usize, hi: usize| -> Vec<f32> {
+        let bpr = k / blocksize;
+        let mut buf = vec![0f32; blocksize];
+        let mut out = vec![0f32; m * (hi - lo)];
+        for row in lo..hi {
+            let bytes = &packed[row * k / 2..(row + 1) * k / 2];
+            let mut acc = [0f32; 8];
+            for (b, block) in bytes.chunks_exact(blocksize / 2).enumerate() {
+                for (dst, byte) in buf.chunks_exact_mut(2).zip(block) {
+                    dst.copy_from_slice(&pair[*byte as usize]);
+                }
+                let s = absmax[row * bpr + b];
+                for (i, a) in acc.iter_mut().enumerate().take(m) {
+                    let xs = &x[i * k + b * blocksize..i * k + (b + 1) * blocksize];
+                    // 8 independent partial sums so the compiler can vectorise the dot product
+                    let mut lanes = [0f32; 8];
+                    for (xc, wc) in xs.chunks_exact(8).zip(buf.chunks_exact(8)) {
+                        for l in 0..8 {
+                            lanes[l] += xc[l] * wc[l];
+                        }
+                    }
+                    *a += lanes.iter().sum::<f32>() * s;
+                }
+            }
+            for (i, a) in acc.iter().enumerate().take(m) {
+                out[i * (hi - lo) + row - lo] = *a;
+            }
+        }
+        out
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(n.div_ceil(64)).max(1);
+    let chunk = n.div_ceil(threads);
+    let parts: Vec<(usize, Vec<f32>)> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..n)
+            .step_by(chunk)
+            .map(|lo| {
+                let hi = (lo + chunk).min(n);
+                sc.spawn(move || (lo, rows_of(lo, hi)))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("nf4 gemm worker panicked")).collect()
+    });
+    let mut y = vec![0f32; m * n];
+    for (lo, part) in parts {
+        let w = part.len() / m.max(1);
+        for i in 0..m {
+            y[i * n + lo..i * n + lo + w].copy_from_slice(&part[i * w..(i + 1) * w]);
+        }
+    }
+    y
+}
+
 /// Double quantization of the absmax values as bnb does it: `offset = absmax.mean()` (torch's
 /// f32 summation order, `torch_threads` intra-op threads), then `absmax - offset` quantized
 /// blockwise (`nested_blocksize`, 256) with the dynamic map through bnb's CPU lookup table.
@@ -129,6 +203,24 @@ mod tests {
         let deq = nf4_dequantize(&packed, &absmax, &NF4_CODE, 64, 67, |v| v);
         assert_eq!(deq.len(), 67);
         assert!(deq.iter().all(|v| *v == 0.0));
+    }
+
+    #[test]
+    fn small_gemm_equals_dequantize_then_matmul() {
+        let (n, k, m) = (130, 128, 3);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729) % 997) as f32 / 997.0 - 0.5).collect();
+        let (packed, absmax) = nf4_quantize(&w, 64, &NF4_CODE);
+        let dense = nf4_dequantize(&packed, &absmax, &NF4_CODE, 64, n * k, |v| v);
+        let view = Nf4View { packed: &packed, absmax: &absmax, code: &NF4_CODE, blocksize: 64 };
+        let y = nf4_gemm_small(&x, m, view, n, k);
+        for i in 0..m {
+            for r in 0..n {
+                let exact: f32 = (0..k).map(|j| x[i * k + j] * dense[r * k + j]).sum();
+                let got = y[i * n + r];
+                assert!((got - exact).abs() <= 1e-4 * (1.0 + exact.abs()), "[{i},{r}] {got} vs {exact}");
+            }
+        }
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub trait DequantWeight: Clone + Send + Sync + std::fmt::Debug + 'static {
     const OP_NAME: &'static str;
     fn out_in(&self) -> (usize, usize);
     fn dequantize_to(&self, dtype: DType) -> Result<Tensor>;
+    /// A fused CPU product for this input (decode-sized), or `None` to dequantize + matmul.
+    fn cpu_fused(&self, _x: &CpuStorage, _l: &Layout) -> Result<Option<(CpuStorage, Shape)>> {
+        Ok(None)
+    }
     /// A fused CUDA product for this input, or `None` to dequantize + matmul.
     #[cfg(feature = "cuda")]
     fn cuda_fused(&self, _x: &CudaStorage, _l: &Layout) -> Result<Option<(CudaStorage, Shape)>> {
@@ -44,6 +48,11 @@ impl DequantWeight for Nf4Tensor {
     fn dequantize_to(&self, dtype: DType) -> Result<Tensor> {
         self.dequantize(dtype)
     }
+    /// Decode (at most 8 rows of x) on the CPU: `kernels::nf4_gemm_small`, reading the 4-bit
+    /// weight once instead of writing and reading a dense copy.
+    fn cpu_fused(&self, x: &CpuStorage, l: &Layout) -> Result<Option<(CpuStorage, Shape)>> {
+        nf4_cpu_fused(self, x, l)
+    }
     /// Decode (at most 8 rows of x): the fused NF4 GEMV of `crate::cuda`.
     #[cfg(feature = "cuda")]
     fn cuda_fused(&self, x: &CudaStorage, l: &Layout) -> Result<Option<(CudaStorage, Shape)>> {
@@ -59,6 +68,39 @@ impl DequantWeight for Int8Tensor {
     fn dequantize_to(&self, dtype: DType) -> Result<Tensor> {
         self.dequantize(dtype)
     }
+}
+
+/// Rows of x up to which the CPU forward uses the fused kernel (decode, small batches).
+pub const CPU_FUSED_MAX_ROWS: usize = 8;
+
+fn nf4_cpu_fused(w: &Nf4Tensor, x: &CpuStorage, l: &Layout) -> Result<Option<(CpuStorage, Shape)>> {
+    let (n, k) = w.out_in();
+    let m = l.shape().elem_count() / k.max(1);
+    if m == 0 || m > CPU_FUSED_MAX_ROWS || k % w.blocksize() != 0 || !w.device().is_cpu() {
+        return Ok(None);
+    }
+    let Some((a, b)) = l.contiguous_offsets() else { return Ok(None) };
+    let xs: std::borrow::Cow<[f32]> = match x {
+        CpuStorage::F32(v) => std::borrow::Cow::Borrowed(&v[a..b]),
+        CpuStorage::BF16(v) => v[a..b].iter().map(|v| v.to_f32()).collect(),
+        CpuStorage::F16(v) => v[a..b].iter().map(|v| v.to_f32()).collect(),
+        _ => return Ok(None),
+    };
+    let absmax = w.absmax_f32()?.to_vec1::<f32>()?;
+    let (packed_s, packed_l) = w.packed().storage_and_layout();
+    let (Storage::Cpu(CpuStorage::U8(p)), Some((pa, pb))) = (&*packed_s, packed_l.contiguous_offsets()) else {
+        return Ok(None);
+    };
+    let view = crate::kernels::Nf4View { packed: &p[pa..pb], absmax: &absmax, code: w.code(), blocksize: w.blocksize() };
+    let y = crate::kernels::nf4_gemm_small(&xs, m, view, n, k);
+    let out = match x {
+        CpuStorage::BF16(_) => CpuStorage::BF16(y.into_iter().map(half::bf16::from_f32).collect()),
+        CpuStorage::F16(_) => CpuStorage::F16(y.into_iter().map(half::f16::from_f32).collect()),
+        _ => CpuStorage::F32(y),
+    };
+    let mut dims = l.dims().to_vec();
+    *dims.last_mut().expect("rank >= 1") = n;
+    Ok(Some((out, Shape::from(dims))))
 }
 
 /// `x Wᵀ` for an NF4 weight `[out, in]`; `x` is `[..., in]` in f32, f16 or bf16.
@@ -130,6 +172,9 @@ impl<W: DequantWeight> CustomOp1 for QuantLinearOp<W> {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        if let Some(fused) = self.w.cpu_fused(s, l)? {
+            return Ok(fused);
+        }
         self.fwd(s, l, |st| match st {
             Storage::Cpu(c) => Some(c),
             _ => None,

@@ -80,3 +80,25 @@ fn wrong_input_width_is_a_clear_error() {
     let err = nf4_linear(&Tensor::zeros((2, 63), DType::F32, &Device::Cpu).unwrap(), &q).unwrap_err().to_string();
     assert!(err.contains("63") && err.contains("64"), "{err}");
 }
+
+#[test]
+fn fused_decode_path_equals_dequantize_matmul() {
+    // k a multiple of 64: up to 8 rows take the fused CPU kernel, more rows dequantize + matmul.
+    let w = Tensor::randn(0f32, 0.05, (72, 192), &Device::Cpu).unwrap();
+    for dq in [false, true] {
+        let q = Nf4Tensor::quantize(&w, dq).unwrap();
+        let dense = q.dequantize(DType::F32).unwrap();
+        for rows in [1usize, 8, 9] {
+            let x = Tensor::randn(0f32, 1.0, (rows, 192), &Device::Cpu).unwrap();
+            let y = nf4_linear(&x, &q).unwrap();
+            let y_ref = x.matmul(&dense.t().unwrap()).unwrap();
+            assert!(max_abs_diff(&y, &y_ref) < 1e-5, "rows {rows}: {}", max_abs_diff(&y, &y_ref));
+        }
+        // bf16 decode returns bf16
+        let xb = Tensor::randn(0f32, 1.0, (2, 192), &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+        let yb = nf4_linear(&xb, &q).unwrap();
+        assert_eq!(yb.dtype(), DType::BF16);
+        let yr = xb.to_dtype(DType::F32).unwrap().matmul(&dense.t().unwrap()).unwrap();
+        assert!(max_abs_diff(&yb.to_dtype(DType::F32).unwrap(), &yr) < 2e-2);
+    }
+}

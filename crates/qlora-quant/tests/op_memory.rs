@@ -45,16 +45,23 @@ fn forward_keeps_no_dense_weight_alive() {
     let q = Nf4Tensor::quantize(&w, true).unwrap();
     let q8 = Int8Tensor::quantize(&w).unwrap();
     drop(w);
+    // 4 rows take the fused decode kernel on the CPU, 64 rows the dequantize + matmul path.
     let x = Var::randn(0f32, 1.0, (4, in_f), &Device::Cpu).unwrap();
-    let y_bytes = (4 * out_f * 4) as isize;
+    let x64 = Var::randn(0f32, 1.0, (64, in_f), &Device::Cpu).unwrap();
+    let y_bytes = (64 * out_f * 4) as isize;
 
-    // warm-up: lazily initialised tables, thread pools
-    drop(nf4_linear(x.as_tensor(), &q).unwrap());
+    // warm-up: lazily initialised tables, thread pools, gemm scratch buffers
+    for xx in [&x, &x64] {
+        drop(nf4_linear(xx.as_tensor(), &q).unwrap());
+        drop(int8_linear(xx.as_tensor(), &q8).unwrap());
+    }
 
     let (kept, y) = retained(|| nf4_linear(x.as_tensor(), &q).unwrap());
-    assert!(kept < y_bytes + dense_bytes / 8, "nf4_linear kept {kept} bytes alive (dense weight is {dense_bytes})");
+    assert!(kept < y_bytes + dense_bytes / 8, "nf4_linear (decode) kept {kept} bytes alive (dense weight is {dense_bytes})");
+    let (kept64, y64) = retained(|| nf4_linear(x64.as_tensor(), &q).unwrap());
+    assert!(kept64 < y_bytes + dense_bytes / 8, "nf4_linear kept {kept64} bytes alive (dense weight is {dense_bytes})");
 
-    let (kept8, y8) = retained(|| int8_linear(x.as_tensor(), &q8).unwrap());
+    let (kept8, y8) = retained(|| int8_linear(x64.as_tensor(), &q8).unwrap());
     assert!(kept8 < y_bytes + dense_bytes / 8, "int8_linear kept {kept8} bytes alive");
 
     // The naive way keeps the dense weight referenced from the graph until backward.
@@ -63,8 +70,8 @@ fn forward_keeps_no_dense_weight_alive() {
     assert!(kept_naive >= dense_bytes, "probe failed to see the naive path's dense copy ({kept_naive} bytes)");
 
     // Backward works and, once the grads are dropped, frees its transient dense copy again.
-    let (kept_bwd, grads) = retained(|| y.sum_all().unwrap().backward().unwrap());
+    let (kept_bwd, grads) = retained(|| y64.sum_all().unwrap().backward().unwrap());
     assert!(kept_bwd < dense_bytes / 2, "backward kept {kept_bwd} bytes");
-    assert!(grads.get(x.as_tensor()).is_some());
+    assert!(grads.get(x64.as_tensor()).is_some());
     drop((y, y8, y_naive, grads));
 }
