@@ -129,3 +129,28 @@ fn perplexity_of_nf4_and_int8_against_bf16() {
     assert!(nf4 / bf16 < 1.5 && nf4 / bf16 > 0.9, "nf4 perplexity {nf4} is far from bf16 {bf16}");
     assert!(int8_bytes < bf16_bytes && nf4_bytes < int8_bytes);
 }
+
+/// A fresh `import_gguf` of the GGUF (not the folder fetched earlier) gives transformers'
+/// logits: catches a change to the importer that the cached test-assets folder would hide.
+#[test]
+fn fresh_import_gives_transformers_logits() {
+    let gguf = model_dir().parent().unwrap().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(gguf.is_file(), "missing {}: run scripts/fetch-test-model.sh", gguf.display());
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("imported");
+    let report = qlora_studio::engine::gguf::import_gguf(&gguf, &out).unwrap();
+    assert_eq!((report.num_layers, report.vocab_size, report.tied_embeddings), (30, 49152, true));
+    let again = qlora_studio::engine::gguf::import_gguf(&gguf, &out).unwrap_err();
+    assert!(again.to_string().contains("not empty"), "{again}");
+    let r = reference();
+    let tm = TextModel::load(&out, &LoadOptions::default()).unwrap();
+    let chat = tm.chat_ids(&[ChatMessage::user(r["question"].as_str().unwrap())]).unwrap();
+    assert_eq!(chat, ids(&r["chat_ids"]));
+    let input = Tensor::new(chat.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let logits: Vec<f32> = tm.model.forward(&input, None).unwrap().i((0, chat.len() - 1)).unwrap().to_vec1().unwrap();
+    for (i, want) in ids(&r["last_logits_top10_ids"]).iter().zip(floats(&r["last_logits_top10_values"])) {
+        assert!((logits[*i as usize] - want).abs() < 1e-3, "token {i}: {} vs {want}", logits[*i as usize]);
+    }
+    let names: Vec<String> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    assert_eq!(names, vec!["imported".to_string()], "no temporary folder may be left behind");
+}
