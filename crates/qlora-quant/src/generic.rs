@@ -34,3 +34,31 @@ pub(crate) fn nf4_dequantize(w: &Nf4Tensor, dtype: DType) -> Result<Tensor> {
     let scale = expand(&absmax, w.blocksize(), n)?;
     (vals * scale)?.to_dtype(dtype)?.reshape(w.shape())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::Nf4Tensor;
+    use candle_core::{DType, Device, Tensor};
+
+    /// The tensor-op path (used off the CPU) gives the CPU kernels' values bit for bit; run here
+    /// on CPU tensors, since it is device-generic.
+    #[test]
+    fn generic_path_equals_cpu_kernels() {
+        let w = Tensor::randn(0f32, 0.05, (40, 100), &Device::Cpu).unwrap(); // ragged last block
+        for dq in [false, true] {
+            let q = Nf4Tensor::quantize(&w, dq).unwrap();
+            for dtype in [DType::F32, DType::BF16] {
+                let ours = super::nf4_dequantize(&q, dtype).unwrap().to_dtype(DType::F32).unwrap();
+                let cpu = q.dequantize(dtype).unwrap().to_dtype(DType::F32).unwrap();
+                let a: Vec<u32> = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect();
+                let b: Vec<u32> = cpu.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect();
+                assert_eq!(a, b, "double quant {dq}, {dtype:?}");
+            }
+            if let crate::Absmax::Double(d) = q.absmax() {
+                let g = super::dq_absmax(d).unwrap().to_vec1::<f32>().unwrap();
+                let c = q.absmax_f32().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(g, c);
+            }
+        }
+    }
+}
