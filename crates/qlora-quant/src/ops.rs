@@ -6,6 +6,10 @@
 //! the graph keeps only `x` and the op (which holds the *quantized* weight). Backward computes
 //! `grad_x = grad_y · W` by dequantizing W again. There is no gradient for W: the base is frozen.
 //!
+//! On the CPU, up to [`CPU_FUSED_MAX_ROWS`] rows of x (decode) skip the dense copy altogether:
+//! `kernels::nf4_gemm_small` reads the packed weight once. With `--features cuda`, `crate::cuda`
+//! supplies the GPU kernels; otherwise the device-generic tensor-op dequantize is used.
+//!
 //! ```
 //! use candle_core::{Device, DType, Tensor, Var};
 //! use qlora_quant::{ops::nf4_linear, Nf4Tensor};
