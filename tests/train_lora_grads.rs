@@ -115,3 +115,25 @@ fn a_target_module_that_does_not_exist_is_a_clear_error() {
     let e = trainer::attach(&mut model, &cfg).unwrap_err().to_string();
     assert!(e.contains("`query_key_value`") && e.contains("q_proj") && e.contains("down_proj"), "{e}");
 }
+
+#[test]
+fn closed_form_loss_gradient_matches_autograd_for_a_tied_head() {
+    use qlora_studio::train::loss;
+    let dir = fixtures().join("tiny/qwen2");
+    let opts = LoadOptions { dtype: DType::F32, quant: Quant::None, device: Device::Cpu };
+    let mut model = Model::load(&dir, &opts).unwrap();
+    model.set_training(true);
+    assert!(model.config().tie_embeddings);
+    let t = 10;
+    let ids = Tensor::from_vec((0..t as u32).map(|i| i * 3 + 1).collect::<Vec<_>>(), (1, t), &Device::Cpu).unwrap();
+    let labels = Tensor::from_vec((0..t as u32).map(|i| i * 5 + 2).collect::<Vec<_>>(), (1, t), &Device::Cpu).unwrap();
+    let w: Vec<f32> = (0..t).map(|i| if i % 3 == 0 { 0.0 } else { 1.0 }).collect();
+    let weights = Tensor::from_vec(w, (1, t), &Device::Cpu).unwrap();
+    let hidden = model.forward_hidden(&ids, None).unwrap();
+    let (l1, g1) = loss::loss_and_hidden_grad(&model, &hidden, &labels, &weights, 6.0, 2.0).unwrap();
+    let (l2, g2) = loss::loss_and_hidden_grad_autograd(&model, &hidden, &labels, &weights, 6.0, 2.0).unwrap();
+    assert!((l1 - l2).abs() < 1e-5, "{l1} vs {l2}");
+    let diff = g1.sub(&g2).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let scale = g2.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(scale > 0.0 && diff / scale < 1e-5, "closed form differs by {diff} (max {scale})");
+}

@@ -1,9 +1,16 @@
 //! Masked cross-entropy over the vocabulary, computed a chunk of positions at a time so the
 //! `[B, T, vocab]` logits (the largest activation by far: 256k columns for Gemma) never exist
-//! whole. The gradient w.r.t. the final hidden states is taken per chunk (the chunk's hidden
-//! states as a leaf `Var`), so each chunk's logits are freed before the next; the caller
-//! then back-propagates that gradient through the model with the surrogate
-//! `sum(hidden · grad)`, whose gradient is exactly the chain rule's.
+//! whole. The gradient w.r.t. the final hidden states is taken per chunk, so each chunk's
+//! logits are freed before the next; the caller then back-propagates that gradient through
+//! the model with the surrogate `sum(hidden · grad)`, whose gradient is exactly the chain
+//! rule's.
+//!
+//! The chunk's gradient is written out analytically where the head's weight is at hand
+//! (tied embeddings): `∂L/∂logits = w·(softmax − onehot)/norm`, `∂L/∂h = ∂L/∂logits · W`.
+//! candle's autograd would also compute (and keep until the end of backward) the gradient
+//! of the frozen `[vocab, hidden]` head weight, since its matmul backward differentiates both
+//! sides unconditionally: 56 MiB for SmolLM2, 1 GiB for Gemma. Untied heads go through
+//! autograd until the engine exposes the head's weight.
 
 use candle_core::{D, DType, Result, Tensor, Var};
 use qlora_engine::model::Model;
@@ -20,7 +27,7 @@ fn chunk_nll(model: &Model, h: &Tensor, labels: &Tensor, weights: &Tensor) -> Re
     (picked * weights)?.sum_all()?.neg()
 }
 
-/// Loss (`Σ w·nll / norm`) and its gradient w.r.t. `hidden` (`[B, T, H]`).
+/// Loss (`Σ w·nll / norm`) and the gradient of `scale · loss` w.r.t. `hidden` (`[B, T, H]`).
 /// `labels` `[B, T]` u32, `weights` `[B, T]` f32.
 pub fn loss_and_hidden_grad(
     model: &Model,
@@ -30,23 +37,84 @@ pub fn loss_and_hidden_grad(
     norm: f64,
     scale: f64,
 ) -> Result<(f64, Tensor)> {
+    let head = model.config().tie_embeddings.then(|| model.embed_weight());
+    chunked(hidden, labels, weights, |h, lab, w| match head {
+        Some(head) => analytic_chunk(model, head, h, lab, w, norm, scale),
+        None => autograd_chunk(model, h, lab, w, norm, scale),
+    })
+}
+
+/// The same through candle's autograd whatever the head (the reference for the closed form).
+pub fn loss_and_hidden_grad_autograd(
+    model: &Model,
+    hidden: &Tensor,
+    labels: &Tensor,
+    weights: &Tensor,
+    norm: f64,
+    scale: f64,
+) -> Result<(f64, Tensor)> {
+    chunked(hidden, labels, weights, |h, lab, w| autograd_chunk(model, h, lab, w, norm, scale))
+}
+
+fn chunked(
+    hidden: &Tensor,
+    labels: &Tensor,
+    weights: &Tensor,
+    f: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<(f64, Tensor)>,
+) -> Result<(f64, Tensor)> {
     let t = hidden.dim(1)?;
     let mut total = 0f64;
     let mut grads = Vec::new();
     for start in (0..t).step_by(CHUNK) {
         let len = CHUNK.min(t - start);
-        let h = Var::from_tensor(&hidden.narrow(1, start, len)?.detach())?;
-        let l = chunk_nll(model, h.as_tensor(), &labels.narrow(1, start, len)?, &weights.narrow(1, start, len)?)?;
-        let l = (l / norm)?;
-        total += l.to_scalar::<f32>()? as f64;
-        let g = (l * scale)?.backward()?;
-        let gh = match g.get(h.as_tensor()) {
-            Some(gh) => gh.clone(),
-            None => h.as_tensor().zeros_like()?,
-        };
-        grads.push(gh);
+        let h = hidden.narrow(1, start, len)?.detach();
+        let (l, g) = f(&h, &labels.narrow(1, start, len)?, &weights.narrow(1, start, len)?)?;
+        total += l;
+        grads.push(g);
     }
     Ok((total, Tensor::cat(&grads, 1)?))
+}
+
+fn autograd_chunk(model: &Model, h: &Tensor, labels: &Tensor, weights: &Tensor, norm: f64, scale: f64) -> Result<(f64, Tensor)> {
+    let h = Var::from_tensor(h)?;
+    let l = (chunk_nll(model, h.as_tensor(), labels, weights)? / norm)?;
+    let loss = l.to_scalar::<f32>()? as f64;
+    let g = (l * scale)?.backward()?;
+    let gh = match g.get(h.as_tensor()) {
+        Some(gh) => gh.clone(),
+        None => h.as_tensor().zeros_like()?,
+    };
+    Ok((loss, gh))
+}
+
+/// One chunk's loss and `∂(scale·L)/∂h` in closed form, for a head `logits = h Wᵀ (+ b)`.
+fn analytic_chunk(
+    model: &Model,
+    head: &Tensor,
+    h: &Tensor,
+    labels: &Tensor,
+    weights: &Tensor,
+    norm: f64,
+    scale: f64,
+) -> Result<(f64, Tensor)> {
+    // logits = h Wᵀ as a 2-D matmul on the transposed view (candle's 3-D path through
+    // candle_nn::Linear copies the whole head for the broadcast batch dim). Tied heads
+    // have no bias.
+    let (b, c, hd) = h.dims3()?;
+    let logits = h.reshape((b * c, hd))?.matmul(&head.t()?)?.reshape((b, c, head.dim(0)?))?;
+    let lsm = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+    drop(logits);
+    let _ = model;
+    let idx = labels.unsqueeze(D::Minus1)?;
+    let picked = lsm.gather(&idx, D::Minus1)?.squeeze(D::Minus1)?;
+    let loss = ((picked * weights)?.sum_all()?.neg()? / norm)?.to_scalar::<f32>()? as f64;
+    let coef = (weights * (scale / norm))?.unsqueeze(D::Minus1)?;
+    let soft = lsm.exp()?.broadcast_mul(&coef)?;
+    let dlogits = soft.scatter_add(&idx, &coef.neg()?, D::Minus1)?;
+    // 2-D matmul: a broadcast one would copy the [vocab, hidden] head for the batch dim.
+    let (b, c, v) = dlogits.dims3()?;
+    let gh = dlogits.to_dtype(head.dtype())?.reshape((b * c, v))?.matmul(head)?;
+    Ok((loss, gh.reshape((b, c, head.dim(1)?))?.to_dtype(h.dtype())?))
 }
 
 /// Loss only (no gradient), for evaluation: `(Σ w·nll, Σ w)`.

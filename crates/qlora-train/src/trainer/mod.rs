@@ -73,6 +73,14 @@ pub struct PreparedData {
 
 /// Reads, tokenizes and checks the data with the model folder's tokenizer and template.
 pub fn prepare_data(cfg: &TrainConfig) -> Result<PreparedData, TrainError> {
+    if !cfg.model.is_dir() {
+        return Err(TrainError::Model {
+            path: cfg.model.clone(),
+            message: "no such folder; set `model` to a Hugging Face-style folder (config.json, \
+                      *.safetensors, tokenizer.json)"
+                .into(),
+        });
+    }
     let (enc, renderer) = model_text::load(&cfg.model, cfg.data.fallback_template.as_deref())
         .map_err(|message| TrainError::Model { path: cfg.model.clone(), message })?;
     let dataset = data::prepare(&cfg.data, cfg.seed, renderer.as_ref(), &enc)?;
