@@ -12,6 +12,7 @@ pub mod downloads;
 pub mod error;
 pub mod events;
 pub mod hub;
+pub mod library;
 pub mod local_models;
 pub mod planning;
 pub mod settings;

@@ -315,6 +315,18 @@ def test_chat_with_the_downloaded_model(d):
     d.wait(lambda: not d.exists("[data-testid=answer].streaming"), 300, "the answer to finish")
 
 
+def test_library_lists_verifies_and_dry_runs_a_delete(d):
+    page(d, "library")
+    row = f"[data-testid='repo-{LocalHub.REPO}']"
+    d.find(row, timeout=15)
+    d.click(f"{row} [data-testid=verify]")
+    d.wait_text("[data-testid=cache-report]", "checked", timeout=120)
+    d.click(f"{row} [data-testid=delete]")
+    d.wait_text("[data-testid=cache-report]", "Dry run: would free", timeout=30)
+    shot(d, "library.png")
+    assert d.exists(row), "a dry run deletes nothing"
+
+
 TESTS = [v for k, v in list(globals().items()) if k.startswith("test_")]
 
 

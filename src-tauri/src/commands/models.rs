@@ -65,27 +65,29 @@ pub async fn plan_model(state: State<'_, AppState>, request: PlanRequest) -> Cmd
 }
 
 #[tauri::command]
-pub async fn library_list() -> CmdResult<Vec<CachedRepo>> {
-    Err(AppError::not_built("qlora_studio::hub cache scan (repos, revisions, sizes, shared blobs)"))
+pub async fn library_list(state: State<'_, AppState>) -> CmdResult<Vec<CachedRepo>> {
+    let cache = state.cache_dir();
+    super::app::run_blocking(move || Ok(crate::library::list(&cache))).await
 }
 
 #[tauri::command]
-pub async fn library_delete(id: String, dry_run: bool) -> CmdResult<CacheReport> {
+pub async fn library_delete(state: State<'_, AppState>, id: String, dry_run: bool) -> CmdResult<CacheReport> {
     check_model_id(&id)?;
-    let _ = dry_run;
-    Err(AppError::not_built("qlora_studio::hub cache delete (with dry run)"))
+    let cache = state.cache_dir();
+    super::app::run_blocking(move || crate::library::delete(&cache, &id, dry_run).map_err(crate::hub::to_app)).await
 }
 
 #[tauri::command]
-pub async fn library_prune(dry_run: bool) -> CmdResult<CacheReport> {
-    let _ = dry_run;
-    Err(AppError::not_built("qlora_studio::hub cache prune (with dry run)"))
+pub async fn library_prune(state: State<'_, AppState>, dry_run: bool) -> CmdResult<CacheReport> {
+    let cache = state.cache_dir();
+    super::app::run_blocking(move || crate::library::prune(&cache, dry_run).map_err(crate::hub::to_app)).await
 }
 
 #[tauri::command]
-pub async fn library_verify(id: String) -> CmdResult<CacheReport> {
+pub async fn library_verify(state: State<'_, AppState>, id: String) -> CmdResult<CacheReport> {
     check_model_id(&id)?;
-    Err(AppError::not_built("qlora_studio::hub cache verify (sizes and SHA-256 of blobs)"))
+    let cache = state.cache_dir();
+    super::app::run_blocking(move || crate::library::verify(&cache, &id).map_err(crate::hub::to_app)).await
 }
 
 #[cfg(test)]

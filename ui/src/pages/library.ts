@@ -34,8 +34,8 @@ export function libraryPage(root: HTMLElement): void {
     h("td", { class: "num" }, formatBytes(r.size_on_disk)),
     h("td", { class: "num" }, r.shared_bytes ? formatBytes(r.shared_bytes) : "–"),
     h("td", {},
-      h("button", { onclick: () => act(() => call("library_verify", { id: r.id }), () => call("library_verify", { id: r.id })) }, "Verify"),
-      h("button", { class: "danger", onclick: () => act(() => call("library_delete", { id: r.id, dryRun: true }), () => call("library_delete", { id: r.id, dryRun: false })) }, "Delete…")));
+      h("button", { "data-testid": "verify", onclick: () => act(() => call("library_verify", { id: r.id }), () => call("library_verify", { id: r.id })) }, "Verify"),
+      h("button", { class: "danger", "data-testid": "delete", onclick: () => act(() => call("library_delete", { id: r.id, dryRun: true }), () => call("library_delete", { id: r.id, dryRun: false })) }, "Delete…")));
   const load = async () => {
     clear(list);
     try {

@@ -145,9 +145,9 @@ function runView(body: HTMLElement, next: () => void): () => void {
 function resultView(body: HTMLElement): void {
   const t = state.training;
   if (!t?.adapterDir) return void body.append(notice("No finished run yet."));
-  body.append(notice(`Adapter saved in ${t.adapterDir}`, "ok", "adapter-dir"),
-    h("table", { class: "table" }, h("thead", {}, h("tr", {}, h("th", {}, "Prompt"), h("th", {}, "Before"), h("th", {}, "After"))),
-      h("tbody", {}, ...t.samples.map((s) => h("tr", {}, h("td", {}, s.prompt), h("td", {}, s.before), h("td", {}, s.after))))),
+  append(body, notice(`Adapter saved in ${t.adapterDir}`, "ok", "adapter-dir"),
+    t.samples.length ? h("table", { class: "table" }, h("thead", {}, h("tr", {}, h("th", {}, "Prompt"), h("th", {}, "Before"), h("th", {}, "After"))),
+      h("tbody", {}, ...t.samples.map((s) => h("tr", {}, h("td", {}, s.prompt), h("td", {}, s.before), h("td", {}, s.after))))) : null,
     h("button", { class: "primary", "data-testid": "chat-adapter", onclick: () => go("chat", { model: wiz.form.baseModel, adapter: t.adapterDir! }) }, "Chat with the adapter"));
 }
 
