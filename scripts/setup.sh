@@ -20,10 +20,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Python packages the tests use (huggingface_hub for the cache interop tests), pinned.
-if [ -f scripts/requirements-test.txt ]; then
-  python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
-fi
+# Python packages the tests use, pinned: huggingface_hub for the cache interop tests, and the
+# reference stack (torch on CPU, transformers, peft, bitsandbytes) that recorded the fixtures:
+# the tests re-check the committed fixtures with it and have peft load adapters we write.
+# torch from PyPI is the CUDA build (about 5 GB installed); it runs on the CPU.
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+  -r scripts/requirements-test.txt -r tests/fixtures/requirements.txt
 
 # tauri-driver drives the real app window in the end-to-end tests. Pinned: crates.io's
 # "latest" is a 3.0 alpha.

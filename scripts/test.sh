@@ -11,6 +11,10 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 cargo build --bin qlora
 bash scripts/fetch-test-model.sh >/dev/null
 
+# The committed reference fixtures still agree with the reference stack (transformers, peft,
+# bitsandbytes): every reference recomputed from the committed files, nothing written.
+python3 tests/fixtures/make_fixtures.py --verify
+
 cargo test --workspace --no-fail-fast
 
 if [ -f ui/package.json ]; then
