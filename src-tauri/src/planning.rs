@@ -105,10 +105,8 @@ fn report(p: &qp::Plan, req: &PlanRequest) -> CmdResult<PlanReport> {
             (e.verdict, m.total_bytes, items, suggestion)
         }
     };
+    // The plan's notes already carry the target's (e.g. "no NVIDIA GPU found").
     let mut notes = p.notes.clone();
-    if let Some(n) = &p.target.note {
-        notes.push(n.clone());
-    }
     if !p.download_exact {
         notes.push("download size estimated from the architecture".into());
     }
