@@ -54,6 +54,8 @@ pub fn commands(cfg: &Config) -> Vec<CommandSig> {
         sig("delete_conversation", vec![("id", n("string"))], n("null")),
         sig("chat_send", vec![("request", ChatRequest::name(cfg)), ("onChunk", format!("Channel<{}>", ChatChunk::name(cfg)))], n("null")),
         sig("chat_stop", vec![("stream", n("number"))], n("null")),
+        sig("chat_attach_adapter", vec![("model", n("string")), ("adapter", n("string"))], AdapterInfo::name(cfg)),
+        sig("chat_detach_adapter", vec![], n("null")),
     ]
 }
 
@@ -69,7 +71,7 @@ pub fn typescript() -> String {
         CacheReport::decl(&cfg), DatasetPreview::decl(&cfg), TrainRequest::decl(&cfg),
         TrainEvent::decl(&cfg), SampleAnswer::decl(&cfg), ChatMessage::decl(&cfg), Sampling::decl(&cfg),
         Conversation::decl(&cfg), ConversationSummary::decl(&cfg), ChatRequest::decl(&cfg),
-        ChatChunk::decl(&cfg),
+        ChatChunk::decl(&cfg), AdapterInfo::decl(&cfg),
     ];
     let mut out = String::from(
         "// Generated from the Rust types in src-tauri by `UPDATE_BINDINGS=1 cargo test -p qlora-studio-app --lib bindings`.\n\

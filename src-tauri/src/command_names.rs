@@ -29,4 +29,6 @@ pub const COMMAND_NAMES: &[&str] = &[
     "delete_conversation",
     "chat_send",
     "chat_stop",
+    "chat_attach_adapter",
+    "chat_detach_adapter",
 ];

@@ -63,6 +63,8 @@ pub fn run() {
             commands::chat::delete_conversation,
             commands::chat::chat_send,
             commands::chat::chat_stop,
+            commands::chat::chat_attach_adapter,
+            commands::chat::chat_detach_adapter,
         ])
         .run(tauri::tauri_build_context!());
     if let Err(e) = result {

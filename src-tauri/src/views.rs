@@ -234,6 +234,19 @@ pub struct ChatRequest {
     pub sampling: crate::conversations::Sampling,
 }
 
+/// A PEFT adapter attached to the chat model (what `chat_attach_adapter` answers).
+#[derive(Debug, Clone, Serialize, TS)]
+pub struct AdapterInfo {
+    /// The adapter folder.
+    pub dir: String,
+    /// How many of the model's linear layers now carry it.
+    pub modules: u32,
+    pub rank: u32,
+    pub alpha: f64,
+    /// The base model the adapter says it was trained on (`base_model_name_or_path`).
+    pub base_model: Option<String>,
+}
+
 /// Pieces of a streamed answer, sent through the command's channel.
 #[derive(Debug, Clone, Serialize, TS)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -167,6 +167,20 @@ stream: number, model: string, adapter: string | null, adapter_scale: number, sy
 
 export type ChatChunk = { "kind": "token", text: string, } | { "kind": "done", tokens: number, tokens_per_sec: number, stopped: boolean, } | { "kind": "failed", error: AppError, };
 
+export type AdapterInfo = { 
+/**
+ * The adapter folder.
+ */
+dir: string, 
+/**
+ * How many of the model's linear layers now carry it.
+ */
+modules: number, rank: number, alpha: number, 
+/**
+ * The base model the adapter says it was trained on (`base_model_name_or_path`).
+ */
+base_model: string | null, };
+
 /** Event names, and the payload each carries. */
 export const EVENTS = { download: "download", train: "train" } as const;
 export interface EventPayloads { download: DownloadEvent; train: TrainEvent }
@@ -197,4 +211,6 @@ export interface Commands {
   delete_conversation: { args: { id: string }; result: null };
   chat_send: { args: { request: ChatRequest; onChunk: Channel<ChatChunk> }; result: null };
   chat_stop: { args: { stream: number }; result: null };
+  chat_attach_adapter: { args: { model: string; adapter: string }; result: AdapterInfo };
+  chat_detach_adapter: { args: {  }; result: null };
 }

@@ -3,7 +3,7 @@
 use super::{AppError, CmdResult};
 use crate::conversations::{Conversation, ConversationSummary, Store};
 use crate::state::AppState;
-use crate::views::{ChatChunk, ChatRequest};
+use crate::views::{AdapterInfo, ChatChunk, ChatRequest};
 use tauri::State;
 use tauri::ipc::Channel;
 
@@ -49,4 +49,29 @@ pub async fn chat_send(state: State<'_, AppState>, request: ChatRequest, on_chun
 #[tauri::command]
 pub fn chat_stop(state: State<'_, AppState>, stream: u64) -> CmdResult<()> {
     state.cancel_job(stream)
+}
+
+/// Attaches the PEFT adapter folder `adapter` to the chat model `model` (loaded if needed; the
+/// base is not reloaded). Fails, naming the modules and shapes, for an adapter of another base.
+#[tauri::command]
+pub async fn chat_attach_adapter(state: State<'_, AppState>, model: String, adapter: String) -> CmdResult<AdapterInfo> {
+    if model.trim().is_empty() {
+        return Err(AppError::invalid("pick a model to chat with before attaching an adapter"));
+    }
+    if adapter.trim().is_empty() {
+        return Err(AppError::invalid("pick an adapter folder (the Train page's output, or Browse…)"));
+    }
+    let loaded = state.chat_model.clone();
+    super::app::run_blocking(move || loaded.attach(std::path::Path::new(model.trim()), std::path::Path::new(adapter.trim()))).await
+}
+
+/// Drops the adapter from the chat model: answers come from the base again.
+#[tauri::command]
+pub async fn chat_detach_adapter(state: State<'_, AppState>) -> CmdResult<()> {
+    let loaded = state.chat_model.clone();
+    super::app::run_blocking(move || {
+        loaded.detach();
+        Ok(())
+    })
+    .await
 }

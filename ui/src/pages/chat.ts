@@ -1,7 +1,9 @@
 // Chat: conversations kept on disk, a system prompt, sampling settings, streamed answers with
 // stop, base or base + adapter with a scale slider, and base vs fine-tuned side by side.
+import { open } from "@tauri-apps/plugin-dialog";
 import { call, Channel } from "../api";
 import type { AppError, ChatChunk, ChatMessage, Conversation, Sampling } from "../bindings";
+import { adapterSummary, chatRuns, checkScale, scaleLabel, SCALE_MAX, SCALE_MIN, type ChatRun } from "../lib/adapter";
 import { h, clear, errorBox, field, numberInput, textInput } from "../dom";
 import { blankChat, reduceChat, type ChatStream } from "../lib/reducers";
 import { checkModelRef, validateSampling } from "../lib/validate";
@@ -13,10 +15,10 @@ function blank(model: string, adapter: string | null): Conversation {
 }
 
 /** Streams one answer into `into`; resolves with the final stream state. */
-async function stream(c: Conversation, adapter: string | null, into: HTMLElement, onStop: (stop: () => void) => void): Promise<ChatStream> {
+async function stream(c: Conversation, run: ChatRun, into: HTMLElement, onStop: (stop: () => void) => void): Promise<ChatStream> {
   const id = nextStream++;
   let s = blankChat();
-  const text = h("div", { class: "bubble assistant streaming", "data-testid": adapter ? "answer-adapter" : "answer" });
+  const text = h("div", { class: "bubble assistant streaming", "data-testid": run.testid });
   into.append(text);
   onStop(() => void call("chat_stop", { stream: id }).catch(() => {}));
   const ch = new Channel<ChatChunk>();
@@ -33,7 +35,7 @@ async function stream(c: Conversation, adapter: string | null, into: HTMLElement
     };
   });
   try {
-    await call("chat_send", { request: { stream: id, model: c.model, adapter, adapter_scale: c.adapter_scale, system_prompt: c.system_prompt, messages: c.messages, sampling: c.sampling }, onChunk: ch });
+    await call("chat_send", { request: { stream: id, model: c.model, adapter: run.adapter, adapter_scale: run.scale, system_prompt: c.system_prompt, messages: c.messages, sampling: c.sampling }, onChunk: ch });
   } catch (e) {
     text.remove();
     into.append(errorBox(e as AppError, "chat-error"));
@@ -48,8 +50,9 @@ export function chatPage(root: HTMLElement, params: URLSearchParams): void {
   const model = h("select", { "data-testid": "chat-model" });
   const modelText = textInput("chat-model-path", convo.model, "or a model folder / Hub id");
   const adapter = textInput("chat-adapter", convo.adapter ?? "", "adapter folder (optional)");
-  const scale = h("input", { type: "range", min: 0, max: 2, step: 0.05, value: convo.adapter_scale, "data-testid": "adapter-scale" });
-  const scaleLabel = h("span", {}, convo.adapter_scale.toFixed(2));
+  const scale = h("input", { type: "range", min: SCALE_MIN, max: SCALE_MAX, step: 0.05, value: convo.adapter_scale, "data-testid": "adapter-scale" });
+  const scaleText = h("span", { "data-testid": "adapter-scale-label" }, scaleLabel(convo.adapter_scale));
+  const adapterStatus = h("div", { class: "muted", "data-testid": "adapter-status" }, "No adapter: answers come from the base model.");
   const sideBySide = h("input", { type: "checkbox", "data-testid": "side-by-side" });
   const system = h("textarea", { rows: 2, "data-testid": "system-prompt" }, convo.system_prompt);
   const sampling = { temperature: numberInput("temperature", 0.7, "0.05"), topP: numberInput("top-p", 0.9, "0.05"), topK: numberInput("top-k", 40), maxNewTokens: numberInput("max-new-tokens", 128) };
@@ -59,7 +62,35 @@ export function chatPage(root: HTMLElement, params: URLSearchParams): void {
   let stops: (() => void)[] = [];
   const send = h("button", { class: "primary", "data-testid": "chat-send" }, "Send");
   const stop = h("button", { "data-testid": "chat-stop", disabled: true, onclick: () => stops.forEach((s) => s()) }, "Stop");
-  scale.addEventListener("input", () => { scaleLabel.textContent = Number(scale.value).toFixed(2); });
+  scale.addEventListener("input", () => { scaleText.textContent = scaleLabel(Number(scale.value)); });
+  // Attach: the adapter goes onto the loaded model (the base is not reloaded); the slider's
+  // scale is applied to each answer, and Detach gives the base model back.
+  const attach = async () => {
+    clear(errs);
+    attachBtn.disabled = true;
+    adapterStatus.textContent = "Attaching…";
+    try {
+      const info = await call("chat_attach_adapter", { model: modelText.value.trim(), adapter: adapter.value.trim() });
+      adapterStatus.textContent = adapterSummary(info);
+      detachBtn.disabled = false;
+    } catch (e) {
+      adapterStatus.textContent = "No adapter attached.";
+      errs.append(errorBox(e as AppError, "chat-error"));
+    } finally { attachBtn.disabled = false; }
+  };
+  const browse = h("button", { "data-testid": "adapter-browse", onclick: async () => {
+    const picked = await open({ directory: true, multiple: false, title: "An adapter folder (adapter_config.json + adapter_model.safetensors)" });
+    if (typeof picked === "string") { adapter.value = picked; await attach(); }
+  } }, "Browse…");
+  const attachBtn = h("button", { "data-testid": "adapter-attach", onclick: () => void attach() }, "Attach");
+  const detachBtn = h("button", { "data-testid": "adapter-detach", disabled: true, onclick: async () => {
+    clear(errs);
+    try {
+      await call("chat_detach_adapter", {});
+      adapter.value = ""; detachBtn.disabled = true;
+      adapterStatus.textContent = "Adapter detached: answers come from the base model.";
+    } catch (e) { errs.append(errorBox(e as AppError, "chat-error")); }
+  } }, "Detach");
   model.addEventListener("change", () => { modelText.value = model.value; });
 
   const drawLog = () => {
@@ -73,7 +104,7 @@ export function chatPage(root: HTMLElement, params: URLSearchParams): void {
       side.append(h("a", { class: c.id === convo.id ? "active" : "", onclick: async () => {
         try {
           convo = await call("load_conversation", { id: c.id });
-          modelText.value = convo.model; adapter.value = convo.adapter ?? ""; system.value = convo.system_prompt; scale.value = String(convo.adapter_scale);
+          modelText.value = convo.model; adapter.value = convo.adapter ?? ""; system.value = convo.system_prompt; scale.value = String(convo.adapter_scale); scaleText.textContent = scaleLabel(convo.adapter_scale);
           drawLog(); void drawSide();
         } catch (e) { errs.append(errorBox(e as AppError)); }
       } }, c.title));
@@ -87,25 +118,28 @@ export function chatPage(root: HTMLElement, params: URLSearchParams): void {
     const s: Sampling = { ...convo.sampling, temperature: Number(sampling.temperature.value), top_p: Number(sampling.topP.value), top_k: Number(sampling.topK.value), max_new_tokens: Number(sampling.maxNewTokens.value) };
     const bad = { ...validateSampling({ temperature: s.temperature, topP: s.top_p, topK: s.top_k, maxNewTokens: s.max_new_tokens }), ...(badModel ? { model: badModel } : {}), ...(text ? {} : { text: "type a message first" }) };
     if (Object.keys(bad).length) return void Object.values(bad).forEach((m) => errs.append(errorBox({ code: "invalid_input", message: m }, "chat-error")));
+    const scaleValue = Number(scale.value);
+    const badScale = checkScale(scaleValue);
+    if (badScale) return void errs.append(errorBox({ code: "invalid_input", message: badScale }, "chat-error"));
     const adapterDir = adapter.value.trim() || null;
-    convo = { ...convo, model: modelRef, adapter: adapterDir, adapter_scale: Number(scale.value), system_prompt: system.value, sampling: s, title: convo.messages.length ? convo.title : text.slice(0, 40) };
+    convo = { ...convo, model: modelRef, adapter: adapterDir, adapter_scale: scaleValue, system_prompt: system.value, sampling: s, title: convo.messages.length ? convo.title : text.slice(0, 40) };
     const user: ChatMessage = { role: "user", content: text };
     convo.messages = [...convo.messages, user];
     input.value = "";
     drawLog();
     send.disabled = true; stop.disabled = false; stops = [];
-    const row = h("div", { class: sideBySide.checked ? "side-by-side" : "" });
+    const runs = chatRuns(adapterDir, scaleValue, sideBySide.checked);
+    const row = h("div", { class: runs.length > 1 ? "side-by-side" : "" });
     log.append(row);
-    let runs: Promise<ChatStream>[];
-    if (sideBySide.checked && adapterDir) {
-      const base = h("div", { class: "col" }, h("small", { class: "muted" }, "base"));
-      const tuned = h("div", { class: "col" }, h("small", { class: "muted" }, `base + adapter × ${convo.adapter_scale}`));
-      row.append(base, tuned);
-      runs = [stream(convo, null, base, (f) => stops.push(f)), stream(convo, adapterDir, tuned, (f) => stops.push(f))];
-    } else {
-      runs = [stream(convo, adapterDir, row, (f) => stops.push(f))];
+    // One after the other: both answers come from the same loaded model, rescaled between.
+    const results: ChatStream[] = [];
+    for (const run of runs) {
+      const col = runs.length > 1 || run.adapter ? h("div", { class: "col" }, h("small", { class: "muted" }, run.label)) : row;
+      if (col !== row) row.append(col);
+      const r = await stream(convo, run, col, (f) => stops.push(f));
+      results.push(r);
+      if (r.error || r.stopped) break;
     }
-    const results = await Promise.all(runs);
     const answer = results[results.length - 1];
     if (!answer.error) convo.messages = [...convo.messages, { role: "assistant", content: answer.text }];
     send.disabled = false; stop.disabled = true;
@@ -119,10 +153,13 @@ export function chatPage(root: HTMLElement, params: URLSearchParams): void {
   }).catch(() => {});
   void drawSide();
   drawLog();
+  if (params.get("adapter") && params.get("model")) void attach();
   root.append(h("h1", {}, "Chat"),
     h("div", { class: "chat" }, side,
       h("section", { class: "chat-main" },
-        h("div", { class: "row" }, field("Model", model), field("", modelText), field("Adapter", adapter), h("label", { class: "field" }, h("span", { class: "label" }, "Adapter scale ", scaleLabel), scale)),
+        h("div", { class: "row" }, field("Model", model), field("", modelText), h("label", { class: "field" }, h("span", { class: "label" }, "Adapter scale ", scaleText), scale)),
+        h("div", { class: "row" }, field("Adapter", adapter), h("div", { class: "actions" }, browse, attachBtn, detachBtn)),
+        adapterStatus,
         h("details", {}, h("summary", {}, "System prompt and sampling"), field("System prompt", system),
           h("div", { class: "row" }, field("Temperature", sampling.temperature), field("Top-p", sampling.topP), field("Top-k", sampling.topK), field("Max new tokens", sampling.maxNewTokens))),
         h("label", { class: "check" }, sideBySide, " side by side: base vs base + adapter"),
