@@ -8,23 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-
-# System packages for Tauri v2 (WebKitGTK 4.1) and a virtual display (../shared/tauri/README.md).
-apt_pkgs=(build-essential pkg-config file curl libwebkit2gtk-4.1-dev libssl-dev
-  libayatana-appindicator3-dev librsvg2-dev libxdo-dev xvfb xauth)
-missing=()
-for p in "${apt_pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "run-app: installing system packages: ${missing[*]}"
-  as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+# System packages for Tauri v2 (WebKitGTK 4.1), a virtual display, and the UI's npm packages.
+bash scripts/setup.sh app
 
 # The web UI.
-(cd ui && { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; } && npm run --silent build)
+(cd ui && npm run --silent build)
 
 # The app. Plain cargo works because src-tauri/build.rs names ../tauri.conf.json.
 profile=debug

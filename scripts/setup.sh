@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing qlora-studio needs on a fresh Debian 12 machine
 # of this kind (2 cores, no GPU, package registries only). Idempotent: skips what is there.
+#   bash scripts/setup.sh        # everything the tests need
+#   bash scripts/setup.sh app    # only what building and running the app needs
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode=${1:-test}
+case "$mode" in app|test) ;; *) echo "setup: unknown mode '$mode' (use 'app' or 'test')" >&2; exit 2;; esac
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -20,6 +24,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# The web UI's packages.
+if [ -f ui/package-lock.json ] && [ ! ui/node_modules/.package-lock.json -nt ui/package-lock.json ]; then
+  (cd ui && npm ci --no-audit --no-fund --loglevel=error)
+fi
+[ "$mode" = app ] && exit 0
+
 # Python packages the tests use, pinned: huggingface_hub for the cache interop tests, and the
 # reference stack (torch on CPU, transformers, peft, bitsandbytes) that recorded the fixtures:
 # the tests re-check the committed fixtures with it and have peft load adapters we write.
@@ -31,9 +41,4 @@ python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ig
 # "latest" is a 3.0 alpha.
 if ! command -v tauri-driver >/dev/null 2>&1; then
   cargo install --quiet tauri-driver --version 2.1.0 --locked
-fi
-
-# The web UI's packages.
-if [ -f ui/package-lock.json ]; then
-  (cd ui && npm ci --no-audit --no-fund --loglevel=error)
 fi
