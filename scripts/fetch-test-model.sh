@@ -24,6 +24,12 @@ PY
 fi
 model="$assets/SmolLM2-135M-Instruct"
 if [ ! -f "$model/config.json" ]; then
-  cargo run --quiet --bin qlora -- import-gguf "$gguf" "$model"
+  # QLORA_BIN: an already built `qlora` (the test script passes the one it built, so cargo
+  # does not rebuild the root package alone with a narrower feature set).
+  if [ -n "${QLORA_BIN:-}" ]; then
+    "$QLORA_BIN" import-gguf "$gguf" "$model"
+  else
+    cargo run --quiet --bin qlora -- import-gguf "$gguf" "$model"
+  fi
 fi
 echo "$model"

