@@ -23,6 +23,10 @@ SHOTS = os.environ.get("SCREENSHOTS", "docs/screenshots")
 ARTIFACTS = os.environ.get("E2E_ARTIFACTS", "/tmp/qlora-e2e")
 MODELS_DIR = os.environ["QLORA_STUDIO_LOCAL_MODELS"]
 STARTER = "SmolLM2-135M-Instruct"
+# The adapter folder test_train_a_few_steps_with_the_demo_config made (test_chat_with_the_adapter uses it).
+TRAINED_ADAPTER = None
+# A peft adapter recorded for the tiny random llama fixture: another base than the starter model.
+OTHER_BASE_ADAPTER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "peft", "adapter")
 # Each page, and an element that shows its first calls to the shell have come back.
 PAGES = {
     "models": "[data-testid=curated] .card",
@@ -164,6 +168,8 @@ def test_train_a_few_steps_with_the_demo_config(d):
     assert loss_points(d) >= stopped_at, (stopped_at, loss_points(d))
     d.click("[data-testid=wizard-next]")
     d.wait_text("[data-testid=adapter-dir]", "Adapter saved in")
+    global TRAINED_ADAPTER
+    TRAINED_ADAPTER = d.text("[data-testid=adapter-dir]").split("Adapter saved in", 1)[1].strip()
     shot(d, "train-result.png")
 
 
@@ -217,6 +223,75 @@ def test_chat_streams_an_answer_and_stops(d):
     d.wait(lambda: d.exists("[data-testid=answer].streaming") and len(answer_text(d)) > 0, 120, "the second answer to start")
     d.click("[data-testid=chat-stop]")
     d.wait(lambda: "stopped" in answer_text(d), 60, "the answer to stop")
+
+
+def answer_body(d, sel):
+    """The last answer's text, without its "N tokens · x tokens/s" line."""
+    return d.js("const a = document.querySelectorAll(arguments[0]); const e = a[a.length - 1]; return e && e.firstChild && e.firstChild.nodeType === 3 ? e.firstChild.textContent : ''", sel) or ""
+
+
+def set_value(d, sel, value, event="input"):
+    """Sets an input's value as a user would (sliders and the collapsed sampling fields)."""
+    d.js("const e = document.querySelector(arguments[0]); e.value = arguments[1]; e.dispatchEvent(new Event(arguments[2], {bubbles: true}))", sel, str(value), event)
+
+
+def send_and_wait(d, text, sel):
+    """Sends `text`; waits for the streamed answer(s) `sel` of this message to finish."""
+    before = int(d.js("return document.querySelectorAll(arguments[0]).length", sel))
+    d.type("[data-testid=chat-input]", text)
+    d.click("[data-testid=chat-send]")
+    d.wait(lambda: int(d.js("return document.querySelectorAll(arguments[0]).length", sel)) > before and len(answer_text(d, sel)) > 0, 120, f"streamed tokens in {sel}")
+    d.wait(lambda: not d.exists("[data-testid^=answer].streaming") and not d.js("return document.querySelector('[data-testid=chat-send]').disabled"), 300, "the answers to finish")
+    assert not d.exists("[data-testid=chat-error]"), d.text("[data-testid=chat-error]")
+    return answer_text(d, sel)
+
+
+def test_chat_with_the_adapter(d):
+    assert TRAINED_ADAPTER, "no trained adapter: run test_train_a_few_steps_with_the_demo_config first"
+    assert os.path.isfile(os.path.join(TRAINED_ADAPTER, "adapter_config.json")), TRAINED_ADAPTER
+    page(d, "chat")
+    d.wait(lambda: starter_path() in d.js("return document.querySelector('[data-testid=chat-model-path]').value"), 10, "the starter model to be picked")
+    d.click("[data-testid=chat-new]")
+    # Greedy and short, so base answers can be compared.
+    set_value(d, "[data-testid=temperature]", 0)
+    set_value(d, "[data-testid=max-new-tokens]", 16)
+    # An adapter made for another base: a clear message naming the modules, nothing attached.
+    d.type("[data-testid=chat-adapter]", os.path.abspath(OTHER_BASE_ADAPTER))
+    d.click("[data-testid=adapter-attach]")
+    d.wait_text("[data-testid=chat-error]", "does not fit this model", timeout=120)
+    assert "proj" in d.text("[data-testid=chat-error]"), d.text("[data-testid=chat-error]")
+    assert "No adapter attached" in d.text("[data-testid=adapter-status]")
+    shot(d, "chat-adapter-wrong-base.png", "[data-testid=chat-error]")
+    # The adapter trained on the Train page: attached to the loaded model.
+    d.type("[data-testid=chat-adapter]", TRAINED_ADAPTER)
+    d.click("[data-testid=adapter-attach]")
+    d.wait_text("[data-testid=adapter-status]", "attached: r=", timeout=120)
+    assert not d.exists("[data-testid=chat-error]")
+    tuned = send_and_wait(d, "What is the capital of France?", "[data-testid=answer-adapter]")
+    assert "tokens/s" in tuned, tuned
+    shot(d, "chat-adapter.png")
+    # Scale 0: the base model's answer, nothing reloaded; then back to 1. (New chats, so both
+    # compared answers see the same prompt.)
+    d.click("[data-testid=chat-new]")
+    set_value(d, "[data-testid=adapter-scale]", 0)
+    assert d.text("[data-testid=adapter-scale-label]") == "0.00 (base)"
+    at_zero = send_and_wait(d, "What is the capital of France?", "[data-testid=answer-adapter]")
+    at_zero_body = answer_body(d, "[data-testid=answer-adapter]")
+    assert at_zero_body, at_zero
+    set_value(d, "[data-testid=adapter-scale]", 1)
+    assert d.text("[data-testid=adapter-scale-label]") == "1.00"
+    # Side by side: the base, then the adapter, on the same prompt; the base's answer is the
+    # one the adapter gave at scale 0.
+    d.click("[data-testid=chat-new]")
+    d.click("[data-testid=side-by-side]")
+    send_and_wait(d, "What is the capital of France?", "[data-testid=answer-adapter]")
+    base = answer_text(d, "[data-testid=answer]")
+    assert d.exists(".side-by-side [data-testid=answer]") and d.exists(".side-by-side [data-testid=answer-adapter]")
+    assert answer_body(d, "[data-testid=answer]") == at_zero_body, (at_zero, base)
+    shot(d, "chat-side-by-side.png", ".side-by-side")
+    d.click("[data-testid=side-by-side]")
+    d.click("[data-testid=adapter-detach]")
+    d.wait_text("[data-testid=adapter-status]", "detached", timeout=30)
 
 
 class LocalHub:
