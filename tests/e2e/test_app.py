@@ -265,7 +265,7 @@ def test_chat_with_the_adapter(d):
     # The adapter trained on the Train page: attached to the loaded model.
     d.type("[data-testid=chat-adapter]", TRAINED_ADAPTER)
     d.click("[data-testid=adapter-attach]")
-    d.wait_text("[data-testid=adapter-status]", "attached: r=", timeout=120)
+    d.wait_text("[data-testid=adapter-status]", "Attached demo-run/adapter: r=", timeout=120)
     assert not d.exists("[data-testid=chat-error]")
     tuned = send_and_wait(d, "What is the capital of France?", "[data-testid=answer-adapter]")
     assert "tokens/s" in tuned, tuned

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { adapterSummary, chatRuns, checkScale, folderName, scaleLabel } from "./adapter";
+import { adapterSummary, chatRuns, checkScale, folderName, scaleLabel, shortPath } from "./adapter";
 
 describe("chat runs", () => {
   it("no adapter: one base answer, whatever the other settings", () => {
@@ -36,8 +36,10 @@ describe("adapter summary", () => {
   it("names the folder, rank, alpha, layers and base", () => {
     expect(folderName("/runs/demo-run/adapter/")).toBe("adapter");
     expect(folderName("C:\\runs\\x")).toBe("x");
+    expect(shortPath("/runs/demo-run/adapter/")).toBe("demo-run/adapter");
+    expect(shortPath("adapter")).toBe("adapter");
     const s = adapterSummary({ dir: "/runs/demo-run/adapter", modules: 210, rank: 8, alpha: 16, base_model: "/assets/SmolLM2-135M-Instruct" });
-    expect(s).toBe("Adapter adapter attached: r=8, alpha=16, on 210 layers · trained on SmolLM2-135M-Instruct");
+    expect(s).toBe("Attached demo-run/adapter: r=8, alpha=16, on 210 layers · trained on SmolLM2-135M-Instruct");
     expect(adapterSummary({ dir: "a", modules: 1, rank: 2, alpha: 4, base_model: null })).not.toMatch(/trained on/);
   });
 });

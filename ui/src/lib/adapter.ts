@@ -40,8 +40,14 @@ export function folderName(path: string): string {
   return parts[parts.length - 1] || path;
 }
 
+/** The last two folder names of a path (`demo-run/adapter`): enough to tell runs apart. */
+export function shortPath(path: string): string {
+  const parts = path.replace(/[\\/]+$/, "").split(/[\\/]/).filter(Boolean);
+  return parts.slice(-2).join("/") || path;
+}
+
 /** One line about an attached adapter. */
 export function adapterSummary(a: AdapterInfo): string {
   const trained = a.base_model ? ` · trained on ${folderName(a.base_model)}` : "";
-  return `Adapter ${folderName(a.dir)} attached: r=${a.rank}, alpha=${a.alpha}, on ${a.modules} layers${trained}`;
+  return `Attached ${shortPath(a.dir)}: r=${a.rank}, alpha=${a.alpha}, on ${a.modules} layers${trained}`;
 }

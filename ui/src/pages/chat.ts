@@ -53,6 +53,7 @@ export function chatPage(root: HTMLElement, params: URLSearchParams): void {
   const scale = h("input", { type: "range", min: SCALE_MIN, max: SCALE_MAX, step: 0.05, value: convo.adapter_scale, "data-testid": "adapter-scale" });
   const scaleText = h("span", { "data-testid": "adapter-scale-label" }, scaleLabel(convo.adapter_scale));
   const adapterStatus = h("div", { class: "muted", "data-testid": "adapter-status" }, "No adapter: answers come from the base model.");
+  const adapterErrs = h("div", {});
   const sideBySide = h("input", { type: "checkbox", "data-testid": "side-by-side" });
   const system = h("textarea", { rows: 2, "data-testid": "system-prompt" }, convo.system_prompt);
   const sampling = { temperature: numberInput("temperature", 0.7, "0.05"), topP: numberInput("top-p", 0.9, "0.05"), topK: numberInput("top-k", 40), maxNewTokens: numberInput("max-new-tokens", 128) };
@@ -65,17 +66,23 @@ export function chatPage(root: HTMLElement, params: URLSearchParams): void {
   scale.addEventListener("input", () => { scaleText.textContent = scaleLabel(Number(scale.value)); });
   // Attach: the adapter goes onto the loaded model (the base is not reloaded); the slider's
   // scale is applied to each answer, and Detach gives the base model back.
-  const attach = async () => {
-    clear(errs);
+  let attached = ""; // "model\nadapter" of the adapter attached now
+  const attach = async (): Promise<boolean> => {
+    clear(adapterErrs);
     attachBtn.disabled = true;
     adapterStatus.textContent = "Attaching…";
+    const req = { model: modelText.value.trim(), adapter: adapter.value.trim() };
     try {
-      const info = await call("chat_attach_adapter", { model: modelText.value.trim(), adapter: adapter.value.trim() });
+      const info = await call("chat_attach_adapter", req);
       adapterStatus.textContent = adapterSummary(info);
+      attached = `${req.model}\n${req.adapter}`;
       detachBtn.disabled = false;
+      return true;
     } catch (e) {
       adapterStatus.textContent = "No adapter attached.";
-      errs.append(errorBox(e as AppError, "chat-error"));
+      attached = "";
+      adapterErrs.append(errorBox(e as AppError, "chat-error"));
+      return false;
     } finally { attachBtn.disabled = false; }
   };
   const browse = h("button", { "data-testid": "adapter-browse", onclick: async () => {
@@ -84,12 +91,12 @@ export function chatPage(root: HTMLElement, params: URLSearchParams): void {
   } }, "Browse…");
   const attachBtn = h("button", { "data-testid": "adapter-attach", onclick: () => void attach() }, "Attach");
   const detachBtn = h("button", { "data-testid": "adapter-detach", disabled: true, onclick: async () => {
-    clear(errs);
+    clear(adapterErrs);
     try {
       await call("chat_detach_adapter", {});
-      adapter.value = ""; detachBtn.disabled = true;
+      adapter.value = ""; attached = ""; detachBtn.disabled = true;
       adapterStatus.textContent = "Adapter detached: answers come from the base model.";
-    } catch (e) { errs.append(errorBox(e as AppError, "chat-error")); }
+    } catch (e) { adapterErrs.append(errorBox(e as AppError, "chat-error")); }
   } }, "Detach");
   model.addEventListener("change", () => { modelText.value = model.value; });
 
@@ -111,7 +118,7 @@ export function chatPage(root: HTMLElement, params: URLSearchParams): void {
     }
   };
   send.addEventListener("click", async () => {
-    clear(errs);
+    clear(errs); clear(adapterErrs);
     const text = input.value.trim();
     const modelRef = modelText.value.trim();
     const badModel = checkModelRef(modelRef);
@@ -122,6 +129,9 @@ export function chatPage(root: HTMLElement, params: URLSearchParams): void {
     const badScale = checkScale(scaleValue);
     if (badScale) return void errs.append(errorBox({ code: "invalid_input", message: badScale }, "chat-error"));
     const adapterDir = adapter.value.trim() || null;
+    // An adapter typed or loaded with a conversation but not attached yet: attach it first, so
+    // a wrong one is refused next to its field and the status line says what answers.
+    if (adapterDir && attached !== `${modelRef}\n${adapterDir}` && !(await attach())) return;
     convo = { ...convo, model: modelRef, adapter: adapterDir, adapter_scale: scaleValue, system_prompt: system.value, sampling: s, title: convo.messages.length ? convo.title : text.slice(0, 40) };
     const user: ChatMessage = { role: "user", content: text };
     convo.messages = [...convo.messages, user];
@@ -159,7 +169,7 @@ export function chatPage(root: HTMLElement, params: URLSearchParams): void {
       h("section", { class: "chat-main" },
         h("div", { class: "row" }, field("Model", model), field("", modelText), h("label", { class: "field" }, h("span", { class: "label" }, "Adapter scale ", scaleText), scale)),
         h("div", { class: "row" }, field("Adapter", adapter), h("div", { class: "actions" }, browse, attachBtn, detachBtn)),
-        adapterStatus,
+        adapterStatus, adapterErrs,
         h("details", {}, h("summary", {}, "System prompt and sampling"), field("System prompt", system),
           h("div", { class: "row" }, field("Temperature", sampling.temperature), field("Top-p", sampling.topP), field("Top-k", sampling.topK), field("Max new tokens", sampling.maxNewTokens))),
         h("label", { class: "check" }, sideBySide, " side by side: base vs base + adapter"),
