@@ -69,3 +69,23 @@ fn bad_input_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a readable GGUF file"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!tmp.path().join("x").exists(), "a failed import must leave nothing behind");
 }
+
+#[test]
+fn device_choice_is_checked() {
+    let m = model_dir();
+    let m = m.to_str().unwrap();
+    // An unknown device name is refused by the argument parser, naming what is accepted.
+    let out = qlora(&["generate", "--model", m, "--prompt", "hi", "--device", "tpu"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("'tpu'") && err.contains("cuda:N"), "{err}");
+    // --device cpu runs; a GPU asked for explicitly on a build without CUDA says how to get one.
+    let out = qlora(&["generate", "--model", m, "--prompt", "What is the capital of France?", "--max-new-tokens", "8", "--device", "cpu"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    if !cfg!(feature = "cuda") {
+        let out = qlora(&["generate", "--model", m, "--prompt", "hi", "--device", "cuda:0"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cuda:0") && err.contains("--features cuda") && err.contains("--device cpu"), "{err}");
+    }
+}

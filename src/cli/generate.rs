@@ -2,11 +2,11 @@
 //! Also holds the model-loading options shared by `perplexity` and `chat`.
 
 use anyhow::Context;
-use qlora_studio::engine::candle_core::{DType, Device};
+use qlora_studio::engine::candle_core::DType;
 use qlora_studio::engine::generate::{GenerateEvent, GenerateOptions};
 use qlora_studio::engine::lora;
 use qlora_studio::engine::text_model::single_turn;
-use qlora_studio::engine::{LoadOptions, Quant, TextModel};
+use qlora_studio::engine::{DeviceChoice, LoadOptions, Quant, TextModel};
 use qlora_studio::jobs::CancelToken;
 use std::io::Write;
 use std::path::PathBuf;
@@ -29,6 +29,10 @@ pub struct LoadArgs {
     /// Scale of the adapter (0 turns it off)
     #[arg(long, default_value_t = 1.0, requires = "adapter")]
     pub adapter_scale: f64,
+    /// Where to run: auto (the first CUDA GPU if this build has CUDA and one answers, else
+    /// the CPU), cpu, or cuda:N
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
 }
 
 impl LoadArgs {
@@ -40,7 +44,7 @@ impl LoadArgs {
             other => anyhow::bail!("unknown --dtype '{other}' (use f32, bf16 or f16)"),
         };
         let quant: Quant = self.quant.parse()?;
-        Ok(LoadOptions { dtype, quant, device: device()? })
+        Ok(LoadOptions { dtype, quant, device: self.device.open()? })
     }
 
     pub fn load(&self) -> anyhow::Result<TextModel> {
@@ -61,15 +65,6 @@ impl LoadArgs {
         }
         Ok(tm)
     }
-}
-
-fn device() -> anyhow::Result<Device> {
-    #[cfg(feature = "cuda")]
-    {
-        return Ok(Device::cuda_if_available(0)?);
-    }
-    #[allow(unreachable_code)]
-    Ok(Device::Cpu)
 }
 
 /// Sampling options shared by generate and chat.

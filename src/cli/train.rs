@@ -3,6 +3,7 @@
 //! step; Ctrl-C stops after the current step with a checkpoint, so `--resume` continues.
 
 use anyhow::Context;
+use qlora_studio::engine::DeviceChoice;
 use qlora_studio::jobs::{CancelToken, ProgressSink};
 use qlora_studio::plan as qp;
 use qlora_studio::train::config::{QuantKind, TrainConfig};
@@ -33,6 +34,10 @@ pub struct Args {
     /// Print events as JSON lines instead of progress lines.
     #[arg(long)]
     pub json: bool,
+    /// Where to train: auto (the first CUDA GPU if this build has CUDA and one answers, else
+    /// the CPU), cpu, or cuda:N
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -52,7 +57,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.preflight {
         return Ok(());
     }
-    let device = candle_core_device();
+    let device = args.device.open()?;
+    eprintln!("device: {}", qlora_studio::engine::device::device_name(&device));
     let mut t = Trainer::new(cfg, data, &device)?;
     let cancel = CancelToken::new();
     watch_ctrl_c(cancel.clone());
@@ -65,10 +71,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", dir.display());
     }
     Ok(())
-}
-
-fn candle_core_device() -> qlora_studio::engine::candle_core::Device {
-    qlora_studio::engine::candle_core::Device::cuda_if_available(0).unwrap_or(qlora_studio::engine::candle_core::Device::Cpu)
 }
 
 /// The planner's estimate of this run's peak memory, or why there is none.

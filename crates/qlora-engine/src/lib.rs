@@ -34,6 +34,7 @@
 
 pub mod error;
 pub mod chat_template;
+pub mod device;
 pub mod generate;
 pub mod gguf;
 mod gguf_tokenizer;
@@ -47,6 +48,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use candle_core;
+pub use device::DeviceChoice;
 pub use error::{Error, Result};
 pub use linear::{ArcLinear, Linear, Quant, Storage};
 pub use model::config::{Arch, ModelConfig};
