@@ -20,6 +20,7 @@
 //!
 //! Model folders: see [`repo`] for the layout (revisions, gated and private repositories).
 
+pub mod card;
 mod faults;
 pub mod fixture;
 pub mod repo;

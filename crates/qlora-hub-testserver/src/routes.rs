@@ -3,10 +3,12 @@
 //! `repository/*.rs`):
 //!
 //! - `GET /api/models/{repo}[/revision/{rev}][?blobs=true]`: `sha`, `siblings` (sizes, `blobId`
-//!   and `lfs: {size, sha256, pointerSize}` only with `blobs=true`), `gated`, `private`;
+//!   and `lfs: {size, sha256, pointerSize}` only with `blobs=true`), `gated`, `private`, and the
+//!   card: `cardData`, `pipeline_tag`, `tags`, `downloads`, `likes` ([`crate::card`]);
 //! - `GET /api/models/{repo}/tree/{rev}[/{path}][?recursive=true]`: entries with `oid`, `size`,
 //!   `lfs: {oid, size, pointerSize}`, paginated with a `Link: <…>; rel="next"` header;
-//! - `GET /api/models?search=…`, `GET /api/whoami-v2`;
+//! - `GET /api/models?search=…[&sort=downloads][&limit=N][&full=true][&cardData=true]` (see
+//!   [`crate::card`]), `GET /api/whoami-v2`;
 //! - `HEAD`/`GET /{repo}/resolve/{rev}/{path}`: `ETag` (git blob id, or SHA-256 for LFS),
 //!   `X-Repo-Commit`; LFS files answer `302` to `/_cdn/{sha256}` on a second port (another origin, like the Hub's CDN) with `X-Linked-Etag` and
 //!   `X-Linked-Size`; `Range` gives `206`;
@@ -220,17 +222,22 @@ fn info(state: &State, req: &Request<hyper::body::Incoming>, repo: &RepoDir, rev
     let access = access_of(state, repo);
     let (org, _) = repo.id.split_once('/').unwrap_or(("", &repo.id));
     let time = iso_time(r.last_modified);
-    json_resp(
-        StatusCode::OK,
-        &json!({
-            "_id": &r.commit[..24], "id": repo.id, "modelId": repo.id, "author": org,
-            "sha": r.commit, "lastModified": time, "createdAt": time,
-            "private": access.private, "gated": gated_json(&access), "disabled": false,
-            "downloads": 0, "likes": 0, "tags": [], "library_name": "transformers",
-            "siblings": siblings,
-            "usedStorage": r.files.values().map(|f| f.size).sum::<u64>(),
-        }),
-    )
+    let meta = crate::card::model_meta(repo, &r);
+    let mut v = json!({
+        "_id": &r.commit[..24], "id": repo.id, "modelId": repo.id, "author": org,
+        "sha": r.commit, "lastModified": time, "createdAt": time,
+        "private": access.private, "gated": gated_json(&access), "disabled": false,
+        "downloads": meta.downloads, "likes": meta.likes, "tags": meta.tags, "library_name": meta.library_name,
+        "siblings": siblings, "spaces": [],
+        "usedStorage": r.files.values().map(|f| f.size).sum::<u64>(),
+    });
+    if let Some(p) = meta.pipeline_tag {
+        v["pipeline_tag"] = json!(p);
+    }
+    if let Some(c) = meta.card_data {
+        v["cardData"] = c;
+    }
+    json_resp(StatusCode::OK, &v)
 }
 
 fn tree_entry_file(f: &RepoFile) -> Value {
@@ -307,8 +314,9 @@ fn search(state: &State, req: &Request<hyper::body::Incoming>) -> Resp {
     let needle = query_param(req, "search").unwrap_or_default().to_lowercase();
     let author = query_param(req, "author");
     let limit: usize = query_param(req, "limit").and_then(|l| l.parse().ok()).unwrap_or(usize::MAX);
+    let (full, with_card) = (truthy(query_param(req, "full")), truthy(query_param(req, "cardData")));
     let token = bearer(req);
-    let found: Vec<Value> = RepoDir::all(&state.root)
+    let mut found: Vec<Value> = RepoDir::all(&state.root)
         .into_iter()
         .filter(|r| r.id.to_lowercase().contains(&needle))
         .filter(|r| author.as_ref().is_none_or(|a| r.id.starts_with(&format!("{a}/"))))
@@ -318,14 +326,11 @@ fn search(state: &State, req: &Request<hyper::body::Incoming>) -> Resp {
                 return None;
             }
             let rev = r.revision("main", &state.hashes).ok().flatten()?;
-            Some(json!({
-                "_id": &rev.commit[..24], "id": r.id, "modelId": r.id, "private": access.private,
-                "gated": gated_json(&access), "downloads": 0, "likes": 0, "tags": [],
-                "library_name": "transformers", "lastModified": iso_time(rev.last_modified),
-            }))
+            Some(crate::card::search_entry(&r, &rev, &gated_json(&access), access.private, full, with_card))
         })
-        .take(limit)
         .collect();
+    crate::card::sort_entries(&mut found, query_param(req, "sort").as_deref());
+    found.truncate(limit);
     paginate(state, req, found)
 }
 
