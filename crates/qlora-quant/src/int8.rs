@@ -24,6 +24,18 @@ const INV_127_SQ: f32 = 6.200_124e-5;
 
 /// Row-wise int8 quantization of `x` (`[rows, cols]`, row-major): (codes, row absmax).
 pub fn quantize_rows(x: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
+    // Rows are independent: whole rows per core, concatenated in order.
+    let parts = crate::kernels::par_chunks(x, cols, |part| quantize_rows_serial(part, cols));
+    let mut q = Vec::with_capacity(x.len());
+    let mut stats = Vec::with_capacity(x.len() / cols.max(1));
+    for (pq, ps) in parts {
+        q.extend_from_slice(&pq);
+        stats.extend_from_slice(&ps);
+    }
+    (q, stats)
+}
+
+fn quantize_rows_serial(x: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
     let mut q = Vec::with_capacity(x.len());
     let mut stats = Vec::with_capacity(x.len() / cols.max(1));
     for row in x.chunks(cols) {
