@@ -1,8 +1,9 @@
 //! What the Hub knows about a model, fetched without downloading weights: its commit, the file
 //! listing with sizes and checksums (git blob id, LFS SHA-256), one file's metadata, a byte
 //! range of a file, and a safetensors header (first 8 bytes give the header length, then the
-//! JSON header) read over HTTP `Range`. The planner plans from these; the downloader fetches
-//! from them.
+//! JSON header) read over HTTP `Range`, a model search and a model's details (card summary,
+//! licence, files with sizes) for choosing one. The planner plans from these; the downloader
+//! fetches from them; the app's Models page shows them.
 
 use crate::cache::layout::{safe_etag, safe_relative};
 use crate::client::HubClient;
@@ -255,9 +256,13 @@ pub struct ModelSummary {
     pub downloads: u64,
     pub likes: u64,
     pub last_modified: Option<String>,
+    /// The task, such as `text-generation`.
+    pub pipeline_tag: Option<String>,
+    pub tags: Vec<String>,
 }
 
-/// Models whose id contains `query`, most downloaded first (hf-hub's `list_models`).
+/// Models whose id contains `query`, most downloaded first (hf-hub's `list_models`, in the
+/// Hub's `full` form so gated models are marked).
 pub async fn search_models(client: &HubClient, query: &str, limit: usize) -> Result<Vec<ModelSummary>> {
     use futures::StreamExt;
     client.ensure_online("a model search")?;
@@ -267,6 +272,7 @@ pub async fn search_models(client: &HubClient, query: &str, limit: usize) -> Res
         .search(query.to_string())
         .sort("downloads".to_string())
         .limit(limit)
+        .full(true)
         .send()
         .map_err(|e| client.map_hf(e, query, "main"))?;
     futures::pin_mut!(stream);
@@ -279,10 +285,240 @@ pub async fn search_models(client: &HubClient, query: &str, limit: usize) -> Res
             downloads: m.downloads.unwrap_or(0),
             likes: m.likes.unwrap_or(0),
             last_modified: m.last_modified,
+            pipeline_tag: m.pipeline_tag,
+            tags: m.tags.unwrap_or_default(),
             id: m.id,
         });
     }
     Ok(out)
+}
+
+/// What a model's page says, for choosing one before downloading it: the card's summary and
+/// licence, the counters, and every file with its size.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelDetails {
+    pub id: String,
+    /// The revision asked for, and the commit it resolved to.
+    pub revision: String,
+    pub commit: String,
+    /// The model card's first paragraph of prose (front matter, headings, badges and images
+    /// skipped); empty when the repository has no README.
+    pub summary: String,
+    /// The card's `license` (its `license_name` for `other`), else a `license:` tag.
+    pub license: Option<String>,
+    pub gated: bool,
+    pub private: bool,
+    pub pipeline_tag: Option<String>,
+    pub tags: Vec<String>,
+    pub downloads: u64,
+    pub likes: u64,
+    pub last_modified: Option<String>,
+    /// The card's YAML front matter as the Hub parsed it (`cardData`).
+    pub card_data: Option<serde_json::Value>,
+    pub files: Vec<RemoteFile>,
+    /// Read from the local cache (offline mode), not from the Hub: counters are 0, tags empty.
+    pub from_cache: bool,
+}
+
+impl ModelDetails {
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}
+
+#[derive(Deserialize)]
+struct SiblingLfs {
+    sha256: String,
+}
+
+#[derive(Deserialize)]
+struct Sibling {
+    rfilename: String,
+    #[serde(default)]
+    size: u64,
+    #[serde(rename = "blobId", default)]
+    blob_id: String,
+    lfs: Option<SiblingLfs>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InfoJson {
+    sha: Option<String>,
+    #[serde(default)]
+    gated: serde_json::Value,
+    #[serde(default)]
+    private: bool,
+    #[serde(default)]
+    downloads: u64,
+    #[serde(default)]
+    likes: u64,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(rename = "pipeline_tag")]
+    pipeline_tag: Option<String>,
+    last_modified: Option<String>,
+    card_data: Option<serde_json::Value>,
+    #[serde(default)]
+    siblings: Vec<Sibling>,
+}
+
+/// READMEs larger than this are not read for a summary.
+const MAX_README: u64 = 1 << 20;
+
+/// A model's card summary, licence, counters and files with sizes (`GET /api/models/{repo}/
+/// revision/{rev}?blobs=true`, then the README, a small file). In offline mode, what the cache
+/// holds of it (files and the README if downloaded), else [`HubError::Offline`].
+pub async fn model_details(client: &HubClient, repo: &str, revision: &str) -> Result<ModelDetails> {
+    split_repo_id(repo)?;
+    if client.config().offline {
+        return cached_details(client, repo, revision);
+    }
+    let mut url = client.api_url(repo, &["revision", revision])?;
+    url.query_pairs_mut().append_pair("blobs", "true");
+    let resp = client.get(&url, None).await?;
+    let resp = client.check(resp, repo, revision, None).await?;
+    let text = resp.text().await.map_err(|e| client.network_error(&e))?;
+    let bad = |what: String| HubError::BadResponse { url: url.to_string(), what };
+    let info: InfoJson = serde_json::from_str(&text).map_err(|e| bad(format!("model info: {e}")))?;
+    let commit = info.sha.ok_or_else(|| bad("model info without a commit sha".into()))?;
+    let mut files = Vec::with_capacity(info.siblings.len());
+    for f in info.siblings {
+        safe_relative(repo, &f.rfilename)?;
+        files.push(RemoteFile { path: f.rfilename, size: f.size, blob_id: f.blob_id, lfs_sha256: f.lfs.map(|l| l.sha256) });
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let readme = match files.iter().find(|f| f.path == "README.md" && f.size <= MAX_README) {
+        // A gated model's files need its licence accepted: its details still show, without
+        // the card's text.
+        Some(_) => match fetch_text(client, repo, &commit, "README.md").await {
+            Err(HubError::NoToken { .. } | HubError::LicenceNotAccepted { .. }) => String::new(),
+            r => r?,
+        },
+        None => String::new(),
+    };
+    let license = license_of(info.card_data.as_ref(), &info.tags);
+    Ok(ModelDetails {
+        id: repo.into(),
+        revision: revision.into(),
+        commit,
+        summary: card_summary(&readme),
+        license,
+        gated: info.gated != serde_json::Value::Bool(false) && !info.gated.is_null(),
+        private: info.private,
+        pipeline_tag: info.pipeline_tag,
+        tags: info.tags,
+        downloads: info.downloads,
+        likes: info.likes,
+        last_modified: info.last_modified,
+        card_data: info.card_data,
+        files,
+        from_cache: false,
+    })
+}
+
+async fn fetch_text(client: &HubClient, repo: &str, commit: &str, path: &str) -> Result<String> {
+    let url = client.resolve_url(repo, commit, path)?;
+    let resp = client.get(&url, None).await?;
+    let resp = client.check(resp, repo, commit, Some(path)).await?;
+    let bytes = resp.bytes().await.map_err(|e| client.network_error(&e))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn cached_details(client: &HubClient, repo: &str, revision: &str) -> Result<ModelDetails> {
+    let cache = &client.config().cache_dir;
+    let listing = crate::cache::cached_listing(cache, repo, revision)
+        .ok_or_else(|| HubError::Offline { what: format!("{repo}@{revision}"), cache: cache.clone() })?;
+    let snapshot = crate::cache::layout::RepoCache::new(cache, repo).snapshot_dir(&listing.commit);
+    let readme = std::fs::read_to_string(snapshot.join("README.md")).unwrap_or_default();
+    let (yaml, _) = split_front_matter(&readme);
+    let license = yaml.lines().find_map(|l| l.strip_prefix("license:")).map(|l| l.trim().trim_matches('"').to_string());
+    Ok(ModelDetails {
+        id: repo.into(),
+        revision: revision.into(),
+        commit: listing.commit,
+        summary: card_summary(&readme),
+        license,
+        gated: false,
+        private: false,
+        pipeline_tag: None,
+        tags: Vec::new(),
+        downloads: 0,
+        likes: 0,
+        last_modified: None,
+        card_data: None,
+        files: listing.files,
+        from_cache: true,
+    })
+}
+
+fn license_of(card: Option<&serde_json::Value>, tags: &[String]) -> Option<String> {
+    let field = |k: &str| card.and_then(|c| c.get(k)).and_then(|v| v.as_str()).map(String::from);
+    match field("license") {
+        Some(l) if l == "other" => field("license_name").or(Some(l)),
+        Some(l) => Some(l),
+        None => tags.iter().find_map(|t| t.strip_prefix("license:")).map(String::from),
+    }
+}
+
+/// (front matter, body) of a model card; the front matter is empty when there is none.
+fn split_front_matter(readme: &str) -> (&str, &str) {
+    let Some(rest) = readme.strip_prefix("---\n").or_else(|| readme.strip_prefix("---\r\n")) else { return ("", readme) };
+    let mut at = 0;
+    for line in rest.split_inclusive('\n') {
+        if line.trim_end() == "---" {
+            return (&rest[..at], &rest[at + line.len()..]);
+        }
+        at += line.len();
+    }
+    ("", readme)
+}
+
+/// The first paragraph of prose of a model card, markdown links reduced to their text, at most
+/// about 600 characters.
+pub fn card_summary(readme: &str) -> String {
+    let (_, body) = split_front_matter(readme);
+    let mut para: Vec<&str> = Vec::new();
+    let mut in_code = false;
+    for line in body.lines().map(str::trim) {
+        if line.starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        let skip = in_code || line.starts_with('#') || line.starts_with("![") || line.starts_with("[![") || line.starts_with('<') || line.starts_with('|') || line.starts_with("---");
+        if line.is_empty() || skip {
+            if !para.is_empty() {
+                break;
+            }
+            continue;
+        }
+        para.push(line.trim_start_matches(['-', '*', '>']).trim());
+    }
+    let text = strip_links(&para.join(" "));
+    match text.char_indices().nth(600) {
+        Some((i, _)) => format!("{}…", text[..i].trim_end()),
+        None => text,
+    }
+}
+
+/// `[text](url)` becomes `text`; `**bold**` and `` `code` `` lose their marks.
+fn strip_links(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(open) = rest.find('[') {
+        let close = rest[open..].find("](").map(|i| open + i);
+        let end = close.and_then(|c| rest[c..].find(')').map(|i| c + i));
+        match (close, end) {
+            (Some(c), Some(e)) => {
+                out.push_str(&rest[..open]);
+                out.push_str(&rest[open + 1..c]);
+                rest = &rest[e + 1..];
+            }
+            _ => break,
+        }
+    }
+    out.push_str(rest);
+    out.replace("**", "").replace('`', "")
 }
 
 /// Runs an async call to completion on a private runtime, for synchronous callers (the CLI, the
@@ -293,4 +529,28 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .expect("a current-thread tokio runtime always builds")
         .block_on(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_is_the_first_paragraph_of_prose() {
+        let card = "---\nlicense: apache-2.0\n---\n\n# SmolLM2\n\n![logo](x.png)\n\nSmolLM2 is a family of **compact** language\nmodels, see [the paper](https://arxiv.org/x).\n\nSecond paragraph.\n";
+        assert_eq!(card_summary(card), "SmolLM2 is a family of compact language models, see the paper.");
+        assert_eq!(card_summary("# only a title\n"), "");
+        assert_eq!(card_summary("```\ncode\n```\nText after code."), "Text after code.");
+        let long = "word ".repeat(300);
+        let s = card_summary(&long);
+        assert!(s.ends_with('…') && s.chars().count() <= 601, "{s}");
+    }
+
+    #[test]
+    fn licence_from_the_card_then_the_tags() {
+        let card = serde_json::json!({ "license": "other", "license_name": "gemma-terms" });
+        assert_eq!(license_of(Some(&card), &[]).as_deref(), Some("gemma-terms"));
+        assert_eq!(license_of(None, &["license:mit".into()]).as_deref(), Some("mit"));
+        assert_eq!(license_of(None, &[]), None);
+    }
 }
