@@ -23,6 +23,7 @@ pub mod adapter;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod defaults;
 pub mod events;
 pub mod lora;
 pub mod loss;
