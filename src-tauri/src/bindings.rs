@@ -47,6 +47,7 @@ pub fn commands(cfg: &Config) -> Vec<CommandSig> {
         sig("library_verify", vec![("id", n("string"))], CacheReport::name(cfg)),
         sig("preview_dataset", vec![("request", TrainRequest::name(cfg))], DatasetPreview::name(cfg)),
         sig("start_training", vec![("request", TrainRequest::name(cfg))], n("number")),
+        sig("train_defaults", vec![("baseModel", n("string"))], TrainDefaults::name(cfg)),
         sig("cancel_training", vec![("job", n("number"))], n("null")),
         sig("list_conversations", vec![], format!("{}[]", ConversationSummary::name(cfg))),
         sig("load_conversation", vec![("id", n("string"))], Conversation::name(cfg)),
@@ -69,7 +70,7 @@ pub fn typescript() -> String {
         LocalModel::decl(&cfg), GpuChoice::decl(&cfg), PlanRequest::decl(&cfg), PlanItem::decl(&cfg),
         Verdict::decl(&cfg), PlanReport::decl(&cfg), DownloadEvent::decl(&cfg), CachedRepo::decl(&cfg),
         CacheReport::decl(&cfg), DatasetPreview::decl(&cfg), TrainRequest::decl(&cfg),
-        TrainEvent::decl(&cfg), SampleAnswer::decl(&cfg), ChatMessage::decl(&cfg), Sampling::decl(&cfg),
+        TrainDefaults::decl(&cfg), TrainEvent::decl(&cfg), SampleAnswer::decl(&cfg), ChatMessage::decl(&cfg), Sampling::decl(&cfg),
         Conversation::decl(&cfg), ConversationSummary::decl(&cfg), ChatRequest::decl(&cfg),
         ChatChunk::decl(&cfg), AdapterInfo::decl(&cfg),
     ];

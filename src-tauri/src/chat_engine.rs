@@ -32,11 +32,34 @@ struct Slot {
 pub struct Loaded {
     slot: Mutex<Option<Slot>>,
     busy: Mutex<()>,
+    /// The compute device the next load uses (Settings); a change reloads the model.
+    device: Mutex<Option<(qlora_engine::DeviceChoice, qlora_engine::candle_core::Device)>>,
 }
 
 impl Loaded {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Slot>> {
         self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the device models load on from now on (Settings' choice); a model loaded on
+    /// another device is dropped and loads again on the next answer. Opens the device only
+    /// when the choice changes.
+    pub fn set_device(&self, choice: qlora_engine::DeviceChoice) -> CmdResult<()> {
+        let mut d = self.device.lock().unwrap_or_else(|p| p.into_inner());
+        if d.as_ref().is_some_and(|(c, _)| *c == choice) {
+            return Ok(());
+        }
+        let device = choice.open().map_err(|e| AppError::invalid(format!("compute device: {e}")))?;
+        *d = Some((choice, device));
+        drop(d);
+        let _busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        *self.lock() = None;
+        Ok(())
+    }
+
+    fn device(&self) -> qlora_engine::candle_core::Device {
+        let d = self.device.lock().unwrap_or_else(|p| p.into_inner());
+        d.as_ref().map_or(qlora_engine::candle_core::Device::Cpu, |(_, dev)| dev.clone())
     }
 
     /// The model in `dir` and its LoRA layers, loading it unless it is the one already loaded.
@@ -48,7 +71,8 @@ impl Loaded {
             return Ok((s.tm.clone(), s.layers.clone()));
         }
         *slot = None; // free the old model before loading the next
-        let mut tm = TextModel::load(dir, &LoadOptions::default()).map_err(engine_err)?;
+        let opts = LoadOptions { device: self.device(), ..LoadOptions::default() };
+        let mut tm = TextModel::load(dir, &opts).map_err(engine_err)?;
         let layers = tm.model.lora_layers().map_err(engine_err)?;
         let tm = Arc::new(tm);
         *slot = Some(Slot { dir: dir.to_path_buf(), tm: tm.clone(), layers: layers.clone(), adapter: None });
@@ -184,4 +208,4 @@ pub fn generate(loaded: &Loaded, req: &ChatRequest, cancel: &CancelToken, send: 
 
 #[cfg(test)]
 #[path = "chat_engine_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -11,7 +11,7 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-fn starter() -> PathBuf {
+pub(crate) fn starter() -> PathBuf {
     let assets = std::env::var_os("QLORA_TEST_ASSETS").map(PathBuf::from).unwrap_or_else(|| repo().join("test-assets"));
     let dir = assets.join("SmolLM2-135M-Instruct");
     assert!(dir.join("config.json").is_file(), "the test model is missing in {}: run scripts/fetch-test-model.sh", dir.display());
@@ -42,7 +42,7 @@ fn answer(loaded: &Loaded, req: &ChatRequest) -> CmdResult<String> {
 }
 
 /// A PEFT adapter for `model`'s q_proj/v_proj with random (non-zero) A and B, written to `dir`.
-fn random_adapter(loaded: &Loaded, model: &Path, dir: &Path) {
+pub(crate) fn random_adapter(loaded: &Loaded, model: &Path, dir: &Path) {
     let (tm, layers) = loaded.get(model).unwrap();
     let spec = LoraSpec {
         r: 4,

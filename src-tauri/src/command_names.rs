@@ -22,6 +22,7 @@ pub const COMMAND_NAMES: &[&str] = &[
     "library_verify",
     "preview_dataset",
     "start_training",
+    "train_defaults",
     "cancel_training",
     "list_conversations",
     "load_conversation",

@@ -44,3 +44,48 @@ pub fn code(e: &HubError) -> ErrorCode {
 pub fn to_app(e: HubError) -> AppError {
     AppError::new(code(&e), e.to_string())
 }
+
+/// How many search results the Models page shows.
+pub const SEARCH_LIMIT: usize = 20;
+
+/// Hub models whose id contains `query`, most downloaded first. Blocking: call off the main thread.
+pub fn search(client: &HubClient, query: &str) -> Result<Vec<crate::views::ModelHit>, AppError> {
+    let found = qlora_hub::remote::block_on(qlora_hub::remote::search_models(client, query.trim(), SEARCH_LIMIT)).map_err(to_app)?;
+    Ok(found
+        .into_iter()
+        .map(|m| crate::views::ModelHit { id: m.id, downloads: m.downloads, likes: m.likes, pipeline_tag: m.pipeline_tag, gated: m.gated })
+        .collect())
+}
+
+/// A model's card summary, licence and files, each marked when a download fetches it.
+/// Blocking: call off the main thread.
+pub fn details(client: &HubClient, id: &str) -> Result<crate::views::ModelDetail, AppError> {
+    use qlora_hub::select::{SelectOptions, files_for_load};
+    let d = qlora_hub::remote::block_on(qlora_hub::remote::model_details(client, id, "main")).map_err(to_app)?;
+    // A repository the loader cannot read (no weights it knows) still shows its files.
+    let selected: Vec<String> = files_for_load(&d.files, &SelectOptions::default())
+        .map(|s| s.files.into_iter().map(|f| f.path).collect())
+        .unwrap_or_default();
+    let files: Vec<crate::views::RepoFile> = d
+        .files
+        .iter()
+        .map(|f| crate::views::RepoFile { path: f.path.clone(), size: f.size, selected: selected.contains(&f.path) })
+        .collect();
+    let cached = qlora_hub::cache::cached_listing(&client.config().cache_dir, id, &d.commit).is_some();
+    Ok(crate::views::ModelDetail {
+        id: d.id.clone(),
+        revision: d.commit.clone(),
+        summary: d.summary.clone(),
+        license: d.license.clone(),
+        gated: d.gated,
+        pipeline_tag: d.pipeline_tag.clone(),
+        tags: d.tags.clone(),
+        downloads: d.downloads,
+        likes: d.likes,
+        download_bytes: files.iter().filter(|f| f.selected).map(|f| f.size).sum(),
+        repo_bytes: d.total_bytes(),
+        files,
+        cached,
+        from_cache: d.from_cache,
+    })
+}

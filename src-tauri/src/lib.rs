@@ -15,6 +15,7 @@ pub mod hub;
 pub mod library;
 pub mod local_models;
 pub mod planning;
+pub mod samples;
 pub mod settings;
 pub mod state;
 pub mod system;
@@ -56,6 +57,7 @@ pub fn run() {
             commands::models::library_verify,
             commands::jobs::preview_dataset,
             commands::jobs::start_training,
+            commands::jobs::train_defaults,
             commands::jobs::cancel_training,
             commands::chat::list_conversations,
             commands::chat::load_conversation,

@@ -1,5 +1,5 @@
-//! The app's settings: Hub token, cache folder, endpoint, offline mode and the folders where
-//! ready-to-use local models live (the starter model among them). Kept as JSON in the app's
+//! The app's settings: Hub token, cache folder, endpoint, offline mode, the compute device and
+//! the folders where ready-to-use local models live (the starter model among them). Kept as JSON in the app's
 //! home folder, written atomically; the token file is readable only by the user.
 
 use crate::error::{AppError, CmdResult};
@@ -25,6 +25,9 @@ pub struct Settings {
     /// Folders holding Hub-style model folders (config.json, tokenizer.json, safetensors)
     /// that are ready to use without the Hub.
     pub local_model_dirs: Vec<String>,
+    /// Where models load and train: `auto` (the first GPU when this build has CUDA and one
+    /// answers, else the CPU), `cpu` or `cuda:N`.
+    pub device: String,
 }
 
 impl Default for Settings {
@@ -35,6 +38,7 @@ impl Default for Settings {
             endpoint: DEFAULT_ENDPOINT.to_string(),
             offline: false,
             local_model_dirs: Vec::new(),
+            device: "auto".to_string(),
         }
     }
 }
@@ -58,12 +62,24 @@ impl Settings {
                 return Err(AppError::invalid(format!("local models folder '{dir}' must be an absolute path")));
             }
         }
+        self.device_choice()?;
         if let Some(t) = &self.hub_token
             && (t.trim().is_empty() || t.chars().any(char::is_whitespace))
         {
             return Err(AppError::invalid("the Hub token has spaces in it: paste it again from huggingface.co/settings/tokens"));
         }
         Ok(())
+    }
+
+    /// The compute device as the engine opens it; a bad name says what is accepted.
+    pub fn device_choice(&self) -> CmdResult<qlora_engine::DeviceChoice> {
+        self.device.parse().map_err(|e: qlora_engine::Error| AppError::invalid(format!("compute device: {e}")))
+    }
+
+    /// Opens the chosen device: `auto` is never an error; `cuda:N` without a CUDA build or
+    /// GPU says why and what to pick instead.
+    pub fn open_device(&self) -> CmdResult<qlora_engine::candle_core::Device> {
+        self.device_choice()?.open().map_err(|e| AppError::invalid(format!("compute device: {e}")))
     }
 
     /// Reads the settings file; a missing file gives the defaults.
@@ -139,6 +155,25 @@ mod tests {
         s.endpoint = DEFAULT_ENDPOINT.into();
         s.cache_dir = Some("cache".into());
         assert!(s.validate().unwrap_err().message.contains("cache folder 'cache'"));
+        s.cache_dir = None;
+        s.device = "gpu0".into();
+        let msg = s.validate().unwrap_err().message;
+        assert!(msg.contains("compute device") && msg.contains("'gpu0'") && msg.contains("cuda:N"), "{msg}");
+    }
+
+    #[test]
+    fn device_is_auto_by_default_and_cpu_opens_here() {
+        assert_eq!(Settings::default().device, "auto");
+        // A settings file from before the device setting gets `auto`.
+        let old: Settings = serde_json::from_str(r#"{"endpoint": "https://huggingface.co"}"#).unwrap();
+        assert_eq!(old.device, "auto");
+        let cpu = Settings { device: "cpu".into(), ..Default::default() };
+        assert!(matches!(cpu.open_device().unwrap(), qlora_engine::candle_core::Device::Cpu));
+        if !qlora_engine::device::CUDA_BUILT {
+            let cuda = Settings { device: "cuda:0".into(), ..Default::default() };
+            let e = cuda.open_device().unwrap_err();
+            assert!(e.message.contains("--features cuda"), "{}", e.message);
+        }
     }
 
     #[test]

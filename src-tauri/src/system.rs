@@ -1,5 +1,6 @@
-//! The System page's data: GPUs through NVML, system RAM and free disk, from `qlora_gpu`.
-//! No GPU is a normal state (the app plans and runs on the CPU), shown as such, not an error.
+//! The System page's data: GPUs through NVML (memory, utilisation, temperature), system RAM
+//! and free disk, from `qlora_gpu`, and the compute devices Settings may offer. No GPU is a
+//! normal state (the app plans and runs on the CPU), shown as such, not an error.
 
 use crate::error::{AppError, CmdResult, ErrorCode};
 use qlora_gpu as gpu;
@@ -20,6 +21,10 @@ pub struct GpuView {
     pub compute_capability: String,
     pub driver_version: String,
     pub supports_bf16: bool,
+    /// Percent busy over NVML's last sample period; None when the card does not report it.
+    pub utilization_percent: Option<u32>,
+    /// Degrees Celsius; None when the card does not report it.
+    pub temperature_c: Option<u32>,
 }
 
 impl From<&gpu::GpuInfo> for GpuView {
@@ -33,6 +38,8 @@ impl From<&gpu::GpuInfo> for GpuView {
             compute_capability: g.compute_capability.clone(),
             driver_version: g.driver_version.clone(),
             supports_bf16: g.supports_bf16(),
+            utilization_percent: g.utilization_percent,
+            temperature_c: g.temperature_c,
         }
     }
 }
@@ -60,6 +67,20 @@ pub struct SystemInfo {
     /// The disk holding the model cache.
     pub cache_disk: Option<DiskView>,
     pub cpu_threads: u32,
+    /// The compute devices Settings offers: `auto`, `cpu`, and `cuda:N` for each GPU when this
+    /// build has CUDA.
+    pub devices: Vec<String>,
+    /// This build can run on CUDA (built with the `cuda` feature).
+    pub cuda_built: bool,
+}
+
+/// What Settings offers: only devices that exist here.
+pub fn device_choices(gpus: &[GpuView], cuda_built: bool) -> Vec<String> {
+    let mut out = vec!["auto".to_string(), "cpu".to_string()];
+    if cuda_built {
+        out.extend(gpus.iter().map(|g| format!("cuda:{}", g.index)));
+    }
+    out
 }
 
 /// A GPU to plan for without having it.
@@ -90,7 +111,11 @@ pub fn read(cache_dir: &std::path::Path) -> CmdResult<SystemInfo> {
         available_bytes: d.available_bytes,
     });
     let cpu_threads = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let cuda_built = qlora_engine::device::CUDA_BUILT;
+    let devices = device_choices(&gpus, cuda_built);
     Ok(SystemInfo {
+        devices,
+        cuda_built,
         gpus,
         no_gpu_reason,
         ram_total_bytes: ram.total_bytes,
@@ -113,4 +138,54 @@ pub fn presets() -> CmdResult<Vec<GpuPresetView>> {
             supports_bf16: p.supports_bf16(),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu(index: u32) -> GpuView {
+        GpuView::from(&gpu::GpuInfo {
+            index,
+            name: "NVIDIA GeForce RTX 2080".into(),
+            total_bytes: 8 << 30,
+            free_bytes: 6 << 30,
+            used_bytes: 2 << 30,
+            compute_capability: "7.5".into(),
+            driver_version: "550.54".into(),
+            utilization_percent: Some(37),
+            temperature_c: None,
+        })
+    }
+
+    #[test]
+    fn readings_reach_the_page_and_a_missing_one_stays_missing() {
+        let g = gpu(0);
+        assert_eq!((g.utilization_percent, g.temperature_c), (Some(37), None));
+        assert!(!g.supports_bf16);
+        let json = serde_json::to_value(&g).unwrap();
+        assert_eq!(json["temperature_c"], serde_json::Value::Null, "null, not 0");
+    }
+
+    #[test]
+    fn only_devices_that_exist_are_offered() {
+        assert_eq!(device_choices(&[], false), ["auto", "cpu"]);
+        assert_eq!(device_choices(&[gpu(0), gpu(1)], false), ["auto", "cpu"], "no CUDA in the build: no GPU choice");
+        assert_eq!(device_choices(&[gpu(0), gpu(1)], true), ["auto", "cpu", "cuda:0", "cuda:1"]);
+    }
+
+    /// This machine (and CI) has no NVIDIA GPU: the page gets an empty list and NVML's reason,
+    /// not an error, and the CPU choices.
+    #[test]
+    fn no_gpu_is_a_state_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = read(dir.path()).unwrap();
+        if info.gpus.is_empty() {
+            let reason = info.no_gpu_reason.unwrap();
+            assert!(reason.starts_with("no NVIDIA GPU found"), "{reason}");
+            assert_eq!(info.devices, ["auto", "cpu"]);
+        }
+        assert!(info.ram_total_bytes > 0 && info.cpu_threads >= 1);
+        assert!(info.cache_disk.is_some());
+    }
 }

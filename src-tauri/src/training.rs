@@ -1,10 +1,15 @@
-//! Training from the wizard: a preset config file (`configs/*.yaml`) with the wizard's base
-//! model, dataset, output folder and step count put in, the data prepared and checked first
-//! (so a file that is not a dataset is refused at once, with the trainer's own message), then
-//! `qlora_train::Trainer` on its own thread, its events turned into the app's `train` events.
+//! Training from the wizard: a preset config file (`configs/*.yaml`), or with no preset a
+//! config made for the base model from its config.json (`qlora_train::defaults`), with the
+//! wizard's base model, dataset, output folder and knobs put in; the data prepared and checked
+//! first (so a file that is not a dataset is refused at once, with the trainer's own message),
+//! then `qlora_train::Trainer` on its own thread on the device Settings chose, its events turned
+//! into the app's `train` events, and once the adapter is saved, sample answers before and
+//! after ([`crate::samples`]).
 
 use crate::error::{AppError, CmdResult, ErrorCode};
-use crate::views::{DatasetPreview, TrainEvent, TrainRequest};
+use crate::views::{DatasetPreview, TrainDefaults, TrainEvent, TrainRequest};
+use qlora_engine::candle_core::Device;
+use qlora_train::defaults::{self, DefaultsError, Target};
 use qlora_jobs::CancelToken;
 use qlora_train::events::TrainEvent as CoreEvent;
 use qlora_train::trainer::{self, PreparedData, Trainer};
@@ -22,10 +27,73 @@ fn to_app(e: TrainError) -> AppError {
     AppError::new(code, e.to_string())
 }
 
-/// The run's config: the preset file with the wizard's choices put in.
-pub fn config(req: &TrainRequest) -> CmdResult<TrainConfig> {
+/// What a config made without a preset is for: the CPU, or a GPU computing in bf16 if its
+/// compute capability allows.
+pub fn target(device: &Device) -> Target {
+    match device {
+        Device::Cpu => Target::Cpu,
+        _ => Target::Cuda { bf16: qlora_gpu::detect_gpus().ok().and_then(|g| g.first().map(|g| g.supports_bf16())).unwrap_or(false) },
+    }
+}
+
+fn defaults_err(e: DefaultsError) -> AppError {
+    let code = match &e {
+        DefaultsError::Model { .. } => ErrorCode::BadFormat,
+        _ => ErrorCode::InvalidInput,
+    };
+    AppError::new(code, e.to_string())
+}
+
+/// A config for the base model with no preset: needs the base, a dataset and an output folder.
+fn made_for_model(req: &TrainRequest, target: Target) -> CmdResult<TrainConfig> {
+    let need = |v: &str, what: &str| {
+        if v.trim().is_empty() { Err(AppError::invalid(format!("without a preset config, {what}"))) } else { Ok(PathBuf::from(v.trim())) }
+    };
+    let model = need(&req.base_model, "pick the base model folder")?;
+    let data = need(&req.dataset, "pick a dataset file (a preset brings its own; here there is none)")?;
+    let out = need(&req.output_dir, "pick an output folder for the adapter")?;
+    if !model.is_dir() {
+        return Err(AppError::new(ErrorCode::NotFound, format!("base model folder '{}' does not exist: pick a ready model, or download it first", model.display())));
+    }
+    defaults::for_model(&model, vec![data], out, target).map_err(defaults_err)
+}
+
+/// The knobs of the config made for `base_model` with no preset, to fill the form.
+pub fn defaults_for(base_model: &str, target: Target) -> CmdResult<TrainDefaults> {
+    let req = TrainRequest {
+        base_model: base_model.into(),
+        dataset: "data.jsonl".into(),
+        config: None,
+        output_dir: "out".into(),
+        steps: 1,
+        learning_rate: 0.0,
+        lora_rank: 0,
+        lora_alpha: 0.0,
+        batch_size: 0,
+        context: 0,
+        resume: false,
+    };
+    let c = made_for_model(&req, target)?;
+    Ok(TrainDefaults {
+        learning_rate: c.optimizer.lr,
+        lora_rank: c.lora.rank as u32,
+        lora_alpha: c.lora.alpha as f32,
+        batch_size: c.micro_batch as u32,
+        context: c.data.max_len as u32,
+        notes: vec![
+            format!("LoRA on {}", c.lora.target_modules.join(", ")),
+            format!("{:?} compute, NF4 base, {} micro-batches per step, cosine schedule", c.compute_dtype, c.grad_accum).to_lowercase(),
+        ],
+    })
+}
+
+/// The run's config: the preset file (or, with none, one made for the base model) with the
+/// wizard's choices put in.
+pub fn config(req: &TrainRequest, target: Target) -> CmdResult<TrainConfig> {
     let Some(path) = req.config.as_deref().filter(|p| !p.trim().is_empty()) else {
-        return Err(AppError::invalid("pick a preset config file (configs/*.yaml), such as configs/demo_smollm2.yaml"));
+        let mut cfg = made_for_model(req, target)?;
+        knobs(&mut cfg, req);
+        return Ok(cfg);
     };
     let mut cfg = TrainConfig::from_file(Path::new(path.trim())).map_err(|e| to_app(e.into()))?;
     let set = |s: &str| (!s.trim().is_empty()).then(|| PathBuf::from(s.trim()));
@@ -38,6 +106,11 @@ pub fn config(req: &TrainRequest) -> CmdResult<TrainConfig> {
     if let Some(o) = set(&req.output_dir) {
         cfg.output_dir = o;
     }
+    knobs(&mut cfg, req);
+    Ok(cfg)
+}
+
+fn knobs(cfg: &mut TrainConfig, req: &TrainRequest) {
     // The wizard's knobs start at the preset's values (the UI fills them from the preset's
     // defaults); whatever the user changed is what runs, and what the planner judged.
     cfg.max_steps = Some(req.steps.max(1) as usize);
@@ -46,7 +119,6 @@ pub fn config(req: &TrainRequest) -> CmdResult<TrainConfig> {
     cfg.lora.alpha = req.lora_alpha as f64;
     cfg.micro_batch = req.batch_size.max(1) as usize;
     cfg.data.max_len = req.context.max(1) as usize;
-    Ok(cfg)
 }
 
 /// Reads and checks the data (blocking).
@@ -102,16 +174,17 @@ fn map(job: u64, e: CoreEvent) -> Option<TrainEvent> {
         CoreEvent::End { adapter_dir, .. } => TrainEvent::Finished {
             job,
             adapter_dir: adapter_dir.map(|d| d.display().to_string()).unwrap_or_default(),
-            samples: Vec::new(),
         },
         _ => return None,
     })
 }
 
-/// Loads the model and trains (blocking), sending every event to `emit`.
-pub fn run(job: u64, cfg: TrainConfig, data: PreparedData, resume: bool, cancel: &CancelToken, emit: &(dyn Fn(TrainEvent) + Sync)) {
-    let device = qlora_engine::candle_core::Device::Cpu;
-    let result = Trainer::new(cfg, data, &device).and_then(|mut t| {
+/// Loads the model and trains (blocking) on `device`, sending every event to `emit`; once the
+/// adapter is saved, answers a few of the dataset's prompts before and after.
+pub fn run(job: u64, cfg: TrainConfig, data: PreparedData, resume: bool, device: &Device, cancel: &CancelToken, emit: &(dyn Fn(TrainEvent) + Sync)) {
+    let prompts = crate::samples::prompts(&data.dataset, crate::samples::PROMPTS);
+    let (model, load) = (cfg.model.clone(), crate::samples::load_options(&cfg, device));
+    let result = Trainer::new(cfg, data, device).and_then(|mut t| {
         let sink = |e: CoreEvent| {
             if let Some(ev) = map(job, e) {
                 emit(ev);
@@ -119,7 +192,18 @@ pub fn run(job: u64, cfg: TrainConfig, data: PreparedData, resume: bool, cancel:
         };
         t.run(resume, &sink, cancel)
     });
-    if let Err(e) = result {
-        emit(TrainEvent::Failed { job, error: to_app(e) });
+    match result {
+        Err(e) => emit(TrainEvent::Failed { job, error: to_app(e) }),
+        Ok(outcome) => {
+            let Some(adapter) = outcome.adapter_dir.filter(|_| !outcome.interrupted) else { return };
+            if prompts.is_empty() {
+                return;
+            }
+            let (samples, error) = match crate::samples::answer_before_and_after(&model, &load, &adapter, &prompts, cancel) {
+                Ok(s) => (s, None),
+                Err(e) => (Vec::new(), Some(e)),
+            };
+            emit(TrainEvent::Samples { job, samples, error });
+        }
     }
 }

@@ -49,6 +49,8 @@ pub struct ModelHit {
     #[ts(type = "number")]
     pub likes: u64,
     pub pipeline_tag: Option<String>,
+    /// Needs accepting a licence on the Hub (and a token).
+    pub gated: bool,
 }
 
 /// One file of a model repository.
@@ -57,20 +59,36 @@ pub struct RepoFile {
     pub path: String,
     #[ts(type = "number")]
     pub size: u64,
+    /// Part of what a download fetches (the loader's files; duplicate weight formats are not).
+    pub selected: bool,
 }
 
 /// A model's card summary and files.
 #[derive(Debug, Clone, Serialize, TS)]
 pub struct ModelDetail {
     pub id: String,
+    /// The commit the details describe.
     pub revision: String,
     pub summary: String,
     pub license: Option<String>,
     pub gated: bool,
+    pub pipeline_tag: Option<String>,
+    pub tags: Vec<String>,
+    #[ts(type = "number")]
+    pub downloads: u64,
+    #[ts(type = "number")]
+    pub likes: u64,
     pub files: Vec<RepoFile>,
+    /// What a download fetches: the selected files.
     #[ts(type = "number")]
     pub download_bytes: u64,
+    /// Every file of the repository.
+    #[ts(type = "number")]
+    pub repo_bytes: u64,
+    /// This revision is in the local cache.
     pub cached: bool,
+    /// Read from the cache in offline mode (no counters, no tags).
+    pub from_cache: bool,
 }
 
 /// Which GPU to plan against.
@@ -186,7 +204,8 @@ pub struct DatasetPreview {
 pub struct TrainRequest {
     pub base_model: String,
     pub dataset: String,
-    /// A config file such as `configs/demo_smollm2.yaml`, or None for the knobs below.
+    /// A config file such as `configs/demo_smollm2.yaml`, or None: a config made for the base
+    /// model from its config.json (`qlora_train::defaults`), with the knobs below.
     pub config: Option<String>,
     pub output_dir: String,
     pub steps: u32,
@@ -208,9 +227,24 @@ pub enum TrainEvent {
     Step { job: u64, step: u32, loss: f32, lr: f64, tokens_per_sec: f64, eta_secs: Option<f64>, #[ts(type = "number | null")] memory_bytes: Option<u64> },
     Eval { job: u64, step: u32, loss: f32 },
     Checkpoint { job: u64, step: u32, path: String },
-    Finished { job: u64, adapter_dir: String, samples: Vec<SampleAnswer> },
+    Finished { job: u64, adapter_dir: String },
+    /// After `Finished`: the dataset's prompts answered by the base and by base + the new
+    /// adapter (or why that failed; the adapter is saved either way).
+    Samples { job: u64, samples: Vec<SampleAnswer>, error: Option<crate::error::AppError> },
     Cancelled { job: u64, step: u32 },
     Failed { job: u64, error: crate::error::AppError },
+}
+
+/// The knobs of a config made for a model when no preset is picked, to fill the wizard's form.
+#[derive(Debug, Clone, Serialize, TS)]
+pub struct TrainDefaults {
+    pub learning_rate: f64,
+    pub lora_rank: u32,
+    pub lora_alpha: f32,
+    pub batch_size: u32,
+    pub context: u32,
+    /// What the form does not show: targets, dtype, accumulation, schedule.
+    pub notes: Vec<String>,
 }
 
 /// A prompt answered before and after training.

@@ -27,9 +27,22 @@ offline: boolean,
  * Folders holding Hub-style model folders (config.json, tokenizer.json, safetensors)
  * that are ready to use without the Hub.
  */
-local_model_dirs: Array<string>, };
+local_model_dirs: Array<string>, 
+/**
+ * Where models load and train: `auto` (the first GPU when this build has CUDA and one
+ * answers, else the CPU), `cpu` or `cuda:N`.
+ */
+device: string, };
 
-export type GpuView = { index: number, name: string, total_bytes: number, free_bytes: number, used_bytes: number, compute_capability: string, driver_version: string, supports_bf16: boolean, };
+export type GpuView = { index: number, name: string, total_bytes: number, free_bytes: number, used_bytes: number, compute_capability: string, driver_version: string, supports_bf16: boolean, 
+/**
+ * Percent busy over NVML's last sample period; None when the card does not report it.
+ */
+utilization_percent: number | null, 
+/**
+ * Degrees Celsius; None when the card does not report it.
+ */
+temperature_c: number | null, };
 
 export type DiskView = { path: string, total_bytes: number, available_bytes: number, };
 
@@ -41,7 +54,16 @@ no_gpu_reason: string | null, ram_total_bytes: number, ram_available_bytes: numb
 /**
  * The disk holding the model cache.
  */
-cache_disk: DiskView | null, cpu_threads: number, };
+cache_disk: DiskView | null, cpu_threads: number, 
+/**
+ * The compute devices Settings offers: `auto`, `cpu`, and `cuda:N` for each GPU when this
+ * build has CUDA.
+ */
+devices: Array<string>, 
+/**
+ * This build can run on CUDA (built with the `cuda` feature).
+ */
+cuda_built: boolean, };
 
 export type GpuPresetView = { id: string, name: string, total_bytes: number, compute_capability: string, supports_bf16: boolean, };
 
@@ -55,11 +77,39 @@ params_b: number, license: string,
  */
 gated: boolean, note: string, };
 
-export type ModelHit = { id: string, downloads: number, likes: number, pipeline_tag: string | null, };
+export type ModelHit = { id: string, downloads: number, likes: number, pipeline_tag: string | null, 
+/**
+ * Needs accepting a licence on the Hub (and a token).
+ */
+gated: boolean, };
 
-export type RepoFile = { path: string, size: number, };
+export type RepoFile = { path: string, size: number, 
+/**
+ * Part of what a download fetches (the loader's files; duplicate weight formats are not).
+ */
+selected: boolean, };
 
-export type ModelDetail = { id: string, revision: string, summary: string, license: string | null, gated: boolean, files: Array<RepoFile>, download_bytes: number, cached: boolean, };
+export type ModelDetail = { id: string, 
+/**
+ * The commit the details describe.
+ */
+revision: string, summary: string, license: string | null, gated: boolean, pipeline_tag: string | null, tags: Array<string>, downloads: number, likes: number, files: Array<RepoFile>, 
+/**
+ * What a download fetches: the selected files.
+ */
+download_bytes: number, 
+/**
+ * Every file of the repository.
+ */
+repo_bytes: number, 
+/**
+ * This revision is in the local cache.
+ */
+cached: boolean, 
+/**
+ * Read from the cache in offline mode (no counters, no tags).
+ */
+from_cache: boolean, };
 
 export type LocalModel = { 
 /**
@@ -119,7 +169,8 @@ export type DatasetPreview = { path: string, format: string, rows: number, sampl
 
 export type TrainRequest = { base_model: string, dataset: string, 
 /**
- * A config file such as `configs/demo_smollm2.yaml`, or None for the knobs below.
+ * A config file such as `configs/demo_smollm2.yaml`, or None: a config made for the base
+ * model from its config.json (`qlora_train::defaults`), with the knobs below.
  */
 config: string | null, output_dir: string, steps: number, learning_rate: number, lora_rank: number, lora_alpha: number, batch_size: number, context: number, 
 /**
@@ -127,7 +178,13 @@ config: string | null, output_dir: string, steps: number, learning_rate: number,
  */
 resume: boolean, };
 
-export type TrainEvent = { "kind": "started", job: number, total_steps: number, resumed_from: number, } | { "kind": "step", job: number, step: number, loss: number, lr: number, tokens_per_sec: number, eta_secs: number | null, memory_bytes: number | null, } | { "kind": "eval", job: number, step: number, loss: number, } | { "kind": "checkpoint", job: number, step: number, path: string, } | { "kind": "finished", job: number, adapter_dir: string, samples: Array<SampleAnswer>, } | { "kind": "cancelled", job: number, step: number, } | { "kind": "failed", job: number, error: AppError, };
+export type TrainDefaults = { learning_rate: number, lora_rank: number, lora_alpha: number, batch_size: number, context: number, 
+/**
+ * What the form does not show: targets, dtype, accumulation, schedule.
+ */
+notes: Array<string>, };
+
+export type TrainEvent = { "kind": "started", job: number, total_steps: number, resumed_from: number, } | { "kind": "step", job: number, step: number, loss: number, lr: number, tokens_per_sec: number, eta_secs: number | null, memory_bytes: number | null, } | { "kind": "eval", job: number, step: number, loss: number, } | { "kind": "checkpoint", job: number, step: number, path: string, } | { "kind": "finished", job: number, adapter_dir: string, } | { "kind": "samples", job: number, samples: Array<SampleAnswer>, error: AppError | null, } | { "kind": "cancelled", job: number, step: number, } | { "kind": "failed", job: number, error: AppError, };
 
 export type SampleAnswer = { prompt: string, before: string, after: string, };
 
@@ -204,6 +261,7 @@ export interface Commands {
   library_verify: { args: { id: string }; result: CacheReport };
   preview_dataset: { args: { request: TrainRequest }; result: DatasetPreview };
   start_training: { args: { request: TrainRequest }; result: number };
+  train_defaults: { args: { baseModel: string }; result: TrainDefaults };
   cancel_training: { args: { job: number }; result: null };
   list_conversations: { args: {  }; result: ConversationSummary[] };
   load_conversation: { args: { id: string }; result: Conversation };

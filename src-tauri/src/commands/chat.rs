@@ -32,6 +32,7 @@ pub async fn chat_send(state: State<'_, AppState>, request: ChatRequest, on_chun
     if request.model.trim().is_empty() {
         return Err(AppError::invalid("pick a model to chat with"));
     }
+    state.chat_model.set_device(state.settings().device_choice()?)?;
     let cancel = state.start_job_with_id(request.stream);
     let loaded = state.chat_model.clone();
     let stream = request.stream;
@@ -61,6 +62,7 @@ pub async fn chat_attach_adapter(state: State<'_, AppState>, model: String, adap
     if adapter.trim().is_empty() {
         return Err(AppError::invalid("pick an adapter folder (the Train page's output, or Browse…)"));
     }
+    state.chat_model.set_device(state.settings().device_choice()?)?;
     let loaded = state.chat_model.clone();
     super::app::run_blocking(move || loaded.attach(std::path::Path::new(model.trim()), std::path::Path::new(adapter.trim()))).await
 }

@@ -3,7 +3,7 @@
 
 use super::{AppError, CmdResult};
 use crate::state::AppState;
-use crate::views::{DatasetPreview, TrainRequest};
+use crate::views::{DatasetPreview, TrainDefaults, TrainRequest};
 use tauri::{AppHandle, Manager, State};
 
 #[tauri::command]
@@ -27,9 +27,10 @@ pub fn cancel_download(state: State<'_, AppState>, job: u64) -> CmdResult<()> {
 }
 
 #[tauri::command]
-pub async fn preview_dataset(request: TrainRequest) -> CmdResult<DatasetPreview> {
+pub async fn preview_dataset(state: State<'_, AppState>, request: TrainRequest) -> CmdResult<DatasetPreview> {
+    let target = crate::training::target(&state.settings().open_device()?);
     super::app::run_blocking(move || {
-        let cfg = crate::training::config(&request)?;
+        let cfg = crate::training::config(&request, target)?;
         let data = crate::training::prepare(&cfg)?;
         Ok(crate::training::preview(&cfg, &data))
     })
@@ -43,8 +44,10 @@ pub async fn start_training(app: AppHandle, state: State<'_, AppState>, request:
     }
     // The data is checked before the job starts: a bad file is an error on the form.
     let resume = request.resume;
+    let device = state.settings().open_device()?;
+    let target = crate::training::target(&device);
     let (cfg, data) = super::app::run_blocking(move || {
-        let cfg = crate::training::config(&request)?;
+        let cfg = crate::training::config(&request, target)?;
         let data = crate::training::prepare(&cfg)?;
         Ok((cfg, data))
     })
@@ -52,10 +55,17 @@ pub async fn start_training(app: AppHandle, state: State<'_, AppState>, request:
     let (job, cancel) = state.start_job();
     std::thread::spawn(move || {
         let emit = |e| crate::events::emit_train(&app, e);
-        crate::training::run(job, cfg, data, resume, &cancel, &emit);
+        crate::training::run(job, cfg, data, resume, &device, &cancel, &emit);
         app.state::<AppState>().finish_job(job);
     });
     Ok(job)
+}
+
+/// The knobs of a config made for `base_model` when no preset is picked.
+#[tauri::command]
+pub async fn train_defaults(state: State<'_, AppState>, base_model: String) -> CmdResult<TrainDefaults> {
+    let target = crate::training::target(&state.settings().open_device()?);
+    super::app::run_blocking(move || crate::training::defaults_for(&base_model, target)).await
 }
 
 #[tauri::command]

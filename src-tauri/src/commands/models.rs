@@ -35,17 +35,19 @@ pub fn check_model_id(id: &str) -> CmdResult<()> {
 }
 
 #[tauri::command]
-pub async fn search_models(query: String) -> CmdResult<Vec<ModelHit>> {
+pub async fn search_models(state: State<'_, AppState>, query: String) -> CmdResult<Vec<ModelHit>> {
     if query.trim().is_empty() {
         return Err(AppError::invalid("type part of a model name to search the Hub"));
     }
-    Err(AppError::not_built("qlora_studio::hub search (list models matching a query)"))
+    let hub = crate::hub::client(&state.settings(), state.cache_dir())?;
+    super::app::run_blocking(move || crate::hub::search(&hub, &query)).await
 }
 
 #[tauri::command]
-pub async fn model_info(id: String) -> CmdResult<ModelDetail> {
+pub async fn model_info(state: State<'_, AppState>, id: String) -> CmdResult<ModelDetail> {
     check_model_id(&id)?;
-    Err(AppError::not_built("qlora_studio::hub model info (card summary and file list of a repo)"))
+    let hub = crate::hub::client(&state.settings(), state.cache_dir())?;
+    super::app::run_blocking(move || crate::hub::details(&hub, id.trim())).await
 }
 
 #[tauri::command]
