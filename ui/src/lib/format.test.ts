@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { formatBytes, formatEta, formatLoss, formatParams, formatPercent, formatRate } from "./format";
+import { formatBytes, formatEta, formatLoss, formatParams, formatPercent, formatRate, formatGpuReadings } from "./format";
 
 describe("formatBytes", () => {
   it("uses binary units with three significant digits", () => {
@@ -40,5 +40,13 @@ describe("other formats", () => {
     expect(formatParams(0.135)).toBe("135M");
     expect(formatParams(7.24)).toBe("7.2B");
     expect(formatLoss(2.345678)).toBe("2.346");
+  });
+});
+
+describe("gpu readings", () => {
+  it("shows a missing reading as n/a, never 0", () => {
+    expect(formatGpuReadings(37, 64)).toBe("37% busy · 64 °C");
+    expect(formatGpuReadings(0, null)).toBe("0% busy · temperature n/a");
+    expect(formatGpuReadings(null, null)).toBe("utilisation n/a · temperature n/a");
   });
 });

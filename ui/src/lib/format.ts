@@ -51,3 +51,10 @@ export function formatParams(billions: number): string {
 export function formatLoss(x: number): string {
   return Number.isFinite(x) ? x.toPrecision(4) : "nan";
 }
+
+/** A GPU's load and temperature, or that the card does not report them. */
+export function formatGpuReadings(utilizationPercent: number | null, temperatureC: number | null): string {
+  const busy = utilizationPercent == null ? "utilisation n/a" : `${utilizationPercent}% busy`;
+  const temp = temperatureC == null ? "temperature n/a" : `${temperatureC} °C`;
+  return `${busy} · ${temp}`;
+}

@@ -35,12 +35,22 @@ describe("training events", () => {
       { kind: "step", job: 8, step: 1, loss: 99, lr: 1, tokens_per_sec: 1, eta_secs: 1, memory_bytes: null },
       { kind: "step", job: 7, step: 2, loss: 2.9, lr: 2e-4, tokens_per_sec: 55, eta_secs: 2, memory_bytes: 1024 },
       { kind: "eval", job: 7, step: 2, loss: 3.0 },
-      { kind: "finished", job: 7, adapter_dir: "/runs/a/adapter", samples: [{ prompt: "hi", before: "x", after: "y" }] },
+      { kind: "finished", job: 7, adapter_dir: "/runs/a/adapter" },
     ];
     const s = evs.reduce(reduceTrain, blankTrain(7));
+    expect(s.samplesStatus).toBe("pending");
     expect(s.loss).toEqual([{ x: 1, y: 3.2 }, { x: 2, y: 2.9 }]);
     expect(s.evalLoss).toEqual([{ x: 2, y: 3.0 }]);
     expect(s).toMatchObject({ status: "finished", step: 2, lr: 2e-4, memoryBytes: 1024, adapterDir: "/runs/a/adapter" });
+  });
+  it("sample answers arrive after the run finishes, or say why they did not", () => {
+    let s = reduceTrain(blankTrain(7), { kind: "finished", job: 7, adapter_dir: "/runs/a/adapter" });
+    const ok = reduceTrain(s, { kind: "samples", job: 7, samples: [{ prompt: "hi", before: "x", after: "y" }], error: null });
+    expect(ok).toMatchObject({ samplesStatus: "done", samples: [{ prompt: "hi", before: "x", after: "y" }], adapterDir: "/runs/a/adapter" });
+    s = reduceTrain(s, { kind: "samples", job: 7, samples: [], error: { code: "cancelled", message: "cancelled" } });
+    expect(s).toMatchObject({ samplesStatus: "failed", status: "finished" });
+    expect(s.samplesError?.code).toBe("cancelled");
+    expect(reduceTrain(s, { kind: "samples", job: 8, samples: [], error: null })).toBe(s);
   });
   it("a resumed run continues the series without duplicates", () => {
     let s = blankTrain(1);

@@ -63,12 +63,15 @@ export interface TrainState {
   memoryBytes: number | null;
   lastCheckpoint: string | null;
   adapterDir: string | null;
+  /** "none" until the run finishes; "pending" while the before/after answers are generated. */
+  samplesStatus: "none" | "pending" | "done" | "failed";
   samples: SampleAnswer[];
+  samplesError: AppError | null;
   error: AppError | null;
 }
 
 export function blankTrain(job: number): TrainState {
-  return { job, status: "running", totalSteps: 0, resumedFrom: 0, step: 0, loss: [], evalLoss: [], lr: 0, tokensPerSec: 0, etaSecs: null, memoryBytes: null, lastCheckpoint: null, adapterDir: null, samples: [], error: null };
+  return { job, status: "running", totalSteps: 0, resumedFrom: 0, step: 0, loss: [], evalLoss: [], lr: 0, tokensPerSec: 0, etaSecs: null, memoryBytes: null, lastCheckpoint: null, adapterDir: null, samplesStatus: "none", samples: [], samplesError: null, error: null };
 }
 
 /** Applies one training event. Events of another job are ignored. */
@@ -87,7 +90,9 @@ export function reduceTrain(s: TrainState, ev: TrainEvent): TrainState {
     case "checkpoint":
       return { ...s, lastCheckpoint: ev.path };
     case "finished":
-      return { ...s, status: "finished", adapterDir: ev.adapter_dir, samples: ev.samples, etaSecs: 0 };
+      return { ...s, status: "finished", adapterDir: ev.adapter_dir, samplesStatus: "pending", etaSecs: 0 };
+    case "samples":
+      return { ...s, samples: ev.samples, samplesError: ev.error, samplesStatus: ev.error ? "failed" : "done" };
     case "cancelled":
       return { ...s, status: "cancelled", step: ev.step, etaSecs: null };
     case "failed":

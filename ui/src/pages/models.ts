@@ -2,6 +2,7 @@
 // verdict for this machine, and downloads with progress, speed, ETA, cancel and resume.
 import { call } from "../api";
 import type { AppError, CuratedModel, LocalModel, ModelDetail, PlanReport } from "../bindings";
+import { detailFacts, hitLine, orderFiles, summaryText } from "../lib/models";
 import { h, append, clear, errorBox, notice, progressBar, textInput } from "../dom";
 import { formatBytes, formatEta, formatParams, formatPercent, formatRate } from "../lib/format";
 import { checkModelRef } from "../lib/validate";
@@ -61,11 +62,20 @@ async function startDownload(model: string, into: HTMLElement): Promise<void> {
   }
 }
 
+/** The details panel: the card's summary, the facts, the files (those a download fetches
+ *  marked), and the planner's verdict for this machine. */
 function detailView(d: ModelDetail): HTMLElement {
+  const fit = h("div", { class: "fit", "data-testid": "detail-fit" });
+  void checkFit(d.id, fit);
+  const files = orderFiles(d.files);
   return h("div", { class: "detail", "data-testid": "model-detail" },
-    h("p", {}, d.summary || "(no card summary)"),
-    h("p", { class: "muted" }, `revision ${d.revision.slice(0, 10)} · licence ${d.license ?? "unknown"} · download ${formatBytes(d.download_bytes)}${d.gated ? " · gated" : ""}${d.cached ? " · in the cache" : ""}`),
-    h("table", { class: "files" }, ...d.files.map((f) => h("tr", {}, h("td", {}, f.path), h("td", { class: "num" }, formatBytes(f.size))))));
+    h("p", { "data-testid": "detail-summary" }, summaryText(d)),
+    h("p", { class: "muted", "data-testid": "detail-facts" }, detailFacts(d)),
+    h("div", { class: "row" }, h("b", {}, "QLoRA on this machine: "), fit),
+    h("table", { class: "files", "data-testid": "detail-files" },
+      h("thead", {}, h("tr", {}, h("th", {}, "File"), h("th", { class: "num" }, "Size"), h("th", {}, ""))),
+      h("tbody", {}, ...files.map((f) => h("tr", { class: f.selected ? "selected" : "muted" },
+        h("td", {}, f.path), h("td", { class: "num" }, formatBytes(f.size)), h("td", {}, f.selected ? "downloaded" : "skipped"))))));
 }
 
 function modelCard(id: string, title: string, meta: string, note: string, cleanups: (() => void)[]): HTMLElement {
@@ -79,7 +89,12 @@ function modelCard(id: string, title: string, meta: string, note: string, cleanu
       h("button", { onclick: () => go("planner", { model: id }) }, "Plan…"),
       h("button", { "data-testid": "details", onclick: async () => {
         clear(more);
-        try { more.append(detailView(await call("model_info", { id }))); } catch (e) { more.append(errorBox(e as AppError, "details-error")); }
+        more.append(h("span", { class: "muted" }, "reading the model card…"));
+        try {
+          const d = await call("model_info", { id });
+          clear(more);
+          more.append(detailView(d));
+        } catch (e) { clear(more); more.append(errorBox(e as AppError, "details-error")); }
       } }, "Details"),
       h("button", { class: "primary", "data-testid": "download", onclick: () => startDownload(id, more) }, "Download")),
     more);
@@ -117,7 +132,7 @@ export function modelsPage(root: HTMLElement): () => void {
     try {
       const hits = await call("search_models", { query: q });
       if (hits.length === 0) results.append(notice(`no model on the Hub matches '${q}'`, "info", "search-empty"));
-      for (const m of hits) results.append(modelCard(m.id, m.id, `${m.downloads} downloads · ${m.likes} likes`, m.pipeline_tag ?? "", cleanups));
+      for (const m of hits) results.append(modelCard(m.id, m.id, hitLine(m), "", cleanups));
     } catch (e) {
       results.append(errorBox(e as AppError, "search-error"));
     }

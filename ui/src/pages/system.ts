@@ -1,7 +1,8 @@
-// System: GPUs through NVML (name, memory used and free), system RAM, the cache's disk.
+// System: GPUs through NVML (name, memory used and free, utilisation, temperature), system
+// RAM, the cache's disk, and the compute devices this build can use.
 import type { GpuView } from "../bindings";
 import { h, clear, errorBox, notice } from "../dom";
-import { formatBytes, formatPercent } from "../lib/format";
+import { formatBytes, formatGpuReadings, formatPercent } from "../lib/format";
 import { state, subscribe, loadSystem } from "../store";
 
 function gauge(used: number, total: number, testId: string): HTMLElement {
@@ -13,6 +14,7 @@ function gpuCard(g: GpuView): HTMLElement {
   return h("div", { class: "card", "data-testid": `gpu-${g.index}` },
     h("div", { class: "card-head" }, h("b", {}, `GPU ${g.index}: ${g.name}`)),
     gauge(g.used_bytes, g.total_bytes, "vram"),
+    h("div", { "data-testid": "gpu-readings" }, formatGpuReadings(g.utilization_percent, g.temperature_c)),
     h("div", { class: "muted" }, `free ${formatBytes(g.free_bytes)} · compute ${g.compute_capability}${g.supports_bf16 ? " (bf16)" : " (fp16 only)"} · driver ${g.driver_version}`));
 }
 
@@ -24,8 +26,9 @@ export function systemPage(root: HTMLElement): () => void {
     const s = state.system;
     if (!s) return void body.append(notice("Reading the machine…"));
     body.append(h("h2", {}, "GPUs"));
-    if (s.gpus.length === 0) body.append(notice(`No NVIDIA GPU found: models run and train on the CPU (${s.cpu_threads} threads), slower but complete. ${s.no_gpu_reason ?? ""}`, "warn", "no-gpu"));
+    if (s.gpus.length === 0) body.append(notice(`No NVIDIA GPU found: models run and train on the CPU (${s.cpu_threads} threads), slower but complete. No GPU memory, utilisation or temperature to show. ${s.no_gpu_reason ?? ""}`, "warn", "no-gpu"));
     for (const g of s.gpus) body.append(gpuCard(g));
+    body.append(h("p", { class: "muted", "data-testid": "devices" }, `Compute devices this build can use: ${s.devices.join(", ")}${s.cuda_built ? "" : " (built without CUDA)"}. Pick one in Settings.`));
     body.append(h("h2", {}, "Memory"), gauge(s.ram_total_bytes - s.ram_available_bytes, s.ram_total_bytes, "ram"));
     body.append(h("h2", {}, "Disk"));
     if (s.cache_disk) body.append(h("div", { class: "muted" }, `model cache: ${s.cache_disk.path}`), gauge(s.cache_disk.total_bytes - s.cache_disk.available_bytes, s.cache_disk.total_bytes, "disk"), h("div", {}, `${formatBytes(s.cache_disk.available_bytes)} free`));

@@ -48,7 +48,7 @@ function chooseBase(body: HTMLElement, next: () => void): void {
 
 function chooseDataset(body: HTMLElement, next: () => void): void {
   const config = textInput("train-config", wiz.config, "/path/to/configs/demo_smollm2.yaml");
-  const input = textInput("train-dataset", wiz.form.dataset, "/path/to/train.jsonl (empty: the preset's own data)");
+  const input = textInput("train-dataset", wiz.form.dataset, "/path/to/train.jsonl (empty with a preset: the preset's own data)");
   const out = h("div", { "data-testid": "dataset-preview" });
   const preview = async () => {
     clear(out);
@@ -71,7 +71,7 @@ function chooseDataset(body: HTMLElement, next: () => void): void {
     const f = await open({ multiple: false, directory: false, filters: [{ name: "Training presets", extensions: ["yaml", "yml"] }] });
     if (typeof f === "string") config.value = f;
   };
-  body.append(h("div", { class: "row" }, field("Preset config", config, undefined, "a training preset; the next step's knobs adjust it"), h("button", { onclick: () => void pickConfig() }, "Browse…")),
+  body.append(h("div", { class: "row" }, field("Preset config", config, undefined, "a training preset; empty: a config made for this model from its config.json. The next step's knobs adjust it"), h("button", { onclick: () => void pickConfig() }, "Browse…")),
     h("div", { class: "row" }, field("Dataset file", input), h("button", { onclick: () => void pick() }, "Browse…"), h("button", { "data-testid": "dataset-preview-go", onclick: () => void preview() }, "Preview")), out,
     h("button", { class: "primary", "data-testid": "wizard-next", onclick: () => { wiz.form.dataset = input.value.trim(); wiz.config = config.value.trim(); next(); } }, "Next"));
 }
@@ -98,6 +98,18 @@ function chooseKnobs(body: HTMLElement, next: () => void): () => void {
     }, 300);
   };
   for (const i of Object.values(inputs)) i.addEventListener("input", replan);
+  const made = h("div", { "data-testid": "train-defaults" });
+  if (!wiz.config) {
+    // No preset: the knobs start at a config made for this model from its config.json.
+    made.append(h("span", { class: "muted" }, "making a config for this model…"));
+    call("train_defaults", { baseModel: f.baseModel }).then((d) => {
+      inputs.learningRate.value = String(d.learning_rate); inputs.loraRank.value = String(d.lora_rank);
+      inputs.loraAlpha.value = String(d.lora_alpha); inputs.batchSize.value = String(d.batch_size); inputs.context.value = String(d.context);
+      clear(made);
+      made.append(notice(`No preset: a config made for this model. ${d.notes.join("; ")}.`, "info"));
+      replan();
+    }).catch((e) => { clear(made); made.append(errorBox(e as AppError, "train-error")); });
+  }
   replan();
   const start = async () => {
     clear(errs);
@@ -112,7 +124,7 @@ function chooseKnobs(body: HTMLElement, next: () => void): () => void {
       errs.append(errorBox(e as AppError, "train-error"));
     }
   };
-  body.append(field("Output folder", out, undefined, "checkpoints and the adapter go here; the same folder resumes"),
+  body.append(made, field("Output folder", out, undefined, "checkpoints and the adapter go here; the same folder resumes"),
     h("div", { class: "row" }, field("Steps", inputs.steps), field("Learning rate", inputs.learningRate), field("LoRA rank", inputs.loraRank), field("LoRA alpha", inputs.loraAlpha), field("Batch", inputs.batchSize), field("Context", inputs.context)),
     verdict, errs, h("button", { class: "primary", "data-testid": "train-start", onclick: () => void start() }, "Start training"));
   return () => window.clearTimeout(timer);
@@ -142,13 +154,29 @@ function runView(body: HTMLElement, next: () => void): () => void {
   return subscribe(draw);
 }
 
-function resultView(body: HTMLElement): void {
-  const t = state.training;
-  if (!t?.adapterDir) return void body.append(notice("No finished run yet."));
-  append(body, notice(`Adapter saved in ${t.adapterDir}`, "ok", "adapter-dir"),
-    t.samples.length ? h("table", { class: "table" }, h("thead", {}, h("tr", {}, h("th", {}, "Prompt"), h("th", {}, "Before"), h("th", {}, "After"))),
-      h("tbody", {}, ...t.samples.map((s) => h("tr", {}, h("td", {}, s.prompt), h("td", {}, s.before), h("td", {}, s.after))))) : null,
-    h("button", { class: "primary", "data-testid": "chat-adapter", onclick: () => go("chat", { model: wiz.form.baseModel, adapter: t.adapterDir! }) }, "Chat with the adapter"));
+function samplesView(t: NonNullable<typeof state.training>): HTMLElement | null {
+  if (t.samplesStatus === "pending") return notice("Answering a few of the dataset's prompts with the base model, then with the new adapter…", "info", "samples-pending");
+  if (t.samplesStatus === "failed" && t.samplesError) return errorBox(t.samplesError, "samples-error");
+  if (!t.samples.length) return null;
+  return h("div", {},
+    h("h2", {}, "Answers before and after"),
+    h("p", { class: "muted" }, "Greedy, short answers to prompts from the dataset: the base model alone, then with the adapter this run made."),
+    h("table", { class: "table samples-table", "data-testid": "samples" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Prompt"), h("th", {}, "Before (base)"), h("th", {}, "After (base + adapter)"))),
+      h("tbody", {}, ...t.samples.map((s) => h("tr", {}, h("td", {}, s.prompt),
+        h("td", { "data-testid": "sample-before" }, s.before || "(empty)"), h("td", { "data-testid": "sample-after" }, s.after || "(empty)"))))));
+}
+
+function resultView(body: HTMLElement): () => void {
+  const draw = () => {
+    clear(body);
+    const t = state.training;
+    if (!t?.adapterDir) return void body.append(notice("No finished run yet."));
+    append(body, notice(`Adapter saved in ${t.adapterDir}`, "ok", "adapter-dir"), samplesView(t),
+      h("button", { class: "primary", "data-testid": "chat-adapter", onclick: () => go("chat", { model: wiz.form.baseModel, adapter: t.adapterDir! }) }, "Chat with the adapter"));
+  };
+  draw();
+  return subscribe(draw);
 }
 
 export function trainPage(root: HTMLElement, params: URLSearchParams): () => void {
@@ -167,7 +195,7 @@ export function trainPage(root: HTMLElement, params: URLSearchParams): () => voi
     else if (wiz.step === 1) chooseDataset(body, next);
     else if (wiz.step === 2) cleanup = chooseKnobs(body, next);
     else if (wiz.step === 3) cleanup = runView(body, next);
-    else resultView(body);
+    else cleanup = resultView(body);
     if (wiz.step > 0 && state.training?.status !== "running") head.append(h("button", { class: "link", "data-testid": "wizard-restart", onclick: () => { wiz.step = 0; state.training = null; show(); } }, "Start over"));
   };
   root.append(h("h1", {}, "Train an adapter"), head, body);
