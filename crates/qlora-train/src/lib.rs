@@ -5,6 +5,7 @@
 //! - [`preflight`]: what the data looks like before a run starts;
 //! - [`optim`], [`schedule`], [`checkpoint`]: AdamW, LR schedules, the checkpoint policy;
 //! - [`lora`], [`loss`], [`trainer`]: trainable LoRA layers, the chunked loss, the loop;
+//! - [`ops`]: dropout and cross-entropy with CUDA kernels and CPU twins;
 //! - [`adapter`]: the result in PEFT format; [`events`]: what the loop reports.
 //!
 //! A run, as the CLI does it:
@@ -28,6 +29,7 @@ pub mod events;
 pub mod lora;
 pub mod loss;
 pub mod merge;
+pub mod ops;
 pub mod optim;
 pub mod preflight;
 pub mod schedule;

@@ -1,8 +1,10 @@
 //! Trainable LoRA around a frozen projection: `y = base(x) + scale · dropout(x) Aᵀ Bᵀ`, with
 //! `A` (`[r, in]`) and `B` (`[out, r]`) candle `Var`s in f32 (as peft keeps adapter weights in
 //! f32 under QLoRA), initialised as peft does (A Kaiming-uniform with a = √5, i.e. uniform in
-//! ±1/√in; B zeros). Dropout draws its masks from a per-layer seeded RNG whose state is saved
-//! in checkpoints, so a resumed run drops the same units an uninterrupted one would.
+//! ±1/√in; B zeros). Dropout draws one seed per forward from a per-layer seeded RNG whose state
+//! is saved in checkpoints (so a resumed run drops the same units an uninterrupted one would);
+//! the mask itself is a hash of (seed, element), computed where the activations are
+//! (`crate::ops::dropout`).
 //! [`attach`] wraps the targeted projections of an engine model, matching target names
 //! the way peft does (the module path equals the name or ends with `.name`).
 
@@ -54,29 +56,38 @@ impl TrainLora {
         }
     }
 
-    fn dropout_mask(&self, shape: &[usize], device: &Device) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let keep = 1.0 - self.dropout;
+    /// The seed of the next dropout draw; advances the RNG (one step per forward, so a
+    /// restored state replays the same masks).
+    fn next_seed(&self) -> u64 {
         let mut rng = match self.rng.lock() {
             Ok(r) => r,
             Err(p) => p.into_inner(),
         };
-        let m: Vec<f32> = (0..n).map(|_| if rng.next_f64() < keep { (1.0 / keep) as f32 } else { 0.0 }).collect();
-        Tensor::from_vec(m, shape, device)
+        rng.next_u64()
+    }
+
+    /// The scaled keep mask of the next draw (tests: 0 or `1/(1-p)` per element).
+    #[cfg(test)]
+    fn dropout_mask(&self, shape: &[usize], device: &Device) -> Result<Tensor> {
+        crate::ops::dropout::dropout(&Tensor::ones(shape, DType::F32, device)?, self.next_seed(), self.dropout)
     }
 }
 
 impl Linear for TrainLora {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.base.forward(x)?;
-        let mut xf = x.to_dtype(DType::F32)?;
+        // On the CPU the update is computed in f32 (as peft without autocast); on a GPU in the
+        // activations' dtype, as peft under torch.autocast: A and B are cast for the matmuls and
+        // their gradients come back in f32 through the cast.
+        let dt = if x.device().is_cpu() { DType::F32 } else { x.dtype() };
+        let mut xd = x.to_dtype(dt)?;
         if self.dropout > 0.0 && self.train_mode.load(Ordering::Relaxed) {
-            xf = (xf * self.dropout_mask(x.dims(), x.device())?)?;
+            xd = crate::ops::dropout::dropout(&xd, self.next_seed(), self.dropout)?;
         }
-        let u = xf.broadcast_matmul(&self.a.as_tensor().t()?)?;
-        let d = (u.broadcast_matmul(&self.b.as_tensor().t()?)? * self.scale)?;
-        let dt = y.dtype();
-        y + d.to_dtype(dt)?
+        let u = xd.broadcast_matmul(&self.a.as_tensor().to_dtype(dt)?.t()?)?;
+        let d = (u.broadcast_matmul(&self.b.as_tensor().to_dtype(dt)?.t()?)? * self.scale)?;
+        let yt = y.dtype();
+        y + d.to_dtype(yt)?
     }
     fn in_features(&self) -> usize {
         self.base.in_features()

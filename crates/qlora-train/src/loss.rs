@@ -11,6 +11,13 @@
 //! of the frozen `[vocab, hidden]` head weight, since its matmul backward differentiates both
 //! sides unconditionally: 56 MiB for SmolLM2, 1 GiB for Gemma. Untied heads go through
 //! autograd until the engine exposes the head's weight.
+//!
+//! On a GPU ([`fused`]) the chunk's 16-bit logits go straight into the cross-entropy kernels of
+//! `crate::ops::cross_entropy` (per-row loss, and `∂L/∂logits` in 16-bit), and
+//! `∂L/∂h = ∂L/∂logits · W` is one matmul for tied and untied heads alike: an untied head's
+//! `Wᵀ` is read back once per micro-batch as `logits(I) − logits(0)` (the engine keeps the
+//! head's weight private), which costs one `[hidden, hidden] × [hidden, vocab]` product and
+//! saves autograd's `[vocab, hidden]` weight gradient and the f32 copies of every chunk.
 
 use candle_core::{D, DType, Result, Tensor, Var};
 use qlora_engine::model::Model;
@@ -37,6 +44,9 @@ pub fn loss_and_hidden_grad(
     norm: f64,
     scale: f64,
 ) -> Result<(f64, Tensor)> {
+    if !hidden.device().is_cpu() {
+        return fused(model, hidden, labels, weights, norm, scale);
+    }
     let head = model.config().tie_embeddings.then(|| model.embed_weight());
     chunked(hidden, labels, weights, |h, lab, w| match head {
         Some(head) => analytic_chunk(model, head, h, lab, w, norm, scale),
@@ -115,6 +125,49 @@ fn analytic_chunk(
     let (b, c, v) = dlogits.dims3()?;
     let gh = dlogits.to_dtype(head.dtype())?.reshape((b * c, v))?.matmul(head)?;
     Ok((loss, gh.reshape((b, c, head.dim(1)?))?.to_dtype(h.dtype())?))
+}
+
+/// The head as `Wᵀ` `[hidden, vocab]` (a view of the embeddings when tied).
+fn head_transposed(model: &Model, like: &Tensor) -> Result<Tensor> {
+    if model.config().tie_embeddings {
+        return model.embed_weight().t();
+    }
+    let hd = like.dim(D::Minus1)?;
+    let eye = Tensor::eye(hd, like.dtype(), like.device())?;
+    let with_bias = model.logits(&eye)?;
+    let bias = model.logits(&eye.narrow(0, 0, 1)?.zeros_like()?)?;
+    with_bias.broadcast_sub(&bias)
+}
+
+/// [`loss_and_hidden_grad`] through the fused cross-entropy kernels (the GPU path; the CPU
+/// twins of the kernels make it run anywhere).
+pub fn fused(model: &Model, hidden: &Tensor, labels: &Tensor, weights: &Tensor, norm: f64, scale: f64) -> Result<(f64, Tensor)> {
+    use crate::ops::cross_entropy::{ce_grad, ce_loss};
+    let (b, t, hd) = hidden.dims3()?;
+    let wt = head_transposed(model, hidden)?;
+    let mut total: Option<Tensor> = None;
+    let mut grads = Vec::new();
+    for start in (0..t).step_by(CHUNK) {
+        let len = CHUNK.min(t - start);
+        let rows = b * len;
+        let h = hidden.narrow(1, start, len)?.detach().contiguous()?.reshape((rows, hd))?;
+        let lab = labels.narrow(1, start, len)?.contiguous()?.reshape(rows)?;
+        let w = weights.narrow(1, start, len)?.contiguous()?.reshape(rows)?;
+        let logits = if model.config().tie_embeddings { h.matmul(&wt)? } else { model.logits(&h)? };
+        let l = ce_loss(&logits, &lab, &w)?.sum_all()?;
+        total = Some(match total {
+            Some(acc) => (acc + l)?,
+            None => l,
+        });
+        let dl = ce_grad(&logits, &lab, &w, scale / norm)?;
+        drop(logits);
+        grads.push(dl.matmul(&wt.t()?)?.reshape((b, len, hd))?);
+    }
+    let loss = match total {
+        Some(l) => l.to_scalar::<f32>()? as f64 / norm,
+        None => 0.0,
+    };
+    Ok((loss, Tensor::cat(&grads, 1)?.to_dtype(hidden.dtype())?))
 }
 
 /// Loss only (no gradient), for evaluation: `(Σ w·nll, Σ w)`.

@@ -1,0 +1,135 @@
+//! Launchers for the training kernels of `kernels/train.cu` (LoRA dropout from a counter-based
+//! hash, and the fused cross-entropy that never materialises f32 logits). The custom ops that
+//! call them, and their CPU twins, live in `qlora-train` (`ops/`): this module only moves
+//! device pointers, so the training crate needs no PTX of its own.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
+use candle_core::{CudaStorage, DType, Layout, Result};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/train.ptx"));
+const MODULE: &str = "qlora_quant_train";
+
+fn suffix(dtype: DType) -> Result<&'static str> {
+    Ok(match dtype {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        other => candle_core::bail!("training kernels take f32, bf16 or f16 tensors, got {other:?}"),
+    })
+}
+
+fn offsets(l: &Layout, what: &str) -> Result<(usize, usize)> {
+    match l.contiguous_offsets() {
+        Some(o) => Ok(o),
+        None => candle_core::bail!("training kernel: the {what} is not contiguous"),
+    }
+}
+
+/// `keep(seed, i) ? x[i] * scale : 0` for every element of `x` (contiguous), as `kernels/train.cu`
+/// defines `keep`: the hash's top 32 bits below `threshold`.
+pub fn dropout(x: &CudaStorage, l: &Layout, seed: u64, threshold: u32, scale: f32) -> Result<CudaStorage> {
+    fn go<T: CudaDType + DeviceRepr>(x: &CudaStorage, l: &Layout, seed: u64, threshold: u32, scale: f32) -> Result<CudaStorage> {
+        let dev = x.device().clone();
+        let (o1, o2) = offsets(l, "dropout input")?;
+        let n = o2 - o1;
+        let src = x.as_cuda_slice::<T>()?.slice(o1..o2);
+        let func = dev.get_or_load_custom_func(&format!("dropout_{}", suffix(x.dtype())?), MODULE, PTX)?;
+        let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(n)? };
+        let n64 = n as u64;
+        let blocks = (n.div_ceil(256) as u32).clamp(1, 65535);
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let mut b = func.builder();
+        b.arg(&src);
+        b.arg(&mut out);
+        b.arg(&n64);
+        b.arg(&seed);
+        b.arg(&threshold);
+        b.arg(&scale);
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+    match x.dtype() {
+        DType::F32 => go::<f32>(x, l, seed, threshold, scale),
+        DType::BF16 => go::<half::bf16>(x, l, seed, threshold, scale),
+        DType::F16 => go::<half::f16>(x, l, seed, threshold, scale),
+        other => candle_core::bail!("dropout takes f32, bf16 or f16, got {other:?}"),
+    }
+}
+
+/// Inputs of the cross-entropy kernels: logits `[rows, vocab]`, labels `[rows]` u32, weights
+/// `[rows]` f32, all contiguous on one device.
+pub struct CeInputs<'a> {
+    pub logits: (&'a CudaStorage, &'a Layout),
+    pub labels: (&'a CudaStorage, &'a Layout),
+    pub weights: (&'a CudaStorage, &'a Layout),
+    pub rows: usize,
+    pub vocab: usize,
+}
+
+fn ce_cfg(rows: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Per row `w · (logsumexp(row) − row[label])`, f32 `[rows]`.
+pub fn ce_loss(i: &CeInputs<'_>) -> Result<CudaStorage> {
+    fn go<T: CudaDType + DeviceRepr>(i: &CeInputs<'_>, dev: &CudaDevice) -> Result<CudaSlice<f32>> {
+        let (lo1, lo2) = offsets(i.logits.1, "logits")?;
+        let (la1, la2) = offsets(i.labels.1, "labels")?;
+        let (w1, w2) = offsets(i.weights.1, "loss weights")?;
+        let logits = i.logits.0.as_cuda_slice::<T>()?.slice(lo1..lo2);
+        let labels = i.labels.0.as_cuda_slice::<u32>()?.slice(la1..la2);
+        let weights = i.weights.0.as_cuda_slice::<f32>()?.slice(w1..w2);
+        let func = dev.get_or_load_custom_func(&format!("ce_loss_{}", suffix(i.logits.0.dtype())?), MODULE, PTX)?;
+        let mut out: CudaSlice<f32> = unsafe { dev.alloc::<f32>(i.rows)? };
+        let v = i.vocab as u32;
+        let mut b = func.builder();
+        b.arg(&logits);
+        b.arg(&labels);
+        b.arg(&weights);
+        b.arg(&mut out);
+        b.arg(&v);
+        unsafe { b.launch(ce_cfg(i.rows)) }.w()?;
+        Ok(out)
+    }
+    let dev = i.logits.0.device().clone();
+    let out = match i.logits.0.dtype() {
+        DType::F32 => go::<f32>(i, &dev)?,
+        DType::BF16 => go::<half::bf16>(i, &dev)?,
+        DType::F16 => go::<half::f16>(i, &dev)?,
+        other => candle_core::bail!("cross-entropy takes f32, bf16 or f16 logits, got {other:?}"),
+    };
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+}
+
+/// Per row `coef · w · (softmax(row) − onehot(label))`, in the logits' dtype `[rows, vocab]`.
+pub fn ce_grad(i: &CeInputs<'_>, coef: f32) -> Result<CudaStorage> {
+    fn go<T: CudaDType + DeviceRepr>(i: &CeInputs<'_>, coef: f32, dev: &CudaDevice) -> Result<CudaStorage> {
+        let (lo1, lo2) = offsets(i.logits.1, "logits")?;
+        let (la1, la2) = offsets(i.labels.1, "labels")?;
+        let (w1, w2) = offsets(i.weights.1, "loss weights")?;
+        let logits = i.logits.0.as_cuda_slice::<T>()?.slice(lo1..lo2);
+        let labels = i.labels.0.as_cuda_slice::<u32>()?.slice(la1..la2);
+        let weights = i.weights.0.as_cuda_slice::<f32>()?.slice(w1..w2);
+        let func = dev.get_or_load_custom_func(&format!("ce_grad_{}", suffix(i.logits.0.dtype())?), MODULE, PTX)?;
+        let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(i.rows * i.vocab)? };
+        let v = i.vocab as u32;
+        let mut b = func.builder();
+        b.arg(&logits);
+        b.arg(&labels);
+        b.arg(&weights);
+        b.arg(&mut out);
+        b.arg(&v);
+        b.arg(&coef);
+        unsafe { b.launch(ce_cfg(i.rows)) }.w()?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+    }
+    let dev = i.logits.0.device().clone();
+    match i.logits.0.dtype() {
+        DType::F32 => go::<f32>(i, coef, &dev),
+        DType::BF16 => go::<half::bf16>(i, coef, &dev),
+        DType::F16 => go::<half::f16>(i, coef, &dev),
+        other => candle_core::bail!("cross-entropy takes f32, bf16 or f16 logits, got {other:?}"),
+    }
+}
