@@ -5,7 +5,7 @@
 
 use std::{env, path::PathBuf, process::Command};
 
-const KERNELS: &[&str] = &["nf4"];
+const KERNELS: &[&str] = &["nf4", "train"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

@@ -20,6 +20,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 mod twin;
+/// Training kernels (LoRA dropout, fused cross-entropy), launched by qlora-train.
+pub mod train;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/nf4.ptx"));
 const MODULE: &str = "qlora_quant_nf4";
