@@ -71,7 +71,7 @@ pub fn details(client: &HubClient, id: &str) -> Result<crate::views::ModelDetail
         .iter()
         .map(|f| crate::views::RepoFile { path: f.path.clone(), size: f.size, selected: selected.contains(&f.path) })
         .collect();
-    let cached = qlora_hub::cache::cached_listing(&client.config().cache_dir, id, &d.commit).is_some();
+    let cached = qlora_hub::cache::cached_listing(&client.config().cache_dir, id, "main").is_some_and(|l| l.commit == d.commit);
     Ok(crate::views::ModelDetail {
         id: d.id.clone(),
         revision: d.commit.clone(),

@@ -51,7 +51,9 @@ fn made_for_model(req: &TrainRequest, target: Target) -> CmdResult<TrainConfig> 
     };
     let model = need(&req.base_model, "pick the base model folder")?;
     let data = need(&req.dataset, "pick a dataset file (a preset brings its own; here there is none)")?;
-    let out = need(&req.output_dir, "pick an output folder for the adapter")?;
+    // The dataset step previews before an output folder is picked; a run needs one
+    // (start_training checks).
+    let out = if req.output_dir.trim().is_empty() { model.join("qlora-output") } else { PathBuf::from(req.output_dir.trim()) };
     if !model.is_dir() {
         return Err(AppError::new(ErrorCode::NotFound, format!("base model folder '{}' does not exist: pick a ready model, or download it first", model.display())));
     }
@@ -205,5 +207,44 @@ pub fn run(job: u64, cfg: TrainConfig, data: PreparedData, resume: bool, device:
             };
             emit(TrainEvent::Samples { job, samples, error });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(config: Option<&str>, dataset: &str) -> TrainRequest {
+        TrainRequest {
+            base_model: crate::chat_engine::tests::starter().display().to_string(),
+            dataset: dataset.into(),
+            config: config.map(String::from),
+            output_dir: "/tmp/qlora-out".into(),
+            steps: 5,
+            learning_rate: 1e-3,
+            lora_rank: 4,
+            lora_alpha: 8.0,
+            batch_size: 2,
+            context: 64,
+            resume: false,
+        }
+    }
+
+    #[test]
+    fn without_a_preset_the_config_is_made_for_the_model_with_the_knobs_put_in() {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/quillbury_mayor.jsonl");
+        let cfg = config(&request(None, &data.display().to_string()), Target::Cpu).unwrap();
+        assert_eq!(cfg.lora.target_modules.len(), 7, "{:?}", cfg.lora.target_modules);
+        assert_eq!(cfg.compute_dtype, qlora_train::config::ComputeDtype::F32);
+        assert_eq!((cfg.max_steps, cfg.lora.rank, cfg.micro_batch, cfg.data.max_len), (Some(5), 4, 2, 64));
+        assert_eq!(cfg.data.files, [data]);
+        let d = defaults_for(&request(None, "").base_model, Target::Cpu).unwrap();
+        assert_eq!((d.lora_rank, d.context, d.batch_size), (16, 256, 4));
+        assert!(d.notes[0].contains("gate_proj"), "{:?}", d.notes);
+        // No dataset and no preset: said so, naming what to pick.
+        let e = config(&request(None, ""), Target::Cpu).unwrap_err();
+        assert!(e.message.contains("without a preset config, pick a dataset file"), "{}", e.message);
+        let e = config(&TrainRequest { base_model: "/nope".into(), ..request(None, "d.jsonl") }, Target::Cpu).unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotFound, "{}", e.message);
     }
 }

@@ -42,6 +42,9 @@ pub async fn start_training(app: AppHandle, state: State<'_, AppState>, request:
     if request.steps == 0 {
         return Err(AppError::invalid("steps must be at least 1"));
     }
+    if request.output_dir.trim().is_empty() {
+        return Err(AppError::invalid("pick an output folder: checkpoints and the adapter go there"));
+    }
     // The data is checked before the job starts: a bad file is an error on the form.
     let resume = request.resume;
     let device = state.settings().open_device()?;
