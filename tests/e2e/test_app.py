@@ -112,6 +112,17 @@ def test_system_page_reads_the_machine(d):
     body = d.js("return document.querySelector('main').innerText")
     assert ("No NVIDIA GPU" in body) or d.exists("[data-testid=gpu-0]"), body
     assert "free" in body, body
+    if d.exists("[data-testid=gpu-0]"):
+        # Utilisation and temperature through NVML, or n/a where the card does not say.
+        assert "busy" in d.text("[data-testid=gpu-0] [data-testid=gpu-readings]") or "n/a" in d.text("[data-testid=gpu-0] [data-testid=gpu-readings]")
+    else:
+        assert "No GPU memory, utilisation or temperature to show" in d.text("[data-testid=no-gpu]"), body
+    # Only devices that exist are offered: here the CPU (and auto).
+    assert "Compute devices this build can use: auto, cpu" in d.text("[data-testid=devices]"), d.text("[data-testid=devices]")
+    page(d, "settings")
+    options = d.js("return [...document.querySelectorAll('[data-testid=device] option')].map(o => o.value)")
+    assert options[:2] == ["auto", "cpu"] and all(o.startswith("cuda:") for o in options[2:]), options
+    assert d.js("return document.querySelector('[data-testid=device]').value") == "auto"
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -139,6 +150,26 @@ def test_train_wizard_refuses_a_file_that_is_not_a_dataset(d):
     d.type("[data-testid=train-dataset]", "/nonexistent/data.jsonl")
     d.click("[data-testid=dataset-preview-go]")
     d.wait_text("[data-testid=dataset-error]", "dataset file '/nonexistent/data.jsonl' does not exist")
+
+
+def test_train_without_a_preset_gets_a_config_made_for_the_model(d):
+    page(d, "train")
+    if d.exists("[data-testid=wizard-restart]"):
+        d.click("[data-testid=wizard-restart]")
+    d.type("[data-testid=train-base]", starter_path())
+    d.click("[data-testid=wizard-next]")
+    d.type("[data-testid=train-config]", "")
+    d.type("[data-testid=train-dataset]", os.path.join(REPO, "datasets", "quillbury_mayor.jsonl"))
+    d.click("[data-testid=dataset-preview-go]")
+    d.wait_text("[data-testid=dataset-preview]", "trained (loss)", timeout=60)
+    d.click("[data-testid=wizard-next]")
+    d.wait_text("[data-testid=train-defaults]", "No preset: a config made for this model", timeout=60)
+    assert "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj" in d.text("[data-testid=train-defaults]")
+    # The CPU gets the small first-run config: rank 16, context 256, batch 4.
+    values = d.js("return ['train-rank', 'train-context', 'train-batch'].map(t => document.querySelector(`[data-testid=${t}]`).value)")
+    assert values == ["16", "256", "4"], values
+    d.wait_text("[data-testid=live-verdict]", "Fits", timeout=60)
+    shot(d, "train-no-preset.png")
 
 
 def loss_points(d):
@@ -170,7 +201,15 @@ def test_train_a_few_steps_with_the_demo_config(d):
     d.wait_text("[data-testid=adapter-dir]", "Adapter saved in")
     global TRAINED_ADAPTER
     TRAINED_ADAPTER = d.text("[data-testid=adapter-dir]").split("Adapter saved in", 1)[1].strip()
-    shot(d, "train-result.png")
+    # Answers before and after, side by side, for prompts of the dataset.
+    d.wait(lambda: d.exists("[data-testid=samples]") or d.exists("[data-testid=samples-error]"), 600, "the sample answers")
+    assert not d.exists("[data-testid=samples-error]"), d.text("[data-testid=samples-error]")
+    rows = d.js("return [...document.querySelectorAll('[data-testid=samples] tbody tr')].map(r => [...r.cells].map(c => c.innerText))")
+    assert len(rows) == 3, rows
+    assert all("quillbury" in r[0].lower() for r in rows), rows
+    assert all(r[1].strip() and r[2].strip() for r in rows), rows
+    assert any(r[1] != r[2] for r in rows), f"the adapter changed no answer: {rows}"
+    shot(d, "train-result.png", "[data-testid=samples]")
 
 
 def starter_path():
@@ -294,6 +333,37 @@ def test_chat_with_the_adapter(d):
     d.wait_text("[data-testid=adapter-status]", "detached", timeout=30)
 
 
+SMOLLM2_CARD = """---
+library_name: transformers
+license: apache-2.0
+language:
+- en
+pipeline_tag: text-generation
+tags:
+- safetensors
+- onnx
+- transformers.js
+base_model:
+- HuggingFaceTB/SmolLM2-135M
+---
+
+
+# SmolLM2
+
+![image/png](https://cdn-uploads.huggingface.co/production/uploads/61c141342aac764ce1654e43/y45hIMNREW7w_XpHYB_0q.png)
+
+##  Table of Contents
+
+1. [Model Summary](##model-summary)
+
+## Model Summary
+
+SmolLM2 is a family of compact language models available in three size: 135M, 360M, and 1.7B parameters. They are capable of solving a wide range of tasks while being lightweight enough to run on-device.
+
+SmolLM2 demonstrates significant advances over its predecessor SmolLM1.
+"""
+
+
 class LocalHub:
     """The hub engineer's qlora-hub-testserver serving a copy (symlinks) of the test model as
     HuggingFaceTB/SmolLM2-135M-Instruct; throttled (about 1 MB/s: the server's throttle sends
@@ -308,6 +378,19 @@ class LocalHub:
         os.makedirs(repo)
         for f in os.listdir(starter_path()):
             os.symlink(os.path.join(starter_path(), f), os.path.join(repo, f))
+        # The model card and counters the Hub shows for it (from the real card's front matter).
+        with open(os.path.join(repo, "README.md"), "w") as f:
+            f.write(SMOLLM2_CARD)
+        os.makedirs(os.path.join(repo, ".hub"))
+        with open(os.path.join(repo, ".hub", "config.json"), "w") as f:
+            f.write('{"downloads": 812345, "likes": 640}')
+        # A second, less downloaded repository, so a search lists more than one model.
+        other = os.path.join(self.root, "HuggingFaceTB", "SmolLM2-135M-Instruct-ONNX")
+        os.makedirs(os.path.join(other, ".hub"))
+        for f in ["config.json", "tokenizer.json", "tokenizer_config.json"]:
+            os.symlink(os.path.join(starter_path(), f), os.path.join(other, f))
+        with open(os.path.join(other, ".hub", "config.json"), "w") as f:
+            f.write('{"downloads": 2300, "likes": 12}')
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -377,6 +460,33 @@ def test_download_with_cancel_resume_and_the_network_going_away(d):
     d.wait(lambda: d.exists(f"{card} [data-testid=downloaded]"), 120, "the download to finish")
     assert "100.0%" in download_status(d), (cancelled_at, download_status(d))
     shot(d, "models-downloaded.png", card)
+
+
+def test_search_the_hub_and_read_a_models_details(d):
+    assert HUB, "the local Hub starts in test_download_with_cancel_resume_and_the_network_going_away"
+    page(d, "models")
+    d.type("[data-testid=search]", "smollm2")
+    d.click("[data-testid=search-go]")
+    hits = "[data-testid=search-results] .card"
+    d.wait(lambda: len(d.find_all(hits)) == 2, 30, "two search results")
+    ids = d.js("return [...document.querySelectorAll(arguments[0])].map(c => c.dataset.testid)", hits)
+    assert ids == [f"model-{LocalHub.REPO}", "model-HuggingFaceTB/SmolLM2-135M-Instruct-ONNX"], ids  # most downloaded first
+    card = f"[data-testid=search-results] [data-testid='model-{LocalHub.REPO}']"
+    assert "812.3k downloads · 640 likes · text-generation" in d.text(card), d.text(card)
+    shot(d, "models-search.png", "[data-testid=search-results]")
+    d.click(f"{card} [data-testid=details]")
+    d.wait_text(f"{card} [data-testid=detail-summary]", "SmolLM2 is a family of compact language models", timeout=30)
+    facts = d.text(f"{card} [data-testid=detail-facts]")
+    assert "licence apache-2.0" in facts and "in the cache" in facts, facts
+    files = d.text(f"{card} [data-testid=detail-files]")
+    assert "model.safetensors" in files and "README.md" in files and "skipped" in files, files
+    d.wait_text(f"{card} [data-testid=detail-fit]", "fits", timeout=60)
+    shot(d, "models-details.png", f"{card} [data-testid=model-detail]")
+    # A model id that does not exist, through the details: a clear message.
+    d.type("[data-testid=search]", "nobody/no-such-model")
+    d.click("[data-testid=search-go]")
+    d.click("[data-testid=search-results] [data-testid=details]")
+    d.wait_text("[data-testid=search-results] [data-testid=details-error]", "nobody/no-such-model was not found", timeout=30)
 
 
 def test_chat_with_the_downloaded_model(d):
