@@ -485,20 +485,26 @@ pub fn card_summary(readme: &str) -> String {
             in_code = !in_code;
             continue;
         }
-        let skip = in_code || line.starts_with('#') || line.starts_with("![") || line.starts_with("[![") || line.starts_with('<') || line.starts_with('|') || line.starts_with("---");
+        let skip = in_code || line.starts_with('#') || line.starts_with("![") || line.starts_with("[![") || line.starts_with('<') || line.starts_with('|') || line.starts_with("---") || is_list_item(line);
         if line.is_empty() || skip {
             if !para.is_empty() {
                 break;
             }
             continue;
         }
-        para.push(line.trim_start_matches(['-', '*', '>']).trim());
+        para.push(line.trim_start_matches('>').trim());
     }
     let text = strip_links(&para.join(" "));
     match text.char_indices().nth(600) {
         Some((i, _)) => format!("{}…", text[..i].trim_end()),
         None => text,
     }
+}
+
+/// `- a`, `* a`, `+ a`, `1. a`: a table of contents or a feature list, not the summary.
+fn is_list_item(line: &str) -> bool {
+    let digits = line.chars().take_while(char::is_ascii_digit).count();
+    ["- ", "* ", "+ "].iter().any(|p| line.starts_with(p)) || (digits > 0 && line[digits..].starts_with(". "))
 }
 
 /// `[text](url)` becomes `text`; `**bold**` and `` `code` `` lose their marks.
@@ -540,6 +546,10 @@ mod tests {
         let card = "---\nlicense: apache-2.0\n---\n\n# SmolLM2\n\n![logo](x.png)\n\nSmolLM2 is a family of **compact** language\nmodels, see [the paper](https://arxiv.org/x).\n\nSecond paragraph.\n";
         assert_eq!(card_summary(card), "SmolLM2 is a family of compact language models, see the paper.");
         assert_eq!(card_summary("# only a title\n"), "");
+        // SmolLM2's card: a table of contents before the prose.
+        let toc = "# SmolLM2\n\n![image/png](x.png)\n\n##  Table of Contents\n\n1. [Model Summary](##model-summary)\n2. [Limitations](##limitations)\n\n## Model Summary\n\nSmolLM2 is a family of compact language models.\n";
+        assert_eq!(card_summary(toc), "SmolLM2 is a family of compact language models.");
+        assert_eq!(card_summary("- a feature\n* another\n\n> Quoted prose."), "Quoted prose.");
         assert_eq!(card_summary("```\ncode\n```\nText after code."), "Text after code.");
         let long = "word ".repeat(300);
         let s = card_summary(&long);
