@@ -95,10 +95,12 @@ fn answer(tm: &TextModel, p: &Prompt, cancel: &CancelToken) -> CmdResult<String>
     .map_err(engine_err)?;
     let opts = GenerateOptions { max_new_tokens: MAX_NEW_TOKENS, temperature: 0.0, ..Default::default() };
     let g = tm.generator().generate(&ids, &opts, &NoProgress, cancel).map_err(engine_err)?;
-    if g.reason == StopReason::Cancelled {
-        return Err(qlora_jobs::Cancelled.into());
+    match g.reason {
+        StopReason::Cancelled => Err(qlora_jobs::Cancelled.into()),
+        // Cut at the token budget: say so.
+        StopReason::MaxTokens => Ok(format!("{}…", g.text.trim())),
+        _ => Ok(g.text.trim().to_string()),
     }
-    Ok(g.text.trim().to_string())
 }
 
 /// Answers `prompts` with the base model in `model_dir`, then with `adapter` attached.

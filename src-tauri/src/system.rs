@@ -58,7 +58,8 @@ pub struct DiskView {
 #[derive(Debug, Clone, Serialize, TS)]
 pub struct SystemInfo {
     pub gpus: Vec<GpuView>,
-    /// Why there is no GPU (NVML's words) when `gpus` is empty.
+    /// Why there is no GPU, in NVML's words (e.g. the driver library is missing), when `gpus`
+    /// is empty.
     pub no_gpu_reason: Option<String>,
     #[ts(type = "number")]
     pub ram_total_bytes: u64,
@@ -102,6 +103,8 @@ fn core_err(e: gpu::GpuError) -> AppError {
 pub fn read(cache_dir: &std::path::Path) -> CmdResult<SystemInfo> {
     let (gpus, no_gpu_reason) = match gpu::detect_gpus() {
         Ok(g) => (g.iter().map(GpuView::from).collect(), None),
+        // NVML's own words; the page says the rest.
+        Err(gpu::GpuError::NoGpu { reason }) => (Vec::new(), Some(reason)),
         Err(e) => (Vec::new(), Some(e.to_string())),
     };
     let ram = gpu::system_memory().map_err(core_err)?;
@@ -182,7 +185,7 @@ mod tests {
         let info = read(dir.path()).unwrap();
         if info.gpus.is_empty() {
             let reason = info.no_gpu_reason.unwrap();
-            assert!(reason.starts_with("no NVIDIA GPU found"), "{reason}");
+            assert!(!reason.is_empty() && !reason.starts_with("no NVIDIA GPU found"), "NVML's reason alone: {reason}");
             assert_eq!(info.devices, ["auto", "cpu"]);
         }
         assert!(info.ram_total_bytes > 0 && info.cpu_threads >= 1);

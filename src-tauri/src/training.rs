@@ -84,7 +84,11 @@ pub fn defaults_for(base_model: &str, target: Target) -> CmdResult<TrainDefaults
         context: c.data.max_len as u32,
         notes: vec![
             format!("LoRA on {}", c.lora.target_modules.join(", ")),
-            format!("{:?} compute, NF4 base, {} micro-batches per step, cosine schedule", c.compute_dtype, c.grad_accum).to_lowercase(),
+            format!(
+                "{} compute on an NF4 base, {}, cosine schedule",
+                format!("{:?}", c.compute_dtype).to_lowercase(),
+                if c.grad_accum > 1 { format!("gradients accumulated over {} batches", c.grad_accum) } else { "no gradient accumulation".into() }
+            ),
         ],
     })
 }

@@ -48,7 +48,8 @@ export type DiskView = { path: string, total_bytes: number, available_bytes: num
 
 export type SystemInfo = { gpus: Array<GpuView>, 
 /**
- * Why there is no GPU (NVML's words) when `gpus` is empty.
+ * Why there is no GPU, in NVML's words (e.g. the driver library is missing), when `gpus`
+ * is empty.
  */
 no_gpu_reason: string | null, ram_total_bytes: number, ram_available_bytes: number, 
 /**

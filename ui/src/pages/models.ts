@@ -93,6 +93,7 @@ function modelCard(id: string, title: string, meta: string, note: string, cleanu
         try {
           const d = await call("model_info", { id });
           clear(more);
+          card.classList.add("expanded"); // the files table needs the whole row
           more.append(detailView(d));
         } catch (e) { clear(more); more.append(errorBox(e as AppError, "details-error")); }
       } }, "Details"),
@@ -132,7 +133,8 @@ export function modelsPage(root: HTMLElement): () => void {
     try {
       const hits = await call("search_models", { query: q });
       if (hits.length === 0) results.append(notice(`no model on the Hub matches '${q}'`, "info", "search-empty"));
-      for (const m of hits) results.append(modelCard(m.id, m.id, hitLine(m), "", cleanups));
+      if (hits.length) results.append(h("div", { class: "muted full-row", "data-testid": "search-count" }, `${hits.length} model${hits.length > 1 ? "s" : ""} on the Hub match '${q}', most downloaded first`));
+      for (const m of hits) results.append(modelCard(m.id, m.id.split("/")[1] ?? m.id, hitLine(m), "", cleanups));
     } catch (e) {
       results.append(errorBox(e as AppError, "search-error"));
     }

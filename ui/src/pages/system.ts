@@ -26,7 +26,10 @@ export function systemPage(root: HTMLElement): () => void {
     const s = state.system;
     if (!s) return void body.append(notice("Reading the machine…"));
     body.append(h("h2", {}, "GPUs"));
-    if (s.gpus.length === 0) body.append(notice(`No NVIDIA GPU found: models run and train on the CPU (${s.cpu_threads} threads), slower but complete. No GPU memory, utilisation or temperature to show. ${s.no_gpu_reason ?? ""}`, "warn", "no-gpu"));
+    if (s.gpus.length === 0) {
+      body.append(notice(`No NVIDIA GPU found: models run and train on the CPU (${s.cpu_threads} threads), slower but complete. No GPU memory, utilisation or temperature to show.`, "warn", "no-gpu"));
+      if (s.no_gpu_reason) body.append(h("div", { class: "muted", "data-testid": "no-gpu-reason" }, `NVML says: ${s.no_gpu_reason}`));
+    }
     for (const g of s.gpus) body.append(gpuCard(g));
     body.append(h("p", { class: "muted", "data-testid": "devices" }, `Compute devices this build can use: ${s.devices.join(", ")}${s.cuda_built ? "" : " (built without CUDA)"}. Pick one in Settings.`));
     body.append(h("h2", {}, "Memory"), gauge(s.ram_total_bytes - s.ram_available_bytes, s.ram_total_bytes, "ram"));

@@ -158,7 +158,7 @@ function samplesView(t: NonNullable<typeof state.training>): HTMLElement | null 
   if (t.samplesStatus === "pending") return notice("Answering a few of the dataset's prompts with the base model, then with the new adapter…", "info", "samples-pending");
   if (t.samplesStatus === "failed" && t.samplesError) return errorBox(t.samplesError, "samples-error");
   if (!t.samples.length) return null;
-  return h("div", {},
+  return h("div", { class: "samples-block" },
     h("h2", {}, "Answers before and after"),
     h("p", { class: "muted" }, "Greedy, short answers to prompts from the dataset: the base model alone, then with the adapter this run made."),
     h("table", { class: "table samples-table", "data-testid": "samples" },
