@@ -139,8 +139,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("settings.json");
         assert_eq!(Settings::load(&path).unwrap(), Settings::default());
-        let mut s = Settings::default();
-        s.offline = true;
+        let mut s = Settings { offline: true, device: "cpu".into(), ..Default::default() };
         s.add_local_dir(Path::new("/models"));
         assert!(!s.add_local_dir(Path::new("/models")));
         s.validate().unwrap();
