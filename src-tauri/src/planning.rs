@@ -39,13 +39,23 @@ pub fn precision(key: &str) -> CmdResult<Precision> {
         .ok_or_else(|| AppError::invalid(format!("precision '{key}' is not one of fp32, bf16, fp16, int8, nf4, nf4_dq")))
 }
 
-/// Plans the request. Blocking (reads the Hub or a folder): call it off the main thread.
-pub fn plan(req: &PlanRequest, hub: qlora_hub::HubClient) -> CmdResult<PlanReport> {
-    let target = match &req.gpu {
-        GpuChoice::ThisMachine => Target::detect(),
-        GpuChoice::Preset { id } => Target::preset(id),
+/// This machine as the planner sees it: the GPU, unless Settings' compute device is the CPU.
+fn this_machine(device: qlora_engine::DeviceChoice) -> CmdResult<Target> {
+    if device != qlora_engine::DeviceChoice::Cpu {
+        return Target::detect().map_err(to_app);
     }
-    .map_err(to_app)?;
+    let ram = qlora_gpu::system_memory().map_err(|e| AppError::new(ErrorCode::Internal, e.to_string()))?;
+    let note = "the compute device is set to the CPU in Settings: planning against system RAM".to_string();
+    Ok(Target::cpu(ram.total_bytes, ram.available_bytes, Some(note)))
+}
+
+/// Plans the request on `device` (Settings' choice) for "this machine". Blocking (reads the
+/// Hub or a folder): call it off the main thread.
+pub fn plan(req: &PlanRequest, hub: qlora_hub::HubClient, device: qlora_engine::DeviceChoice) -> CmdResult<PlanReport> {
+    let target = match &req.gpu {
+        GpuChoice::ThisMachine => this_machine(device)?,
+        GpuChoice::Preset { id } => Target::preset(id).map_err(to_app)?,
+    };
     let model = req.model.trim();
     let local = Path::new(model).is_dir();
     if model.starts_with('/') && !local {
@@ -134,4 +144,33 @@ fn smallest_fitting(p: &qp::Plan) -> Option<String> {
         .into_iter()
         .find(|&q| p.inference.get(q).verdict.fits())
         .map(|q| format!("load it in {}", q.key()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Settings' device set to the CPU: "this machine" is planned against system RAM, and the
+    /// page says why, whatever GPU the machine has.
+    #[test]
+    fn cpu_device_plans_against_system_ram() {
+        let model = crate::chat_engine::tests::starter();
+        let req = PlanRequest {
+            model: model.display().to_string(),
+            gpu: GpuChoice::ThisMachine,
+            precision: "nf4".into(),
+            context: 256,
+            train: true,
+            batch_size: 1,
+            lora_rank: 8,
+            gradient_checkpointing: true,
+        };
+        let cache = tempfile::tempdir().unwrap();
+        let settings = crate::settings::Settings { offline: true, ..Default::default() };
+        let hub = crate::hub::client(&settings, cache.path().to_path_buf()).unwrap();
+        let r = plan(&req, hub, qlora_engine::DeviceChoice::Cpu).unwrap();
+        assert_eq!(r.device, "CPU (system RAM)");
+        assert!(r.notes.iter().any(|n| n.contains("set to the CPU in Settings")), "{:?}", r.notes);
+        assert_eq!(r.verdict, Verdict::Fits, "{r:?}");
+    }
 }

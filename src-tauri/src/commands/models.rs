@@ -62,8 +62,10 @@ pub async fn plan_model(state: State<'_, AppState>, request: PlanRequest) -> Cmd
     if !model.starts_with('/') {
         check_model_id(model)?;
     }
-    let hub = crate::hub::client(&state.settings(), state.cache_dir())?;
-    super::app::run_blocking(move || crate::planning::plan(&request, hub)).await
+    let settings = state.settings();
+    let device = settings.device_choice()?;
+    let hub = crate::hub::client(&settings, state.cache_dir())?;
+    super::app::run_blocking(move || crate::planning::plan(&request, hub, device)).await
 }
 
 #[tauri::command]
