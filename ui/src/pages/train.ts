@@ -155,7 +155,12 @@ function runView(body: HTMLElement, next: () => void): () => void {
 }
 
 function samplesView(t: NonNullable<typeof state.training>): HTMLElement | null {
-  if (t.samplesStatus === "pending") return notice("Answering a few of the dataset's prompts with the base model, then with the new adapter…", "info", "samples-pending");
+  if (t.samplesStatus === "pending") {
+    return h("div", { class: "notice info row", "data-testid": "samples-pending" },
+      "Answering a few of the dataset's prompts with the base model, then with the new adapter…",
+      h("button", { "data-testid": "samples-skip", onclick: () => call("cancel_training", { job: t.job }).catch(() => {}) }, "Skip"));
+  }
+  if (t.samplesStatus === "failed" && t.samplesError?.code === "cancelled") return notice("Sample answers skipped.", "info", "samples-skipped");
   if (t.samplesStatus === "failed" && t.samplesError) return errorBox(t.samplesError, "samples-error");
   if (!t.samples.length) return null;
   return h("div", { class: "samples-block" },
