@@ -50,6 +50,12 @@ pub const SEARCH_LIMIT: usize = 20;
 
 /// Hub models whose id contains `query`, most downloaded first. Blocking: call off the main thread.
 pub fn search(client: &HubClient, query: &str) -> Result<Vec<crate::views::ModelHit>, AppError> {
+    if client.config().offline {
+        return Err(AppError::new(
+            ErrorCode::Offline,
+            "offline mode is on: searching the Hub needs the network; turn offline mode off in Settings, or use a ready or cached model",
+        ));
+    }
     let found = qlora_hub::remote::block_on(qlora_hub::remote::search_models(client, query.trim(), SEARCH_LIMIT)).map_err(to_app)?;
     Ok(found
         .into_iter()

@@ -62,10 +62,15 @@ pub fn plan(req: &PlanRequest, hub: qlora_hub::HubClient, device: qlora_engine::
         return Err(AppError::new(ErrorCode::NotFound, format!("model folder '{model}' does not exist")));
     }
     let cache_dir = hub.config().cache_dir.clone();
-    let meta = if local {
-        qp::gather(&qp::LocalFolder::new(model))
-    } else {
-        qp::gather(&qp::HubSource::new(hub, model, "main"))
+    // Offline, a cached model is planned from its snapshot folder (the Hub cannot be asked).
+    let snapshot = (!local && hub.config().offline)
+        .then(|| qlora_hub::cache::cached_listing(&cache_dir, model, "main"))
+        .flatten()
+        .map(|l| qlora_hub::cache::layout::RepoCache::new(&cache_dir, model).snapshot_dir(&l.commit));
+    let meta = match (&snapshot, local) {
+        (_, true) => qp::gather(&qp::LocalFolder::new(model)),
+        (Some(snap), false) => qp::gather(&qp::LocalFolder::new(snap)),
+        (None, false) => qp::gather(&qp::HubSource::new(hub, model, "main")),
     }
     .map_err(to_app)?;
     let train = req.train.then(|| TrainOptions {
@@ -82,7 +87,11 @@ pub fn plan(req: &PlanRequest, hub: qlora_hub::HubClient, device: qlora_engine::
     let mut p = qp::plan(&meta, &target, &opts, overheads).map_err(to_app)?;
     let disk_dir = if local { Path::new(model).to_path_buf() } else { cache_dir };
     let _ = p.disk.check_free_space(&disk_dir, overheads.verdict.tight_fraction.value);
-    report(&p, req)
+    let mut r = report(&p, req)?;
+    if snapshot.is_some() {
+        r.notes.push("offline: planned from the copy in the cache".into());
+    }
+    Ok(r)
 }
 
 fn report(p: &qp::Plan, req: &PlanRequest) -> CmdResult<PlanReport> {

@@ -51,6 +51,7 @@ fn unknown_model_network_gone_and_offline_have_their_codes() {
     assert!(e.message.contains("test-org/nope was not found"), "{}", e.message);
     let e = hub::search(&client(&server.url(), true, cache.path()), "tiny").unwrap_err();
     assert_eq!(e.code, ErrorCode::Offline, "{}", e.message);
+    assert!(e.message.contains("turn offline mode off in Settings"), "{}", e.message);
     server.shutdown();
     let e = hub::details(&c, REPO).unwrap_err();
     assert_eq!(e.code, ErrorCode::Offline, "{}", e.message);

@@ -487,6 +487,28 @@ def test_search_the_hub_and_read_a_models_details(d):
     d.click("[data-testid=search-go]")
     d.click("[data-testid=search-results] [data-testid=details]")
     d.wait_text("[data-testid=search-results] [data-testid=details-error]", "nobody/no-such-model was not found", timeout=30)
+    # Offline: a search says it needs the network; a cached model's details come from the cache.
+    set_offline(d, True)
+    page(d, "models")
+    d.type("[data-testid=search]", "smollm2")
+    d.click("[data-testid=search-go]")
+    d.wait_text("[data-testid=search-error]", "offline mode is on: searching the Hub needs the network", timeout=30)
+    curated = f"[data-testid=curated] [data-testid='model-{LocalHub.REPO}']"
+    d.click(f"{curated} [data-testid=details]")
+    d.wait_text(f"{curated} [data-testid=detail-facts]", "offline: read from the cache", timeout=30)
+    assert "model.safetensors" in d.text(f"{curated} [data-testid=detail-files]")
+    # The planner's verdict, from the cached copy.
+    d.wait_text(f"{curated} [data-testid=detail-fit]", "fits", timeout=60)
+    shot(d, "models-offline-details.png", f"{curated} [data-testid=model-detail]")
+    set_offline(d, False)
+
+
+def set_offline(d, on):
+    page(d, "settings")
+    if d.js("return document.querySelector('[data-testid=offline]').checked") != on:
+        d.click("[data-testid=offline]")
+    d.click("[data-testid=settings-save]")
+    d.find("[data-testid=settings-saved]")
 
 
 def test_chat_with_the_downloaded_model(d):

@@ -22,9 +22,9 @@ describe("models page text", () => {
     expect(hitLine({ id: "a/b", downloads: 0, likes: 0, pipeline_tag: null, gated: false })).toBe("0 downloads · 0 likes");
   });
   it("details: what a download fetches against the whole repository", () => {
-    expect(detailFacts(detail)).toBe("licence mit · download 4.49 KB (repository 9.38 KB) · text-generation · 1.2k downloads · revision 0123456789");
+    expect(detailFacts(detail)).toBe("licence mit · download size 4.49 KB (repository 9.38 KB) · text-generation · 1.2k downloads · revision 0123456789");
     expect(detailFacts({ ...detail, license: null, gated: true, cached: true, from_cache: true })).toBe(
-      "licence not stated · download 4.49 KB (repository 9.38 KB) · text-generation · gated · in the cache · offline: read from the cache · revision 0123456789");
+      "licence not stated · download size 4.49 KB (repository 9.38 KB) · text-generation · gated · in the cache · offline: read from the cache · revision 0123456789");
   });
   it("files a download fetches come first, largest first", () => {
     expect(orderFiles(detail.files).map((f) => f.path)).toEqual(["model.safetensors", "config.json", "pytorch_model.bin", "README.md"]);
@@ -33,6 +33,7 @@ describe("models page text", () => {
     expect(summaryText(detail)).toBe("This model has no card text.");
     expect(summaryText({ ...detail, gated: true })).toContain("accept it on the Hub");
     expect(summaryText({ ...detail, summary: "A model." })).toBe("A model.");
+    expect(summaryText({ ...detail, from_cache: true })).toContain("Offline: the model card was not downloaded");
   });
   it("device labels name the GPU", () => {
     const gpu = { index: 1, name: "RTX 2080" } as GpuView;

@@ -21,7 +21,7 @@ export function hitLine(m: ModelHit): string {
 
 /** The facts line of a model's details. */
 export function detailFacts(d: ModelDetail): string {
-  const parts = [`licence ${d.license ?? "not stated"}`, `download ${formatBytes(d.download_bytes)} (repository ${formatBytes(d.repo_bytes)})`];
+  const parts = [`licence ${d.license ?? "not stated"}`, `download size ${formatBytes(d.download_bytes)} (repository ${formatBytes(d.repo_bytes)})`];
   if (d.pipeline_tag) parts.push(d.pipeline_tag);
   if (!d.from_cache) parts.push(`${formatCount(d.downloads)} downloads`);
   if (d.gated) parts.push("gated");
@@ -39,6 +39,7 @@ export function orderFiles(files: RepoFile[]): RepoFile[] {
 /** A summary, or what to say when the card has none. */
 export function summaryText(d: ModelDetail): string {
   if (d.summary.trim()) return d.summary;
+  if (d.from_cache) return "Offline: the model card was not downloaded with the model; it shows here when the Hub can be reached.";
   if (d.gated) return "The model card is behind the licence: accept it on the Hub and set a token in Settings to read it.";
   return "This model has no card text.";
 }
