@@ -48,8 +48,14 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 }
 
 /// Softmax over the last dimension. The row maximum is subtracted for stability and detached
-/// (it cancels out of the result, so its gradient is zero anyway).
+/// (it cancels out of the result, so its gradient is zero anyway). On CUDA, f32 input goes
+/// through one fused kernel whose backward needs only the output ([`fused_softmax`]): the
+/// graph then keeps one `[B, H, T, T]` tensor instead of four.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() && x.dtype() == DType::F32 {
+        return fused_softmax::softmax(x);
+    }
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     let sum = e.sum_keepdim(D::Minus1)?;
@@ -85,6 +91,69 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// exactly this formula and has a backward pass.
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     x.gelu()
+}
+
+/// The CUDA softmax with its backward (`qlora-quant/kernels/train.cu`), and CPU twins of both
+/// (f32) so the op runs, and is checked, anywhere.
+#[cfg(feature = "cuda")]
+pub mod fused_softmax {
+    use candle_core::backend::BackendStorage;
+    use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+
+    fn rows<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], usize)> {
+        let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("softmax: input is not contiguous") };
+        Ok((&s.as_slice::<f32>()?[a..b], *l.dims().last().unwrap_or(&1)))
+    }
+
+    struct Softmax;
+
+    impl CustomOp1 for Softmax {
+        fn name(&self) -> &'static str {
+            "softmax-last-dim"
+        }
+        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+            let (x, cols) = rows(s, l)?;
+            let mut y = Vec::with_capacity(x.len());
+            for row in x.chunks(cols.max(1)) {
+                let m = row.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
+                let e: Vec<f32> = row.iter().map(|v| (v - m).exp()).collect();
+                let sum: f32 = e.iter().sum();
+                y.extend(e.into_iter().map(|v| v / sum));
+            }
+            Ok((CpuStorage::F32(y), l.shape().clone()))
+        }
+        fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+            Ok((qlora_quant::cuda::train::softmax_f32(s, l)?, l.shape().clone()))
+        }
+        fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+            Ok(Some(res.contiguous()?.apply_op2_no_bwd(&grad_res.contiguous()?, &SoftmaxBwd)?))
+        }
+    }
+
+    struct SoftmaxBwd;
+
+    impl CustomOp2 for SoftmaxBwd {
+        fn name(&self) -> &'static str {
+            "softmax-last-dim-bwd"
+        }
+        fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+            let ((y, cols), (g, _)) = (rows(s1, l1)?, rows(s2, l2)?);
+            let mut dx = Vec::with_capacity(y.len());
+            for (yr, gr) in y.chunks(cols.max(1)).zip(g.chunks(cols.max(1))) {
+                let s: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                dx.extend(yr.iter().zip(gr).map(|(a, b)| a * (b - s)));
+            }
+            Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        }
+        fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+            Ok((qlora_quant::cuda::train::softmax_bwd_f32((s1, l1), (s2, l2))?, l1.shape().clone()))
+        }
+    }
+
+    /// Softmax over the last dimension of an f32 tensor, differentiable.
+    pub fn softmax(x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1(Softmax)
+    }
 }
 
 #[cfg(test)]

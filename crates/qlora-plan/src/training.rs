@@ -82,35 +82,67 @@ pub fn lora_parameters(s: &ArchSpec, rank: u64, targets: &[(u64, u64)]) -> u64 {
     s.num_layers * targets.iter().map(|(o, i)| rank * (i + o)).sum::<u64>()
 }
 
-/// Bytes one decoder layer keeps for backward, for `bt` = batch × seq tokens (c = 2 bytes).
-pub fn layer_activation_bytes(s: &ArchSpec, batch: u64, t: u64, rank: u64, targets: &[(u64, u64)], dropout: bool) -> u64 {
-    let (c, bt, h) = (2u64, batch * t, s.hidden_size);
+/// Bytes per activation element as the trainer computes: f32 on the CPU (the CPU path's fast
+/// and default compute dtype), bf16 on a GPU.
+pub fn activation_elem_bytes(device: DeviceKind) -> u64 {
+    match device {
+        DeviceKind::Cpu => 4,
+        DeviceKind::Cuda => 2,
+    }
+}
+
+/// Bytes one decoder layer's autograd graph holds (every intermediate its forward made, which
+/// candle keeps until backward), for `bt` = batch × seq tokens. On a GPU the activations are
+/// bf16, LoRA runs in bf16 and the attention softmax is one fused op; on the CPU everything is
+/// f32 and the softmax is composite (max, subtract, exp, sum, divide).
+pub fn layer_activation_bytes(s: &ArchSpec, batch: u64, t: u64, rank: u64, targets: &[(u64, u64)], dropout: bool, device: DeviceKind) -> u64 {
+    let c = activation_elem_bytes(device);
+    let (bt, h) = (batch * t, s.hidden_size);
     let norms = if s.parallel_block { 1 } else { 2 };
-    // Per norm: f32 upcast and the 16-bit output; plus the layer input and the residual sums.
-    let hidden = bt * h * (norms * (4 + c) + 3 * c);
+    // Per norm: the f32 upcast (none when already f32), its square, the normalised f32, the
+    // cast back (none in f32) and the weighted output; plus the layer input and residual sums.
+    let upcast = if c == 4 { 0 } else { 4 + c };
+    let hidden = bt * h * (norms * (8 + upcast + c) + 3 * c);
     let qkv_width = s.q_dim() + 2 * s.kv_dim();
-    // Projection outputs, their head-major copies, rotary outputs of q and k.
-    let qkv = bt * (2 * qkv_width + s.q_dim() + s.kv_dim()) * c;
+    // Projection outputs, their head-major copies, rotary q and k (mul, neg, cat, mul, add).
+    let qkv = bt * (2 * qkv_width + 4 * (s.q_dim() + s.kv_dim())) * c;
     let repeated = if s.num_kv_heads == s.num_heads { 0 } else { 2 * bt * s.q_dim() * c };
-    // Scores: matmul c, scaled c, f32, masked f32, exp f32, softmax f32, cast back c.
-    let scores = batch * s.num_heads * t * t * (4 * 4 + 3 * c);
+    // Scores: the matmul, scaled, f32 (no copy when already f32), masked, the softmax's own
+    // intermediates (GPU: the fused output only; CPU: subtract, exp, divide), cast back.
+    let scores_per = match device {
+        DeviceKind::Cuda => 2 * c + 4 + 4 + 4 + c,
+        DeviceKind::Cpu => 2 * c + 4 + 3 * 4,
+    };
+    let scores = batch * s.num_heads * t * t * scores_per;
     let attn_out = 2 * bt * s.q_dim() * c;
     let mlp = if s.parallel_block { 2 } else { 4 } * bt * s.intermediate_size * c;
-    // LoRA: f32 input copy (+ mask and masked copy with dropout), x·Aᵀ, the f32 update, its cast.
+    // LoRA: the dropped-out input, x·Aᵀ, its product with Bᵀ, scaled, added to the base output;
+    // on the CPU in f32 (the input upcast first when the model computes in 16-bit).
     let lora: u64 = targets
         .iter()
-        .map(|(o, i)| bt * (i * 4 * if dropout { 3 } else { 1 } + rank * 4 + o * (4 + c)))
+        .map(|(o, i)| match device {
+            DeviceKind::Cuda => bt * (i * if dropout { c } else { 0 } + rank * c + o * 3 * c),
+            DeviceKind::Cpu => bt * (i * (if c == 4 { 0 } else { 4 } + if dropout { 4 } else { 0 }) + rank * 4 + o * (8 + c)),
+        })
         .sum();
     hidden + qkv + repeated + scores + attn_out + mlp + lora
 }
 
-/// The chunked loss's buffer: logits of one chunk in 16-bit, f32 copy, f32 log-softmax, and in
-/// backward their f32 gradients and the 16-bit one: 2 + 4 + 4 + 4 + 4 + 2 = 20 bytes each.
-pub fn logits_bytes(s: &ArchSpec, batch: u64, seq_len: u64) -> u64 {
-    batch * seq_len.min(LOSS_CHUNK) * s.vocab_size * 20
+/// The chunked loss's buffer, per element of one chunk's `[B·min(T, 256), vocab]` logits. GPU:
+/// the 16-bit logits and the 16-bit gradient the fused cross-entropy writes (2 + 2). CPU: the
+/// f32 logits, the log-softmax's three f32 intermediates, its exponential, the weighted
+/// softmax and the scattered gradient (4 × 7).
+pub fn logits_bytes(s: &ArchSpec, batch: u64, seq_len: u64, device: DeviceKind) -> u64 {
+    let per = match device {
+        DeviceKind::Cuda => 4,
+        DeviceKind::Cpu => 28,
+    };
+    batch * seq_len.min(LOSS_CHUNK) * s.vocab_size * per
 }
 
-/// The untied head's weight (and bias) gradient alive during a loss chunk's backward.
+/// An untied head's `[vocab, hidden]` 16-bit copy during the loss: on the CPU candle's autograd
+/// builds the frozen head's weight gradient in each chunk's backward; on a GPU the loss reads
+/// `Wᵀ` back once per micro-batch for its closed-form input gradient. 0 for tied heads.
 pub fn head_grad_bytes(s: &ArchSpec) -> u64 {
     if s.tie_embeddings {
         return 0;
@@ -136,18 +168,19 @@ pub fn training_memory(
     let targets = lora_targets(s, &o.targets)?;
     let params = lora_parameters(s, o.rank, &targets);
     let (b, t) = (o.micro_batch, o.seq_len);
-    let layer = layer_activation_bytes(s, b, t, o.rank, &targets, o.dropout);
+    let layer = layer_activation_bytes(s, b, t, o.rank, &targets, o.dropout, device);
+    let c = activation_elem_bytes(device);
     // Embedding output and final norm stay alive in both modes.
-    let outside = 2 * b * t * s.hidden_size * 2;
+    let outside = 2 * b * t * s.hidden_size * c;
     let activations = if o.checkpointing {
         // Every layer's input, one layer recomputed, and its gradients during backward.
-        s.num_layers * b * t * s.hidden_size * 2 + 2 * layer + outside
+        s.num_layers * b * t * s.hidden_size * c + 2 * layer + outside
     } else {
         (s.num_layers + 1) * layer + outside
     };
     let base = weights_bytes(s, tensors, o.base);
     let scratch = largest_projection_numel(s, tensors) * (4 + 2);
-    let logits = logits_bytes(s, b, t);
+    let logits = logits_bytes(s, b, t, device);
     let head_grad = head_grad_bytes(s);
     let working = base + params * 16 + activations + logits + head_grad + scratch;
     let overhead = overheads.overhead_bytes(device, working);
@@ -191,14 +224,15 @@ mod tests {
         assert!(e.contains("'fc1'") && e.contains("gate_proj"), "{e}");
     }
 
-    /// Gemma's 256,000-token vocabulary: micro-batch 4 × 256-position chunk × 256,000 × 20
-    /// = 5,242,880,000 bytes; micro-batch 1 is a quarter of it.
+    /// Gemma's 256,000-token vocabulary: on a GPU micro-batch 4 × 256-position chunk × 256,000
+    /// × (2 + 2) bytes = 1,048,576,000; micro-batch 1 is a quarter of it; on the CPU 28 bytes
+    /// an element.
     #[test]
     fn gemma_logits_buffer_is_large() {
         let s = spec("google--gemma-2b");
-        assert_eq!(logits_bytes(&s, 4, 512), 5_242_880_000);
-        assert_eq!(logits_bytes(&s, 1, 512), 1_310_720_000);
-        assert_eq!(logits_bytes(&s, 1, 100), 100 * 256_000 * 20);
+        assert_eq!(logits_bytes(&s, 4, 512, DeviceKind::Cuda), 4 * 256 * 256_000 * 4);
+        assert_eq!(logits_bytes(&s, 1, 512, DeviceKind::Cuda), 256 * 256_000 * 4);
+        assert_eq!(logits_bytes(&s, 1, 100, DeviceKind::Cpu), 100 * 256_000 * 28);
         assert_eq!(head_grad_bytes(&s), 0, "tied: the loss writes the gradient out");
         // Mistral's untied head: 32000 × 4096 × 2 bytes.
         assert_eq!(head_grad_bytes(&spec("mistralai--Mistral-7B-v0.1")), 262_144_000);

@@ -132,3 +132,32 @@ __device__ void ce_grad_impl(const T* __restrict__ logits, const uint32_t* __res
 CE(f32, float)
 CE(bf16, __nv_bfloat16)
 CE(f16, __half)
+
+// ---------------------------------------------------------------- softmax (attention, training)
+// y = softmax(x) over rows of `cols` f32 (x may hold -inf: a fully masked row gives 0/0 as the
+// composite does). dx = y * (g - sum(y * g)). One block per row.
+extern "C" __global__ void softmax_f32(const float* __restrict__ x, float* __restrict__ y, uint32_t cols) {
+    __shared__ float shared[32];
+    uint64_t r = blockIdx.x;
+    const float* row = x + r * cols;
+    float* out = y + r * cols;
+    float m = -INFINITY;
+    for (uint32_t j = threadIdx.x; j < cols; j += blockDim.x) m = fmaxf(m, row[j]);
+    m = block_reduce<true>(m, shared);
+    float s = 0.0f;
+    for (uint32_t j = threadIdx.x; j < cols; j += blockDim.x) s += expf(row[j] - m);
+    s = block_reduce<false>(s, shared);
+    for (uint32_t j = threadIdx.x; j < cols; j += blockDim.x) out[j] = expf(row[j] - m) / s;
+}
+
+extern "C" __global__ void softmax_bwd_f32(const float* __restrict__ y, const float* __restrict__ g,
+                                           float* __restrict__ dx, uint32_t cols) {
+    __shared__ float shared[32];
+    uint64_t r = blockIdx.x;
+    const float* yr = y + r * cols;
+    const float* gr = g + r * cols;
+    float s = 0.0f;
+    for (uint32_t j = threadIdx.x; j < cols; j += blockDim.x) s += yr[j] * gr[j];
+    s = block_reduce<false>(s, shared);
+    for (uint32_t j = threadIdx.x; j < cols; j += blockDim.x) dx[r * cols + j] = yr[j] * (gr[j] - s);
+}

@@ -84,10 +84,14 @@ impl Linear for TrainLora {
         if self.dropout > 0.0 && self.train_mode.load(Ordering::Relaxed) {
             xd = crate::ops::dropout::dropout(&xd, self.next_seed(), self.dropout)?;
         }
-        let u = xd.broadcast_matmul(&self.a.as_tensor().to_dtype(dt)?.t()?)?;
-        let d = (u.broadcast_matmul(&self.b.as_tensor().to_dtype(dt)?.t()?)? * self.scale)?;
-        let yt = y.dtype();
-        y + d.to_dtype(yt)?
+        // 2-d matmuls over the flattened rows: a broadcast one would expand A and B over the
+        // batch and sum their gradients back in backward.
+        let n_in = self.in_features();
+        let rows = xd.elem_count() / n_in.max(1);
+        let u = xd.reshape((rows, n_in))?.matmul(&self.a.as_tensor().to_dtype(dt)?.t()?)?;
+        let d = (u.matmul(&self.b.as_tensor().to_dtype(dt)?.t()?)? * self.scale)?;
+        let d = d.to_dtype(y.dtype())?.reshape(y.shape())?;
+        y + d
     }
     fn in_features(&self) -> usize {
         self.base.in_features()

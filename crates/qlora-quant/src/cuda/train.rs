@@ -133,3 +133,51 @@ pub fn ce_grad(i: &CeInputs<'_>, coef: f32) -> Result<CudaStorage> {
         other => candle_core::bail!("cross-entropy takes f32, bf16 or f16 logits, got {other:?}"),
     }
 }
+
+fn softmax_cfg(rows: usize, cols: usize) -> LaunchConfig {
+    let threads = (cols.next_multiple_of(32)).clamp(32, 1024) as u32;
+    LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Softmax over the last dimension of a contiguous f32 tensor (`rows × cols` elements).
+pub fn softmax_f32(x: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
+    let dev = x.device().clone();
+    let (o1, o2) = offsets(l, "softmax input")?;
+    let cols = *l.dims().last().unwrap_or(&1);
+    let rows = (o2 - o1) / cols.max(1);
+    let src = x.as_cuda_slice::<f32>()?.slice(o1..o2);
+    let func = dev.get_or_load_custom_func("softmax_f32", MODULE, PTX)?;
+    let mut out: CudaSlice<f32> = unsafe { dev.alloc::<f32>(o2 - o1)? };
+    let c = cols as u32;
+    let mut b = func.builder();
+    b.arg(&src);
+    b.arg(&mut out);
+    b.arg(&c);
+    unsafe { b.launch(softmax_cfg(rows, cols)) }.w()?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+}
+
+/// `y · (g − Σ y·g)` per row: the softmax's input gradient from its output `y` and the output
+/// gradient `g` (both contiguous f32, same shape).
+pub fn softmax_bwd_f32(y: (&CudaStorage, &Layout), g: (&CudaStorage, &Layout)) -> Result<CudaStorage> {
+    let dev = y.0.device().clone();
+    let (y1, y2) = offsets(y.1, "softmax output")?;
+    let (g1, g2) = offsets(g.1, "softmax gradient")?;
+    if y2 - y1 != g2 - g1 {
+        candle_core::bail!("softmax backward: output and gradient sizes differ")
+    }
+    let cols = *y.1.dims().last().unwrap_or(&1);
+    let rows = (y2 - y1) / cols.max(1);
+    let ys = y.0.as_cuda_slice::<f32>()?.slice(y1..y2);
+    let gs = g.0.as_cuda_slice::<f32>()?.slice(g1..g2);
+    let func = dev.get_or_load_custom_func("softmax_bwd_f32", MODULE, PTX)?;
+    let mut out: CudaSlice<f32> = unsafe { dev.alloc::<f32>(y2 - y1)? };
+    let c = cols as u32;
+    let mut b = func.builder();
+    b.arg(&ys);
+    b.arg(&gs);
+    b.arg(&mut out);
+    b.arg(&c);
+    unsafe { b.launch(softmax_cfg(rows, cols)) }.w()?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+}

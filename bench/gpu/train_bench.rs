@@ -1,0 +1,381 @@
+//! Our side of `bench/gpu/run_train.sh`: QLoRA training on CUDA, set up and measured as
+//! `../shared/gpu/peer/peer_bench.py`'s `bench_train` does it for transformers + peft +
+//! bitsandbytes: LoRA r 16 (alpha 32, dropout 0.05) on all seven projections of an NF4
+//! (double-quantized) base computing in bf16, gradient checkpointing, micro-batch 4 × 512
+//! random token ids with `labels = ids` (next-token loss over 511 positions a row), AdamW
+//! (lr 2e-4, torch's defaults), 3 warm-up + 10 timed steps, tokens/s = 4 · 512 · 10 / time.
+//!
+//! Peak memory is counted as torch's `max_memory_allocated` counts it: the high-water mark of
+//! bytes held by live allocations in the device's stream-ordered pool (candle allocates every
+//! tensor there with `cuMemAllocAsync`), reset after the model, LoRA and optimizer exist and
+//! before the warm-up steps. Also reported: the pool's reserved high-water mark (torch's
+//! `max_reserved`), and the whole process's device memory at that peak (what the planner
+//! predicts: the memory in use before the model was loaded, CUDA context and cuBLAS included,
+//! plus the pool's peak since just after the NF4 base was in place).
+//!
+//! The model: a checkpoint written under `--workdir` from `--config DIR/config.json` with every
+//! tensor the architecture has (Llama, Mistral, Gemma, Phi, Qwen2 layouts, from the planner's
+//! own tensor list), the projections left as file holes (zeros, nothing written), embeddings and
+//! head random (std 0.02), norms 1. It is loaded in bf16, then every projection is replaced by
+//! a random double-quantized NF4 weight of its shape (random codes: the speed of the kernels
+//! does not depend on which codes they read). One JSON object per line on stdout and `--out`.
+
+use anyhow::{bail, Context, Result};
+use qlora_studio::engine::candle_core::cuda_backend::cudarc::driver::{result, sys};
+use qlora_studio::engine::candle_core::{DType, Device, Tensor};
+use qlora_studio::engine::linear::nf4::Nf4Linear;
+use qlora_studio::engine::{LoadOptions, Model, Quant};
+use qlora_studio::plan::arch::ArchSpec;
+use qlora_studio::quant::codebook::{dynamic_map, NF4_CODE};
+use qlora_studio::quant::{Absmax, DoubleQuant, Nf4Tensor};
+use qlora_studio::train::data::batch::Batch;
+use qlora_studio::train::lora::{Attached, TrainLora};
+use qlora_studio::train::optim::{AdamW, AdamWParams, Param};
+use qlora_studio::train::trainer::step;
+use serde_json::{json, Value};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+struct Args {
+    config: PathBuf,
+    name: String,
+    out: Option<PathBuf>,
+    workdir: PathBuf,
+    steps: usize,
+    warm: usize,
+    micro_batch: usize,
+    seq: usize,
+    rank: usize,
+    checkpointing: bool,
+    profile: bool,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        config: PathBuf::new(),
+        name: String::new(),
+        out: None,
+        workdir: "/tmp".into(),
+        steps: 10,
+        warm: 3,
+        micro_batch: 4,
+        seq: 512,
+        rank: 16,
+        checkpointing: true,
+        profile: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || it.next().with_context(|| format!("{k} needs a value"));
+        match k.as_str() {
+            "--config" => a.config = v()?.into(),
+            "--name" => a.name = v()?,
+            "--out" => a.out = Some(v()?.into()),
+            "--workdir" => a.workdir = v()?.into(),
+            "--steps" => a.steps = v()?.parse()?,
+            "--warm" => a.warm = v()?.parse()?,
+            "--micro-batch" => a.micro_batch = v()?.parse()?,
+            "--seq" => a.seq = v()?.parse()?,
+            "--rank" => a.rank = v()?.parse()?,
+            "--no-checkpointing" => a.checkpointing = false,
+            "--profile" => a.profile = true,
+            _ => bail!(
+                "unknown argument {k}: use --config DIR --name NAME [--out FILE] [--workdir DIR] [--steps 10] [--warm 3] \
+                 [--micro-batch 4] [--seq 512] [--rank 16] [--no-checkpointing] [--profile]"
+            ),
+        }
+    }
+    if a.name.is_empty() || !a.config.join("config.json").is_file() {
+        bail!("usage: qlora-gpu-train-bench --config DIR (holding config.json) --name NAME [--out FILE]");
+    }
+    Ok(a)
+}
+
+fn emit(out: &Option<PathBuf>, mut v: Value) -> Result<()> {
+    v["side"] = json!("ours");
+    let line = serde_json::to_string(&v)?;
+    println!("{line}");
+    if let Some(p) = out {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
+        writeln!(f, "{line}")?;
+    }
+    Ok(())
+}
+
+/// f32 to bf16 bits, round to nearest even (finite inputs).
+fn bf16_bits(v: f32) -> u16 {
+    let b = v.to_bits();
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// xorshift64* stream of approximately normal bf16 values (sum of 4 uniforms), or a constant.
+fn fill_bf16(buf: &mut [u8], seed: u64, std: f32, constant: Option<f32>) {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for pair in buf.chunks_exact_mut(2) {
+        let v = constant.unwrap_or_else(|| {
+            let mut acc = 0f32;
+            for _ in 0..4 {
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                acc += (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
+            }
+            (acc - 2.0) * 1.732 * std
+        });
+        pair.copy_from_slice(&bf16_bits(v).to_le_bytes());
+    }
+}
+
+/// What goes in a tensor of the synthetic checkpoint: `None` = a hole (zeros).
+fn fill_of(name: &str) -> Option<Option<f32>> {
+    if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
+        Some(None)
+    } else if name.ends_with("norm.weight") {
+        Some(Some(1.0))
+    } else {
+        None
+    }
+}
+
+/// `dir/model.safetensors` (bf16) and `dir/config.json` for the architecture of `config_dir`.
+fn write_checkpoint(config_dir: &Path, dir: &Path) -> Result<()> {
+    let file = dir.join("model.safetensors");
+    if file.is_file() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::copy(config_dir.join("config.json"), dir.join("config.json"))?;
+    let spec = ArchSpec::from_dir(config_dir)?;
+    let list = qlora_studio::plan::tensors::from_arch(&spec);
+    let mut header = serde_json::Map::new();
+    let mut off = 0u64;
+    for t in &list {
+        let bytes = t.numel() * 2;
+        header.insert(t.name.clone(), json!({"dtype": "BF16", "shape": t.shape, "data_offsets": [off, off + bytes]}));
+        off += bytes;
+    }
+    let mut h = serde_json::to_vec(&Value::Object(header))?;
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let tmp = dir.join("model.safetensors.part");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&(h.len() as u64).to_le_bytes())?;
+    f.write_all(&h)?;
+    let start = 8 + h.len() as u64;
+    let mut pos = 0u64;
+    for (i, t) in list.iter().enumerate() {
+        let bytes = t.numel() * 2;
+        if let Some(constant) = fill_of(&t.name) {
+            let mut buf = vec![0u8; bytes as usize];
+            fill_bf16(&mut buf, i as u64 + 7, 0.02, constant);
+            f.seek(SeekFrom::Start(start + pos))?;
+            f.write_all(&buf)?;
+        }
+        pos += bytes;
+    }
+    f.set_len(start + pos)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &file)?;
+    Ok(())
+}
+
+/// A random double-quantized NF4 weight `[out, in]` on `dev` (codes uniform, absmax ~0.05).
+fn random_nf4(out: usize, inp: usize, dev: &Device) -> Result<Nf4Tensor> {
+    let n = out * inp;
+    let blocks = n / 64;
+    let u8s = |len: usize| -> Result<Tensor> { Ok(Tensor::rand(0f32, 255.99, len, dev)?.floor()?.to_dtype(DType::U8)?) };
+    let packed = u8s(n / 2)?;
+    let q = u8s(blocks)?;
+    let nested_absmax = Tensor::rand(0.001f32, 0.002, blocks.div_ceil(256), dev)?;
+    let dq = DoubleQuant { q, offset: 0.05, nested_absmax, nested_code: Arc::new(*dynamic_map()), nested_blocksize: 256 };
+    Ok(Nf4Tensor::from_parts(packed, Absmax::Double(dq), NF4_CODE, 64, (out, inp).into(), DType::BF16)?)
+}
+
+/// The device's default memory pool (where candle's `cuMemAllocAsync` allocations live).
+fn pool(dev: &Device) -> Result<sys::CUmemoryPool> {
+    let Device::Cuda(c) = dev else { bail!("not a CUDA device") };
+    Ok(unsafe { result::device::get_default_mem_pool(c.cuda_stream().context().cu_device())? })
+}
+
+fn pool_attr(p: sys::CUmemoryPool, attr: sys::CUmemPool_attribute) -> Result<u64> {
+    let mut v = 0u64;
+    unsafe { result::mem_pool::get_attribute(p, attr, &mut v as *mut u64 as *mut _)? };
+    Ok(v)
+}
+
+/// Resets the pool's high-water marks to the current values (torch's `reset_peak_memory_stats`).
+fn reset_peaks(p: sys::CUmemoryPool) -> Result<()> {
+    for attr in [sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH] {
+        let mut zero = 0u64;
+        unsafe { result::mem_pool::set_attribute(p, attr, &mut zero as *mut u64 as *mut _)? };
+    }
+    Ok(())
+}
+
+fn used_bytes(dev: &Device) -> Result<u64> {
+    dev.synchronize()?;
+    let (free, total) = result::mem_get_info()?;
+    Ok((total - free) as u64)
+}
+
+/// peer_bench's batches: random ids in `3..vocab`, `labels = ids` (shifted inside the loss).
+fn batch(vocab: usize, mb: usize, seq: usize, seed: u64) -> Batch {
+    let mut x = seed | 1;
+    let ids: Vec<u32> = (0..mb * seq)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            3 + (x % (vocab as u64 - 3)) as u32
+        })
+        .collect();
+    let mut labels = vec![0u32; mb * seq];
+    let mut weights = vec![0f32; mb * seq];
+    for r in 0..mb {
+        for t in 0..seq - 1 {
+            labels[r * seq + t] = ids[r * seq + t + 1];
+            weights[r * seq + t] = 1.0;
+        }
+    }
+    Batch { rows: mb, seq, ids, labels, weights, tokens: mb * seq }
+}
+
+/// LoRA (r, alpha = 2r, dropout 0.05, peft's init) on every projection.
+fn attach_lora(model: &mut Model, rank: usize, dev: &Device) -> Result<Attached> {
+    let mut out = Vec::new();
+    for (i, (path, base)) in model.projections().into_iter().enumerate() {
+        let l = Arc::new(TrainLora::new(base, rank, 2.0, 0.05, 1000 + i as u64, dev)?);
+        model.replace_projection(&path, l.clone())?;
+        out.push((path, l));
+    }
+    Ok(out)
+}
+
+fn main() -> Result<()> {
+    let a = parse_args()?;
+    let dev = Device::new_cuda(0).context("no CUDA device 0")?;
+    Tensor::ones((64, 64), DType::BF16, &dev)?.matmul(&Tensor::ones((64, 64), DType::BF16, &dev)?)?; // cuBLAS up
+    let base_used = used_bytes(&dev)?;
+    let dir = a.workdir.join(format!("ours_train_{}", a.name));
+    let t0 = Instant::now();
+    write_checkpoint(&a.config, &dir)?;
+    let write_s = t0.elapsed().as_secs_f64();
+    let opts = LoadOptions { dtype: DType::BF16, quant: Quant::None, device: dev.clone() };
+    let mut model = Model::load(&dir, &opts)?;
+    for (path, lin) in model.projections() {
+        let q = random_nf4(lin.out_features(), lin.in_features(), &dev)?;
+        model.replace_projection(&path, Arc::new(Nf4Linear::new(q, lin.bias().cloned())))?;
+    }
+    let p = pool(&dev)?;
+    unsafe { result::mem_pool::trim_to(p, 0)? };
+    dev.synchronize()?;
+    reset_peaks(p)?;
+    let weights_alloc = pool_attr(p, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?;
+    model.set_training(true);
+    let lora = attach_lora(&mut model, a.rank, &dev)?;
+    let params: Vec<Param> = lora
+        .iter()
+        .flat_map(|(n, l)| [Param { name: format!("{n}.lora_A"), var: l.a.clone() }, Param { name: format!("{n}.lora_B"), var: l.b.clone() }])
+        .collect();
+    let trainable: usize = params.iter().map(|p| p.var.elem_count()).sum();
+    let mut opt = AdamW::new(params, AdamWParams { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 })?;
+    let vocab = model.config().vocab_size;
+    let batches: Vec<Batch> = (0..a.warm + a.steps).map(|i| batch(vocab, a.micro_batch, a.seq, 7 + i as u64)).collect();
+    dev.synchronize()?;
+    let before_alloc = pool_attr(p, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?;
+    reset_peaks(p)?;
+    let mut losses = Vec::new();
+    let run = |b: &Batch, opt: &mut AdamW| -> Result<f64> {
+        let norm = b.target_count() as f64;
+        let (loss, grads) = step::micro_step(&model, &lora, b, norm, 1.0, a.checkpointing)?;
+        opt.step(&grads, 2e-4)?;
+        Ok(loss)
+    };
+    for b in &batches[..a.warm] {
+        losses.push(run(b, &mut opt)?);
+    }
+    dev.synchronize()?;
+    let t1 = Instant::now();
+    for b in &batches[a.warm..] {
+        losses.push(run(b, &mut opt)?);
+    }
+    dev.synchronize()?;
+    let dt = t1.elapsed().as_secs_f64();
+    let peak_alloc = pool_attr(p, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?;
+    let peak_reserved = pool_attr(p, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)?;
+    let toks = a.micro_batch * a.seq * a.steps;
+    let gpu = match &dev {
+        Device::Cuda(c) => c.cuda_stream().context().name().unwrap_or_default(),
+        _ => String::new(),
+    };
+    emit(&a.out, json!({
+        "metric": "qlora_train", "model": a.name, "value": toks as f64 / dt, "unit": "tok/s",
+        "timed_steps": a.steps, "warmup_steps": a.warm, "micro_batch": a.micro_batch, "seq": a.seq, "rank": a.rank,
+        "gradient_checkpointing": a.checkpointing, "time_s": dt, "s_per_step": dt / a.steps as f64,
+        "trainable_params": trainable, "loss_first": losses.first(), "loss_last": losses.last(),
+        "peak_training_phase": {"max_allocated_GiB": peak_alloc as f64 / GIB, "max_reserved_GiB": peak_reserved as f64 / GIB,
+            "note": "cuMemPool USED_MEM_HIGH / RESERVED_MEM_HIGH of the default pool, reset after model + LoRA + AdamW exist, before warm-up"},
+        "mem_before_training_GiB": before_alloc as f64 / GIB, "nf4_model_allocated_GiB": weights_alloc as f64 / GIB,
+        "process_peak_GiB": (base_used + peak_alloc) as f64 / GIB, "context_and_cublas_GiB": base_used as f64 / GIB,
+        "weight_bytes": model.weight_bytes(), "write_s": write_s, "gpu": gpu,
+        "lora": "r=16 alpha=32 dropout=0.05 all projections; NF4 double quant base, bf16 compute; AdamW lr 2e-4 wd 0.01 (torch default)",
+    }))?;
+    if a.profile {
+        profile(&a, &model, &lora, &batches[0], &mut opt)?;
+    }
+    Ok(())
+}
+
+/// Where one step's time goes: the same work as `micro_step` + `AdamW::step`, phase by phase
+/// with a device sync after each (so the phases add up to a bit more than a step).
+fn profile(a: &Args, model: &Model, lora: &Attached, b: &Batch, opt: &mut AdamW) -> Result<()> {
+    let dev = model.device().clone();
+    let mut t = Instant::now();
+    let mut lap = |what: &str, times: &mut Vec<(String, f64)>| -> Result<()> {
+        dev.synchronize()?;
+        times.push((what.to_string(), t.elapsed().as_secs_f64() * 1e3));
+        t = Instant::now();
+        Ok(())
+    };
+    let mut times = Vec::new();
+    let (ids, labels, weights) = step::batch_tensors(b, &dev)?;
+    let (cos, sin) = model.rope_tables(0, b.seq)?;
+    lap("setup", &mut times)?;
+    let mut x = model.embed(&ids)?.detach();
+    let mut inputs = Vec::new();
+    for i in 0..model.num_layers() {
+        inputs.push(x.clone());
+        x = model.layer_forward(i, &x, &cos, &sin)?.detach();
+    }
+    lap("forward (all layers, no graph kept)", &mut times)?;
+    let hidden = model.final_norm(&x)?;
+    let (_, gh) = qlora_studio::train::loss::loss_and_hidden_grad(model, &hidden, &labels, &weights, b.target_count() as f64, 1.0)?;
+    lap("loss + its hidden gradient", &mut times)?;
+    let mut g = gh;
+    let n = model.num_layers();
+    for i in (0..n).rev() {
+        let input = qlora_studio::engine::candle_core::Var::from_tensor(&inputs[i])?;
+        let out = model.layer_forward(i, input.as_tensor(), &cos, &sin)?;
+        if i == n - 1 {
+            lap("layer recompute (one layer)", &mut times)?;
+        }
+        let store = (out * &g)?.sum_all()?.backward()?;
+        g = store.get(input.as_tensor()).cloned().context("no input gradient")?;
+        if i == n - 1 {
+            lap("layer backward (one layer)", &mut times)?;
+        }
+    }
+    lap("recompute + backward, the other layers", &mut times)?;
+    let grads: Vec<Tensor> = opt.params().iter().map(|p| p.var.as_tensor().zeros_like()).collect::<Result<_, _>>()?;
+    lap("zero grads", &mut times)?;
+    opt.step(&grads, 2e-4)?;
+    lap("AdamW step", &mut times)?;
+    let _ = lora;
+    emit(&a.out, json!({"metric": "qlora_train_profile", "model": a.name, "layers": n,
+        "ms": times.iter().map(|(k, v)| json!({"phase": k, "ms": v})).collect::<Vec<_>>()}))
+}
