@@ -36,12 +36,32 @@ pub struct VerdictPolicy {
     pub tight_fraction: Sourced<f64>,
 }
 
+/// What QLoRA training on a GPU adds, measured against `qlora-gpu-train-bench`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingOverheads {
+    /// The device pool's reserved bytes above its live bytes at the training peak, as a share
+    /// of the working set (replaces `cuda.allocator_slack_fraction` for training).
+    pub cuda_pool_slack_fraction: Sourced<f64>,
+    /// With gradient checkpointing, how many layers' worth of autograd graph (`layer
+    /// activations`) are alive at the peak of a layer's recompute + backward.
+    pub checkpointed_layer_graphs: Sourced<f64>,
+}
+
+impl Default for TrainingOverheads {
+    fn default() -> Self {
+        let est = |v: f64| Sourced { value: v, source: "estimate, to be measured".into(), note: String::new() };
+        Self { cuda_pool_slack_fraction: est(0.05), checkpointed_layer_graphs: est(2.0) }
+    }
+}
+
 /// Everything in `configs/overheads.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Overheads {
     pub cuda: CudaOverheads,
     pub cpu: CpuOverheads,
     pub verdict: VerdictPolicy,
+    #[serde(default)]
+    pub training: TrainingOverheads,
 }
 
 /// Where a plan runs: decides which overheads apply.
@@ -64,7 +84,11 @@ impl Overheads {
     /// Parses an overheads file (same shape as `configs/overheads.json`).
     pub fn from_json(text: &str) -> Result<Overheads, PlanError> {
         let o: Overheads = serde_json::from_str(text).map_err(|e| PlanError::BadOverheads { reason: e.to_string() })?;
-        let fractions = [o.cuda.allocator_slack_fraction.value, o.cpu.allocator_slack_fraction.value];
+        let fractions =
+            [o.cuda.allocator_slack_fraction.value, o.cpu.allocator_slack_fraction.value, o.training.cuda_pool_slack_fraction.value];
+        if !(1.0..=8.0).contains(&o.training.checkpointed_layer_graphs.value) {
+            return Err(PlanError::BadOverheads { reason: "training.checkpointed_layer_graphs must lie between 1 and 8".into() });
+        }
         if fractions.iter().any(|f| !(0.0..1.0).contains(f)) || !(0.0..=1.0).contains(&o.verdict.tight_fraction.value) {
             return Err(PlanError::BadOverheads { reason: "fractions must lie between 0 and 1".into() });
         }
@@ -81,6 +105,19 @@ impl Overheads {
             DeviceKind::Cpu => (self.cpu.process_bytes.value, self.cpu.allocator_slack_fraction.value),
         };
         fixed + (working as f64 * slack).ceil() as u64
+    }
+
+    /// [`Overheads::overhead_bytes`] for a QLoRA run: on a GPU the pool slack measured in
+    /// training rather than the inference one.
+    pub fn training_overhead_bytes(&self, device: DeviceKind, working: u64) -> u64 {
+        match device {
+            DeviceKind::Cuda => {
+                self.cuda.context_bytes.value
+                    + self.cuda.cublas_workspace_bytes.value
+                    + (working as f64 * self.training.cuda_pool_slack_fraction.value).ceil() as u64
+            }
+            DeviceKind::Cpu => self.overhead_bytes(device, working),
+        }
     }
 
     /// True while any value is still an estimate rather than a measurement.

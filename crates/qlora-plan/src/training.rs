@@ -101,8 +101,12 @@ pub fn layer_activation_bytes(s: &ArchSpec, batch: u64, t: u64, rank: u64, targe
     let norms = if s.parallel_block { 1 } else { 2 };
     // Per norm: the f32 upcast (none when already f32), its square, the normalised f32, the
     // cast back (none in f32) and the weighted output; plus the layer input and residual sums.
+    // Llama-style RMSNorm on a GPU is one fused op (its output only); Gemma's `1 + w` norm and
+    // Phi's LayerNorm stay composite.
     let upcast = if c == 4 { 0 } else { 4 + c };
-    let hidden = bt * h * (norms * (8 + upcast + c) + 3 * c);
+    let fused_norm = device == DeviceKind::Cuda && !matches!(s.arch, crate::arch::Arch::Gemma | crate::arch::Arch::Phi);
+    let per_norm = if fused_norm { c } else { 8 + upcast + c };
+    let hidden = bt * h * (norms * per_norm + 3 * c);
     let qkv_width = s.q_dim() + 2 * s.kv_dim();
     // Projection outputs, their head-major copies, rotary q and k (mul, neg, cat, mul, add).
     let qkv = bt * (2 * qkv_width + 4 * (s.q_dim() + s.kv_dim())) * c;
@@ -174,7 +178,8 @@ pub fn training_memory(
     let outside = 2 * b * t * s.hidden_size * c;
     let activations = if o.checkpointing {
         // Every layer's input, one layer recomputed, and its gradients during backward.
-        s.num_layers * b * t * s.hidden_size * c + 2 * layer + outside
+        let graphs = overheads.training.checkpointed_layer_graphs.value;
+        s.num_layers * b * t * s.hidden_size * c + (layer as f64 * graphs).ceil() as u64 + outside
     } else {
         (s.num_layers + 1) * layer + outside
     };
@@ -183,7 +188,7 @@ pub fn training_memory(
     let logits = logits_bytes(s, b, t, device);
     let head_grad = head_grad_bytes(s);
     let working = base + params * 16 + activations + logits + head_grad + scratch;
-    let overhead = overheads.overhead_bytes(device, working);
+    let overhead = overheads.training_overhead_bytes(device, working);
     Ok(TrainingMemory {
         lora_parameters: params,
         base_weights_bytes: base,

@@ -161,3 +161,49 @@ extern "C" __global__ void softmax_bwd_f32(const float* __restrict__ y, const fl
     s = block_reduce<false>(s, shared);
     for (uint32_t j = threadIdx.x; j < cols; j += blockDim.x) dx[r * cols + j] = yr[j] * (gr[j] - s);
 }
+
+// ---------------------------------------------------------------- RMSNorm (Llama), training
+// Forward as the composite of engine ops.rs computes it: rstd = 1/sqrt(mean(x²) + eps) in f32,
+// n = T(x · rstd), y = T(n · w). Backward (w frozen): dn = g · w, dx = rstd · (dn − x̂ · mean(dn · x̂))
+// with x̂ = x · rstd, in f32, written as T. One block per row.
+template <typename T>
+__device__ void rms_fwd_impl(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y, uint32_t cols, float eps) {
+    __shared__ float shared[32];
+    uint64_t r = blockIdx.x;
+    const T* xr = x + r * cols;
+    float s = 0.0f;
+    for (uint32_t j = threadIdx.x; j < cols; j += blockDim.x) { float v = to_f32(xr[j]); s += v * v; }
+    s = block_reduce<false>(s, shared);
+    float rstd = 1.0f / sqrtf(s / (float)cols + eps);
+    for (uint32_t j = threadIdx.x; j < cols; j += blockDim.x) {
+        float n = to_f32(from_f32<T>(to_f32(xr[j]) * rstd));
+        y[r * cols + j] = from_f32<T>(n * to_f32(w[j]));
+    }
+}
+
+template <typename T>
+__device__ void rms_bwd_impl(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ g, T* __restrict__ dx,
+                             uint32_t cols, float eps) {
+    __shared__ float shared[32];
+    uint64_t r = blockIdx.x;
+    const T* xr = x + r * cols;
+    const T* gr = g + r * cols;
+    float s = 0.0f;
+    for (uint32_t j = threadIdx.x; j < cols; j += blockDim.x) { float v = to_f32(xr[j]); s += v * v; }
+    s = block_reduce<false>(s, shared);
+    float rstd = 1.0f / sqrtf(s / (float)cols + eps);
+    float d = 0.0f;
+    for (uint32_t j = threadIdx.x; j < cols; j += blockDim.x) d += to_f32(gr[j]) * to_f32(w[j]) * to_f32(xr[j]) * rstd;
+    d = block_reduce<false>(d, shared) / (float)cols;
+    for (uint32_t j = threadIdx.x; j < cols; j += blockDim.x) {
+        float xh = to_f32(xr[j]) * rstd;
+        dx[r * cols + j] = from_f32<T>(rstd * (to_f32(gr[j]) * to_f32(w[j]) - xh * d));
+    }
+}
+
+#define RMS(suffix, T) \
+    extern "C" __global__ void rms_fwd_##suffix(const T* x, const T* w, T* y, uint32_t cols, float eps) { rms_fwd_impl<T>(x, w, y, cols, eps); } \
+    extern "C" __global__ void rms_bwd_##suffix(const T* x, const T* w, const T* g, T* dx, uint32_t cols, float eps) { rms_bwd_impl<T>(x, w, g, dx, cols, eps); }
+RMS(f32, float)
+RMS(bf16, __nv_bfloat16)
+RMS(f16, __half)

@@ -109,12 +109,14 @@ impl AdamW {
     }
 }
 
-/// The global L2 norm of all gradients, in f64.
+/// The global L2 norm of all gradients: each tensor's sum of squares in f32, summed in f64 on
+/// the gradients' device and read back once (one device sync per step, not one per tensor).
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
-    let mut sum = 0f64;
-    for g in grads {
-        sum += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+    if grads.is_empty() {
+        return Ok(0.0);
     }
+    let parts = grads.iter().map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all()).collect::<Result<Vec<_>>>()?;
+    let sum = Tensor::stack(&parts, 0)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
     Ok(sum.sqrt())
 }
 

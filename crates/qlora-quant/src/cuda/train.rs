@@ -181,3 +181,53 @@ pub fn softmax_bwd_f32(y: (&CudaStorage, &Layout), g: (&CudaStorage, &Layout)) -
     unsafe { b.launch(softmax_cfg(rows, cols)) }.w()?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
+
+/// Llama RMSNorm forward (`rms_fwd`) or its input gradient (`rms_bwd`, with `g`) over rows of
+/// `x` (contiguous, f32/bf16/f16), weight `w` (`[cols]`, same dtype).
+pub fn rms_norm(x: (&CudaStorage, &Layout), w: (&CudaStorage, &Layout), g: Option<(&CudaStorage, &Layout)>, eps: f32) -> Result<CudaStorage> {
+    fn go<T: CudaDType + DeviceRepr>(
+        x: (&CudaStorage, &Layout),
+        w: (&CudaStorage, &Layout),
+        g: Option<(&CudaStorage, &Layout)>,
+        eps: f32,
+    ) -> Result<CudaStorage> {
+        let dev = x.0.device().clone();
+        let (x1, x2) = offsets(x.1, "rms_norm input")?;
+        let (w1, w2) = offsets(w.1, "rms_norm weight")?;
+        let cols = w2 - w1;
+        if cols == 0 || (x2 - x1) % cols != 0 {
+            candle_core::bail!("rms_norm: weight of {cols} does not divide the input's {} elements", x2 - x1)
+        }
+        let rows = (x2 - x1) / cols;
+        let xs = x.0.as_cuda_slice::<T>()?.slice(x1..x2);
+        let ws = w.0.as_cuda_slice::<T>()?.slice(w1..w2);
+        let name = format!("rms_{}_{}", if g.is_some() { "bwd" } else { "fwd" }, suffix(x.0.dtype())?);
+        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+        let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(x2 - x1)? };
+        let c = cols as u32;
+        let gv = match g {
+            Some((gs, gl)) => {
+                let (g1, g2) = offsets(gl, "rms_norm gradient")?;
+                Some(gs.as_cuda_slice::<T>()?.slice(g1..g2))
+            }
+            None => None,
+        };
+        let mut b = func.builder();
+        b.arg(&xs);
+        b.arg(&ws);
+        if let Some(gv) = &gv {
+            b.arg(gv);
+        }
+        b.arg(&mut out);
+        b.arg(&c);
+        b.arg(&eps);
+        unsafe { b.launch(softmax_cfg(rows, cols)) }.w()?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+    match x.0.dtype() {
+        DType::F32 => go::<f32>(x, w, g, eps),
+        DType::BF16 => go::<half::bf16>(x, w, g, eps),
+        DType::F16 => go::<half::f16>(x, w, g, eps),
+        other => candle_core::bail!("rms_norm takes f32, bf16 or f16, got {other:?}"),
+    }
+}
