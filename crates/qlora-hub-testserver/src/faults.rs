@@ -21,6 +21,9 @@ pub enum Fault {
     WrongBytes,
     /// Send at most this many bytes a second.
     Throttle { bytes_per_sec: u64 },
+    /// Wait this long before answering (the round trip to a far server or a CDN's first byte);
+    /// the headers come after the wait.
+    Latency { secs: f64 },
 }
 
 /// A fault, for one file (its repository path) or any file, for the next `times` GETs of file
@@ -62,6 +65,17 @@ pub fn take_faults(rules: &mut Vec<FaultRule>, file: &str) -> Vec<Fault> {
     }
     rules.retain(|r| r.times != Some(0));
     out
+}
+
+/// The wait a [`Fault::Latency`] among `faults` asks for before the answer (the longest).
+pub fn latency(faults: &[Fault]) -> Option<Duration> {
+    faults
+        .iter()
+        .filter_map(|f| match f {
+            Fault::Latency { secs } => Some(Duration::from_secs_f64(secs.max(0.0))),
+            _ => None,
+        })
+        .max()
 }
 
 struct BodyState {
@@ -117,7 +131,7 @@ async fn next_chunk(mut s: BodyState) -> Option<(std::io::Result<Bytes>, BodySta
                 chunk = chunk.min(per_tick);
                 throttle = Some(Duration::from_secs_f64(per_tick as f64 / bytes_per_sec.max(1) as f64));
             }
-            Fault::WrongBytes => {}
+            Fault::WrongBytes | Fault::Latency { .. } => {}
         }
     }
     let n = chunk.min(s.left) as usize;

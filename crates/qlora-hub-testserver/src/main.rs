@@ -19,6 +19,10 @@ struct Args {
     /// Throttle every file to this many bytes a second (to watch progress or test cancel).
     #[arg(long)]
     throttle: Option<u64>,
+    /// Wait this many milliseconds before answering each GET of file content (a far server:
+    /// what concurrent downloads hide).
+    #[arg(long)]
+    latency_ms: Option<u64>,
 }
 
 fn main() {
@@ -43,6 +47,10 @@ fn main() {
         hub.add_fault(qlora_hub_testserver::FaultRule::any_file(qlora_hub_testserver::Fault::Throttle {
             bytes_per_sec: rate,
         }));
+    }
+    if let Some(ms) = args.latency_ms {
+        let secs = ms as f64 / 1000.0;
+        hub.add_fault(qlora_hub_testserver::FaultRule::any_file(qlora_hub_testserver::Fault::Latency { secs }));
     }
     println!("{}", hub.url());
     loop {

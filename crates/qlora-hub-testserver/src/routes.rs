@@ -18,7 +18,7 @@
 // An error here is a ready HTTP response, built once per request: boxing it buys nothing.
 #![allow(clippy::result_large_err)]
 
-use crate::faults::{file_stream, take_faults};
+use crate::faults::{file_stream, latency, take_faults};
 use crate::repo::{Access, RepoDir, RepoFile, Revision};
 use crate::{LogRecord, State};
 use bytes::Bytes;
@@ -397,6 +397,9 @@ async fn serve_file(
         full(Bytes::new())
     } else {
         let faults = state.faults.lock().map(|mut r| take_faults(&mut r, &f.path)).unwrap_or_default();
+        if let Some(wait) = latency(&faults) {
+            tokio::time::sleep(wait).await;
+        }
         match file_stream(&f.abs, start, len, faults, counter).await {
             Ok(s) => StreamBody::new(s.map_ok(Frame::data)).boxed_unsync(),
             Err(e) => return hub_error(StatusCode::INTERNAL_SERVER_ERROR, None, &format!("reading {}: {e}", f.path)),

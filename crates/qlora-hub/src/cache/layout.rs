@@ -130,7 +130,9 @@ impl RepoCache {
         if std::fs::read_link(&dst).ok().as_deref() == Some(target.as_path()) {
             return Ok(dst);
         }
-        let tmp = parent.join(format!(".{}.tmp-link", std::process::id()));
+        // Named after the file too: links of one folder made by concurrent downloads never share it.
+        let name = dst.file_name().and_then(|n| n.to_str()).unwrap_or("f");
+        let tmp = parent.join(format!(".{name}.{}.tmp-link", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         symlink(&target, &tmp).map_err(|e| HubError::io(&tmp, e))?;
         std::fs::rename(&tmp, &dst).map_err(|e| HubError::io(&dst, e))?;

@@ -88,7 +88,7 @@ pub(crate) struct Fetch<'a> {
 
 impl Fetch<'_> {
     /// Makes `blobs/<etag>` hold the verified content of `file`, fetching what is missing.
-    pub(crate) async fn blob(&self, file: &RemoteFile, meter: &mut Meter<'_>) -> Result<()> {
+    pub(crate) async fn blob(&self, file: &RemoteFile, meter: &Meter<'_>) -> Result<()> {
         let etag = file.etag();
         if std::fs::metadata(self.rc.blob(etag)).is_ok_and(|m| m.len() == file.size) {
             return Ok(());
@@ -151,7 +151,7 @@ impl Fetch<'_> {
         have: u64,
         hasher: &mut Hasher,
         hashed: &mut u64,
-        meter: &mut Meter<'_>,
+        meter: &Meter<'_>,
     ) -> std::result::Result<(), Stop> {
         let repo = &self.rc.repo;
         let url = self.client.resolve_url(repo, self.commit, &file.path)?;

@@ -2,6 +2,12 @@
 //! left to fetch), check the disk, fetch each blob resumably and verified ([`fetch`]), then link
 //! it into `snapshots/<commit>/` and record `refs/<revision>`, exactly as huggingface_hub lays
 //! the cache out, so Python tools see our downloads and we see theirs.
+//!
+//! Several blobs are fetched at once ([`DownloadOptions::workers`], 4 by default; `hf download`
+//! uses 8): a model of many small files, or shards behind a per-request latency, would otherwise
+//! wait on one round trip after another. Each blob keeps its own resume, lock, verification and
+//! atomic rename; the progress totals are shared. A file that fails does not stop the others:
+//! they finish (verified and linked), then the first error is returned.
 
 mod events;
 mod fetch;
@@ -15,9 +21,14 @@ use crate::remote::{RemoteFile, RepoListing, list_files};
 use crate::select::{SelectOptions, Skipped, files_for_load};
 use crate::{HubError, Result};
 use qlora_jobs::{CancelToken, ProgressSink, RateLimiter, Throughput};
+use futures::StreamExt;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// Most blobs fetched at once (`workers` is clamped to 1..=this).
+pub const MAX_WORKERS: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct DownloadOptions {
@@ -29,6 +40,8 @@ pub struct DownloadOptions {
     pub backoff: Duration,
     /// Space kept free on the cache's disk; `None`: [`crate::disk::default_margin`].
     pub disk_margin: Option<u64>,
+    /// Blobs fetched at once (clamped to 1..=[`MAX_WORKERS`]).
+    pub workers: usize,
 }
 
 impl Default for DownloadOptions {
@@ -39,6 +52,7 @@ impl Default for DownloadOptions {
             max_retries: 5,
             backoff: Duration::from_secs(1),
             disk_margin: None,
+            workers: 4,
         }
     }
 }
@@ -64,7 +78,8 @@ pub struct DownloadPlan {
     pub skipped: Vec<Skipped>,
     /// Size of the selected files.
     pub total_bytes: u64,
-    /// Bytes still to fetch: not counting cached blobs nor partial bytes kept for a resume.
+    /// Bytes still to fetch: not counting cached blobs nor partial bytes kept for a resume; a
+    /// blob shared by several files counted once.
     pub to_fetch_bytes: u64,
 }
 
@@ -83,7 +98,10 @@ pub fn plan_from_listing(cache_dir: &Path, listing: &RepoListing, select: &Selec
         })
         .collect();
     let total_bytes = files.iter().map(|f| f.file.size).sum();
-    let to_fetch_bytes = files.iter().filter(|f| !f.cached).map(|f| f.file.size - f.partial_bytes).sum();
+    // Files with the same content share one blob: it is fetched (and counted) once.
+    let mut seen = std::collections::HashSet::new();
+    let to_fetch_bytes =
+        files.iter().filter(|f| !f.cached && seen.insert(f.file.etag())).map(|f| f.file.size - f.partial_bytes).sum();
     Ok(DownloadPlan {
         repo: listing.repo.clone(),
         revision: listing.revision.clone(),
@@ -111,31 +129,68 @@ pub struct DownloadOutcome {
     pub fetched_bytes: u64,
 }
 
-/// Rate-limited progress: bytes, speed and ETA per file and in total.
+/// Rate-limited progress: bytes, speed and ETA per file and in total, shared by the blobs in
+/// flight (the lock is never held across an await).
 pub(crate) struct Meter<'a> {
     sink: &'a dyn ProgressSink<DownloadEvent>,
-    done: u64,
     total: u64,
+    state: Mutex<MeterState>,
+}
+
+struct MeterState {
+    done: u64,
     speed: Throughput,
     limit: RateLimiter,
 }
 
 impl Meter<'_> {
-    fn add(&mut self, path: &str, n: u64, file_done: u64, file_total: u64) {
-        self.done += n;
-        self.speed.record(self.done);
-        if self.limit.ready() || file_done == file_total {
+    fn add(&self, path: &str, n: u64, file_done: u64, file_total: u64) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.done += n;
+        let done = s.done;
+        s.speed.record(done);
+        if s.limit.ready() || file_done == file_total {
+            // Emitted under the lock, so `done` never goes backwards for the sink.
             self.sink.emit(DownloadEvent::Progress {
                 path: path.to_string(),
                 file_done,
                 file_total,
-                done: self.done,
+                done,
                 total: self.total,
-                bytes_per_sec: self.speed.rate(),
-                eta_secs: self.speed.eta_secs(self.total),
+                bytes_per_sec: s.speed.rate(),
+                eta_secs: s.speed.eta_secs(self.total),
             });
         }
     }
+
+    fn done(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).done
+    }
+}
+
+/// The plan's files grouped by blob, in plan order: two paths with the same content share one
+/// fetch (and its lock), then each is linked.
+fn by_blob(files: &[PlannedFile]) -> Vec<Vec<&PlannedFile>> {
+    let mut groups: Vec<Vec<&PlannedFile>> = Vec::new();
+    for pf in files {
+        match groups.iter_mut().find(|g| g[0].file.etag() == pf.file.etag()) {
+            Some(g) => g.push(pf),
+            None => groups.push(vec![pf]),
+        }
+    }
+    groups
+}
+
+/// One blob fetched (or found in the cache), then every path of the plan that holds it linked.
+async fn fetch_group(fetch: &fetch::Fetch<'_>, meter: &Meter<'_>, plan: &DownloadPlan, group: Vec<&PlannedFile>) -> Result<()> {
+    fetch.opts.cancel.check()?;
+    fetch.blob(&group[0].file, meter).await?;
+    for pf in group {
+        fetch.rc.link(&plan.commit, &safe_relative(&plan.repo, &pf.file.path)?, pf.file.etag())?;
+        fetch.rc.write_ref(&plan.revision, &plan.commit)?;
+        meter.sink.emit(DownloadEvent::FileDone { path: pf.file.path.clone(), size: pf.file.size });
+    }
+    Ok(())
 }
 
 /// Fetches what the plan says is missing, verifies it and links the snapshot.
@@ -162,26 +217,27 @@ pub async fn run(
         total_bytes: plan.total_bytes,
         to_fetch_bytes: plan.to_fetch_bytes,
     });
-    let mut meter = Meter {
+    let meter = Meter {
         sink,
-        done: 0,
         total: plan.to_fetch_bytes,
-        speed: Throughput::new(),
-        limit: RateLimiter::default(),
+        state: Mutex::new(MeterState { done: 0, speed: Throughput::new(), limit: RateLimiter::default() }),
     };
     let fetch = fetch::Fetch { client, rc: &rc, commit: &plan.commit, opts };
-    for pf in &plan.files {
-        opts.cancel.check()?;
-        fetch.blob(&pf.file, &mut meter).await?;
-        rc.link(&plan.commit, &safe_relative(&plan.repo, &pf.file.path)?, pf.file.etag())?;
-        rc.write_ref(&plan.revision, &plan.commit)?;
-        sink.emit(DownloadEvent::FileDone { path: pf.file.path.clone(), size: pf.file.size });
+    let workers = opts.workers.clamp(1, MAX_WORKERS);
+    // Futures made up front (they start when polled): a closure kept in the stream would make
+    // this future lose `Send` (a higher-ranked lifetime rustc cannot prove), and callers spawn it.
+    let jobs: Vec<_> = by_blob(&plan.files).into_iter().map(|g| fetch_group(&fetch, &meter, plan, g)).collect();
+    let results: Vec<Result<()>> = futures::stream::iter(jobs).buffer_unordered(workers).collect().await;
+    opts.cancel.check()?;
+    // The other blobs are verified and linked by now; the first failure to finish is the answer.
+    if let Some(e) = results.into_iter().find_map(|r| r.err()) {
+        return Err(e);
     }
     let snapshot = rc.snapshot_dir(&plan.commit);
     std::fs::create_dir_all(&snapshot).map_err(|e| HubError::io(&snapshot, e))?;
     rc.write_ref(&plan.revision, &plan.commit)?;
-    sink.emit(DownloadEvent::Finished { snapshot: snapshot.clone(), fetched_bytes: meter.done, secs: started.elapsed().as_secs_f64() });
-    Ok(DownloadOutcome { snapshot, commit: plan.commit.clone(), fetched_bytes: meter.done })
+    sink.emit(DownloadEvent::Finished { snapshot: snapshot.clone(), fetched_bytes: meter.done(), secs: started.elapsed().as_secs_f64() });
+    Ok(DownloadOutcome { snapshot, commit: plan.commit.clone(), fetched_bytes: meter.done() })
 }
 
 /// Plans and runs a download; in offline mode answers from the cache alone (or says what is
