@@ -118,3 +118,22 @@ fn llama_nf4_in_bf16_on_cuda() {
     assert!(dgpu <= 1.5 * dcpu + 0.05, "bf16 on CUDA drifts by {dgpu}, bf16 on the CPU by {dcpu}");
     assert!(agpu + 2 >= acpu, "argmax agrees at {agpu} positions on CUDA, {acpu} on the CPU");
 }
+
+/// The fused path's KV cache starts at 256 positions and doubles when a generation outlasts
+/// it: 300 single-token steps on CUDA give the CPU's logits at every step.
+#[test]
+fn kv_cache_grows_past_its_first_allocation() {
+    let ids = input_ids("llama");
+    let load = |device| Model::load(&fixture("llama"), &LoadOptions { device, ..LoadOptions::default() }).unwrap();
+    let (cpu, gpu) = (load(Device::Cpu), load(gpu()));
+    let (mut cc, mut cg) = (cpu.new_cache(), gpu.new_cache());
+    let mut worst = 0f32;
+    for i in 0..300 {
+        let id = ids[i % ids.len()];
+        let lc = cpu.forward(&Tensor::new(&[[id]], &Device::Cpu).unwrap(), Some(&mut cc)).unwrap();
+        let lg = gpu.forward(&Tensor::new(&[[id]], gpu.device()).unwrap(), Some(&mut cg)).unwrap();
+        worst = worst.max(max_abs_diff(&lg, &lc));
+    }
+    assert_eq!(cg.len(), 300);
+    assert!(worst <= 1e-3, "logits differ by {worst} over 300 cached steps");
+}

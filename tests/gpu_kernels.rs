@@ -128,3 +128,154 @@ fn nf4_linear_on_cuda_matches_the_cpu() {
         assert!(err < 1e-5, "nf4_linear backward {n}x{k}: relative error {err:.2e}");
     }
 }
+
+// ---------------------------------------------------------------- inference kernels (model/fast.rs)
+
+use qlora_studio::engine::ops;
+use qlora_studio::quant::cuda::fused::{gemv_glu, gemv_multi, GluAct, Nf4Proj};
+use qlora_studio::quant::cuda::infer;
+
+fn randn(shape: &[usize], dt: DType) -> Tensor {
+    Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap().to_dtype(dt).unwrap()
+}
+
+fn proj(n: usize, k: usize, seed: u64, dq: bool, bias: bool, dt: DType) -> Nf4Proj {
+    let w = Nf4Tensor::quantize(&weight(&[n, k], seed), dq).unwrap();
+    Nf4Proj { w, bias: bias.then(|| randn(&[n], dt)) }
+}
+
+fn on_gpu(p: &Nf4Proj) -> Nf4Proj {
+    let dev = gpu();
+    Nf4Proj { w: p.w.to_device(&dev).unwrap(), bias: p.bias.as_ref().map(|b| b.to_device(&dev).unwrap()) }
+}
+
+/// q/k/v in one launch and gate/up with the activation, against the CPU composition of the
+/// single GEMV's twin (bias add, activation, product as candle ops), 1..8 rows.
+#[test]
+fn fused_projections_match_the_cpu_composition() {
+    for (dt, tol) in [(DType::F32, 1e-5), (DType::BF16, 1e-2)] {
+        let k = 1024;
+        let projs = [proj(512, k, 1, true, true, dt), proj(128, k, 2, false, true, dt), proj(128, k, 3, true, false, dt)];
+        let gprojs: Vec<Nf4Proj> = projs.iter().map(on_gpu).collect();
+        let (gate, up) = (proj(384, k, 4, true, false, dt), proj(384, k, 5, true, true, dt));
+        for m in [1usize, 2, 5, 8] {
+            let x = randn(&[1, m, k], dt);
+            let xg = x.to_device(&gpu()).unwrap();
+            let want = gemv_multi(&x, &projs).unwrap();
+            let got = gemv_multi(&xg, &gprojs).unwrap();
+            assert_eq!(got.dims(), &[1, m, 768]);
+            let err = rel_err(&got, &want);
+            assert!(err < tol, "gemv_multi m {m} {dt:?}: relative error {err:.2e}");
+            for act in [GluAct::Silu, GluAct::GeluTanh, GluAct::GeluErf] {
+                let want = gemv_glu(&x, &gate, &up, act).unwrap();
+                let got = gemv_glu(&xg, &on_gpu(&gate), &on_gpu(&up), act).unwrap();
+                let err = rel_err(&got, &want);
+                assert!(err < tol, "gemv_glu {act:?} m {m} {dt:?}: relative error {err:.2e}");
+            }
+        }
+    }
+}
+
+/// RMSNorm with the residual add (Llama's and Gemma's) against `ops::rms_norm` on the CPU.
+#[test]
+fn add_rms_norm_matches_the_unfused_ops() {
+    for (dt, tol) in [(DType::F32, 1e-6), (DType::BF16, 5e-3)] {
+        for h in [64usize, 2048, 4096 + 64] {
+            let (x, a) = (randn(&[3, h], dt), randn(&[3, h], dt));
+            let w = (randn(&[h], DType::F32) * 0.1).unwrap().to_dtype(dt).unwrap();
+            let s = (&x + &a).unwrap();
+            let g = |t: &Tensor| t.to_device(&gpu()).unwrap();
+            for one_plus in [false, true] {
+                let want =
+                    if one_plus { ops::rms_norm_one_plus(&s, &w, 1e-6) } else { ops::rms_norm(&s, &w, 1e-6) }.unwrap();
+                let (gs, gn) = infer::add_rms_norm(&g(&x), Some(&g(&a)), &g(&w), 1e-6, one_plus).unwrap();
+                assert_eq!(bits(&gs), bits(&s), "residual sum {h} {dt:?}");
+                let err = rel_err(&gn, &want);
+                assert!(err < tol, "add_rms_norm h {h} one_plus {one_plus} {dt:?}: relative error {err:.2e}");
+                let (_, gn1) = infer::add_rms_norm(&g(&s), None, &g(&w), 1e-6, one_plus).unwrap();
+                assert!(rel_err(&gn1, &want) < tol, "rms_norm without residual h {h} {dt:?}");
+            }
+        }
+    }
+}
+
+/// CPU reference of one decode-attention step: RoPE with tables from `inv`, grouped heads
+/// repeated, scores scaled, masked to the window, softmax, weighted sum of v.
+fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, nh: usize, nkv: usize, hd: usize, window: Option<usize>, inv: &[f32]) -> Tensor {
+    let (b, len, _) = k.dims3().unwrap();
+    let mut freqs = Vec::new();
+    for p in 0..len {
+        let row: Vec<f32> = inv.iter().map(|f| p as f32 * f).collect();
+        freqs.extend_from_slice(&row);
+        freqs.extend_from_slice(&row);
+    }
+    let f = Tensor::from_vec(freqs, (len, 2 * inv.len()), &Device::Cpu).unwrap();
+    let (cos, sin) = (f.cos().unwrap(), f.sin().unwrap());
+    let heads = |t: &Tensor, n: usize, l: usize| t.reshape((b, l, n, hd)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+    let last = |t: &Tensor| t.narrow(0, len - 1, 1).unwrap();
+    let q = ops::apply_rope(&heads(q, nh, 1), &last(&cos), &last(&sin)).unwrap();
+    let k = ops::apply_rope(&heads(k, nkv, len), &cos, &sin).unwrap();
+    let v = heads(v, nkv, len);
+    let rep = |t: &Tensor| {
+        let (b, n, s, d) = t.dims4().unwrap();
+        t.unsqueeze(2).unwrap().expand((b, n, nh / nkv, s, d)).unwrap().reshape((b, nh, s, d)).unwrap()
+    };
+    let (k, v) = (rep(&k), rep(&v));
+    let scores = (q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap() * (1.0 / (hd as f64).sqrt())).unwrap();
+    let mut scores = scores.to_dtype(DType::F32).unwrap();
+    if let Some(w) = window.filter(|w| *w < len) {
+        let m: Vec<f32> = (0..len).map(|j| if j + w <= len - 1 { f32::NEG_INFINITY } else { 0.0 }).collect();
+        scores = scores.broadcast_add(&Tensor::from_vec(m, len, &Device::Cpu).unwrap()).unwrap();
+    }
+    let p = ops::softmax_last_dim(&scores).unwrap().to_dtype(v.dtype()).unwrap();
+    p.matmul(&v).unwrap().transpose(1, 2).unwrap().reshape((b, 1, nh * hd)).unwrap()
+}
+
+/// The KV-cache append (RoPE on k, in place, over two calls) and the decode attention (RoPE
+/// on q, grouped heads, sliding window) against the unfused CPU attention.
+#[test]
+fn kv_append_and_decode_attention_match_the_cpu() {
+    let dev = gpu();
+    for (dt, tol) in [(DType::F32, 2e-5), (DType::BF16, 2e-2)] {
+        for (nh, nkv, hd, rot, len, window, b) in
+            [(4usize, 2usize, 16usize, 16usize, 37usize, None, 1usize), (8, 2, 64, 64, 200, Some(50), 2), (4, 4, 80, 32, 70, None, 3), (2, 1, 256, 256, 9, None, 1)]
+        {
+            let inv: Vec<f32> = (0..rot / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / rot as f32)).collect();
+            let q = randn(&[b, 1, nh * hd], dt);
+            let kv = randn(&[b, len, 2 * nkv * hd], dt);
+            let (k, v) = (kv.narrow(2, 0, nkv * hd).unwrap(), kv.narrow(2, nkv * hd, nkv * hd).unwrap());
+            let want = attention_reference(&q, &k.contiguous().unwrap(), &v.contiguous().unwrap(), nh, nkv, hd, window, &inv);
+            let cache = Tensor::zeros((2, b, nkv, 256, hd), dt, &dev).unwrap();
+            let kvg = kv.to_device(&dev).unwrap();
+            let split = len / 3;
+            for (from, n) in [(0, split), (split, len - split)] {
+                let kg = kvg.narrow(1, from, n).unwrap().narrow(2, 0, nkv * hd).unwrap();
+                let vg = kvg.narrow(1, from, n).unwrap().narrow(2, nkv * hd, nkv * hd).unwrap();
+                infer::kv_append(&cache, &kg, &vg, from, &inv).unwrap();
+            }
+            let got = infer::decode_attention(&q.to_device(&dev).unwrap(), &cache, len, window, 1.0 / (hd as f64).sqrt(), &inv).unwrap();
+            assert_eq!(got.dims(), &[b, 1, nh * hd]);
+            let err = rel_err(&got, &want);
+            assert!(err < tol, "decode attention heads {nh}/{nkv} hd {hd} rot {rot} len {len} window {window:?} {dt:?}: relative error {err:.2e}");
+        }
+    }
+}
+
+/// The prefill softmax with the mask made in the kernel against mask + softmax on the CPU.
+#[test]
+fn masked_softmax_matches_mask_plus_softmax() {
+    use qlora_studio::engine::model::layers::causal_mask;
+    for (dt, tol) in [(DType::F32, 1e-6), (DType::BF16, 8e-3)] {
+        for (t, past, window, rep) in [(7usize, 0usize, None, 2usize), (33, 5, Some(9), 3), (300, 0, None, 1)] {
+            let len = past + t;
+            let scores = randn(&[2, rep * t, len], dt);
+            let mask = causal_mask(t, past, window, &Device::Cpu).unwrap().unwrap();
+            let mask = Tensor::cat(&vec![&mask; rep], 0).unwrap();
+            let scaled = (scores.to_dtype(DType::F32).unwrap() * 0.3).unwrap().broadcast_add(&mask).unwrap();
+            let want = ops::softmax_last_dim(&scaled).unwrap();
+            let got = infer::masked_softmax(&scores.to_device(&gpu()).unwrap(), t, past, window, 0.3).unwrap();
+            let err = rel_err(&got, &want);
+            assert!(err < tol, "masked softmax t {t} past {past} window {window:?} {dt:?}: relative error {err:.2e}");
+        }
+    }
+}

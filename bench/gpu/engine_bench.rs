@@ -14,7 +14,8 @@
 //! read back to the host every step as a chat does; one untimed warm-up, median of 3 runs, 2 at
 //! batch 8, prefill of the prompt included as in `generate()`), and prefill tokens/s (one
 //! forward over 512 tokens, full logits, median of 5 after 2 warm-ups). One JSON object per
-//! line on stdout and appended to `--out`, with peer_bench's metric names.
+//! line on stdout and appended to `--out`, with peer_bench's metric names. `--profile` adds the
+//! breakdown of one NF4 decode step (`profile.rs`).
 
 use anyhow::{bail, Context, Result};
 use qlora_studio::engine::candle_core::cuda_backend::cudarc::driver::result::mem_get_info;
@@ -29,16 +30,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+mod profile;
+
 struct Args {
     config: PathBuf,
     name: String,
     out: Option<PathBuf>,
     workdir: PathBuf,
     batches: Vec<usize>,
+    profile: bool,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { config: PathBuf::new(), name: String::new(), out: None, workdir: "/tmp".into(), batches: vec![1, 8] };
+    let mut a = Args { config: PathBuf::new(), name: String::new(), out: None, workdir: "/tmp".into(), batches: vec![1, 8], profile: false };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().with_context(|| format!("{k} needs a value"));
@@ -47,8 +51,9 @@ fn parse_args() -> Result<Args> {
             "--name" => a.name = v()?,
             "--out" => a.out = Some(v()?.into()),
             "--workdir" => a.workdir = v()?.into(),
+            "--profile" => a.profile = true,
             "--batches" => a.batches = v()?.split(',').map(|s| s.parse()).collect::<Result<_, _>>()?,
-            _ => bail!("unknown argument {k}: use --config DIR --name NAME [--out FILE] [--workdir DIR] [--batches 1,8]"),
+            _ => bail!("unknown argument {k}: use --config DIR --name NAME [--out FILE] [--workdir DIR] [--batches 1,8] [--profile]"),
         }
     }
     if a.name.is_empty() || !a.config.join("config.json").is_file() {
@@ -200,7 +205,7 @@ fn generate(model: &Model, prompt: &Tensor, new: usize) -> Result<f64> {
     let b = prompt.dim(0)?;
     dev.synchronize()?;
     let t0 = Instant::now();
-    let mut cache = model.new_cache();
+    let mut cache = model.new_cache_with_capacity(prompt.dim(1)? + new);
     let mut input = prompt.clone();
     for _ in 0..new {
         let logits = model.forward(&input, Some(&mut cache))?;
@@ -269,6 +274,12 @@ fn main() -> Result<()> {
         "allocated_GiB": used as f64 / (1u64 << 30) as f64, "load_s": t0.elapsed().as_secs_f64(),
         "weight_bytes": model.weight_bytes(),
         "how": "bf16 load, then every projection replaced by random double-quantized NF4; cuMemGetInfo used minus before load"}))?;
+    if a.profile {
+        profile::profile(&model, 96, |mut v| {
+            v["model"] = json!(a.name);
+            emit(&a.out, v)
+        })?;
+    }
     bench_model(&a, &model, "nf4", model.weight_bytes() - embed)?;
     Ok(())
 }

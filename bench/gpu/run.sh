@@ -33,7 +33,7 @@ if [ "${RUN_PEER:-1}" != 0 ]; then
   tail -3 "$OUT_DIR/peer.log"
 fi
 for m in ${MODELS//,/ }; do
-  "$BIN" --config "bench/gpu/configs/$m" --name "$m" --out "$OUT_DIR/ours.jsonl" --workdir /tmp \
+  "$BIN" --config "bench/gpu/configs/$m" --name "$m" --out "$OUT_DIR/ours.jsonl" --workdir /tmp ${OURS_ARGS:-} \
     2> "$OUT_DIR/ours-$m.err" || { echo "ours failed on $m:"; tail -20 "$OUT_DIR/ours-$m.err"; }
   rm -rf "/tmp/ours_$m"
 done

@@ -104,7 +104,7 @@ impl<'a> Generator<'a> {
     ) -> Result<Generation> {
         self.check_context(prompt.len(), opts.max_new_tokens)?;
         let device = self.model.device();
-        let mut cache = self.model.new_cache();
+        let mut cache = self.model.new_cache_with_capacity(prompt.len() + opts.max_new_tokens);
         let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
         let mut history: Vec<u32> = prompt.to_vec();
         let mut ids = Vec::new();

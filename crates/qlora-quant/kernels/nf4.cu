@@ -207,3 +207,161 @@ __device__ void gemv_impl(const uint8_t* __restrict__ packed, const float* __res
 GEMV_ALL_M(float, f32)
 GEMV_ALL_M(__nv_bfloat16, bf16)
 GEMV_ALL_M(__half, f16)
+
+// ---------------------------------------------------------------- fused projections (inference)
+// Several NF4 weights that read the same x in one launch: q/k/v as one GEMV over their stacked
+// rows (`nf4_gemv_multi`), and gate/up with the gated activation applied on the way out
+// (`nf4_gemv_glu`). Each weight is described by an Nf4Seg passed by value (its own scales,
+// double-quant offset and optional bias); the tables (NF4 code + nested code) are shared.
+// Rounding follows the unfused path: the product is rounded to T, then the bias added and
+// rounded again; the GLU rounds gate and up to T, the activation once, then the product.
+struct Nf4Seg {
+    const uint8_t* packed;
+    const float* absmax;
+    const uint8_t* q;
+    const float* nested;
+    const void* bias;  // T[rows] or null
+    float offset;
+    unsigned bs_log2;
+    unsigned nbs_log2;
+    int dq;
+    unsigned rows;
+    unsigned col0;  // first output column of this weight (multi) / unused (glu)
+};
+
+#define MAX_SEGS 3
+struct Nf4Multi {
+    Nf4Seg seg[MAX_SEGS];
+    const float* tables;
+    unsigned nseg;
+    unsigned ntotal;
+};
+
+template <typename T> __device__ __forceinline__ float to_f32(T v);
+template <> __device__ __forceinline__ float to_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <> __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
+template <typename T> __device__ __forceinline__ float round_t(float v) { return to_f32<T>(from_f32<T>(v)); }
+
+// Dot products of W[row] with the M rows of x (warp-wide, every lane returns the full sums).
+template <typename T, int M>
+__device__ __forceinline__ void seg_row_dot(const Nf4Seg& s, unsigned row, const float* s_code, const float* s_nested,
+                                            const T* __restrict__ x, unsigned k, float* out) {
+    const unsigned lane = threadIdx.x & 31u;
+    const unsigned chunks = k >> 5;
+    const uint4* wrow = reinterpret_cast<const uint4*>(s.packed + (size_t)row * (k >> 1));
+    const size_t row_e0 = (size_t)row * k;
+    float acc[M];
+#pragma unroll
+    for (int m = 0; m < M; m++) acc[m] = 0.f;
+#pragma unroll 4
+    for (unsigned c = lane; c < chunks; c += 32) {
+        uint4 wv = ld_stream(wrow + c);
+        float sc = block_scale((row_e0 + ((size_t)c << 5)) >> s.bs_log2, s.absmax, s.q, s.nested, s_nested, s.offset,
+                               s.nbs_log2, s.dq);
+        uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
+        float part[M];
+#pragma unroll
+        for (int m = 0; m < M; m++) part[m] = 0.f;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            float wf[8];
+#pragma unroll
+            for (int b = 0; b < 4; b++) {
+                uint32_t byte = (words[j] >> (8 * b)) & 0xffu;
+                wf[2 * b] = s_code[byte >> 4];
+                wf[2 * b + 1] = s_code[byte & 15u];
+            }
+#pragma unroll
+            for (int m = 0; m < M; m++) {
+                float xv[8];
+                load_x8(x + (size_t)m * k + ((size_t)c << 5) + 8 * j, xv);
+#pragma unroll
+                for (int i = 0; i < 8; i++) part[m] = fmaf(wf[i], xv[i], part[m]);
+            }
+        }
+#pragma unroll
+        for (int m = 0; m < M; m++) acc[m] = fmaf(sc, part[m], acc[m]);
+    }
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        float v = acc[m];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        out[m] = v;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ float with_bias(const Nf4Seg& s, unsigned row, float v) {
+    float r = round_t<T>(v);
+    if (s.bias) r = __fadd_rn(r, to_f32<T>(reinterpret_cast<const T*>(s.bias)[row]));
+    return r;
+}
+
+// y[m, ntotal]: row r of the stacked weights goes to column seg.col0 + (r - first row of seg).
+template <typename T, int M>
+__device__ void gemv_multi_impl(const Nf4Multi& p, const T* __restrict__ x, T* __restrict__ y, unsigned k) {
+    __shared__ float s_code[16];
+    __shared__ float s_nested[256];
+    load_tables(p.tables, s_code, s_nested);
+    unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= p.ntotal) return;
+    int si = 0;
+#pragma unroll
+    for (int i = 0; i < MAX_SEGS - 1; i++) {
+        if (si < (int)p.nseg - 1 && row >= p.seg[si].rows) { row -= p.seg[si].rows; si++; }
+    }
+    const Nf4Seg& s = p.seg[si];
+    float d[M];
+    seg_row_dot<T, M>(s, row, s_code, s_nested, x, k, d);
+    if ((threadIdx.x & 31u) == 0) {
+#pragma unroll
+        for (int m = 0; m < M; m++) y[(size_t)m * p.ntotal + s.col0 + row] = from_f32<T>(with_bias<T>(s, row, d[m]));
+    }
+}
+
+// act: 0 = silu, 1 = gelu (tanh approximation), 2 = gelu (erf).
+__device__ __forceinline__ float glu_act(float v, int act) {
+    if (act == 0) return v / (1.f + expf(-v));
+    if (act == 1) {
+        const float c = 0.7978845608028654f;  // sqrt(2/pi)
+        return 0.5f * v * (1.f + tanhf(c * (v + 0.044715f * v * v * v)));
+    }
+    return 0.5f * v * (1.f + erff(v * 0.7071067811865476f));
+}
+
+template <typename T, int M>
+__device__ void gemv_glu_impl(const Nf4Seg& gate, const Nf4Seg& up, const float* tables, int act,
+                              const T* __restrict__ x, T* __restrict__ y, unsigned n, unsigned k) {
+    __shared__ float s_code[16];
+    __shared__ float s_nested[256];
+    load_tables(tables, s_code, s_nested);
+    const unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= n) return;
+    float g[M], u[M];
+    seg_row_dot<T, M>(gate, row, s_code, s_nested, x, k, g);
+    seg_row_dot<T, M>(up, row, s_code, s_nested, x, k, u);
+    if ((threadIdx.x & 31u) == 0) {
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            float a = round_t<T>(glu_act(round_t<T>(with_bias<T>(gate, row, g[m])), act));
+            y[(size_t)m * n + row] = from_f32<T>(__fmul_rn(a, round_t<T>(with_bias<T>(up, row, u[m]))));
+        }
+    }
+}
+
+#define GEMV_FUSED(T, SUFFIX, M)                                                                      \
+    extern "C" __global__ void nf4_gemv_multi_##SUFFIX##_m##M(Nf4Multi p, const T* x, T* y, unsigned k) { \
+        gemv_multi_impl<T, M>(p, x, y, k);                                                           \
+    }                                                                                                \
+    extern "C" __global__ void nf4_gemv_glu_##SUFFIX##_m##M(Nf4Seg gate, Nf4Seg up, const float* tables, \
+                                                             int act, const T* x, T* y, unsigned n, unsigned k) { \
+        gemv_glu_impl<T, M>(gate, up, tables, act, x, y, n, k);                                     \
+    }
+#define GEMV_FUSED_ALL_M(T, SUFFIX) \
+    GEMV_FUSED(T, SUFFIX, 1) GEMV_FUSED(T, SUFFIX, 2) GEMV_FUSED(T, SUFFIX, 3) GEMV_FUSED(T, SUFFIX, 4) \
+    GEMV_FUSED(T, SUFFIX, 5) GEMV_FUSED(T, SUFFIX, 6) GEMV_FUSED(T, SUFFIX, 7) GEMV_FUSED(T, SUFFIX, 8)
+GEMV_FUSED_ALL_M(float, f32)
+GEMV_FUSED_ALL_M(__nv_bfloat16, bf16)
+GEMV_FUSED_ALL_M(__half, f16)

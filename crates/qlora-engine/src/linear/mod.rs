@@ -29,6 +29,12 @@ pub trait Linear: Send + Sync + std::fmt::Debug {
     fn bias(&self) -> Option<&Tensor>;
     /// Bytes this layer's storage holds (weight, quantization state, bias).
     fn storage_bytes(&self) -> usize;
+    /// The NF4 weight and bias when this layer is a plain NF4 projection (nothing wrapped
+    /// around it), so inference can fuse several of them into one kernel launch. `None` for
+    /// every other storage and for decorators such as LoRA, which then run their own forward.
+    fn as_nf4(&self) -> Option<(&qlora_quant::Nf4Tensor, Option<&Tensor>)> {
+        None
+    }
 }
 
 pub type ArcLinear = Arc<dyn Linear>;

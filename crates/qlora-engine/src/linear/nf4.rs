@@ -64,4 +64,8 @@ impl Linear for Nf4Linear {
     fn storage_bytes(&self) -> usize {
         self.weight.storage_bytes() + self.bias.as_ref().map_or(0, |b| b.elem_count() * b.dtype().size_in_bytes())
     }
+
+    fn as_nf4(&self) -> Option<(&Nf4Tensor, Option<&Tensor>)> {
+        Some((&self.weight, self.bias.as_ref()))
+    }
 }

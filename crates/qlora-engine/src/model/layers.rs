@@ -46,12 +46,21 @@ pub struct Attention {
 
 /// Per-call context: rotary tables for the new positions and how many positions are cached.
 pub struct Step<'a> {
-    pub cos: &'a Tensor,
-    pub sin: &'a Tensor,
+    /// `(cos, sin)` `[T, rotary_dim]`; the fused CUDA decode (one token) computes its own.
+    pub tables: Option<(&'a Tensor, &'a Tensor)>,
     /// Positions already in the KV cache before this call.
     pub past: usize,
     /// Use the differentiable softmax (training) rather than candle's fused one.
     pub training: bool,
+    /// Set for the fused inference path on CUDA (`model/fast.rs`): the rotary inverse
+    /// frequencies for this call's sequence length.
+    pub inv_freq: Option<&'a [f32]>,
+}
+
+impl Step<'_> {
+    pub fn tables(&self) -> Result<(&Tensor, &Tensor)> {
+        self.tables.ok_or_else(|| candle_core::Error::Msg("rotary tables were not computed for this step".into()))
+    }
 }
 
 impl Attention {
@@ -61,8 +70,9 @@ impl Attention {
         let heads = |p: &ArcLinear, n: usize| -> Result<Tensor> {
             p.forward(x)?.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?.contiguous()
         };
-        let q = ops::apply_rope(&heads(&self.q_proj, self.num_heads)?, step.cos, step.sin)?;
-        let mut k = ops::apply_rope(&heads(&self.k_proj, self.num_kv_heads)?, step.cos, step.sin)?;
+        let (cos, sin) = step.tables()?;
+        let q = ops::apply_rope(&heads(&self.q_proj, self.num_heads)?, cos, sin)?;
+        let mut k = ops::apply_rope(&heads(&self.k_proj, self.num_kv_heads)?, cos, sin)?;
         let mut v = heads(&self.v_proj, self.num_kv_heads)?;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {

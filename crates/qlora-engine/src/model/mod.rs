@@ -11,6 +11,8 @@
 //! named access (`model.layers.0.self_attn.q_proj`) for attaching LoRA.
 
 pub mod config;
+#[cfg(feature = "cuda")]
+mod fast;
 pub mod layers;
 pub mod rope;
 
@@ -40,16 +42,29 @@ impl Default for LoadOptions {
     }
 }
 
-/// Per-layer key/value cache for incremental decoding.
+/// Per-layer key/value cache for incremental decoding. The CPU (and training) path grows
+/// `(k, v)` per call; the fused CUDA path keeps one preallocated `[2, B, kv_heads, capacity,
+/// head_dim]` tensor per layer, written in place, grown (doubled) only when a generation
+/// outlasts it.
 #[derive(Debug, Clone)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fused: Vec<Option<Tensor>>,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    capacity: usize,
     len: usize,
 }
 
 impl KvCache {
     pub fn new(num_layers: usize) -> Self {
-        Self { layers: vec![None; num_layers], len: 0 }
+        Self::with_capacity(num_layers, 0)
+    }
+
+    /// A cache that will hold `capacity` positions without growing (the fused CUDA path
+    /// allocates it on first use).
+    pub fn with_capacity(num_layers: usize, capacity: usize) -> Self {
+        Self { layers: vec![None; num_layers], fused: vec![None; num_layers], capacity, len: 0 }
     }
 
     /// Positions cached so far.
@@ -63,6 +78,7 @@ impl KvCache {
 
     pub fn clear(&mut self) {
         self.layers.iter_mut().for_each(|l| *l = None);
+        self.fused.iter_mut().for_each(|l| *l = None);
         self.len = 0;
     }
 }
@@ -95,6 +111,10 @@ impl Model {
     /// Builds the model from an already-parsed config and opened weights.
     pub fn from_weights(cfg: ModelConfig, w: &Weights, opts: &LoadOptions) -> Result<Self> {
         let (dt, dev) = (opts.dtype, &opts.device);
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(d) = dev {
+            qlora_quant::cuda::infer::single_stream_fast_alloc(d);
+        }
         let loader = LinearLoader { weights: w, dtype: dt, device: dev, quant: opts.quant, prequantized: cfg.quantization.clone() };
         let (h, v) = (cfg.hidden_size, cfg.vocab_size);
         let embed = w.get_as("model.embed_tokens.weight", &[v, h], dt, dev)?;
@@ -159,6 +179,11 @@ impl Model {
         KvCache::new(self.layers.len())
     }
 
+    /// A cache sized for `positions` (prompt plus new tokens), so decoding never reallocates it.
+    pub fn new_cache_with_capacity(&self, positions: usize) -> KvCache {
+        KvCache::with_capacity(self.layers.len(), positions)
+    }
+
     /// Training mode uses only differentiable ops (candle's fused softmax has no backward).
     pub fn set_training(&mut self, training: bool) {
         self.training = training;
@@ -188,7 +213,7 @@ impl Model {
     /// One decoder layer without cache, positions starting at 0 (`cos`/`sin` from
     /// [`Model::rope_tables`]`(0, T)`), for per-layer gradient checkpointing.
     pub fn layer_forward(&self, i: usize, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-        let step = Step { cos, sin, past: 0, training: self.training };
+        let step = Step { tables: Some((cos, sin)), past: 0, training: self.training, inv_freq: None };
         self.layers[i].forward(x, &step, None)
     }
 
@@ -208,10 +233,14 @@ impl Model {
     /// Hidden states after the final norm, `[B, T, hidden]`. With a cache, `ids` are the new
     /// tokens and the cache grows by `T`.
     pub fn forward_hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> candle_core::Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if self.fast_path() {
+            return self.forward_hidden_fast(ids, cache);
+        }
         let (_, t) = ids.dims2()?;
         let past = cache.as_ref().map_or(0, |c| c.len);
         let (cos, sin) = self.rope_tables(past, t)?;
-        let step = Step { cos: &cos, sin: &sin, past, training: self.training };
+        let step = Step { tables: Some((&cos, &sin)), past, training: self.training, inv_freq: None };
         let mut x = self.embed(ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);

@@ -20,6 +20,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 mod twin;
+/// Fused NF4 projections for decode (q/k/v in one launch, gate/up with the activation).
+pub mod fused;
+/// Inference-only kernels: RMSNorm + residual, KV-cache append, decode attention, prefill softmax.
+pub mod infer;
 /// Training kernels (LoRA dropout, fused cross-entropy), launched by qlora-train.
 pub mod train;
 

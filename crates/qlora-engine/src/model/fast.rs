@@ -1,0 +1,197 @@
+//! The inference path on CUDA (not training: none of these kernels has a backward). A decode
+//! step of a small model is bound by how many kernels it launches, not by the weights' bytes,
+//! so each layer here is about eight launches instead of fifty:
+//!
+//! 1. residual add + RMSNorm in one kernel (the add of the previous block is carried along);
+//! 2. q, k, v as one NF4 GEMV when all three are plain NF4 (else their own forwards);
+//! 3. k rotated and written with v into a preallocated KV cache, in place (no `Tensor::cat`);
+//! 4. attention: one token against the cache in one kernel (RoPE on q, grouped heads read in
+//!    place, online softmax); a prompt (several tokens) through cuBLAS with grouped heads
+//!    batched without `repeat_kv` copies and the causal mask made inside the softmax kernel;
+//! 5. o_proj; 6. residual add + RMSNorm; 7. gate and up in one NF4 GEMV with the activation;
+//! 8. down_proj.
+//!
+//! Anything the kernels do not cover (LayerNorm, Phi's MLP, LoRA-wrapped or dense projections,
+//! more than 8 rows) runs through the same modules' ordinary forward, so every architecture
+//! takes this path; the results match the unfused path within float rounding
+//! (`tests/gpu_conformance.rs`, `tests/gpu_kernels.rs`).
+
+use super::config::{Activation, NormKind};
+use super::layers::{Attention, DecoderLayer, Mlp, Norm, Step};
+use super::{KvCache, Model};
+use crate::linear::ArcLinear;
+use crate::ops;
+use candle_core::{DType, Device, Result, Tensor};
+use qlora_quant::cuda::fused::{self, GluAct, Nf4Proj};
+use qlora_quant::cuda::infer;
+
+/// Positions a fresh cache holds before it has to grow (rounded up to this).
+const CACHE_CHUNK: usize = 256;
+
+impl Model {
+    /// Whether [`Model::forward_hidden`] takes the fused path.
+    pub(super) fn fast_path(&self) -> bool {
+        let c = &self.cfg;
+        self.device.is_cuda()
+            && !self.training
+            && matches!(self.dtype, DType::F32 | DType::BF16 | DType::F16)
+            && infer::attention_unsupported(c.head_dim, c.rotary_dim / 2, c.num_heads, c.num_kv_heads).is_none()
+    }
+
+    pub(super) fn forward_hidden_fast(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        let mut scratch;
+        let cache = match cache {
+            Some(c) => c,
+            None => {
+                scratch = self.new_cache();
+                &mut scratch
+            }
+        };
+        let past = cache.len;
+        let inv_freq = self.rope.inv_freq(past + t);
+        let tables = if t > 1 { Some(self.rope_tables(past, t)?) } else { None };
+        let step = Step { tables: tables.as_ref().map(|(c, s)| (c, s)), past, training: false, inv_freq: Some(&inv_freq) };
+        let mut x = self.embed(ids)?;
+        let mut pending: Option<Tensor> = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = &mut cache.fused[i];
+            let capacity = cache.capacity;
+            (x, pending) = layer.forward_fast(&x, pending.as_ref(), &step, slot, capacity)?;
+        }
+        cache.len += t;
+        Ok(self.norm.add_forward(&x, pending.as_ref())?.1)
+    }
+}
+
+impl Norm {
+    /// `(s, norm(s))` with `s = x + pending` (or `x`): one kernel for RMSNorm on CUDA.
+    pub fn add_forward(&self, x: &Tensor, pending: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let one_plus = match self.kind {
+            NormKind::Rms => false,
+            NormKind::RmsOnePlus => true,
+            NormKind::LayerNorm => {
+                let s = match pending {
+                    Some(p) => (x + p)?,
+                    None => x.clone(),
+                };
+                let n = self.forward(&s)?;
+                return Ok((s, n));
+            }
+        };
+        infer::add_rms_norm(x, pending, &self.weight, self.eps, one_plus)
+    }
+}
+
+impl DecoderLayer {
+    /// One layer on the fused path: returns the residual stream and the block output still to
+    /// be added to it (the next norm adds it).
+    pub fn forward_fast(
+        &self,
+        x: &Tensor,
+        pending: Option<&Tensor>,
+        step: &Step,
+        cache: &mut Option<Tensor>,
+        capacity: usize,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (x, h) = self.input_norm.add_forward(x, pending)?;
+        let a = self.attn.forward_fast(&h, step, cache, capacity)?;
+        match &self.post_attention_norm {
+            None => {
+                let m = self.mlp.forward_fast(&h)?;
+                Ok(((x + a)?, Some(m)))
+            }
+            Some(norm) => {
+                let (x, h2) = norm.add_forward(&x, Some(&a))?;
+                Ok((x, Some(self.mlp.forward_fast(&h2)?)))
+            }
+        }
+    }
+}
+
+fn nf4_proj(l: &ArcLinear) -> Option<Nf4Proj> {
+    l.as_nf4().map(|(w, b)| Nf4Proj { w: w.clone(), bias: b.cloned() })
+}
+
+/// The projections as one fused NF4 launch when they all are plain NF4 and `x` has few rows.
+fn fused_projs(x: &Tensor, ls: &[&ArcLinear]) -> Option<Vec<Nf4Proj>> {
+    let projs = ls.iter().map(|l| nf4_proj(l)).collect::<Option<Vec<_>>>()?;
+    let k = x.dims().last().copied()?;
+    let m = x.elem_count() / k.max(1);
+    fused::fused_unsupported(m, k, x.dtype(), &projs).is_none().then_some(projs)
+}
+
+/// The layer's cache `[2, B, kv_heads, capacity, head_dim]`, allocated or grown to hold `need`.
+fn cache_for(slot: &mut Option<Tensor>, shape: (usize, usize, usize), need: usize, hint: usize, dt: DType, dev: &Device) -> Result<Tensor> {
+    let (b, nkv, hd) = shape;
+    if let Some(c) = slot.as_ref()
+        && c.dim(1)? == b
+        && c.dim(3)? >= need
+    {
+        return Ok(c.clone());
+    }
+    let cap = need.max(hint).next_multiple_of(CACHE_CHUNK);
+    let grown = match slot.as_ref() {
+        Some(old) if old.dim(1)? == b => {
+            let cap = cap.max(2 * old.dim(3)?);
+            let new = Tensor::zeros((2, b, nkv, cap, hd), dt, dev)?;
+            new.slice_set(old, 3, 0)?;
+            new
+        }
+        _ => Tensor::zeros((2, b, nkv, cap, hd), dt, dev)?,
+    };
+    *slot = Some(grown.clone());
+    Ok(grown)
+}
+
+impl Attention {
+    fn forward_fast(&self, x: &Tensor, step: &Step, slot: &mut Option<Tensor>, capacity: usize) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (hd, nh, nkv) = (self.head_dim, self.num_heads, self.num_kv_heads);
+        let (nq, nk) = (nh * hd, nkv * hd);
+        let x = x.contiguous()?;
+        let (q, k, v) = match fused_projs(&x, &[&self.q_proj, &self.k_proj, &self.v_proj]) {
+            Some(projs) => {
+                let y = fused::gemv_multi(&x, &projs)?;
+                (y.narrow(2, 0, nq)?, y.narrow(2, nq, nk)?, y.narrow(2, nq + nk, nk)?)
+            }
+            None => (self.q_proj.forward(&x)?, self.k_proj.forward(&x)?, self.v_proj.forward(&x)?),
+        };
+        let inv = step.inv_freq.unwrap_or(&[]);
+        let len = step.past + t;
+        let cache = cache_for(slot, (b, nkv, hd), len, capacity, x.dtype(), x.device())?;
+        infer::kv_append(&cache, &k, &v, step.past, inv)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let out = if t == 1 {
+            infer::decode_attention(&q, &cache, len, self.sliding_window, scale, inv)?
+        } else {
+            let (cos, sin) = step.tables()?;
+            let q = ops::apply_rope(&q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?, cos, sin)?;
+            // Grouped heads side by side: [B, kv_heads, rep * T, hd] against one K per group.
+            let q = q.reshape((b, nkv, (nh / nkv) * t, hd))?;
+            let kc = cache.get(0)?.narrow(2, 0, len)?;
+            let vc = cache.get(1)?.narrow(2, 0, len)?;
+            let scores = q.matmul(&kc.t()?)?;
+            let probs = infer::masked_softmax(&scores, t, step.past, self.sliding_window, scale)?;
+            probs.matmul(&vc)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nq))?
+        };
+        self.o_proj.forward(&out)
+    }
+}
+
+impl Mlp {
+    fn forward_fast(&self, x: &Tensor) -> Result<Tensor> {
+        if let Mlp::Gated { gate, up, down, act } = self {
+            let x = x.contiguous()?;
+            if let Some(p) = fused_projs(&x, &[gate, up]) {
+                let act = match act {
+                    Activation::Silu => GluAct::Silu,
+                    Activation::GeluTanh => GluAct::GeluTanh,
+                    Activation::Gelu => GluAct::GeluErf,
+                };
+                return down.forward(&fused::gemv_glu(&x, &p[0], &p[1], act)?);
+            }
+        }
+        self.forward(x)
+    }
+}

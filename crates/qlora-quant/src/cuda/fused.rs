@@ -1,0 +1,320 @@
+//! Fused NF4 projections for decode (inference only, no backward): several weights that read
+//! the same `x` in one launch instead of one launch each, because a decode step on a small
+//! model is dominated by per-launch cost, not by the bytes of the weights.
+//!
+//! * [`gemv_multi`]: q, k and v (or any 1..3 weights with the same input size) as one GEMV
+//!   over their stacked rows; the output is `[.., n_1 + n_2 + n_3]`, each weight's columns
+//!   side by side, bias added.
+//! * [`gemv_glu`]: `act(x Gᵀ + b_g) * (x Uᵀ + b_u)` for a gated MLP (SwiGLU, GeGLU): one warp
+//!   reads row r of both weights and writes one value.
+//!
+//! Both apply to 1..=[`GEMV_MAX_ROWS`] rows of x, like the single GEMV. On the CPU each is the
+//! unfused composition (the single GEMV's CPU twin, bias add, activation and product as candle
+//! ops): that is the twin the CUDA result is checked against, and its rounding is what the
+//! kernels reproduce (each product rounded to x's dtype before the bias, the activation and the
+//! gate-up product).
+
+use super::{gemv, gemv_unsupported, scale_params, tables, MODULE, PTX};
+use crate::nf4::{Absmax, Nf4Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor};
+
+/// One projection of a fused launch: an NF4 weight `[out, in]` and its optional bias `[out]`
+/// (in x's dtype).
+#[derive(Debug, Clone)]
+pub struct Nf4Proj {
+    pub w: Nf4Tensor,
+    pub bias: Option<Tensor>,
+}
+
+/// The gated activation of [`gemv_glu`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GluAct {
+    Silu = 0,
+    GeluTanh = 1,
+    GeluErf = 2,
+}
+
+/// Kernel-side description of one weight (mirrors `Nf4Seg` in kernels/nf4.cu).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct Seg {
+    packed: u64,
+    absmax: u64,
+    q: u64,
+    nested: u64,
+    bias: u64,
+    offset: f32,
+    bs_log2: u32,
+    nbs_log2: u32,
+    dq: i32,
+    rows: u32,
+    col0: u32,
+}
+unsafe impl DeviceRepr for Seg {}
+
+const MAX_SEGS: usize = 3;
+
+/// Mirrors `Nf4Multi` in kernels/nf4.cu.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct Multi {
+    seg: [Seg; MAX_SEGS],
+    tables: u64,
+    nseg: u32,
+    ntotal: u32,
+}
+unsafe impl DeviceRepr for Multi {}
+
+/// The device address of a contiguous CUDA tensor's first element.
+pub(crate) fn device_ptr<T: CudaDType>(t: &Tensor, what: &str) -> Result<u64> {
+    let (st, l) = t.storage_and_layout();
+    let Storage::Cuda(c) = &*st else { candle_core::bail!("fused nf4: the {what} is not on a CUDA device") };
+    let Some((o1, _)) = l.contiguous_offsets() else { candle_core::bail!("fused nf4: the {what} is not contiguous") };
+    let s = c.as_cuda_slice::<T>()?;
+    let (p, _sync) = s.device_ptr(s.stream());
+    Ok(p + (o1 * std::mem::size_of::<T>()) as u64)
+}
+
+/// Why the fused launch does not apply to `m` rows of `x` (`k` features, `dtype`) and `projs`,
+/// or `None` when it does (then the tensors' storage is on CUDA, aligned and contiguous).
+pub fn fused_unsupported(m: usize, k: usize, dtype: DType, projs: &[Nf4Proj]) -> Option<String> {
+    if projs.is_empty() || projs.len() > MAX_SEGS {
+        return Some(format!("{} weights (the fused launch takes 1 to {MAX_SEGS})", projs.len()));
+    }
+    for p in projs {
+        if let Some(why) = gemv_unsupported(m, k, &p.w) {
+            return Some(why);
+        }
+        if !p.w.device().is_cuda() {
+            return Some("the weight is not on a CUDA device".into());
+        }
+        let (_, pl) = p.w.packed().storage_and_layout();
+        if pl.contiguous_offsets().is_none_or(|(o, _)| o % 16 != 0) {
+            return Some("the packed weight is not contiguous and 16-byte aligned".into());
+        }
+        if p.w.code() != projs[0].w.code() || nested_code(&p.w) != nested_code(&projs[0].w) {
+            return Some("the weights use different code tables".into());
+        }
+        if let Some(b) = &p.bias
+            && (b.dtype() != dtype || b.elem_count() != p.w.shape().dims()[0] || !b.is_contiguous())
+        {
+            return Some("the bias is not a contiguous vector of x's dtype and the weight's rows".into());
+        }
+    }
+    None
+}
+
+fn nested_code(w: &Nf4Tensor) -> Option<&[f32; 256]> {
+    match w.absmax() {
+        Absmax::Plain(_) => None,
+        Absmax::Double(d) => Some(&d.nested_code),
+    }
+}
+
+fn seg<T: CudaDType>(p: &Nf4Proj, col0: u32) -> Result<Seg> {
+    let sp = scale_params(&p.w);
+    let packed = device_ptr::<u8>(p.w.packed(), "packed weight")?;
+    let (absmax, q, nested) = match p.w.absmax() {
+        Absmax::Plain(a) => {
+            let a = device_ptr::<f32>(a, "absmax")?;
+            (a, a, a)
+        }
+        Absmax::Double(d) => {
+            let n = device_ptr::<f32>(&d.nested_absmax, "nested absmax")?;
+            (n, device_ptr::<u8>(&d.q, "quantized absmax")?, n)
+        }
+    };
+    let bias = match &p.bias {
+        Some(b) => device_ptr::<T>(b, "bias")?,
+        None => 0,
+    };
+    Ok(Seg {
+        packed,
+        absmax,
+        q,
+        nested,
+        bias,
+        offset: sp.offset,
+        bs_log2: sp.bs_log2,
+        nbs_log2: sp.nbs_log2,
+        dq: sp.dq,
+        rows: p.w.shape().dims()[0] as u32,
+        col0,
+    })
+}
+
+/// `x [.., k]` times each weight, the outputs side by side: `[.., Σ out]` (bias added).
+pub fn gemv_multi(x: &Tensor, projs: &[Nf4Proj]) -> Result<Tensor> {
+    if x.device().is_cuda() {
+        return x.apply_op1_no_bwd(&MultiOp { projs: projs.to_vec() });
+    }
+    let parts = projs.iter().map(|p| linear_twin(x, p)).collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&parts, candle_core::D::Minus1)
+}
+
+/// `act(x Gᵀ + b_g) * (x Uᵀ + b_u)`, `[.., out]`.
+pub fn gemv_glu(x: &Tensor, gate: &Nf4Proj, up: &Nf4Proj, act: GluAct) -> Result<Tensor> {
+    if x.device().is_cuda() {
+        return x.apply_op1_no_bwd(&GluOp { gate: gate.clone(), up: up.clone(), act });
+    }
+    let g = linear_twin(x, gate)?;
+    let a = match act {
+        GluAct::Silu => g.silu()?,
+        GluAct::GeluTanh => g.gelu()?,
+        GluAct::GeluErf => g.gelu_erf()?,
+    };
+    a * linear_twin(x, up)?
+}
+
+fn linear_twin(x: &Tensor, p: &Nf4Proj) -> Result<Tensor> {
+    let y = gemv(x, &p.w)?;
+    match &p.bias {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+/// Rows of x and input features, after checking the fused launch applies.
+fn rows_and_k(projs: &[Nf4Proj], l: &Layout, dtype: DType) -> Result<(usize, usize)> {
+    let k = projs[0].w.shape().dims()[1];
+    let m = l.shape().elem_count() / k.max(1);
+    if let Some(why) = fused_unsupported(m, k, dtype, projs) {
+        candle_core::bail!("fused nf4: {why}")
+    }
+    if l.contiguous_offsets().is_none() {
+        candle_core::bail!("fused nf4: x is not contiguous")
+    }
+    Ok((m, k))
+}
+
+fn x_ptr<T: CudaDType>(s: &CudaStorage, l: &Layout) -> Result<u64> {
+    let Some((o1, _)) = l.contiguous_offsets() else { candle_core::bail!("fused nf4: x is not contiguous") };
+    if (o1 * std::mem::size_of::<T>()) % 16 != 0 {
+        candle_core::bail!("fused nf4: x is not 16-byte aligned")
+    }
+    let c = s.as_cuda_slice::<T>()?;
+    Ok(c.device_ptr(c.stream()).0 + (o1 * std::mem::size_of::<T>()) as u64)
+}
+
+fn out_shape(l: &Layout, n: usize) -> Shape {
+    let mut dims = l.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = n;
+    }
+    Shape::from(dims)
+}
+
+const WARPS: u32 = 4;
+
+struct MultiOp {
+    projs: Vec<Nf4Proj>,
+}
+
+impl MultiOp {
+    fn launch<T: CudaDType + DeviceRepr>(&self, s: &CudaStorage, l: &Layout, sfx: &str) -> Result<CudaStorage> {
+        let (m, k) = rows_and_k(&self.projs, l, s.dtype())?;
+        let dev = s.device().clone();
+        let mut segs = [Seg::default(); MAX_SEGS];
+        let mut col = 0u32;
+        for (i, p) in self.projs.iter().enumerate() {
+            segs[i] = seg::<T>(p, col)?;
+            col += segs[i].rows;
+        }
+        let tables = tables(&dev, &self.projs[0].w)?;
+        let tp = tables.device_ptr(tables.stream()).0;
+        let multi = Multi { seg: segs, tables: tp, nseg: self.projs.len() as u32, ntotal: col };
+        let func = dev.get_or_load_custom_func(&format!("nf4_gemv_multi_{sfx}_m{m}"), MODULE, PTX)?;
+        let mut y = unsafe { dev.alloc::<T>(m * col as usize)? };
+        let xp = x_ptr::<T>(s, l)?;
+        let k32 = k as u32;
+        let cfg = LaunchConfig { grid_dim: (col.div_ceil(WARPS), 1, 1), block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: 0 };
+        let mut b = func.builder();
+        b.arg(&multi);
+        b.arg(&xp);
+        b.arg(&mut y);
+        b.arg(&k32);
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(CudaStorage::wrap_cuda_slice(y, dev))
+    }
+}
+
+impl CustomOp1 for MultiOp {
+    fn name(&self) -> &'static str {
+        "nf4-gemv-multi"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("nf4-gemv-multi runs on CUDA; on the CPU call gemv_multi, which composes the CPU twins")
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let n: usize = self.projs.iter().map(|p| p.w.shape().dims()[0]).sum();
+        let y = match s.dtype() {
+            DType::F32 => self.launch::<f32>(s, l, "f32")?,
+            DType::BF16 => self.launch::<half::bf16>(s, l, "bf16")?,
+            DType::F16 => self.launch::<half::f16>(s, l, "f16")?,
+            other => candle_core::bail!("fused nf4: x must be f32, f16 or bf16, got {other:?}"),
+        };
+        Ok((y, out_shape(l, n)))
+    }
+}
+
+struct GluOp {
+    gate: Nf4Proj,
+    up: Nf4Proj,
+    act: GluAct,
+}
+
+impl GluOp {
+    fn launch<T: CudaDType + DeviceRepr>(&self, s: &CudaStorage, l: &Layout, sfx: &str) -> Result<CudaStorage> {
+        let projs = [self.gate.clone(), self.up.clone()];
+        let (m, k) = rows_and_k(&projs, l, s.dtype())?;
+        if self.gate.w.shape() != self.up.w.shape() {
+            candle_core::bail!("fused nf4 glu: gate {:?} and up {:?} differ in shape", self.gate.w.shape(), self.up.w.shape())
+        }
+        let dev = s.device().clone();
+        let (g, u) = (seg::<T>(&self.gate, 0)?, seg::<T>(&self.up, 0)?);
+        let n = g.rows;
+        let tables = tables(&dev, &self.gate.w)?;
+        let func = dev.get_or_load_custom_func(&format!("nf4_gemv_glu_{sfx}_m{m}"), MODULE, PTX)?;
+        let mut y = unsafe { dev.alloc::<T>(m * n as usize)? };
+        let xp = x_ptr::<T>(s, l)?;
+        let (act, k32) = (self.act as i32, k as u32);
+        let cfg = LaunchConfig { grid_dim: (n.div_ceil(WARPS), 1, 1), block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: 0 };
+        let mut b = func.builder();
+        b.arg(&g);
+        b.arg(&u);
+        b.arg(tables.as_ref());
+        b.arg(&act);
+        b.arg(&xp);
+        b.arg(&mut y);
+        b.arg(&n);
+        b.arg(&k32);
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(CudaStorage::wrap_cuda_slice(y, dev))
+    }
+}
+
+impl CustomOp1 for GluOp {
+    fn name(&self) -> &'static str {
+        "nf4-gemv-glu"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("nf4-gemv-glu runs on CUDA; on the CPU call gemv_glu, which composes the CPU twins")
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let n = self.gate.w.shape().dims()[0];
+        let y = match s.dtype() {
+            DType::F32 => self.launch::<f32>(s, l, "f32")?,
+            DType::BF16 => self.launch::<half::bf16>(s, l, "bf16")?,
+            DType::F16 => self.launch::<half::f16>(s, l, "f16")?,
+            other => candle_core::bail!("fused nf4: x must be f32, f16 or bf16, got {other:?}"),
+        };
+        Ok((y, out_shape(l, n)))
+    }
+}

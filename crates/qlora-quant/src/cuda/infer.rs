@@ -1,0 +1,450 @@
+//! Inference-only CUDA kernels of the decoder (kernels/infer.cu), as candle custom ops with no
+//! backward: a decode step of a small model costs what its launches cost, so each replaces a
+//! chain of candle ops (casts, reductions, broadcasts, a copy per token) by one launch.
+//!
+//! * [`add_rms_norm`]: the residual add and the next RMSNorm (Llama's or Gemma's `1 + w`).
+//! * [`kv_append`]: writes k (rotated) and v of new positions into a preallocated cache
+//!   `[2, B, kv_heads, capacity, head_dim]`, in place.
+//! * [`decode_attention`]: one query token per sequence against the cache (RoPE on q, grouped
+//!   heads read in place, sliding window, online softmax).
+//! * [`masked_softmax`]: the prefill softmax with the causal / window mask made in the kernel.
+//!
+//! They run on CUDA only. Their CPU reference is the engine's unfused path (`ops.rs` and the
+//! attention in `model/layers.rs`), whose rounding they follow; `tests/gpu_kernels.rs` checks
+//! each against it.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, InplaceOp3, Layout, Result, Shape, Tensor};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/infer.ptx"));
+const MODULE: &str = "qlora_quant_infer";
+/// Largest rotary half (`rotary_dim / 2`) and head size the kernels take.
+pub const MAX_ROPE_HALF: usize = 128;
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// Why the attention kernels do not apply to this head size and rotary table, or `None`.
+pub fn attention_unsupported(head_dim: usize, inv_freq_len: usize, heads: usize, kv_heads: usize) -> Option<String> {
+    if head_dim == 0 || head_dim % 8 != 0 || head_dim > MAX_HEAD_DIM {
+        return Some(format!("head_dim {head_dim} (the kernels take multiples of 8 up to {MAX_HEAD_DIM})"));
+    }
+    if inv_freq_len > MAX_ROPE_HALF || 2 * inv_freq_len > head_dim {
+        return Some(format!("rotary half {inv_freq_len} does not fit head_dim {head_dim}"));
+    }
+    if kv_heads == 0 || heads % kv_heads != 0 {
+        return Some(format!("{heads} heads are not a multiple of {kv_heads} kv heads"));
+    }
+    None
+}
+
+fn suffix(dt: DType) -> Result<&'static str> {
+    Ok(match dt {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        other => candle_core::bail!("inference kernels take f32, f16 or bf16, got {other:?}"),
+    })
+}
+
+fn cuda_only(name: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{name} runs on CUDA only; on the CPU the engine uses the unfused ops"))
+}
+
+/// Address of element `start` of a CUDA storage.
+fn ptr_at<T: CudaDType>(s: &CudaStorage, start: usize) -> Result<u64> {
+    let c = s.as_cuda_slice::<T>()?;
+    Ok(c.device_ptr(c.stream()).0 + (start * std::mem::size_of::<T>()) as u64)
+}
+
+fn contiguous_start(l: &Layout, what: &str) -> Result<usize> {
+    match l.contiguous_offsets() {
+        Some((o, _)) => Ok(o),
+        None => candle_core::bail!("{what} must be contiguous"),
+    }
+}
+
+fn alloc_out(dev: &CudaDevice, dt: DType, n: usize) -> Result<(CudaStorage, u64)> {
+    Ok(match dt {
+        DType::F32 => {
+            let s = CudaStorage::wrap_cuda_slice(unsafe { dev.alloc::<f32>(n)? }, dev.clone());
+            let p = ptr_at::<f32>(&s, 0)?;
+            (s, p)
+        }
+        DType::BF16 => {
+            let s = CudaStorage::wrap_cuda_slice(unsafe { dev.alloc::<half::bf16>(n)? }, dev.clone());
+            let p = ptr_at::<half::bf16>(&s, 0)?;
+            (s, p)
+        }
+        DType::F16 => {
+            let s = CudaStorage::wrap_cuda_slice(unsafe { dev.alloc::<half::f16>(n)? }, dev.clone());
+            let p = ptr_at::<half::f16>(&s, 0)?;
+            (s, p)
+        }
+        other => candle_core::bail!("inference kernels take f32, f16 or bf16, got {other:?}"),
+    })
+}
+
+fn ptr_of(s: &CudaStorage, start: usize) -> Result<u64> {
+    match s.dtype() {
+        DType::F32 => ptr_at::<f32>(s, start),
+        DType::BF16 => ptr_at::<half::bf16>(s, start),
+        DType::F16 => ptr_at::<half::f16>(s, start),
+        other => candle_core::bail!("inference kernels take f32, f16 or bf16, got {other:?}"),
+    }
+}
+
+// ------------------------------------------------------------------ RMSNorm (+ residual)
+
+/// `(s, norm(s))` with `s = x + residual` (or `x` itself), both `[.., h]` in x's dtype.
+pub fn add_rms_norm(x: &Tensor, residual: Option<&Tensor>, weight: &Tensor, eps: f64, one_plus: bool) -> Result<(Tensor, Tensor)> {
+    let op = RmsNormOp { eps: eps as f32, one_plus };
+    let (x, w) = (x.contiguous()?, weight.contiguous()?);
+    match residual {
+        None => Ok((x.clone(), x.apply_op2_no_bwd(&w, &op)?)),
+        Some(a) => {
+            let both = x.apply_op3_no_bwd(&a.contiguous()?, &w, &op)?;
+            Ok((both.get(0)?, both.get(1)?))
+        }
+    }
+}
+
+struct RmsNormOp {
+    eps: f32,
+    one_plus: bool,
+}
+
+impl RmsNormOp {
+    fn launch(&self, x: (&CudaStorage, &Layout), a: Option<(&CudaStorage, &Layout)>, w: (&CudaStorage, &Layout)) -> Result<(CudaStorage, Shape)> {
+        let dt = x.0.dtype();
+        let h = x.1.dims().last().copied().unwrap_or(0);
+        if w.1.shape().elem_count() != h || h == 0 || w.0.dtype() != dt {
+            candle_core::bail!("add_rms_norm: weight {:?} does not match rows of {h} {dt:?}", w.1.dims())
+        }
+        let rows = x.1.shape().elem_count() / h;
+        let dev = x.0.device().clone();
+        let xp = ptr_of(x.0, contiguous_start(x.1, "add_rms_norm: x")?)?;
+        let wp = ptr_of(w.0, contiguous_start(w.1, "add_rms_norm: weight")?)?;
+        let ap = match a {
+            Some((s, l)) => {
+                if l.dims() != x.1.dims() || s.dtype() != dt {
+                    candle_core::bail!("add_rms_norm: residual {:?} differs from x {:?}", l.dims(), x.1.dims())
+                }
+                ptr_of(s, contiguous_start(l, "add_rms_norm: residual")?)?
+            }
+            None => 0,
+        };
+        let n_out = if a.is_some() { 2 * rows * h } else { rows * h };
+        let (out, op) = alloc_out(&dev, dt, n_out)?;
+        let func = dev.get_or_load_custom_func(&format!("add_rms_norm_{}", suffix(dt)?), MODULE, PTX)?;
+        let (rows32, h32, one_plus) = (rows as u32, h as u32, i32::from(self.one_plus));
+        let threads = (h.div_ceil(8).next_multiple_of(32)).clamp(32, 1024) as u32;
+        let cfg = LaunchConfig { grid_dim: (rows32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let mut b = func.builder();
+        b.arg(&xp);
+        b.arg(&ap);
+        b.arg(&wp);
+        b.arg(&op);
+        b.arg(&rows32);
+        b.arg(&h32);
+        b.arg(&self.eps);
+        b.arg(&one_plus);
+        unsafe { b.launch(cfg) }.w()?;
+        let mut dims = x.1.dims().to_vec();
+        if a.is_some() {
+            dims.insert(0, 2);
+        }
+        Ok((out, Shape::from(dims)))
+    }
+}
+
+impl CustomOp2 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "rms-norm-fused"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        Err(cuda_only("rms-norm-fused"))
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout, w: &CudaStorage, wl: &Layout) -> Result<(CudaStorage, Shape)> {
+        self.launch((x, xl), None, (w, wl))
+    }
+}
+
+impl CustomOp3 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "add-rms-norm-fused"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        Err(cuda_only("add-rms-norm-fused"))
+    }
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        a: &CudaStorage,
+        al: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.launch((x, xl), Some((a, al)), (w, wl))
+    }
+}
+
+// ------------------------------------------------------------------ RoPE parameters
+
+/// Mirrors `RopeParams` in kernels/infer.cu.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct RopeParams {
+    inv_freq: [f32; MAX_ROPE_HALF],
+    rot: u32,
+}
+
+fn rope_params(inv_freq: &[f32]) -> Result<RopeParams> {
+    if inv_freq.len() > MAX_ROPE_HALF {
+        candle_core::bail!("rotary half {} is over the kernels' {MAX_ROPE_HALF}", inv_freq.len())
+    }
+    let mut p = RopeParams { inv_freq: [0.0; MAX_ROPE_HALF], rot: 2 * inv_freq.len() as u32 };
+    p.inv_freq[..inv_freq.len()].copy_from_slice(inv_freq);
+    Ok(p)
+}
+
+// ------------------------------------------------------------------ KV-cache append
+
+/// Mirrors `KvParams` in kernels/infer.cu.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct KvParams {
+    rope: RopeParams,
+    b: u32,
+    t: u32,
+    nkv: u32,
+    hd: u32,
+    cap: u32,
+    past: u32,
+    ksb: u64,
+    kst: u64,
+    vsb: u64,
+    vst: u64,
+}
+unsafe impl DeviceRepr for KvParams {}
+
+/// Writes `k` (rotated with `inv_freq` at positions `past ..`) and `v`, both `[B, t, kv_heads *
+/// head_dim]` (rows may be strided, features contiguous), into `cache` `[2, B, kv_heads,
+/// capacity, head_dim]` at positions `past .. past + t`.
+pub fn kv_append(cache: &Tensor, k: &Tensor, v: &Tensor, past: usize, inv_freq: &[f32]) -> Result<()> {
+    let (_, b, nkv, cap, hd) = cache.dims5()?;
+    let (kb, t, kn) = k.dims3()?;
+    if kb != b || kn != nkv * hd || v.dims() != k.dims() || past + t > cap {
+        candle_core::bail!("kv_append: k {:?} / v {:?} at {past} do not fit the cache {:?}", k.dims(), v.dims(), cache.dims())
+    }
+    cache.inplace_op3(k, v, &KvAppend { past, rope: rope_params(inv_freq)? })
+}
+
+struct KvAppend {
+    past: usize,
+    rope: RopeParams,
+}
+
+fn rows_strides(l: &Layout, what: &str) -> Result<(usize, u64, u64)> {
+    match l.stride() {
+        [sb, st, 1] => Ok((l.start_offset(), *sb as u64, *st as u64)),
+        s => candle_core::bail!("kv_append: {what} needs contiguous features, got strides {s:?}"),
+    }
+}
+
+impl InplaceOp3 for KvAppend {
+    fn name(&self) -> &'static str {
+        "kv-append"
+    }
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<()> {
+        Err(cuda_only("kv-append"))
+    }
+    fn cuda_fwd(&self, c: &mut CudaStorage, cl: &Layout, k: &CudaStorage, kl: &Layout, v: &CudaStorage, vl: &Layout) -> Result<()> {
+        let dt = c.dtype();
+        if k.dtype() != dt || v.dtype() != dt || contiguous_start(cl, "kv_append: cache")? != 0 {
+            candle_core::bail!("kv_append: cache, k and v must share a dtype and the cache be a whole contiguous tensor")
+        }
+        let (_, b, nkv, cap, hd) = cl.shape().dims5()?;
+        let t = kl.dims()[1];
+        let (ko, ksb, kst) = rows_strides(kl, "k")?;
+        let (vo, vsb, vst) = rows_strides(vl, "v")?;
+        let p = KvParams {
+            rope: self.rope,
+            b: b as u32,
+            t: t as u32,
+            nkv: nkv as u32,
+            hd: hd as u32,
+            cap: cap as u32,
+            past: self.past as u32,
+            ksb,
+            kst,
+            vsb,
+            vst,
+        };
+        let dev = c.device().clone();
+        let (cp, kp, vp) = (ptr_of(c, 0)?, ptr_of(k, ko)?, ptr_of(v, vo)?);
+        let func = dev.get_or_load_custom_func(&format!("kv_append_{}", suffix(dt)?), MODULE, PTX)?;
+        let threads = ((nkv * hd).next_multiple_of(32)).min(512) as u32;
+        let cfg = LaunchConfig { grid_dim: (t as u32, b as u32, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let mut bld = func.builder();
+        bld.arg(&cp);
+        bld.arg(&kp);
+        bld.arg(&vp);
+        bld.arg(&p);
+        unsafe { bld.launch(cfg) }.w()?;
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------ decode attention
+
+/// Mirrors `AttnParams` in kernels/infer.cu.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct AttnParams {
+    rope: RopeParams,
+    b: u32,
+    nh: u32,
+    nkv: u32,
+    hd: u32,
+    cap: u32,
+    len: u32,
+    start: u32,
+    scale: f32,
+    qsb: u64,
+}
+unsafe impl DeviceRepr for AttnParams {}
+
+/// Attention of one new token per sequence: `q` `[B, 1, heads * head_dim]` (unrotated; batch
+/// rows may be strided) against the first `len` cached positions (the token's own included),
+/// only the last `window` of them when set. Returns `[B, 1, heads * head_dim]`.
+pub fn decode_attention(q: &Tensor, cache: &Tensor, len: usize, window: Option<usize>, scale: f64, inv_freq: &[f32]) -> Result<Tensor> {
+    let (_, b, nkv, cap, hd) = cache.dims5()?;
+    let (qb, t, qn) = q.dims3()?;
+    if qb != b || t != 1 || qn % hd != 0 || len == 0 || len > cap {
+        candle_core::bail!("decode_attention: q {:?} with {len} cached positions does not fit the cache {:?}", q.dims(), cache.dims())
+    }
+    if let Some(why) = attention_unsupported(hd, inv_freq.len(), qn / hd, nkv) {
+        candle_core::bail!("decode_attention: {why}")
+    }
+    let start = window.map_or(0, |w| len.saturating_sub(w));
+    q.apply_op2_no_bwd(cache, &DecodeAttn { len, start, scale: scale as f32, rope: rope_params(inv_freq)? })
+}
+
+struct DecodeAttn {
+    len: usize,
+    start: usize,
+    scale: f32,
+    rope: RopeParams,
+}
+
+impl CustomOp2 for DecodeAttn {
+    fn name(&self) -> &'static str {
+        "decode-attention"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        Err(cuda_only("decode-attention"))
+    }
+    fn cuda_fwd(&self, q: &CudaStorage, ql: &Layout, c: &CudaStorage, cl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dt = q.dtype();
+        if c.dtype() != dt || contiguous_start(cl, "decode_attention: cache")? != 0 {
+            candle_core::bail!("decode_attention: q and the cache must share a dtype and the cache be a whole contiguous tensor")
+        }
+        let (_, b, nkv, cap, hd) = cl.shape().dims5()?;
+        let qn = ql.dims()[2];
+        let qsb = match ql.stride() {
+            [sb, _, 1] => *sb as u64,
+            s => candle_core::bail!("decode_attention: q needs contiguous features, got strides {s:?}"),
+        };
+        let nh = qn / hd;
+        let p = AttnParams {
+            rope: self.rope,
+            b: b as u32,
+            nh: nh as u32,
+            nkv: nkv as u32,
+            hd: hd as u32,
+            cap: cap as u32,
+            len: self.len as u32,
+            start: self.start as u32,
+            scale: self.scale,
+            qsb,
+        };
+        let dev = q.device().clone();
+        let (qp, cp) = (ptr_of(q, ql.start_offset())?, ptr_of(c, 0)?);
+        let (out, op) = alloc_out(&dev, dt, b * qn)?;
+        let func = dev.get_or_load_custom_func(&format!("decode_attn_{}", suffix(dt)?), MODULE, PTX)?;
+        let cfg = LaunchConfig { grid_dim: (nh as u32, b as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        let mut bld = func.builder();
+        bld.arg(&qp);
+        bld.arg(&cp);
+        bld.arg(&op);
+        bld.arg(&p);
+        unsafe { bld.launch(cfg) }.w()?;
+        Ok((out, Shape::from((b, 1, qn))))
+    }
+}
+
+// ------------------------------------------------------------------ prefill softmax
+
+/// Softmax over the last dimension of `scores` `[.., rows, len]` (contiguous), scaled by
+/// `scale`, row `r` being query `r % t` at position `past + r % t`: keys after it, or outside
+/// the last `window` positions, get probability 0. Same dtype out.
+pub fn masked_softmax(scores: &Tensor, t: usize, past: usize, window: Option<usize>, scale: f64) -> Result<Tensor> {
+    if t == 0 || scores.rank() < 2 || scores.dim(candle_core::D::Minus2)? % t != 0 {
+        candle_core::bail!("masked_softmax: scores {:?} do not hold rows of {t} queries", scores.dims())
+    }
+    scores.contiguous()?.apply_op1_no_bwd(&MaskedSoftmax { t, past, window: window.unwrap_or(0), scale: scale as f32 })
+}
+
+struct MaskedSoftmax {
+    t: usize,
+    past: usize,
+    window: usize,
+    scale: f32,
+}
+
+impl CustomOp1 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "masked-softmax"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        Err(cuda_only("masked-softmax"))
+    }
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dt = s.dtype();
+        let len = l.dims().last().copied().unwrap_or(0);
+        let rows = l.shape().elem_count() / len.max(1);
+        let dev = s.device().clone();
+        let sp = ptr_of(s, contiguous_start(l, "masked_softmax: scores")?)?;
+        let (out, op) = alloc_out(&dev, dt, rows * len)?;
+        let func = dev.get_or_load_custom_func(&format!("masked_softmax_{}", suffix(dt)?), MODULE, PTX)?;
+        let (t, len32, past, window) = (self.t as u32, len as u32, self.past as u32, self.window as u32);
+        let threads = (len.next_multiple_of(32)).clamp(32, 256) as u32;
+        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let mut b = func.builder();
+        b.arg(&sp);
+        b.arg(&op);
+        b.arg(&t);
+        b.arg(&len32);
+        b.arg(&past);
+        b.arg(&window);
+        b.arg(&self.scale);
+        unsafe { b.launch(cfg) }.w()?;
+        Ok((out, l.shape().clone()))
+    }
+}
+
+/// Turns off cudarc's per-allocation event bookkeeping for `dev` when candle drives it with a
+/// single stream (the events are only used to order several streams; on one stream every
+/// allocation still creates and destroys two of them). Returns whether it was turned off.
+pub fn single_stream_fast_alloc(dev: &CudaDevice) -> bool {
+    let stream = dev.cuda_stream();
+    if stream.context().is_in_multi_stream_mode() {
+        return false;
+    }
+    // SAFETY: with one stream there is nothing for the events to order (cudarc itself skips
+    // them unless several streams exist); see `CudaContext::disable_event_tracking`.
+    unsafe { dev.disable_event_tracking() };
+    true
+}
