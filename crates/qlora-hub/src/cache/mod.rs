@@ -3,6 +3,7 @@
 //! blobs shared between revisions, and partial downloads left behind. [`manage`] deletes,
 //! prunes and verifies; [`layout`] knows where everything goes.
 
+pub mod against_hub;
 pub mod layout;
 pub mod manage;
 pub mod relocate;
