@@ -1,10 +1,13 @@
 //! `qlora cache ls|rm|prune|verify`: the Hugging Face cache as `hf cache` shows it, with a dry
 //! run for everything that deletes (`--dry-run` says what would go and what it frees).
+//! `verify` re-hashes blobs against their names; `verify --hub` also re-lists each model on
+//! the Hub and reports missing, changed and extra files.
 
+use anyhow::Context;
 use qlora_studio::hub::cache::manage::{self, CleanupPlan, Target};
-use qlora_studio::hub::cache::{self as hub_cache};
-use qlora_studio::hub::{HubConfig, human};
-use std::path::PathBuf;
+use qlora_studio::hub::cache::{self as hub_cache, against_hub};
+use qlora_studio::hub::{HubClient, HubConfig, human};
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -44,8 +47,17 @@ pub enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Re-hash cached files against the Hub's checksums.
-    Verify { repo: Option<String> },
+    /// Re-hash cached files against the checksums they were downloaded with; with --hub, also
+    /// against the Hub's current listing (missing, changed and extra files).
+    Verify {
+        repo: Option<String>,
+        /// Re-list each model on the Hub and compare its snapshot file by file (needs the network).
+        #[arg(long)]
+        hub: bool,
+        /// The revision whose snapshot --hub checks.
+        #[arg(long, default_value = "main", requires = "hub")]
+        revision: String,
+    },
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -61,27 +73,84 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             cleanup(manage::plan_delete(&cache_dir, &target)?, dry_run, args.json)
         }
         Cmd::Prune { dry_run } => cleanup(manage::plan_prune(&cache_dir), dry_run, args.json),
-        Cmd::Verify { repo } => {
-            let report = manage::verify(&cache_dir, repo.as_deref(), &Default::default())?;
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("checked {} files ({})", report.files_checked, human(report.bytes_checked));
-                for c in &report.corrupt {
-                    println!("CORRUPT {} {}: expected {}, got {}", c.repo, c.path, c.expected, c.actual);
-                }
+        Cmd::Verify { repo, hub, revision } => {
+            // Both checks run; either failing fails the command.
+            let local = verify(&cache_dir, repo.as_deref(), args.json);
+            if hub {
+                verify_hub(&cache_dir, repo.as_deref(), &revision, args.json)?;
             }
-            anyhow::ensure!(
-                report.corrupt.is_empty(),
-                "{} corrupt file(s); delete them with `qlora cache rm REPO --file PATH` and download again",
-                report.corrupt.len()
-            );
-            Ok(())
+            local
         }
     }
 }
 
-fn ls(cache_dir: &std::path::Path, files: bool, json: bool) -> anyhow::Result<()> {
+fn verify(cache_dir: &Path, repo: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let report = manage::verify(cache_dir, repo, &Default::default())?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("checked {} files ({})", report.files_checked, human(report.bytes_checked));
+        for c in &report.corrupt {
+            println!("CORRUPT {} {}: expected {}, got {}", c.repo, c.path, c.expected, c.actual);
+        }
+    }
+    anyhow::ensure!(
+        report.corrupt.is_empty(),
+        "{} corrupt file(s); delete them with `qlora cache rm REPO --file PATH` and download again",
+        report.corrupt.len()
+    );
+    Ok(())
+}
+
+/// Each model (or `repo`) with a snapshot of `revision`, checked against the Hub's listing.
+fn verify_hub(cache_dir: &Path, repo: Option<&str>, revision: &str, json: bool) -> anyhow::Result<()> {
+    let mut cfg = HubConfig::from_env();
+    cfg.cache_dir = cache_dir.to_path_buf();
+    let client = HubClient::new(cfg)?;
+    let repos: Vec<String> = match repo {
+        Some(r) => vec![r.to_string()],
+        None => hub_cache::scan(cache_dir).repos.into_iter().map(|r| r.repo).filter(|r| hub_cache::cached_listing(cache_dir, r, revision).is_some()).collect(),
+    };
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let mut bad = Vec::new();
+    for r in &repos {
+        let check = rt.block_on(against_hub::check_against_hub(&client, r, revision, &Default::default()))?;
+        if json {
+            println!("{}", serde_json::to_string(&check)?);
+        } else {
+            print_check(&check);
+        }
+        if !check.is_clean() {
+            bad.push(r.as_str());
+        }
+    }
+    anyhow::ensure!(
+        bad.is_empty(),
+        "{} differ from the Hub: run `qlora download REPO` to fetch the current files, and `qlora cache rm REPO --file PATH` for files the Hub no longer has",
+        bad.join(", ")
+    );
+    Ok(())
+}
+
+fn print_check(c: &against_hub::HubCheck) {
+    let short = |s: &str| s[..s.len().min(12)].to_string();
+    println!("{}@{}: cached {}, Hub {}; checked {} files ({})", c.repo, c.revision, short(&c.cached_commit), short(&c.hub_commit), c.files_checked, human(c.bytes_checked));
+    for m in &c.missing {
+        println!("  MISSING {} ({}): a load needs it", m.path, human(m.size));
+    }
+    for f in &c.changed {
+        let why = if f.updated_on_hub { "changed on the Hub since the download" } else { "the cached content is corrupt" };
+        println!("  CHANGED {}: Hub {} ({}), cached {} ({}): {why}", f.path, short(&f.hub_checksum), human(f.hub_size), short(&f.cached_checksum), human(f.cached_size));
+    }
+    for p in &c.extra {
+        println!("  EXTRA   {p}: the Hub no longer lists it");
+    }
+    if c.is_clean() {
+        println!("  matches the Hub");
+    }
+}
+
+fn ls(cache_dir: &Path, files: bool, json: bool) -> anyhow::Result<()> {
     let report = hub_cache::scan(cache_dir);
     if json {
         println!("{}", serde_json::to_string(&report)?);

@@ -1,5 +1,6 @@
 //! `qlora download REPO`: fetch what a load of the model needs into the standard Hugging Face
-//! cache, with a progress bar; Ctrl-C stops cleanly and the same command resumes.
+//! cache, several files at once (`--workers`), with a progress bar; Ctrl-C stops cleanly and
+//! the same command resumes.
 
 use anyhow::Context;
 use qlora_studio::hub::download::{self, DownloadEvent, DownloadOptions};
@@ -35,6 +36,9 @@ pub struct Args {
     /// Seconds without data before a connection is dropped and retried.
     #[arg(long, default_value_t = 30)]
     pub stall_timeout: u64,
+    /// Files downloaded at once (1 to 16).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=download::MAX_WORKERS as i64))]
+    pub workers: u16,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -49,7 +53,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 async fn run_async(client: HubClient, args: Args) -> anyhow::Result<()> {
     let select = SelectOptions { include: args.include.clone() };
-    let opts = DownloadOptions { stall_timeout: Duration::from_secs(args.stall_timeout.max(1)), ..Default::default() };
+    let opts = DownloadOptions {
+        stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
+        workers: usize::from(args.workers),
+        ..Default::default()
+    };
     if client.config().offline {
         let out = download::download(&client, &args.repo, &args.revision, &select, &opts, &qlora_studio::jobs::NoProgress).await?;
         println!("{}", out.snapshot.display());

@@ -61,12 +61,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         id => Target::preset(id)?,
     };
+    let mut cached_note = None;
     let (meta, cache_dir) = if Path::new(&args.model).is_dir() {
         (qp::gather(&qp::LocalFolder::new(&args.model))?, None)
     } else {
         let client = qlora_studio::hub::HubClient::from_env().context("setting up the Hub client")?;
         let cache = client.config().cache_dir.clone();
-        (qp::gather(&qp::HubSource::new(client, &args.model, &args.revision))?, Some(cache))
+        let offline = client.config().offline;
+        let source = qp::HubSource::new(client, &args.model, &args.revision);
+        let meta = qp::gather(&source)?;
+        cached_note = source.cached_commit().map(|c| {
+            let why = if offline { "offline mode (HF_HUB_OFFLINE)" } else { "the Hub could not be reached" };
+            format!("{why}: planned from the cached snapshot {c}; the Hub may have a newer revision")
+        });
+        (meta, Some(cache))
     };
     let train = args.train.then(|| TrainOptions {
         seq_len: args.seq_len,
@@ -82,6 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut plan = qp::plan(&meta, &target, &opts, overheads)?;
     let disk_dir = cache_dir.unwrap_or_else(|| Path::new(&args.model).to_path_buf());
     plan.disk.check_free_space(&disk_dir, overheads.verdict.tight_fraction.value)?;
+    plan.notes.extend(cached_note);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
     } else {
