@@ -4,7 +4,8 @@
 //! (no bytes for `stall_timeout`) is retried with exponential backoff; the cancel token is
 //! checked at least every 200 ms; and the blob gets its final name only after its size and
 //! checksum (LFS SHA-256, or git blob id for small files) match what the Hub listed. A mismatch
-//! deletes the partial file and says so.
+//! deletes the partial file and says so. Re-hashing a resumed partial file and the final fsync
+//! run on the blocking pool, so the other blobs in flight keep streaming.
 
 use super::{DownloadEvent, DownloadOptions, Meter};
 use crate::cache::layout::RepoCache;
@@ -112,8 +113,11 @@ impl Fetch<'_> {
             self.opts.cancel.check()?;
             let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
             if have != hashed {
-                hasher = Hasher::for_file(file);
-                hash_prefix(&partial, have, &mut hasher)?;
+                hasher = off_thread(&partial, {
+                    let (mut h, p) = (Hasher::for_file(file), partial.clone());
+                    move || hash_prefix(&p, have, &mut h).map(|()| h)
+                })
+                .await?;
                 hashed = have;
             }
             if have == file.size {
@@ -140,7 +144,14 @@ impl Fetch<'_> {
             meter.sink.emit(DownloadEvent::Retrying { path: file.path.clone(), attempt, reason, wait_secs: wait.as_secs_f64() });
             sleep_cancellable(wait, &self.opts.cancel).await?;
         }
-        self.verify_and_promote(file, &partial, hasher)
+        let p = partial.clone();
+        let len = off_thread(&partial, move || {
+            let f = std::fs::File::open(&p).map_err(|e| HubError::io(&p, e))?;
+            f.sync_all().map_err(|e| HubError::io(&p, e))?;
+            Ok(f.metadata().map_err(|e| HubError::io(&p, e))?.len())
+        })
+        .await?;
+        self.verify_and_promote(file, &partial, len, hasher)
     }
 
     /// One GET from `have` to the end of the file, appended to `partial`.
@@ -214,10 +225,8 @@ impl Fetch<'_> {
     }
 
     /// Checks size and checksum, then renames the partial file to its blob name.
-    fn verify_and_promote(&self, file: &RemoteFile, partial: &Path, hasher: Hasher) -> Result<()> {
-        let f = std::fs::File::open(partial).map_err(|e| HubError::io(partial, e))?;
-        f.sync_all().map_err(|e| HubError::io(partial, e))?;
-        let len = f.metadata().map_err(|e| HubError::io(partial, e))?.len();
+    /// `len`: the partial file's length once synced to disk.
+    fn verify_and_promote(&self, file: &RemoteFile, partial: &Path, len: u64, hasher: Hasher) -> Result<()> {
         if len != file.size {
             return Err(self.mismatch_size(file, partial, len));
         }
@@ -234,6 +243,12 @@ impl Fetch<'_> {
         let blob = self.rc.blob(file.etag());
         std::fs::rename(partial, &blob).map_err(|e| HubError::io(&blob, e))
     }
+}
+
+/// Runs blocking file work (re-hashing a partial file, fsync) on tokio's blocking pool, so the
+/// other downloads in flight keep streaming meanwhile.
+async fn off_thread<T: Send + 'static>(path: &Path, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(HubError::io(path, std::io::Error::other(e))))
 }
 
 fn write_error(file: &RemoteFile, partial: &Path, e: std::io::Error) -> HubError {
