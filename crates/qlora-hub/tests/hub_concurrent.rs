@@ -23,10 +23,14 @@ struct Many {
 /// `part-01.bin`…`part-10.bin` (LFS, `size` bytes each, different content), two LFS files with
 /// the same content, two small text files with the same content, a config.
 fn many(size: usize) -> Many {
+    many_parts(size, PARTS)
+}
+
+fn many_parts(size: usize, parts: usize) -> Many {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join(REPO);
     std::fs::create_dir_all(&dir).unwrap();
-    for i in 1..=PARTS {
+    for i in 1..=parts {
         std::fs::write(dir.join(format!("part-{i:02}.bin")), fixture::pseudo_random(size, i as u64)).unwrap();
     }
     let same = fixture::pseudo_random(size / 2, 99);
@@ -213,11 +217,14 @@ async fn cancel_stops_every_file_within_a_second_and_each_resumes_from_its_bytes
 
 #[tokio::test]
 async fn worker_count_is_bounded() {
-    let m = many(10_000);
-    let events = Mutex::new(Vec::new());
-    let sink = |e: DownloadEvent| events.lock().unwrap().push(e);
-    // 0 means one at a time; 1000 is clamped to MAX_WORKERS (more than the files here).
-    m.get(&opts(0), &sink).await.unwrap();
-    assert_eq!(max_in_flight(&events.lock().unwrap()), 1);
-    assert!(download::MAX_WORKERS >= 4 && download::MAX_WORKERS <= 32);
+    // More blobs than MAX_WORKERS, each waiting before its first byte.
+    let mut m = many_parts(1_000, download::MAX_WORKERS + 6);
+    m.hub.add_fault(FaultRule::any_file(Fault::Latency { secs: 0.05 }));
+    for (asked, want) in [(1000, download::MAX_WORKERS), (0, 1)] {
+        let events = Mutex::new(Vec::new());
+        let sink = |e: DownloadEvent| events.lock().unwrap().push(e);
+        m.cache = tempfile::tempdir().unwrap();
+        m.get(&opts(asked), &sink).await.unwrap();
+        assert_eq!(max_in_flight(&events.lock().unwrap()), want, "workers {asked}");
+    }
 }

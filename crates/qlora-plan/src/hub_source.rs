@@ -61,7 +61,7 @@ impl HubSource {
     }
 
     /// The cached snapshot of the revision, if the cache has one.
-    fn from_cache(&self) -> Option<Origin> {
+    fn cached_origin(&self) -> Option<Origin> {
         let cache_dir = &self.client.config().cache_dir;
         let listing = qlora_hub::cache::cached_listing(cache_dir, &self.repo, &self.revision)?;
         let dir = qlora_hub::cache::layout::RepoCache::new(cache_dir, &self.repo).snapshot_dir(&listing.commit);
@@ -74,14 +74,14 @@ impl HubSource {
         }
         let cfg = self.client.config();
         let origin = if cfg.offline {
-            self.from_cache().ok_or_else(|| {
+            self.cached_origin().ok_or_else(|| {
                 self.err(HubError::Offline { what: self.describe(), cache: cfg.cache_dir.clone() })
             })?
         } else {
             match block_on(remote::list_files(&self.client, &self.repo, &self.revision)) {
                 Ok(l) => Origin::Hub(l),
                 // The Hub is unreachable: a cached copy still plans; without one, say why.
-                Err(e) if e.code() == "network" => self.from_cache().ok_or_else(|| self.err(e))?,
+                Err(e) if e.code() == "network" => self.cached_origin().ok_or_else(|| self.err(e))?,
                 Err(e) => return Err(self.err(e)),
             }
         };
