@@ -11,7 +11,7 @@
 //!   gradients together within 5% (norm of the difference over the norm);
 //! - the training kernels against their CPU twins: dropout bit for bit, the fused
 //!   cross-entropy's loss and logits gradient to float rounding, the fused attention softmax
-//!   and its gradient against the composite CPU softmax.
+//!   and RMSNorm with their gradients against the composite CPU ops.
 #![cfg(feature = "cuda")]
 
 use qlora_studio::engine::candle_core::{DType, Device, Tensor};
@@ -203,4 +203,28 @@ fn fused_softmax_and_its_gradient_match_the_cpu_composite() {
     let (yg, gg) = run(&gpu());
     assert!(rel(&yg, &yc) < 1e-5, "softmax differs by {}", rel(&yg, &yc));
     assert!(rel(&gg, &gc) < 1e-4, "softmax gradient differs by {}", rel(&gg, &gc));
+}
+
+#[test]
+fn fused_rms_norm_and_its_gradient_match_the_cpu_composite() {
+    use qlora_studio::engine::candle_core::Var;
+    use qlora_studio::engine::ops::rms_norm;
+    for dt in [DType::F32, DType::BF16] {
+        let x = Tensor::randn(0f32, 2.0, (2, 9, 320), &Device::Cpu).unwrap().to_dtype(dt).unwrap();
+        let w = Tensor::randn(1f32, 0.2, 320, &Device::Cpu).unwrap().to_dtype(dt).unwrap();
+        let up = Tensor::randn(0f32, 1.0, (2, 9, 320), &Device::Cpu).unwrap().to_dtype(dt).unwrap();
+        let run = |dev: &Device| {
+            let v = Var::from_tensor(&x.to_device(dev).unwrap()).unwrap();
+            let y = rms_norm(v.as_tensor(), &w.to_device(dev).unwrap(), 1e-5).unwrap();
+            let g = (&y * up.to_device(dev).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+            (y, g.get(v.as_tensor()).unwrap().clone())
+        };
+        let (yc, gc) = run(&Device::Cpu);
+        let (yg, gg) = run(&gpu());
+        // bf16: the same roundings of the output; the gradient is computed in f32 on CUDA
+        // (the composite rounds each intermediate to bf16), so a few bf16 steps apart.
+        let (ty, tg) = if dt == DType::F32 { (1e-5, 1e-4) } else { (1e-2, 5e-2) };
+        assert!(rel(&yg, &yc) < ty, "{dt:?}: rms_norm differs by {}", rel(&yg, &yc));
+        assert!(rel(&gg, &gc) < tg, "{dt:?}: rms_norm gradient differs by {}", rel(&gg, &gc));
+    }
 }

@@ -102,7 +102,6 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
 /// (f32) so the op runs, and is checked, anywhere.
 #[cfg(feature = "cuda")]
 pub mod fused_softmax {
-    use candle_core::backend::BackendStorage;
     use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
     fn rows<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], usize)> {
