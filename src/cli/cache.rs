@@ -114,7 +114,16 @@ fn verify_hub(cache_dir: &Path, repo: Option<&str>, revision: &str, json: bool) 
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let mut bad = Vec::new();
     for r in &repos {
-        let check = rt.block_on(against_hub::check_against_hub(&client, r, revision, &Default::default()))?;
+        let check = match rt.block_on(against_hub::check_against_hub(&client, r, revision, &Default::default())) {
+            Ok(c) => c,
+            // One model the Hub cannot answer for (removed, private) does not stop the others.
+            Err(e) if repo.is_none() && e.code() != "offline" && e.code() != "network" => {
+                eprintln!("error: {r}: {e}");
+                bad.push(r.as_str());
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         if json {
             println!("{}", serde_json::to_string(&check)?);
         } else {

@@ -82,7 +82,8 @@ async fn run_async(client: HubClient, args: Args) -> anyhow::Result<()> {
     let json = args.json;
     let sink = {
         let bar = bar.clone();
-        move |e: DownloadEvent| render(&e, bar.as_ref(), json)
+        let in_flight = std::sync::Mutex::new(Vec::new());
+        move |e: DownloadEvent| render(&e, bar.as_ref(), json, &in_flight)
     };
     let result = download::run(&client, &plan, &opts, &sink).await;
     if let Some(b) = &bar {
@@ -133,7 +134,8 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
     bar
 }
 
-fn render(e: &DownloadEvent, bar: Option<&indicatif::ProgressBar>, json: bool) {
+/// `in_flight`: the files being fetched (several at once), shown as the first one and a count.
+fn render(e: &DownloadEvent, bar: Option<&indicatif::ProgressBar>, json: bool, in_flight: &std::sync::Mutex<Vec<String>>) {
     if json {
         if let Ok(s) = serde_json::to_string(e) {
             println!("{s}");
@@ -142,7 +144,18 @@ fn render(e: &DownloadEvent, bar: Option<&indicatif::ProgressBar>, json: bool) {
     }
     let Some(bar) = bar else { return };
     match e {
-        DownloadEvent::FileStarted { path, .. } => bar.set_message(path.clone()),
+        DownloadEvent::FileStarted { path, .. } | DownloadEvent::FileDone { path, .. } => {
+            let mut files = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            match e {
+                DownloadEvent::FileStarted { .. } => files.push(path.clone()),
+                _ => files.retain(|f| f != path),
+            }
+            bar.set_message(match files.len() {
+                0 => String::new(),
+                1 => files[0].clone(),
+                n => format!("{} (+{} more)", files[0], n - 1),
+            });
+        }
         DownloadEvent::Progress { done, .. } => bar.set_position(*done),
         DownloadEvent::Retrying { path, attempt, reason, wait_secs } => {
             bar.println(format!("{path}: {reason}; retry {attempt} in {wait_secs:.1} s"))
