@@ -1,8 +1,10 @@
 //! The Hugging Face Hub and its local cache: what a model is made of (listing with sizes and
 //! checksums, safetensors headers over HTTP Range) and downloads into the standard cache
 //! (`models--org--name/{blobs,snapshots,refs}`) that resume after a crash, verify every byte
-//! before a loader can see it, and share every file with Python's huggingface_hub; plus the
-//! cache manager (list, delete, prune, verify) and the token the `hf` CLI stores.
+//! before a loader can see it, and share every file with Python's huggingface_hub (several
+//! files at once, as `hf download` does); plus the cache manager (list, delete, prune, verify
+//! against the blobs' own checksums or against the Hub's current listing) and the token the
+//! `hf` CLI stores.
 //!
 //! hf-hub 1.0 sits behind this crate (its API moves); where it falls short we use its HTTP
 //! client directly — see [`client`] for each reason and the test that pins it.
