@@ -130,10 +130,7 @@ impl Int8Tensor {
     /// The dense weight `(q * absmax) * (1/127)` in f32, rounded to `dtype`.
     pub fn dequantize(&self, dtype: DType) -> candle_core::Result<Tensor> {
         if !on_cpu(&self.q) {
-            let q = self.q.to_dtype(DType::F32)?;
-            let q = (&q - q.ge(128f64)?.to_dtype(DType::F32)?.affine(256.0, 0.0)?)?;
-            let w = (q.broadcast_mul(&self.row_absmax.unsqueeze(1)?)? * INV_127 as f64)?;
-            return w.to_dtype(dtype);
+            return self.dequantize_tensor_ops(dtype);
         }
         let stats = cpu_vec::<f32>(&self.row_absmax)?;
         let cols = self.cols;
@@ -144,6 +141,22 @@ impl Int8Tensor {
                 .collect()
         })?;
         Tensor::from_vec(vals, (self.rows, self.cols), &Device::Cpu)?.to_dtype(dtype)
+    }
+
+    /// The dequantization as tensor ops (the GPU path): each code's int8 value through a
+    /// 256-entry table, then the two f32 products, each freeing its input, so at most 8 bytes
+    /// per element are alive besides the output (the earlier sign fix-up kept five f32/u8
+    /// temporaries: about 22 bytes per element at its peak on an H100, bench/gpu/memcheck.sh).
+    fn dequantize_tensor_ops(&self, dtype: DType) -> candle_core::Result<Tensor> {
+        let table: Vec<f32> = (0..=255u8).map(|b| b as i8 as f32).collect();
+        let table = Tensor::from_vec(table, 256, self.q.device())?;
+        let ids = self.q.flatten_all()?.to_dtype(DType::U32)?;
+        let vals = table.index_select(&ids, 0)?.reshape((self.rows, self.cols))?;
+        drop(ids);
+        let scaled = vals.broadcast_mul(&self.row_absmax.unsqueeze(1)?)?;
+        drop(vals);
+        let w = (scaled * INV_127 as f64)?;
+        w.to_dtype(dtype)
     }
 
     /// LLM.int8's integer matmul `x Wᵀ` (bnb `int8_linear_matmul` + `int8_mm_dequant`, no
@@ -200,6 +213,20 @@ mod tests {
         let exact = [0.5 - 0.5 + 0.3, 2.0 - 3.0];
         for (a, b) in y[0].iter().zip(exact) {
             assert!((a - b).abs() < 0.05, "{a} vs {b}");
+        }
+    }
+
+    /// The GPU's tensor-op dequantization gives the CPU loop's bits (run here on CPU tensors).
+    #[test]
+    fn tensor_op_dequantize_equals_the_cpu_loop() {
+        let vals: Vec<f32> = (0..64 * 96).map(|i| ((i * 7919 % 2001) as f32 - 1000.0) / 377.0).collect();
+        let w = Tensor::from_vec(vals, (64, 96), &Device::Cpu).unwrap();
+        let q = Int8Tensor::quantize(&w).unwrap();
+        for dt in [DType::F32, DType::BF16, DType::F16] {
+            let a = q.dequantize(dt).unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = q.dequantize_tensor_ops(dt).unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let bad = a.iter().zip(&b).position(|(x, y)| x.to_bits() != y.to_bits());
+            assert!(bad.is_none(), "{dt:?} at {bad:?}: {:?}", bad.map(|i| (a[i], b[i])));
         }
     }
 }
