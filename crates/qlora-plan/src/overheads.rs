@@ -22,6 +22,9 @@ pub struct Sourced<T> {
 pub struct CudaOverheads {
     pub context_bytes: Sourced<u64>,
     pub cublas_workspace_bytes: Sourced<u64>,
+    /// What a running engine holds beyond the context and cuBLAS whatever the model: the
+    /// kernel modules (candle's and ours) loaded on first use, the pool's first chunks.
+    pub modules_bytes: Sourced<u64>,
     pub allocator_slack_fraction: Sourced<f64>,
 }
 
@@ -98,10 +101,7 @@ impl Overheads {
     /// Fixed bytes plus slack on `working` (the sum of the other terms).
     pub fn overhead_bytes(&self, device: DeviceKind, working: u64) -> u64 {
         let (fixed, slack) = match device {
-            DeviceKind::Cuda => (
-                self.cuda.context_bytes.value + self.cuda.cublas_workspace_bytes.value,
-                self.cuda.allocator_slack_fraction.value,
-            ),
+            DeviceKind::Cuda => (self.cuda_fixed_bytes(), self.cuda.allocator_slack_fraction.value),
             DeviceKind::Cpu => (self.cpu.process_bytes.value, self.cpu.allocator_slack_fraction.value),
         };
         fixed + (working as f64 * slack).ceil() as u64
@@ -112,17 +112,25 @@ impl Overheads {
     pub fn training_overhead_bytes(&self, device: DeviceKind, working: u64) -> u64 {
         match device {
             DeviceKind::Cuda => {
-                self.cuda.context_bytes.value
-                    + self.cuda.cublas_workspace_bytes.value
-                    + (working as f64 * self.training.cuda_pool_slack_fraction.value).ceil() as u64
+                self.cuda_fixed_bytes() + (working as f64 * self.training.cuda_pool_slack_fraction.value).ceil() as u64
             }
             DeviceKind::Cpu => self.overhead_bytes(device, working),
         }
     }
 
+    /// What every CUDA process of ours holds whatever its model: context, cuBLAS, modules.
+    pub fn cuda_fixed_bytes(&self) -> u64 {
+        self.cuda.context_bytes.value + self.cuda.cublas_workspace_bytes.value + self.cuda.modules_bytes.value
+    }
+
     /// True while any value is still an estimate rather than a measurement.
     pub fn has_estimates(&self) -> bool {
-        [&self.cuda.context_bytes.source, &self.cuda.cublas_workspace_bytes.source, &self.cuda.allocator_slack_fraction.source]
+        [
+            &self.cuda.context_bytes.source,
+            &self.cuda.cublas_workspace_bytes.source,
+            &self.cuda.modules_bytes.source,
+            &self.cuda.allocator_slack_fraction.source,
+        ]
             .iter()
             .any(|s| s.contains("estimate"))
     }
@@ -137,7 +145,7 @@ mod tests {
         let o = Overheads::builtin().unwrap();
         assert!(!o.cuda.context_bytes.source.is_empty());
         // 512 MiB + 32 MiB fixed; 5 % of 1 GiB slack.
-        let fixed = o.cuda.context_bytes.value + o.cuda.cublas_workspace_bytes.value;
+        let fixed = o.cuda.context_bytes.value + o.cuda.cublas_workspace_bytes.value + o.cuda.modules_bytes.value;
         let slack = (o.cuda.allocator_slack_fraction.value * (1u64 << 30) as f64).ceil() as u64;
         assert_eq!(o.overhead_bytes(DeviceKind::Cuda, 1 << 30), fixed + slack);
     }
