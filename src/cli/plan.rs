@@ -189,7 +189,7 @@ pub fn render(p: &Plan) -> String {
         s += &format!("note: {n}\n");
     }
     if p.overheads_estimated {
-        s += "note: runtime overheads are estimates until measured on a GPU (configs/overheads.json)\n";
+        s += "note: some runtime overheads are still estimates (configs/overheads.json says which and where the others were measured)\n";
     }
     s
 }

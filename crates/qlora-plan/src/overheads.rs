@@ -130,6 +130,8 @@ impl Overheads {
             &self.cuda.cublas_workspace_bytes.source,
             &self.cuda.modules_bytes.source,
             &self.cuda.allocator_slack_fraction.source,
+            &self.training.cuda_pool_slack_fraction.source,
+            &self.training.checkpointed_layer_graphs.source,
         ]
             .iter()
             .any(|s| s.contains("estimate"))
