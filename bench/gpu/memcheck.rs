@@ -14,11 +14,13 @@
 //! the stream-ordered pool's reservation), which is what must fit on the card. Predicted: the
 //! plan's `total_bytes` for that precision at that context (prompt + new tokens), batch 1.
 
+#[path = "common.rs"]
+mod common;
+
 use anyhow::{bail, Context, Result};
 use nvml_wrapper::Nvml;
 use qlora_studio::plan as qp;
 use serde_json::{json, Value};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,80 +71,12 @@ fn parse_args() -> Result<Args> {
     Ok(a)
 }
 
-/// f32 to bf16 bits, round to nearest even (finite inputs).
-fn bf16_bits(v: f32) -> u16 {
-    let b = v.to_bits();
-    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
-}
-
-/// Random values (std 0.02, or a constant) as bf16 bytes, on all cores.
-fn fill_bf16(buf: &mut [u8], seed: u64, constant: Option<f32>) {
-    let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
-    let chunk = buf.len().div_ceil(threads).next_multiple_of(2).max(2);
-    std::thread::scope(|s| {
-        for (t, part) in buf.chunks_mut(chunk).enumerate() {
-            s.spawn(move || {
-                let mut x = (seed ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
-                for pair in part.chunks_exact_mut(2) {
-                    let v = constant.unwrap_or_else(|| {
-                        x ^= x >> 12;
-                        x ^= x << 25;
-                        x ^= x >> 27;
-                        ((x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.07
-                    });
-                    pair.copy_from_slice(&bf16_bits(v).to_le_bytes());
-                }
-            });
-        }
-    });
-}
-
-/// Writes `dir/{config.json, model.safetensors, tokenizer.json}` for the shape in `config_dir`,
-/// unless already there. Norm weights are 1 (0 for Gemma, whose norms add one), biases 0.
+/// The shape's checkpoint (random weights) and a word-level tokenizer, unless already there.
 fn synth_model(config_dir: &Path, dir: &Path) -> Result<()> {
-    let file = dir.join("model.safetensors");
-    if file.is_file() {
-        return Ok(());
+    let spec = common::write_checkpoint(config_dir, dir, common::default_fill)?;
+    if !dir.join("tokenizer.json").is_file() {
+        write_tokenizer(dir, spec.vocab_size)?;
     }
-    std::fs::create_dir_all(dir)?;
-    let config_text = std::fs::read_to_string(config_dir.join("config.json"))?;
-    let spec = qp::ArchSpec::from_json(&config_dir.join("config.json"), &config_text)?;
-    std::fs::write(dir.join("config.json"), &config_text)?;
-    write_tokenizer(dir, spec.vocab_size)?;
-    let list: Vec<_> = qp::tensors::from_arch(&spec)
-        .into_iter()
-        .filter(|t| qp::tensors::role_of(&spec, &t.name) != qp::tensors::Role::Unused)
-        .collect();
-    let mut header = serde_json::Map::new();
-    let mut off = 0u64;
-    for t in &list {
-        let bytes = t.numel() * 2;
-        header.insert(t.name.clone(), json!({"dtype": "BF16", "shape": t.shape, "data_offsets": [off, off + bytes]}));
-        off += bytes;
-    }
-    let mut h = serde_json::to_vec(&Value::Object(header))?;
-    while h.len() % 8 != 0 {
-        h.push(b' ');
-    }
-    let tmp = dir.join("model.safetensors.part");
-    let mut f = std::io::BufWriter::with_capacity(1 << 24, std::fs::File::create(&tmp)?);
-    f.write_all(&(h.len() as u64).to_le_bytes())?;
-    f.write_all(&h)?;
-    let gemma = spec.arch == qp::Arch::Gemma;
-    for (i, t) in list.iter().enumerate() {
-        let constant = if t.name.ends_with(".bias") {
-            Some(0.0)
-        } else if t.shape.len() == 1 {
-            Some(if gemma { 0.0 } else { 1.0 })
-        } else {
-            None
-        };
-        let mut buf = vec![0u8; t.numel() as usize * 2];
-        fill_bf16(&mut buf, i as u64 + 7, constant);
-        f.write_all(&buf)?;
-    }
-    f.into_inner()?.sync_all()?;
-    std::fs::rename(&tmp, &file)?;
     Ok(())
 }
 
@@ -258,10 +192,7 @@ fn main() -> Result<()> {
                 "ratio": m.total_bytes as f64 / measured as f64, "seconds": secs, "gpu": gpu,
                 "predicted_terms": {"weights": m.weights_bytes, "kv_cache": m.kv_cache_bytes, "activations": m.activations_bytes, "overhead": m.overhead_bytes},
             });
-            println!("{row}");
-            if let Some(p) = &a.out {
-                writeln!(std::fs::OpenOptions::new().create(true).append(true).open(p)?, "{row}")?;
-            }
+            common::emit(&a.out, row.clone())?;
             rows.push(row);
         }
         std::fs::remove_dir_all(&dir).ok();
