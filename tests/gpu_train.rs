@@ -7,8 +7,10 @@
 //! - in f32 on both, the loss and every lora_A / lora_B gradient within 1e-4 relative (the
 //!   dropout masks are the same on both devices: a hash of seed and element), and the same
 //!   after an AdamW step;
-//! - in bf16 on CUDA (the benchmarked setting) against f32 on the CPU: loss within 2%, all
-//!   gradients together within 5% (norm of the difference over the norm);
+//! - in bf16 on CUDA (the benchmarked setting) against f32 on the CPU: loss within 2%, and all
+//!   gradients together (norm of the difference over the norm) no further from f32 than 1.5×
+//!   what bf16 costs on the CPU for the same model (about 19% on this tiny random model: seen
+//!   0.187 on an H100 against 0.186 for bf16 on the CPU);
 //! - the training kernels against their CPU twins: dropout bit for bit, the fused
 //!   cross-entropy's loss and logits gradient to float rounding, the fused attention softmax
 //!   and RMSNorm with their gradients against the composite CPU ops.
@@ -119,11 +121,48 @@ fn norms(a: &Tensor, b: &Tensor) -> (f64, f64) {
     (d as f64, n as f64)
 }
 
+/// The error norm of all gradients together relative to their norm, per step.
+fn global_errors(a: &[Vec<Tensor>], b: &[Vec<Tensor>]) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .map(|(ga, gb)| {
+            let (dn, n) = ga.iter().zip(gb).map(|(x, y)| norms(x, y)).fold((0.0, 0.0), |s, v| (s.0 + v.0, s.1 + v.1));
+            (dn / n).sqrt()
+        })
+        .collect()
+}
+
 /// `tol_grad`: the worst tensor's max-abs error relative to its largest entry (`per_tensor`),
-/// or the error norm of all gradients together relative to their norm (otherwise).
+/// or, for bf16, a bound on the error norm of all gradients together relative to their norm
+/// as a multiple of what bf16 itself costs on the CPU (the same model and adapter in bf16 on
+/// the CPU against f32 on the CPU: this tiny random model's gradients move by ~20% in bf16).
 fn compare(tol_loss: f64, tol_grad: f64, gpu_dtype: DType, per_tensor: bool) {
     let (cm, cl) = setup(&Device::Cpu, DType::F32);
     let (gm, gl) = setup(&gpu(), gpu_dtype);
+    let bf16_cost = if per_tensor {
+        vec![0.0; 2]
+    } else {
+        let (bm, bl) = setup(&Device::Cpu, gpu_dtype);
+        let (_, bgrads) = steps(&bm, &bl);
+        let (_, cgrads) = steps(&cm, &cl);
+        let (cm2, cl2) = setup(&Device::Cpu, DType::F32);
+        let _ = (cm, cl);
+        let e = global_errors(&bgrads, &cgrads);
+        return compare_with(tol_loss, tol_grad, gpu_dtype, per_tensor, (cm2, cl2), (gm, gl), e);
+    };
+    compare_with(tol_loss, tol_grad, gpu_dtype, per_tensor, (cm, cl), (gm, gl), bf16_cost)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compare_with(
+    tol_loss: f64,
+    tol_grad: f64,
+    gpu_dtype: DType,
+    per_tensor: bool,
+    (cm, cl): (Model, Attached),
+    (gm, gl): (Model, Attached),
+    bf16_cost: Vec<f64>,
+) {
     let (closs, cgrads) = steps(&cm, &cl);
     let (gloss, ggrads) = steps(&gm, &gl);
     let names: Vec<String> = params(&cl).into_iter().map(|p| p.name).collect();
@@ -136,13 +175,16 @@ fn compare(tol_loss: f64, tol_grad: f64, gpu_dtype: DType, per_tensor: bool) {
             .zip(ggrads[s].iter().zip(&cgrads[s]))
             .map(|(n, (g, c))| (rel(g, c), n))
             .fold((0f32, &names[0]), |a, b| if b.0 > a.0 { b } else { a });
-        let (dn, n) = ggrads[s].iter().zip(&cgrads[s]).map(|(g, c)| norms(g, c)).fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
-        let global = (dn / n).sqrt();
-        eprintln!("{gpu_dtype:?} step {s}: worst gradient {} rel {:.2e}; all gradients rel {global:.2e}", worst.1, worst.0);
+        let global = global_errors(&ggrads[s..s + 1], &cgrads[s..s + 1])[0];
+        eprintln!(
+            "{gpu_dtype:?} step {s}: worst gradient {} rel {:.2e}; all gradients rel {global:.2e} (bf16 on the CPU: {:.2e})",
+            worst.1, worst.0, bf16_cost[s]
+        );
         if per_tensor {
             assert!(worst.0 as f64 <= tol_grad, "step {s}: {} differs on CUDA by {} relative", worst.1, worst.0);
         } else {
-            assert!(global <= tol_grad, "step {s}: the gradients differ on CUDA by {global} relative (norm)");
+            let bound = tol_grad * bf16_cost[s] + 1e-3;
+            assert!(global <= bound, "step {s}: the gradients differ on CUDA by {global} relative (norm), bf16 on the CPU by {}", bf16_cost[s]);
         }
     }
 }
@@ -154,7 +196,7 @@ fn first_steps_in_f32_match_the_cpu() {
 
 #[test]
 fn first_steps_in_bf16_match_the_cpu_f32_within_bf16_rounding() {
-    compare(2e-2, 5e-2, DType::BF16, false);
+    compare(2e-2, 1.5, DType::BF16, false);
 }
 
 #[test]

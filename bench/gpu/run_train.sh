@@ -79,12 +79,12 @@ for m in ours:
         print(f"| {m} | {p['value']:,.0f} | {o['value']:,.0f} | {o['value']/p['value']:.2f} | {pp:.2f} | {op:.2f} | {op/pp:.2f} |")
     else:
         print(f"| {m} | - | {o['value']:,.0f} | - | - | {op:.2f} | - |")
-print("\n| shape | planner total GiB | measured process peak GiB | predicted / measured |")
+print("\n| shape | planner total GiB | measured peak GiB (context + cuBLAS + pool reserved) | predicted / measured |")
 print("|---|---|---|---|")
 for m in ours:
     if m in plan:
         pr = plan[m]["total_bytes"] / 2**30
-        me = ours[m]["process_peak_GiB"]
+        me = ours[m]["context_and_cublas_GiB"] + ours[m]["peak_training_phase"]["max_reserved_GiB"]
         print(f"| {m} | {pr:.2f} | {me:.2f} | {pr/me:.3f} |")
 for r in lines("ours.jsonl"):
     if r.get("metric") == "qlora_train_profile":
