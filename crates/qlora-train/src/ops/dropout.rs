@@ -74,7 +74,7 @@ pub fn dropout(x: &Tensor, seed: u64, p: f64) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(x.clone());
     }
-    if !(p < 1.0) || !matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16) {
+    if p >= 1.0 || p.is_nan() || !matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16) {
         candle_core::bail!("lora dropout must be in [0, 1) on f32/bf16/f16 input, got {p} on {:?}", x.dtype())
     }
     x.contiguous()?.apply_op1(Dropout { seed, p })
