@@ -221,7 +221,7 @@ fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, nh: usize, nkv: usize
         t.unsqueeze(2).unwrap().expand((b, n, nh / nkv, s, d)).unwrap().reshape((b, nh, s, d)).unwrap()
     };
     let (k, v) = (rep(&k), rep(&v));
-    let scores = (q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap() * (1.0 / (hd as f64).sqrt())).unwrap();
+    let scores = (q.contiguous().unwrap().matmul(&k.t().unwrap().contiguous().unwrap()).unwrap() * (1.0 / (hd as f64).sqrt())).unwrap();
     let mut scores = scores.to_dtype(DType::F32).unwrap();
     if let Some(w) = window.filter(|w| *w < len) {
         let m: Vec<f32> = (0..len).map(|j| if j + w <= len - 1 { f32::NEG_INFINITY } else { 0.0 }).collect();

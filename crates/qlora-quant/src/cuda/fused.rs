@@ -95,7 +95,8 @@ pub fn fused_unsupported(m: usize, k: usize, dtype: DType, projs: &[Nf4Proj]) ->
         if pl.contiguous_offsets().is_none_or(|(o, _)| o % 16 != 0) {
             return Some("the packed weight is not contiguous and 16-byte aligned".into());
         }
-        if p.w.code() != projs[0].w.code() || nested_code(&p.w) != nested_code(&projs[0].w) {
+        let nested = projs.iter().find_map(|q| nested_code(&q.w));
+        if p.w.code() != projs[0].w.code() || nested_code(&p.w).is_some_and(|n| Some(n) != nested) {
             return Some("the weights use different code tables".into());
         }
         if let Some(b) = &p.bias
@@ -112,6 +113,11 @@ fn nested_code(w: &Nf4Tensor) -> Option<&[f32; 256]> {
         Absmax::Plain(_) => None,
         Absmax::Double(d) => Some(&d.nested_code),
     }
+}
+
+/// The weight whose tables serve the whole launch: a double-quantized one if any.
+fn table_source(projs: &[Nf4Proj]) -> &Nf4Tensor {
+    projs.iter().find(|p| nested_code(&p.w).is_some()).map_or(&projs[0].w, |p| &p.w)
 }
 
 fn seg<T: CudaDType>(p: &Nf4Proj, col0: u32) -> Result<Seg> {
@@ -223,7 +229,8 @@ impl MultiOp {
             segs[i] = seg::<T>(p, col)?;
             col += segs[i].rows;
         }
-        let tables = tables(&dev, &self.projs[0].w)?;
+        // One table for all: the shared NF4 code and the nested code of the double-quantized ones.
+        let tables = tables(&dev, table_source(&self.projs))?;
         let tp = tables.device_ptr(tables.stream()).0;
         let multi = Multi { seg: segs, tables: tp, nseg: self.projs.len() as u32, ntotal: col };
         let func = dev.get_or_load_custom_func(&format!("nf4_gemv_multi_{sfx}_m{m}"), MODULE, PTX)?;
@@ -278,7 +285,7 @@ impl GluOp {
         let dev = s.device().clone();
         let (g, u) = (seg::<T>(&self.gate, 0)?, seg::<T>(&self.up, 0)?);
         let n = g.rows;
-        let tables = tables(&dev, &self.gate.w)?;
+        let tables = tables(&dev, table_source(&projs))?;
         let func = dev.get_or_load_custom_func(&format!("nf4_gemv_glu_{sfx}_m{m}"), MODULE, PTX)?;
         let mut y = unsafe { dev.alloc::<T>(m * n as usize)? };
         let xp = x_ptr::<T>(s, l)?;
