@@ -8,7 +8,8 @@
 #   CARGO_TARGET_DIR=target/cuda cargo build --release --features cuda --bin qlora-gpu-bench
 # Run (GPU machine, repository root):  bash bench/gpu/run.sh
 # Knobs: BIN (the qlora-gpu-bench binary, .xz accepted), PEER_DIR (peer_bench.py + the bnb wheel),
-#        OUT_DIR (results), MODELS (default tinyllama,mistral7b), RUN_PEER=0 to skip the reference.
+#        OUT_DIR (results), MODELS (default tinyllama,mistral7b), RUN_PEER=0 to skip the reference,
+#        OURS_ARGS (extra qlora-gpu-bench arguments, e.g. --profile for the decode-step breakdown).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-.gpu-carry/qlora-gpu-bench}
