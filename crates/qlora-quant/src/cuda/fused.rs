@@ -92,7 +92,7 @@ pub fn fused_unsupported(m: usize, k: usize, dtype: DType, projs: &[Nf4Proj]) ->
             return Some("the weight is not on a CUDA device".into());
         }
         let (_, pl) = p.w.packed().storage_and_layout();
-        if pl.contiguous_offsets().is_none_or(|(o, _)| o % 16 != 0) {
+        if pl.contiguous_offsets().is_none_or(|(o, _)| !o.is_multiple_of(16)) {
             return Some("the packed weight is not contiguous and 16-byte aligned".into());
         }
         let nested = projs.iter().find_map(|q| nested_code(&q.w));
@@ -198,7 +198,7 @@ fn rows_and_k(projs: &[Nf4Proj], l: &Layout, dtype: DType) -> Result<(usize, usi
 
 fn x_ptr<T: CudaDType>(s: &CudaStorage, l: &Layout) -> Result<u64> {
     let Some((o1, _)) = l.contiguous_offsets() else { candle_core::bail!("fused nf4: x is not contiguous") };
-    if (o1 * std::mem::size_of::<T>()) % 16 != 0 {
+    if !(o1 * std::mem::size_of::<T>()).is_multiple_of(16) {
         candle_core::bail!("fused nf4: x is not 16-byte aligned")
     }
     let c = s.as_cuda_slice::<T>()?;

@@ -26,13 +26,13 @@ pub const MAX_HEAD_DIM: usize = 256;
 
 /// Why the attention kernels do not apply to this head size and rotary table, or `None`.
 pub fn attention_unsupported(head_dim: usize, inv_freq_len: usize, heads: usize, kv_heads: usize) -> Option<String> {
-    if head_dim == 0 || head_dim % 8 != 0 || head_dim > MAX_HEAD_DIM {
+    if head_dim == 0 || !head_dim.is_multiple_of(8) || head_dim > MAX_HEAD_DIM {
         return Some(format!("head_dim {head_dim} (the kernels take multiples of 8 up to {MAX_HEAD_DIM})"));
     }
     if inv_freq_len > MAX_ROPE_HALF || 2 * inv_freq_len > head_dim {
         return Some(format!("rotary half {inv_freq_len} does not fit head_dim {head_dim}"));
     }
-    if kv_heads == 0 || heads % kv_heads != 0 {
+    if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
         return Some(format!("{heads} heads are not a multiple of {kv_heads} kv heads"));
     }
     None

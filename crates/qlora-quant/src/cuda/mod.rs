@@ -123,7 +123,7 @@ fn dequant_launch<T: CudaDType + DeviceRepr>(
     let func = dev.get_or_load_custom_func(fname, MODULE, PTX)?;
     let tables = tables(dev, w)?;
     let p = scale_params(w);
-    let vec = i32::from(packed_start % 4 == 0);
+    let vec = i32::from(packed_start.is_multiple_of(4));
     let n64 = n as u64;
     let mut out = unsafe { dev.alloc::<T>(n)? };
     let groups = n.div_ceil(8) as u32;
@@ -193,7 +193,7 @@ pub fn gemv_unsupported(m: usize, k: usize, w: &Nf4Tensor) -> Option<String> {
     if m == 0 || m > GEMV_MAX_ROWS {
         return Some(format!("{m} rows of x (the fused GEMV takes 1 to {GEMV_MAX_ROWS})"));
     }
-    if k % 32 != 0 || k % w.blocksize() != 0 {
+    if !k.is_multiple_of(32) || !k.is_multiple_of(w.blocksize()) {
         return Some(format!("{k} input features are not a multiple of 32 and of the blocksize {}", w.blocksize()));
     }
     None
@@ -246,7 +246,7 @@ pub fn linear_fused(w: &Nf4Tensor, x: &CudaStorage, xl: &Layout) -> Result<Optio
     let esize = x.dtype().size_in_bytes();
     let (ps, pl) = w.packed().storage_and_layout();
     let Some((p1, p2)) = pl.contiguous_offsets() else { return Ok(None) };
-    if p1 % 16 != 0 || (o1 * esize) % 16 != 0 {
+    if !p1.is_multiple_of(16) || !(o1 * esize).is_multiple_of(16) {
         return Ok(None);
     }
     let Storage::Cuda(pc) = &*ps else { candle_core::bail!("nf4 gemv: the weight is not on the input's CUDA device") };
