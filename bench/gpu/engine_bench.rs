@@ -17,16 +17,18 @@
 //! line on stdout and appended to `--out`, with peer_bench's metric names. `--profile` adds the
 //! breakdown of one NF4 decode step (`profile.rs`).
 
+#[path = "common.rs"]
+mod common;
+
 use anyhow::{bail, Context, Result};
 use qlora_studio::engine::candle_core::cuda_backend::cudarc::driver::result::mem_get_info;
 use qlora_studio::engine::candle_core::{DType, Device, IndexOp, Tensor, D};
 use qlora_studio::engine::linear::nf4::Nf4Linear;
-use qlora_studio::engine::{LoadOptions, Model, ModelConfig, Quant};
+use qlora_studio::engine::{LoadOptions, Model, Quant};
 use qlora_studio::quant::codebook::{dynamic_map, NF4_CODE};
 use qlora_studio::quant::{Absmax, DoubleQuant, Nf4Tensor};
-use serde_json::{json, Value};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use serde_json::json;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -60,107 +62,6 @@ fn parse_args() -> Result<Args> {
         bail!("usage: engine_bench --config DIR (holding config.json) --name NAME [--out FILE]");
     }
     Ok(a)
-}
-
-fn emit(out: &Option<PathBuf>, mut v: Value) -> Result<()> {
-    v["side"] = json!("ours");
-    let line = serde_json::to_string(&v)?;
-    println!("{line}");
-    if let Some(p) = out {
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
-        writeln!(f, "{line}")?;
-    }
-    Ok(())
-}
-
-/// f32 to bf16 bits, round to nearest even (finite inputs).
-fn bf16_bits(v: f32) -> u16 {
-    let b = v.to_bits();
-    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
-}
-
-/// xorshift64* stream of approximately normal values (sum of 4 uniforms), as bf16 bytes.
-fn fill_bf16(buf: &mut [u8], seed: u64, std: f32, constant: Option<f32>) {
-    let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
-    let chunk = buf.len().div_ceil(threads).next_multiple_of(2);
-    std::thread::scope(|s| {
-        for (t, part) in buf.chunks_mut(chunk).enumerate() {
-            s.spawn(move || {
-                let mut x = (seed ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
-                for pair in part.chunks_exact_mut(2) {
-                    let v = constant.unwrap_or_else(|| {
-                        let mut acc = 0f32;
-                        for _ in 0..4 {
-                            x ^= x >> 12;
-                            x ^= x << 25;
-                            x ^= x >> 27;
-                            acc += (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
-                        }
-                        (acc - 2.0) * 1.732 * std
-                    });
-                    pair.copy_from_slice(&bf16_bits(v).to_le_bytes());
-                }
-            });
-        }
-    });
-}
-
-/// The tensors of a Llama/Mistral checkpoint: (name, shape, constant value for norms).
-fn tensor_list(c: &ModelConfig) -> Vec<(String, Vec<usize>, Option<f32>)> {
-    let (h, im, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
-    let (q, kv) = (c.num_heads * hd, c.num_kv_heads * hd);
-    let mut t = vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size, h], None)];
-    for i in 0..c.num_layers {
-        let p = format!("model.layers.{i}");
-        for (n, s) in [("self_attn.q_proj", [q, h]), ("self_attn.k_proj", [kv, h]), ("self_attn.v_proj", [kv, h]), ("self_attn.o_proj", [h, q])] {
-            t.push((format!("{p}.{n}.weight"), s.to_vec(), None));
-        }
-        for (n, s) in [("mlp.gate_proj", [im, h]), ("mlp.up_proj", [im, h]), ("mlp.down_proj", [h, im])] {
-            t.push((format!("{p}.{n}.weight"), s.to_vec(), None));
-        }
-        t.push((format!("{p}.input_layernorm.weight"), vec![h], Some(1.0)));
-        t.push((format!("{p}.post_attention_layernorm.weight"), vec![h], Some(1.0)));
-    }
-    t.push(("model.norm.weight".into(), vec![h], Some(1.0)));
-    if !c.tie_embeddings {
-        t.push(("lm_head.weight".into(), vec![c.vocab_size, h], None));
-    }
-    t
-}
-
-/// Writes `dir/model.safetensors` (bf16, random) and `dir/config.json`, unless already there.
-fn write_random_checkpoint(config_dir: &Path, dir: &Path) -> Result<()> {
-    let file = dir.join("model.safetensors");
-    if file.is_file() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir)?;
-    std::fs::copy(config_dir.join("config.json"), dir.join("config.json"))?;
-    let cfg = ModelConfig::from_dir(dir)?;
-    let list = tensor_list(&cfg);
-    let mut header = serde_json::Map::new();
-    let mut off = 0usize;
-    for (name, shape, _) in &list {
-        let bytes = shape.iter().product::<usize>() * 2;
-        header.insert(name.clone(), json!({"dtype": "BF16", "shape": shape, "data_offsets": [off, off + bytes]}));
-        off += bytes;
-    }
-    let mut h = serde_json::to_vec(&Value::Object(header))?;
-    while h.len() % 8 != 0 {
-        h.push(b' ');
-    }
-    let tmp = dir.join("model.safetensors.part");
-    let mut f = std::io::BufWriter::with_capacity(1 << 24, std::fs::File::create(&tmp)?);
-    f.write_all(&(h.len() as u64).to_le_bytes())?;
-    f.write_all(&h)?;
-    for (i, (_, shape, constant)) in list.iter().enumerate() {
-        let mut buf = vec![0u8; shape.iter().product::<usize>() * 2];
-        fill_bf16(&mut buf, i as u64 + 7, 0.02, *constant);
-        f.write_all(&buf)?;
-    }
-    f.into_inner()?.sync_all()?;
-    std::fs::rename(&tmp, &file)?;
-    Ok(())
 }
 
 /// A random double-quantized NF4 weight `[out, in]` on `dev` (codes uniform, absmax ~0.05).
@@ -224,7 +125,7 @@ fn bench_model(a: &Args, model: &Model, quant: &str, wbytes: usize) -> Result<()
         let tw = generate(model, &prompt, 128)?;
         let runs: Vec<f64> = (0..if b == 1 { 3 } else { 2 }).map(|_| generate(model, &prompt, 128)).collect::<Result<_>>()?;
         let med = median(runs.clone());
-        emit(&a.out, json!({"metric": "decode_tok_s", "model": a.name, "quant": quant, "batch": b,
+        common::emit(&a.out, json!({"metric": "decode_tok_s", "model": a.name, "quant": quant, "batch": b,
             "value": (b * 128) as f64 / med, "new_tokens": 128, "prompt_len": 32, "runs_s": runs,
             "ms_per_step": 1e3 * med / 128.0, "warmup_s": tw, "weight_bytes_per_token": wbytes}))?;
     }
@@ -241,7 +142,7 @@ fn bench_model(a: &Args, model: &Model, quant: &str, wbytes: usize) -> Result<()
         }
     }
     let med = median(times.clone());
-    emit(&a.out, json!({"metric": "prefill_tok_s", "model": a.name, "quant": quant, "seq": 512,
+    common::emit(&a.out, json!({"metric": "prefill_tok_s", "model": a.name, "quant": quant, "seq": 512,
         "value": 512.0 / med, "median_s": med, "runs_s": times}))
 }
 
@@ -252,14 +153,14 @@ fn main() -> Result<()> {
     let base = used_bytes(&dev)?;
     let dir = a.workdir.join(format!("ours_{}", a.name));
     let t0 = Instant::now();
-    write_random_checkpoint(&a.config, &dir)?;
+    common::write_checkpoint(&a.config, &dir, common::default_fill)?;
     let write_s = t0.elapsed().as_secs_f64();
     let t0 = Instant::now();
     let opts = LoadOptions { dtype: DType::BF16, quant: Quant::None, device: dev.clone() };
     let mut model = Model::load(&dir, &opts)?;
     let used = used_bytes(&dev)?.saturating_sub(base);
     let embed = model.embed_weight().elem_count() * 2;
-    emit(&a.out, json!({"metric": "mem_after_load", "model": a.name, "quant": "bf16",
+    common::emit(&a.out, json!({"metric": "mem_after_load", "model": a.name, "quant": "bf16",
         "allocated_GiB": used as f64 / (1u64 << 30) as f64, "load_s": t0.elapsed().as_secs_f64(), "write_s": write_s,
         "weight_bytes": model.weight_bytes(), "how": "cuMemGetInfo used after load minus before (context, cuBLAS)"}))?;
     bench_model(&a, &model, "bf16", model.weight_bytes() - embed)?;
@@ -270,14 +171,14 @@ fn main() -> Result<()> {
         model.replace_projection(&path, Arc::new(Nf4Linear::new(q, None)))?;
     }
     let used = used_bytes(&dev)?.saturating_sub(base);
-    emit(&a.out, json!({"metric": "mem_after_load", "model": a.name, "quant": "nf4",
+    common::emit(&a.out, json!({"metric": "mem_after_load", "model": a.name, "quant": "nf4",
         "allocated_GiB": used as f64 / (1u64 << 30) as f64, "load_s": t0.elapsed().as_secs_f64(),
         "weight_bytes": model.weight_bytes(),
         "how": "bf16 load, then every projection replaced by random double-quantized NF4; cuMemGetInfo used minus before load"}))?;
     if a.profile {
         profile::profile(&model, 96, |mut v| {
             v["model"] = json!(a.name);
-            emit(&a.out, v)
+            common::emit(&a.out, v)
         })?;
     }
     bench_model(&a, &model, "nf4", model.weight_bytes() - embed)?;

@@ -20,21 +20,22 @@
 //! a random double-quantized NF4 weight of its shape (random codes: the speed of the kernels
 //! does not depend on which codes they read). One JSON object per line on stdout and `--out`.
 
+#[path = "common.rs"]
+mod common;
+
 use anyhow::{bail, Context, Result};
 use qlora_studio::engine::candle_core::cuda_backend::cudarc::driver::{result, sys};
 use qlora_studio::engine::candle_core::{DType, Device, Tensor};
 use qlora_studio::engine::linear::nf4::Nf4Linear;
 use qlora_studio::engine::{LoadOptions, Model, Quant};
-use qlora_studio::plan::arch::ArchSpec;
 use qlora_studio::quant::codebook::{dynamic_map, NF4_CODE};
 use qlora_studio::quant::{Absmax, DoubleQuant, Nf4Tensor};
 use qlora_studio::train::data::batch::Batch;
 use qlora_studio::train::lora::{Attached, TrainLora};
 use qlora_studio::train::optim::{AdamW, AdamWParams, Param};
 use qlora_studio::train::trainer::step;
-use serde_json::{json, Value};
-use std::io::{Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use serde_json::json;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -95,93 +96,16 @@ fn parse_args() -> Result<Args> {
     Ok(a)
 }
 
-fn emit(out: &Option<PathBuf>, mut v: Value) -> Result<()> {
-    v["side"] = json!("ours");
-    let line = serde_json::to_string(&v)?;
-    println!("{line}");
-    if let Some(p) = out {
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
-        writeln!(f, "{line}")?;
-    }
-    Ok(())
-}
-
-/// f32 to bf16 bits, round to nearest even (finite inputs).
-fn bf16_bits(v: f32) -> u16 {
-    let b = v.to_bits();
-    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
-}
-
-/// xorshift64* stream of approximately normal bf16 values (sum of 4 uniforms), or a constant.
-fn fill_bf16(buf: &mut [u8], seed: u64, std: f32, constant: Option<f32>) {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for pair in buf.chunks_exact_mut(2) {
-        let v = constant.unwrap_or_else(|| {
-            let mut acc = 0f32;
-            for _ in 0..4 {
-                x ^= x >> 12;
-                x ^= x << 25;
-                x ^= x >> 27;
-                acc += (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
-            }
-            (acc - 2.0) * 1.732 * std
-        });
-        pair.copy_from_slice(&bf16_bits(v).to_le_bytes());
-    }
-}
-
-/// What goes in a tensor of the synthetic checkpoint: `None` = a hole (zeros).
-fn fill_of(name: &str) -> Option<Option<f32>> {
-    if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
-        Some(None)
-    } else if name.ends_with("norm.weight") {
-        Some(Some(1.0))
+/// What goes in a tensor of the synthetic checkpoint: the embeddings and head random, norms 1,
+/// the projections (replaced by random NF4 after load) left as holes.
+fn fill_of(spec: &qlora_studio::plan::ArchSpec, t: &qlora_studio::plan::tensors::TensorSpec) -> common::Fill {
+    if t.name == "model.embed_tokens.weight" || t.name == "lm_head.weight" {
+        common::Fill::Random { std: 0.02 }
+    } else if t.name.ends_with("norm.weight") {
+        common::default_fill(spec, t)
     } else {
-        None
+        common::Fill::Hole
     }
-}
-
-/// `dir/model.safetensors` (bf16) and `dir/config.json` for the architecture of `config_dir`.
-fn write_checkpoint(config_dir: &Path, dir: &Path) -> Result<()> {
-    let file = dir.join("model.safetensors");
-    if file.is_file() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir)?;
-    std::fs::copy(config_dir.join("config.json"), dir.join("config.json"))?;
-    let spec = ArchSpec::from_dir(config_dir)?;
-    let list = qlora_studio::plan::tensors::from_arch(&spec);
-    let mut header = serde_json::Map::new();
-    let mut off = 0u64;
-    for t in &list {
-        let bytes = t.numel() * 2;
-        header.insert(t.name.clone(), json!({"dtype": "BF16", "shape": t.shape, "data_offsets": [off, off + bytes]}));
-        off += bytes;
-    }
-    let mut h = serde_json::to_vec(&Value::Object(header))?;
-    while h.len() % 8 != 0 {
-        h.push(b' ');
-    }
-    let tmp = dir.join("model.safetensors.part");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&(h.len() as u64).to_le_bytes())?;
-    f.write_all(&h)?;
-    let start = 8 + h.len() as u64;
-    let mut pos = 0u64;
-    for (i, t) in list.iter().enumerate() {
-        let bytes = t.numel() * 2;
-        if let Some(constant) = fill_of(&t.name) {
-            let mut buf = vec![0u8; bytes as usize];
-            fill_bf16(&mut buf, i as u64 + 7, 0.02, constant);
-            f.seek(SeekFrom::Start(start + pos))?;
-            f.write_all(&buf)?;
-        }
-        pos += bytes;
-    }
-    f.set_len(start + pos)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &file)?;
-    Ok(())
 }
 
 /// A random double-quantized NF4 weight `[out, in]` on `dev` (codes uniform, absmax ~0.05).
@@ -263,7 +187,7 @@ fn main() -> Result<()> {
     let base_used = used_bytes(&dev)?;
     let dir = a.workdir.join(format!("ours_train_{}", a.name));
     let t0 = Instant::now();
-    write_checkpoint(&a.config, &dir)?;
+    common::write_checkpoint(&a.config, &dir, fill_of)?;
     let write_s = t0.elapsed().as_secs_f64();
     let opts = LoadOptions { dtype: DType::BF16, quant: Quant::None, device: dev.clone() };
     let mut model = Model::load(&dir, &opts)?;
@@ -313,7 +237,7 @@ fn main() -> Result<()> {
         Device::Cuda(c) => c.cuda_stream().context().name().unwrap_or_default(),
         _ => String::new(),
     };
-    emit(&a.out, json!({
+    common::emit(&a.out, json!({
         "metric": "qlora_train", "model": a.name, "value": toks as f64 / dt, "unit": "tok/s",
         "timed_steps": a.steps, "warmup_steps": a.warm, "micro_batch": a.micro_batch, "seq": a.seq, "rank": a.rank,
         "gradient_checkpointing": a.checkpointing, "time_s": dt, "s_per_step": dt / a.steps as f64,
@@ -376,6 +300,6 @@ fn profile(a: &Args, model: &Model, lora: &Attached, b: &Batch, opt: &mut AdamW)
     opt.step(&grads, 2e-4)?;
     lap("AdamW step", &mut times)?;
     let _ = lora;
-    emit(&a.out, json!({"metric": "qlora_train_profile", "model": a.name, "layers": n,
+    common::emit(&a.out, json!({"metric": "qlora_train_profile", "model": a.name, "layers": n,
         "ms": times.iter().map(|(k, v)| json!({"phase": k, "ms": v})).collect::<Vec<_>>()}))
 }
