@@ -15,42 +15,11 @@ use qlora_studio::train::config::TrainConfig;
 use qlora_studio::train::data::batch::{Row, collate};
 use qlora_studio::train::optim::{AdamW, AdamWParams, Param};
 use qlora_studio::train::trainer;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
-struct Counting;
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(l) };
-        if !p.is_null() {
-            let now = CURRENT.fetch_add(l.size(), Ordering::Relaxed) + l.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) };
-        CURRENT.fetch_sub(l.size(), Ordering::Relaxed);
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
-
-fn test_model() -> PathBuf {
-    let assets = std::env::var_os("QLORA_TEST_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("test-assets"));
-    let dir = assets.join("SmolLM2-135M-Instruct");
-    assert!(dir.join("config.json").is_file(), "the test model is missing at {}: run scripts/fetch-test-model.sh", dir.display());
-    dir
-}
-
-const MIB: f64 = (1u64 << 20) as f64;
+use counting_alloc::{test_model, CURRENT, MIB, PEAK};
+use std::sync::atomic::Ordering;
 
 #[test]
 fn cpu_demo_peak_is_within_ten_percent_of_the_planner() {

@@ -6,6 +6,10 @@
 #![allow(dead_code)] // each bench uses its own part
 
 use anyhow::{Context, Result};
+use qlora_studio::engine::candle_core::{DType, Device, Tensor};
+use qlora_studio::quant::codebook::{dynamic_map, NF4_CODE};
+use qlora_studio::quant::{Absmax, DoubleQuant, Nf4Tensor};
+use std::sync::Arc;
 use qlora_studio::plan as qp;
 use serde_json::{json, Value};
 use std::io::{Seek, SeekFrom, Write};
@@ -136,4 +140,16 @@ pub fn write_checkpoint(
     f.sync_all()?;
     std::fs::rename(&tmp, &file)?;
     Ok(spec)
+}
+
+/// A random double-quantized NF4 weight `[out, in]` on `dev` (codes uniform, absmax ~0.05).
+pub fn random_nf4(out: usize, inp: usize, dev: &Device) -> Result<Nf4Tensor> {
+    let n = out * inp;
+    let blocks = n / 64;
+    let u8s = |len: usize| -> Result<Tensor> { Ok(Tensor::rand(0f32, 255.99, len, dev)?.floor()?.to_dtype(DType::U8)?) };
+    let packed = u8s(n / 2)?;
+    let q = u8s(blocks)?;
+    let nested_absmax = Tensor::rand(0.001f32, 0.002, blocks.div_ceil(256), dev)?;
+    let dq = DoubleQuant { q, offset: 0.05, nested_absmax, nested_code: Arc::new(*dynamic_map()), nested_blocksize: 256 };
+    Ok(Nf4Tensor::from_parts(packed, Absmax::Double(dq), NF4_CODE, 64, (out, inp).into(), DType::BF16)?)
 }

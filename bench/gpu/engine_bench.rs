@@ -25,8 +25,6 @@ use qlora_studio::engine::candle_core::cuda_backend::cudarc::driver::result::mem
 use qlora_studio::engine::candle_core::{DType, Device, IndexOp, Tensor, D};
 use qlora_studio::engine::linear::nf4::Nf4Linear;
 use qlora_studio::engine::{LoadOptions, Model, Quant};
-use qlora_studio::quant::codebook::{dynamic_map, NF4_CODE};
-use qlora_studio::quant::{Absmax, DoubleQuant, Nf4Tensor};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -64,17 +62,6 @@ fn parse_args() -> Result<Args> {
     Ok(a)
 }
 
-/// A random double-quantized NF4 weight `[out, in]` on `dev` (codes uniform, absmax ~0.05).
-fn random_nf4(out: usize, inp: usize, dev: &Device) -> Result<Nf4Tensor> {
-    let n = out * inp;
-    let blocks = n / 64;
-    let u8s = |len: usize| -> Result<Tensor> { Ok(Tensor::rand(0f32, 255.99, len, dev)?.floor()?.to_dtype(DType::U8)?) };
-    let packed = u8s(n / 2)?;
-    let q = u8s(blocks)?;
-    let nested_absmax = Tensor::rand(0.001f32, 0.002, blocks.div_ceil(256), dev)?;
-    let dq = DoubleQuant { q, offset: 0.05, nested_absmax, nested_code: Arc::new(*dynamic_map()), nested_blocksize: 256 };
-    Ok(Nf4Tensor::from_parts(packed, Absmax::Double(dq), NF4_CODE, 64, (out, inp).into(), DType::BF16)?)
-}
 
 fn used_bytes(dev: &Device) -> Result<usize> {
     dev.synchronize()?;
@@ -167,7 +154,7 @@ fn main() -> Result<()> {
 
     let t0 = Instant::now();
     for (path, lin) in model.projections() {
-        let q = random_nf4(lin.out_features(), lin.in_features(), &dev)?;
+        let q = common::random_nf4(lin.out_features(), lin.in_features(), &dev)?;
         model.replace_projection(&path, Arc::new(Nf4Linear::new(q, None)))?;
     }
     let used = used_bytes(&dev)?.saturating_sub(base);

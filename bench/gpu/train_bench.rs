@@ -28,8 +28,6 @@ use qlora_studio::engine::candle_core::cuda_backend::cudarc::driver::{result, sy
 use qlora_studio::engine::candle_core::{DType, Device, Tensor};
 use qlora_studio::engine::linear::nf4::Nf4Linear;
 use qlora_studio::engine::{LoadOptions, Model, Quant};
-use qlora_studio::quant::codebook::{dynamic_map, NF4_CODE};
-use qlora_studio::quant::{Absmax, DoubleQuant, Nf4Tensor};
 use qlora_studio::train::data::batch::Batch;
 use qlora_studio::train::lora::{Attached, TrainLora};
 use qlora_studio::train::optim::{AdamW, AdamWParams, Param};
@@ -108,17 +106,6 @@ fn fill_of(spec: &qlora_studio::plan::ArchSpec, t: &qlora_studio::plan::tensors:
     }
 }
 
-/// A random double-quantized NF4 weight `[out, in]` on `dev` (codes uniform, absmax ~0.05).
-fn random_nf4(out: usize, inp: usize, dev: &Device) -> Result<Nf4Tensor> {
-    let n = out * inp;
-    let blocks = n / 64;
-    let u8s = |len: usize| -> Result<Tensor> { Ok(Tensor::rand(0f32, 255.99, len, dev)?.floor()?.to_dtype(DType::U8)?) };
-    let packed = u8s(n / 2)?;
-    let q = u8s(blocks)?;
-    let nested_absmax = Tensor::rand(0.001f32, 0.002, blocks.div_ceil(256), dev)?;
-    let dq = DoubleQuant { q, offset: 0.05, nested_absmax, nested_code: Arc::new(*dynamic_map()), nested_blocksize: 256 };
-    Ok(Nf4Tensor::from_parts(packed, Absmax::Double(dq), NF4_CODE, 64, (out, inp).into(), DType::BF16)?)
-}
 
 /// The device's default memory pool (where candle's `cuMemAllocAsync` allocations live).
 fn pool(dev: &Device) -> Result<sys::CUmemoryPool> {
@@ -192,7 +179,7 @@ fn main() -> Result<()> {
     let opts = LoadOptions { dtype: DType::BF16, quant: Quant::None, device: dev.clone() };
     let mut model = Model::load(&dir, &opts)?;
     for (path, lin) in model.projections() {
-        let q = random_nf4(lin.out_features(), lin.in_features(), &dev)?;
+        let q = common::random_nf4(lin.out_features(), lin.in_features(), &dev)?;
         model.replace_projection(&path, Arc::new(Nf4Linear::new(q, lin.bias().cloned())))?;
     }
     let p = pool(&dev)?;
