@@ -15,6 +15,9 @@
 
 use candle_core::{D, DType, Result, Tensor};
 
+pub mod attention;
+pub mod rope;
+
 /// Llama's RMSNorm: normalise in f32, cast back to the input dtype, then multiply by `weight`.
 /// On CUDA one fused kernel, forward and backward ([`fused_rms::rms_norm`], same roundings).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {

@@ -207,3 +207,160 @@ __device__ void rms_bwd_impl(const T* __restrict__ x, const T* __restrict__ w, c
 RMS(f32, float)
 RMS(bf16, __nv_bfloat16)
 RMS(f16, __half)
+
+// ---------------------------------------------------------------- attention softmax, training
+// Row r of scores [rows, len] is query r % t at position pos = past + r % t; it keeps keys
+// lo <= j < hi, hi = min(pos + 1, len), lo = pos + 1 - window when a window (> 0) cuts it.
+// Forward: p = softmax(f32(s) · scale) over the kept keys, 0 elsewhere, rounded once to T (no
+// mask tensor: it is decided here). Backward: ds = scale · p · (dp − Σ p·dp) in f32, written
+// as T; the masked keys (p = 0) get 0 without reading dp. One block per row.
+__device__ __forceinline__ void attn_kept(uint64_t r, uint32_t t, uint32_t len, uint32_t past, uint32_t window,
+                                          uint32_t* lo, uint32_t* hi) {
+    uint32_t pos = past + (uint32_t)(r % t);
+    *lo = (window > 0 && pos + 1 > window) ? pos + 1 - window : 0;
+    *hi = min(pos + 1, len);
+}
+
+template <typename T>
+__device__ void attn_softmax_impl(const T* __restrict__ s, T* __restrict__ p, uint32_t t, uint32_t len, uint32_t past,
+                                  uint32_t window, float scale) {
+    __shared__ float shared[32];
+    uint64_t r = blockIdx.x;
+    uint32_t lo, hi;
+    attn_kept(r, t, len, past, window, &lo, &hi);
+    const T* row = s + r * len;
+    T* out = p + r * len;
+    float m = -INFINITY;
+    for (uint32_t j = lo + threadIdx.x; j < hi; j += blockDim.x) m = fmaxf(m, to_f32(row[j]) * scale);
+    m = block_reduce<true>(m, shared);
+    float sum = 0.0f;
+    for (uint32_t j = lo + threadIdx.x; j < hi; j += blockDim.x) sum += expf(to_f32(row[j]) * scale - m);
+    sum = block_reduce<false>(sum, shared);
+    for (uint32_t j = threadIdx.x; j < len; j += blockDim.x) {
+        float v = (j >= lo && j < hi) ? expf(to_f32(row[j]) * scale - m) / sum : 0.0f;
+        out[j] = from_f32<T>(v);
+    }
+}
+
+template <typename T>
+__device__ void attn_softmax_bwd_impl(const T* __restrict__ p, const T* __restrict__ g, T* __restrict__ ds, uint32_t t,
+                                      uint32_t len, uint32_t past, uint32_t window, float scale) {
+    __shared__ float shared[32];
+    uint64_t r = blockIdx.x;
+    uint32_t lo, hi;
+    attn_kept(r, t, len, past, window, &lo, &hi);
+    const T* pr = p + r * len;
+    const T* gr = g + r * len;
+    T* out = ds + r * len;
+    float d = 0.0f;
+    for (uint32_t j = lo + threadIdx.x; j < hi; j += blockDim.x) d += to_f32(pr[j]) * to_f32(gr[j]);
+    d = block_reduce<false>(d, shared);
+    for (uint32_t j = threadIdx.x; j < len; j += blockDim.x) {
+        float v = (j >= lo && j < hi) ? scale * to_f32(pr[j]) * (to_f32(gr[j]) - d) : 0.0f;
+        out[j] = from_f32<T>(v);
+    }
+}
+
+#define ATTN_SOFTMAX(suffix, T) \
+    extern "C" __global__ void attn_softmax_##suffix(const T* s, T* p, uint32_t t, uint32_t len, uint32_t past, uint32_t window, float scale) { \
+        attn_softmax_impl<T>(s, p, t, len, past, window, scale); \
+    } \
+    extern "C" __global__ void attn_softmax_bwd_##suffix(const T* p, const T* g, T* ds, uint32_t t, uint32_t len, uint32_t past, uint32_t window, float scale) { \
+        attn_softmax_bwd_impl<T>(p, g, ds, t, len, past, window, scale); \
+    }
+ATTN_SOFTMAX(f32, float)
+ATTN_SOFTMAX(bf16, __nv_bfloat16)
+ATTN_SOFTMAX(f16, __half)
+
+// ---------------------------------------------------------------- RoPE, training
+// Rotary embedding (transformers' non-interleaved halves) on x [B, T, H, hd] (the projection's
+// output as it comes), written as [B, H, T, hd]: the transpose to heads is folded in. cos/sin
+// are f32 [T, rot]; dims >= rot pass through. For i < rot/2: y_i = x_i c_i − x_{i+h} s_i, for
+// h <= i < rot: y_i = x_i c_i + x_{i−h} s_i (h = rot/2), in f32 with separate roundings (no
+// FMA: the same arithmetic as the CPU composite), rounded once to T. Backward, dy [B, H, T,
+// hd] to dx [B, T, H, hd]: dx_j = dy_j c_j + dy_{j+h} s_{j+h} (j < h), dy_j c_j − dy_{j−h} s_{j−h}
+// (h <= j < rot), dy_j beyond. One thread per output element.
+template <typename T>
+__device__ void rope_fwd_impl(const T* __restrict__ x, const float* __restrict__ cs, const float* __restrict__ sn,
+                              T* __restrict__ y, uint32_t t_len, uint32_t heads, uint32_t hd, uint32_t rot, uint64_t n) {
+    uint32_t half = rot / 2;
+    for (uint64_t o = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; o < n; o += (uint64_t)gridDim.x * blockDim.x) {
+        uint32_t i = (uint32_t)(o % hd);
+        uint64_t r = o / hd;
+        uint32_t t = (uint32_t)(r % t_len);
+        r /= t_len;
+        uint32_t h = (uint32_t)(r % heads);
+        uint64_t b = r / heads;
+        const T* xr = x + ((b * t_len + t) * heads + h) * hd;
+        float v;
+        if (i >= rot) {
+            v = to_f32(xr[i]);
+        } else {
+            float c = cs[(uint64_t)t * rot + i], s = sn[(uint64_t)t * rot + i];
+            float p = i < half ? -to_f32(xr[i + half]) : to_f32(xr[i - half]);
+            v = __fadd_rn(__fmul_rn(to_f32(xr[i]), c), __fmul_rn(p, s));
+        }
+        y[o] = from_f32<T>(v);
+    }
+}
+
+template <typename T>
+__device__ void rope_bwd_impl(const T* __restrict__ dy, const float* __restrict__ cs, const float* __restrict__ sn,
+                              T* __restrict__ dx, uint32_t t_len, uint32_t heads, uint32_t hd, uint32_t rot, uint64_t n) {
+    uint32_t half = rot / 2;
+    for (uint64_t o = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; o < n; o += (uint64_t)gridDim.x * blockDim.x) {
+        uint32_t j = (uint32_t)(o % hd);
+        uint64_t r = o / hd;
+        uint32_t h = (uint32_t)(r % heads);
+        r /= heads;
+        uint32_t t = (uint32_t)(r % t_len);
+        uint64_t b = r / t_len;
+        const T* g = dy + ((b * heads + h) * t_len + t) * hd;
+        float v;
+        if (j >= rot) {
+            v = to_f32(g[j]);
+        } else {
+            const float* cr = cs + (uint64_t)t * rot;
+            const float* sr = sn + (uint64_t)t * rot;
+            float a = __fmul_rn(to_f32(g[j]), cr[j]);
+            v = j < half ? __fadd_rn(a, __fmul_rn(to_f32(g[j + half]), sr[j + half]))
+                         : __fsub_rn(a, __fmul_rn(to_f32(g[j - half]), sr[j - half]));
+        }
+        dx[o] = from_f32<T>(v);
+    }
+}
+
+#define ROPE(suffix, T) \
+    extern "C" __global__ void rope_fwd_##suffix(const T* x, const float* c, const float* s, T* y, uint32_t t, uint32_t heads, uint32_t hd, uint32_t rot, uint64_t n) { \
+        rope_fwd_impl<T>(x, c, s, y, t, heads, hd, rot, n); \
+    } \
+    extern "C" __global__ void rope_bwd_##suffix(const T* dy, const float* c, const float* s, T* dx, uint32_t t, uint32_t heads, uint32_t hd, uint32_t rot, uint64_t n) { \
+        rope_bwd_impl<T>(dy, c, s, dx, t, heads, hd, rot, n); \
+    }
+ROPE(f32, float)
+ROPE(bf16, __nv_bfloat16)
+ROPE(f16, __half)
+
+// ---------------------------------------------------------------- AdamW, in place
+// torch.optim.AdamW on f32 parameters, as the composite of candle ops in qlora-train's optim.rs
+// computes it, operation for operation (separate roundings, no FMA; sqrt and division IEEE),
+// so the result is the composite's to the bit. Constants come from the host already rounded to
+// f32 as candle's affine rounds its f64 scalars. Moment: x = x·beta + g·c (g² for the second,
+// `square`). Update: w = (w·decay when wd_on) − (m / (sqrt(v)·inv_bc2 + eps))·step_size.
+extern "C" __global__ void adamw_moment_f32(float* __restrict__ x, const float* __restrict__ g, uint64_t n, float beta,
+                                            float c, uint32_t square) {
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+        float gi = square ? __fmul_rn(g[i], g[i]) : g[i];
+        x[i] = __fadd_rn(__fmul_rn(x[i], beta), __fmul_rn(gi, c));
+    }
+}
+
+extern "C" __global__ void adamw_update_f32(float* __restrict__ w, const float* __restrict__ m, const float* __restrict__ v,
+                                            uint64_t n, float inv_bc2, float eps, float step_size, float decay,
+                                            uint32_t wd_on) {
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+        float wi = wd_on ? __fmul_rn(w[i], decay) : w[i];
+        float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(v[i]), inv_bc2), eps);
+        w[i] = __fsub_rn(wi, __fmul_rn(__fdiv_rn(m[i], denom), step_size));
+    }
+}

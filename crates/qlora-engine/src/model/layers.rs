@@ -50,7 +50,8 @@ pub struct Step<'a> {
     pub tables: Option<(&'a Tensor, &'a Tensor)>,
     /// Positions already in the KV cache before this call.
     pub past: usize,
-    /// Use the differentiable softmax (training) rather than candle's fused one.
+    /// Training: the differentiable attention (fused masked probabilities with a backward)
+    /// rather than candle's fused softmax and a host-built mask.
     pub training: bool,
     /// Set for the fused inference path on CUDA (`model/fast.rs`): the rotary inverse
     /// frequencies for this call's sequence length.
@@ -71,8 +72,14 @@ impl Attention {
             p.forward(x)?.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?.contiguous()
         };
         let (cos, sin) = step.tables()?;
-        let q = ops::apply_rope(&heads(&self.q_proj, self.num_heads)?, cos, sin)?;
-        let mut k = ops::apply_rope(&heads(&self.k_proj, self.num_kv_heads)?, cos, sin)?;
+        let fused = step.training && fused_training(x.device());
+        let (q, mut k) = if fused {
+            // One kernel each way: rotary and the transpose to heads ([`ops::rope`]).
+            let rotated = |p: &ArcLinear, n: usize| ops::rope::rope_heads(&p.forward(x)?.reshape((b, t, n, self.head_dim))?, cos, sin);
+            (rotated(&self.q_proj, self.num_heads)?, rotated(&self.k_proj, self.num_kv_heads)?)
+        } else {
+            (ops::apply_rope(&heads(&self.q_proj, self.num_heads)?, cos, sin)?, ops::apply_rope(&heads(&self.k_proj, self.num_kv_heads)?, cos, sin)?)
+        };
         let mut v = heads(&self.v_proj, self.num_kv_heads)?;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
@@ -81,20 +88,48 @@ impl Attention {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let rep = self.num_heads / self.num_kv_heads;
-        let k = repeat_kv(&k, rep)?;
-        let v = repeat_kv(&v, rep)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?.to_dtype(DType::F32)?;
-        let scores = match causal_mask(t, step.past, self.sliding_window, x.device())? {
-            Some(mask) => scores.broadcast_add(&mask)?,
-            None => scores,
-        };
-        let probs = if step.training { ops::softmax_last_dim(&scores)? } else { candle_nn::ops::softmax_last_dim(&scores)? };
-        let out = probs.to_dtype(v.dtype())?.matmul(&v)?;
+        let out = if fused { self.attend_fused(&q, &k, &v, step.past, scale)? } else { self.attend(&q, &k, &v, step.past, scale, step.training)? };
         let out = out.transpose(1, 2)?.reshape((b, t, self.num_heads * self.head_dim))?;
         self.o_proj.forward(&out)
     }
+
+    /// Training attention on a GPU, `[B, heads, T, hd]` out: grouped heads side by side (no
+    /// `repeat_kv` copies) and the mask made inside the fused probabilities op
+    /// ([`ops::attention::probs`]), whose graph keeps one `[B, heads, T, S]` tensor in the
+    /// compute dtype.
+    fn attend_fused(&self, q: &Tensor, k: &Tensor, v: &Tensor, past: usize, scale: f64) -> Result<Tensor> {
+        let (b, nh, t, hd) = q.dims4()?;
+        let nkv = self.num_kv_heads;
+        let m = ops::attention::AttnMask { t, past, window: self.sliding_window, scale };
+        let q = q.reshape((b, nkv, (nh / nkv) * t, hd))?;
+        let probs = ops::attention::probs(&q, k, m)?;
+        probs.matmul(&v.contiguous()?)?.reshape((b, nh, t, hd))
+    }
+
+    /// The composite attention (inference outside the fused CUDA path, and CPU training with
+    /// the differentiable softmax), `[B, heads, T, hd]` out.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, past: usize, scale: f64, training: bool) -> Result<Tensor> {
+        let t = q.dim(2)?;
+        let rep = self.num_heads / self.num_kv_heads;
+        let k = repeat_kv(k, rep)?;
+        let v = repeat_kv(v, rep)?;
+        let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?.to_dtype(DType::F32)?;
+        let scores = match causal_mask(t, past, self.sliding_window, q.device())? {
+            Some(mask) => scores.broadcast_add(&mask)?,
+            None => scores,
+        };
+        let probs = if training { ops::softmax_last_dim(&scores)? } else { candle_nn::ops::softmax_last_dim(&scores)? };
+        probs.to_dtype(v.dtype())?.matmul(&v)
+    }
+}
+
+/// Whether training on `device` takes the fused rotary and attention ops (`ops::rope`,
+/// `ops::attention`). On a GPU, yes. The CPU keeps the composite ops the planner's CPU
+/// activation formula counts (`tests/train_memory_demo.rs` holds it to ±10%); the fused ops'
+/// CPU twins give the same results there (their tests) with a lower peak.
+fn fused_training(device: &candle_core::Device) -> bool {
+    !device.is_cpu()
 }
 
 fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {

@@ -1,10 +1,11 @@
 //! Launchers for the training kernels of `kernels/train.cu` (LoRA dropout from a counter-based
-//! hash, and the fused cross-entropy that never materialises f32 logits). The custom ops that
-//! call them, and their CPU twins, live in `qlora-train` (`ops/`): this module only moves
-//! device pointers, so the training crate needs no PTX of its own.
+//! hash, the fused cross-entropy that never materialises f32 logits, the attention softmax with
+//! its mask made in the kernel, RMSNorm). The custom ops that call them, and their CPU twins,
+//! live in `qlora-train` (`ops/`) and the engine (`ops.rs`, `ops/attention.rs`): this module
+//! only moves device pointers, so those crates need no PTX of their own.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, DeviceSlice, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
 use candle_core::{CudaStorage, DType, Layout, Result};
 
@@ -230,4 +231,197 @@ pub fn rms_norm(x: (&CudaStorage, &Layout), w: (&CudaStorage, &Layout), g: Optio
         DType::F16 => go::<half::f16>(x, w, g, eps),
         other => candle_core::bail!("rms_norm takes f32, bf16 or f16, got {other:?}"),
     }
+}
+
+/// Which keys each attention row keeps (see `attn_softmax` in `kernels/train.cu`): row `r` is
+/// query `r % t` at position `past + r % t`; `window` 0 means no sliding window.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnMask {
+    pub t: u32,
+    pub past: u32,
+    pub window: u32,
+    pub scale: f32,
+}
+
+/// `softmax(scale · s)` over each row's kept keys, 0 elsewhere (`bwd` = `None`), or the scores'
+/// gradient `scale · p · (dp − Σ p·dp)` from the probabilities `p` (`x`) and their gradient
+/// (`bwd`). Contiguous, f32/bf16/f16, the result in the same dtype.
+pub fn attn_softmax(x: (&CudaStorage, &Layout), bwd: Option<(&CudaStorage, &Layout)>, m: AttnMask) -> Result<CudaStorage> {
+    fn go<T: CudaDType + DeviceRepr>(x: (&CudaStorage, &Layout), bwd: Option<(&CudaStorage, &Layout)>, m: AttnMask) -> Result<CudaStorage> {
+        let dev = x.0.device().clone();
+        let (x1, x2) = offsets(x.1, "attention scores")?;
+        let len = *x.1.dims().last().unwrap_or(&1);
+        if len == 0 || m.t == 0 || (x2 - x1) % (len * m.t as usize) != 0 {
+            candle_core::bail!("attention softmax: {:?} do not hold rows of {} queries", x.1.dims(), m.t)
+        }
+        let rows = (x2 - x1) / len;
+        let xs = x.0.as_cuda_slice::<T>()?.slice(x1..x2);
+        let gs = match bwd {
+            Some((gs, gl)) => {
+                let (g1, g2) = offsets(gl, "attention probabilities' gradient")?;
+                if g2 - g1 != x2 - x1 {
+                    candle_core::bail!("attention softmax backward: probabilities and gradient sizes differ")
+                }
+                Some(gs.as_cuda_slice::<T>()?.slice(g1..g2))
+            }
+            None => None,
+        };
+        let name = format!("attn_softmax{}_{}", if bwd.is_some() { "_bwd" } else { "" }, suffix(x.0.dtype())?);
+        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+        let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(x2 - x1)? };
+        let len32 = len as u32;
+        let mut b = func.builder();
+        b.arg(&xs);
+        if let Some(gs) = &gs {
+            b.arg(gs);
+        }
+        b.arg(&mut out);
+        b.arg(&m.t);
+        b.arg(&len32);
+        b.arg(&m.past);
+        b.arg(&m.window);
+        b.arg(&m.scale);
+        unsafe { b.launch(softmax_cfg(rows, len)) }.w()?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+    match x.0.dtype() {
+        DType::F32 => go::<f32>(x, bwd, m),
+        DType::BF16 => go::<half::bf16>(x, bwd, m),
+        DType::F16 => go::<half::f16>(x, bwd, m),
+        other => candle_core::bail!("attention softmax takes f32, bf16 or f16, got {other:?}"),
+    }
+}
+
+/// Shape of a rotary launch: `x` `[batch, t, heads, hd]` rotated on its first `rot` dims.
+#[derive(Debug, Clone, Copy)]
+pub struct RopeDims {
+    pub batch: usize,
+    pub t: usize,
+    pub heads: usize,
+    pub hd: usize,
+    pub rot: usize,
+}
+
+/// Rotary embedding with the transpose to heads folded in: `x` `[B, T, H, hd]` to `[B, H, T,
+/// hd]` (`bwd` false), or the gradient back, `[B, H, T, hd]` to `[B, T, H, hd]` (`bwd` true).
+/// `cos`/`sin` f32 `[T, rot]`; everything contiguous.
+pub fn rope(x: (&CudaStorage, &Layout), cos: (&CudaStorage, &Layout), sin: (&CudaStorage, &Layout), d: RopeDims, bwd: bool) -> Result<CudaStorage> {
+    fn go<T: CudaDType + DeviceRepr>(
+        x: (&CudaStorage, &Layout),
+        cos: (&CudaStorage, &Layout),
+        sin: (&CudaStorage, &Layout),
+        d: RopeDims,
+        bwd: bool,
+    ) -> Result<CudaStorage> {
+        let dev = x.0.device().clone();
+        let (x1, x2) = offsets(x.1, "rope input")?;
+        let (c1, c2) = offsets(cos.1, "rope cos table")?;
+        let (s1, s2) = offsets(sin.1, "rope sin table")?;
+        let n = d.batch * d.t * d.heads * d.hd;
+        if x2 - x1 != n || c2 - c1 != d.t * d.rot || s2 - s1 != d.t * d.rot || d.rot > d.hd || d.rot % 2 != 0 {
+            candle_core::bail!("rope: {d:?} does not match the input ({}) or the tables ({}, {})", x2 - x1, c2 - c1, s2 - s1)
+        }
+        let xs = x.0.as_cuda_slice::<T>()?.slice(x1..x2);
+        let cs = cos.0.as_cuda_slice::<f32>()?.slice(c1..c2);
+        let ss = sin.0.as_cuda_slice::<f32>()?.slice(s1..s2);
+        let name = format!("rope_{}_{}", if bwd { "bwd" } else { "fwd" }, suffix(x.0.dtype())?);
+        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+        let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(n)? };
+        let (t, heads, hd, rot, n64) = (d.t as u32, d.heads as u32, d.hd as u32, d.rot as u32, n as u64);
+        let blocks = (n.div_ceil(256) as u32).clamp(1, 65535 * 16);
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let mut b = func.builder();
+        b.arg(&xs);
+        b.arg(&cs);
+        b.arg(&ss);
+        b.arg(&mut out);
+        b.arg(&t);
+        b.arg(&heads);
+        b.arg(&hd);
+        b.arg(&rot);
+        b.arg(&n64);
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+    match x.0.dtype() {
+        DType::F32 => go::<f32>(x, cos, sin, d, bwd),
+        DType::BF16 => go::<half::bf16>(x, cos, sin, d, bwd),
+        DType::F16 => go::<half::f16>(x, cos, sin, d, bwd),
+        other => candle_core::bail!("rope takes f32, bf16 or f16, got {other:?}"),
+    }
+}
+
+/// AdamW's update constants, rounded to f32 as candle's affine rounds its f64 scalars (see
+/// `adamw_*` in `kernels/train.cu`).
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWUpdate {
+    pub inv_bc2: f32,
+    pub eps: f32,
+    pub step_size: f32,
+    pub decay: f32,
+    pub weight_decay: bool,
+}
+
+fn elementwise_cfg(n: usize) -> LaunchConfig {
+    let blocks = (n.div_ceil(256) as u32).clamp(1, 65535);
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn f32_mut<'a>(s: &'a mut CudaStorage, l: &Layout, what: &str) -> Result<CudaViewMut<'a, f32>> {
+    let (a, b) = offsets(l, what)?;
+    Ok(s.as_cuda_slice_mut::<f32>()?.slice_mut(a..b))
+}
+
+fn f32_view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, f32>> {
+    let (a, b) = offsets(l, what)?;
+    Ok(s.as_cuda_slice::<f32>()?.slice(a..b))
+}
+
+/// In place, a moment `x` (f32) from the gradient `g` (f32, same size): `x·beta + g·c`, or
+/// `x·beta + g²·c` with `square`.
+pub fn adamw_moment(x: (&mut CudaStorage, &Layout), g: (&CudaStorage, &Layout), beta: f32, c: f32, square: bool) -> Result<()> {
+    let dev = x.0.device().clone();
+    let gs = f32_view(g.0, g.1, "AdamW gradient")?;
+    let mut xs = f32_mut(x.0, x.1, "AdamW moment")?;
+    let n = gs.len();
+    if xs.len() != n {
+        candle_core::bail!("AdamW: a moment of {} floats for a gradient of {n}", xs.len())
+    }
+    let func = dev.get_or_load_custom_func("adamw_moment_f32", MODULE, PTX)?;
+    let (n64, sq) = (n as u64, square as u32);
+    let mut b = func.builder();
+    b.arg(&mut xs);
+    b.arg(&gs);
+    b.arg(&n64);
+    b.arg(&beta);
+    b.arg(&c);
+    b.arg(&sq);
+    unsafe { b.launch(elementwise_cfg(n)) }.w()?;
+    Ok(())
+}
+
+/// In place, the parameter `w` (f32) from the updated moments `m`, `v` (f32, same size).
+pub fn adamw_update(w: (&mut CudaStorage, &Layout), m: (&CudaStorage, &Layout), v: (&CudaStorage, &Layout), c: &AdamWUpdate) -> Result<()> {
+    let dev = w.0.device().clone();
+    let ms = f32_view(m.0, m.1, "AdamW first moment")?;
+    let vs = f32_view(v.0, v.1, "AdamW second moment")?;
+    let mut ws = f32_mut(w.0, w.1, "AdamW parameter")?;
+    let n = ws.len();
+    if ms.len() != n || vs.len() != n {
+        candle_core::bail!("AdamW: moments of {} and {} floats for a parameter of {n}", ms.len(), vs.len())
+    }
+    let func = dev.get_or_load_custom_func("adamw_update_f32", MODULE, PTX)?;
+    let (n64, wd) = (n as u64, c.weight_decay as u32);
+    let mut b = func.builder();
+    b.arg(&mut ws);
+    b.arg(&ms);
+    b.arg(&vs);
+    b.arg(&n64);
+    b.arg(&c.inv_bc2);
+    b.arg(&c.eps);
+    b.arg(&c.step_size);
+    b.arg(&c.decay);
+    b.arg(&wd);
+    unsafe { b.launch(elementwise_cfg(n)) }.w()?;
+    Ok(())
 }
