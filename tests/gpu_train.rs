@@ -13,7 +13,10 @@
 //!   0.187 on an H100 against 0.186 for bf16 on the CPU);
 //! - the training kernels against their CPU twins: dropout bit for bit, the fused
 //!   cross-entropy's loss and logits gradient to float rounding, the fused attention softmax
-//!   and RMSNorm with their gradients against the composite CPU ops.
+//!   and RMSNorm with their gradients against the composite CPU ops, the training attention's
+//!   masked probabilities (grouped heads, causal and sliding window, f32 and bf16) with their
+//!   q and k gradients against their CPU twins, and the fused rotary (transpose to heads
+//!   folded in) with its gradient against its CPU twin, the in-place AdamW kernels bit for bit.
 #![cfg(feature = "cuda")]
 
 use qlora_studio::engine::candle_core::{DType, Device, Tensor};
@@ -268,5 +271,88 @@ fn fused_rms_norm_and_its_gradient_match_the_cpu_composite() {
         let (ty, tg) = if dt == DType::F32 { (1e-5, 1e-4) } else { (1e-2, 5e-2) };
         assert!(rel(&yg, &yc) < ty, "{dt:?}: rms_norm differs by {}", rel(&yg, &yc));
         assert!(rel(&gg, &gc) < tg, "{dt:?}: rms_norm gradient differs by {}", rel(&gg, &gc));
+    }
+}
+
+#[test]
+fn fused_attention_probs_and_their_gradients_match_the_cpu() {
+    use qlora_studio::engine::candle_core::Var;
+    use qlora_studio::engine::ops::attention::{masked_softmax, probs, AttnMask};
+    // 8 heads on 2 kv heads, 37 new positions after 5 cached, a window of 20, then no window.
+    let (b, nkv, rep, t, past, hd) = (2, 2, 4, 37, 5, 64);
+    for window in [Some(20), None] {
+        let m = AttnMask { t, past, window, scale: 1.0 / (hd as f64).sqrt() };
+        let q = Tensor::randn(0f32, 1.0, (b, nkv, rep * t, hd), &Device::Cpu).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (b, nkv, past + t, hd), &Device::Cpu).unwrap();
+        let up = Tensor::randn(0f32, 1.0, (b, nkv, rep * t, past + t), &Device::Cpu).unwrap();
+        for dt in [DType::F32, DType::BF16] {
+            let run = |dev: &Device| {
+                let qv = Var::from_tensor(&q.to_dtype(dt).unwrap().to_device(dev).unwrap()).unwrap();
+                let kv = Var::from_tensor(&k.to_dtype(dt).unwrap().to_device(dev).unwrap()).unwrap();
+                let p = probs(qv.as_tensor(), kv.as_tensor(), m).unwrap();
+                let u = up.to_dtype(dt).unwrap().to_device(dev).unwrap();
+                let g = (&p * &u).unwrap().sum_all().unwrap().backward().unwrap();
+                let s = masked_softmax(&(qv.as_tensor().matmul(&kv.as_tensor().t().unwrap()).unwrap()), m).unwrap();
+                (p, s, g.get(qv.as_tensor()).unwrap().clone(), g.get(kv.as_tensor()).unwrap().clone())
+            };
+            let (pc, sc, qc, kc) = run(&Device::Cpu);
+            let (pg, sg, qg, kg) = run(&gpu());
+            // bf16: the same function rounded once; the CPU twin's scores come from candle's
+            // CPU bf16 matmul, the GPU's from cuBLAS (f32 accumulation on both).
+            let (tp, tg) = if dt == DType::F32 { (1e-5, 1e-4) } else { (1e-2, 3e-2) };
+            for (what, a, c, tol) in [("probs", &pg, &pc, tp), ("softmax", &sg, &sc, tp), ("dq", &qg, &qc, tg), ("dk", &kg, &kc, tg)] {
+                assert!(rel(a, c) < tol, "{dt:?} window {window:?}: {what} differs by {}", rel(a, c));
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_rope_and_its_gradient_match_the_cpu_twin() {
+    use qlora_studio::engine::candle_core::Var;
+    use qlora_studio::engine::ops::rope::rope_heads;
+    // [B, T, H, hd] = [2, 33, 5, 64]; full rotary, then Phi's partial (32 of 64).
+    for rot in [64, 32] {
+        let x = Tensor::randn(0f32, 1.0, (2, 33, 5, 64), &Device::Cpu).unwrap();
+        let ang = Tensor::randn(0f32, 3.0, (33, rot / 2), &Device::Cpu).unwrap();
+        let ang = Tensor::cat(&[&ang, &ang], 1).unwrap();
+        let (cos, sin) = (ang.cos().unwrap(), ang.sin().unwrap());
+        let up = Tensor::randn(0f32, 1.0, (2, 5, 33, 64), &Device::Cpu).unwrap();
+        for dt in [DType::F32, DType::BF16] {
+            let run = |dev: &Device| {
+                let v = Var::from_tensor(&x.to_dtype(dt).unwrap().to_device(dev).unwrap()).unwrap();
+                let y = rope_heads(v.as_tensor(), &cos.to_device(dev).unwrap(), &sin.to_device(dev).unwrap()).unwrap();
+                let g = (&y * up.to_dtype(dt).unwrap().to_device(dev).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+                (y, g.get(v.as_tensor()).unwrap().clone())
+            };
+            let (yc, gc) = run(&Device::Cpu);
+            let (yg, gg) = run(&gpu());
+            // Same arithmetic (no FMA) and one rounding on both: f32 equal to float rounding,
+            // bf16 at most one rounding step apart.
+            let tol = if dt == DType::F32 { 1e-6 } else { 1e-2 };
+            assert!(rel(&yg, &yc) < tol, "{dt:?} rot {rot}: rope differs by {}", rel(&yg, &yc));
+            assert!(rel(&gg, &gc) < tol, "{dt:?} rot {rot}: rope gradient differs by {}", rel(&gg, &gc));
+        }
+    }
+}
+
+#[test]
+fn in_place_adamw_kernels_equal_their_cpu_twins_to_the_bit() {
+    use qlora_studio::train::ops::adamw;
+    let w = Tensor::randn(0f32, 0.1, (64, 2048), &Device::Cpu).unwrap();
+    let gs: Vec<Tensor> = (0..3).map(|_| Tensor::randn(0f32, 1e-3, (64, 2048), &Device::Cpu).unwrap()).collect();
+    let run = |dev: &Device| {
+        let w = w.to_device(dev).unwrap().copy().unwrap();
+        let (m, v) = (w.zeros_like().unwrap(), w.zeros_like().unwrap());
+        for (t, g) in gs.iter().enumerate() {
+            let c = adamw::Consts::new(0.9, 0.999, 1e-8, 0.01, 2e-4, t as u64 + 1);
+            adamw::step(&w, &m, &v, &g.to_device(dev).unwrap(), c).unwrap();
+        }
+        [w, m, v].map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+    };
+    let (cpu, cuda) = (run(&Device::Cpu), run(&gpu()));
+    for (what, a, b) in [("parameter", &cpu[0], &cuda[0]), ("first moment", &cpu[1], &cuda[1]), ("second moment", &cpu[2], &cuda[2])] {
+        let differ = a.iter().zip(b).filter(|(x, y)| x != y).count();
+        assert_eq!(differ, 0, "{what}: {differ} of {} values differ", a.len());
     }
 }

@@ -88,5 +88,5 @@ for m in ours:
         print(f"| {m} | {pr:.2f} | {me:.2f} | {pr/me:.3f} |")
 for r in lines("ours.jsonl"):
     if r.get("metric") == "qlora_train_profile":
-        print(f"\nprofile {r['model']} ({r['layers']} layers): " + ", ".join(f"{x['phase']} {x['ms']:.1f} ms" for x in r["ms"]))
+        print(f"\nprofile {r['model']} ({r['layers']} layers): " + ", ".join(f"{x['phase']} {x['ms']:.1f} ms (host {x.get('host_ms', float('nan')):.1f})" for x in r["ms"]))
 PY

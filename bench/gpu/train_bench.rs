@@ -203,9 +203,10 @@ fn main() -> Result<()> {
     let mut losses = Vec::new();
     let run = |b: &Batch, opt: &mut AdamW| -> Result<f64> {
         let norm = b.target_count() as f64;
-        let (loss, grads) = step::micro_step(&model, &lora, b, norm, 1.0, a.checkpointing)?;
+        // The loss is read once per step, after the optimizer's kernels are queued.
+        let (loss, grads) = step::micro_step_pending(&model, &lora, b, norm, 1.0, a.checkpointing)?;
         opt.step(&grads, 2e-4)?;
-        Ok(loss)
+        loss.read()
     };
     for b in &batches[..a.warm] {
         losses.push(run(b, &mut opt)?);
@@ -243,13 +244,16 @@ fn main() -> Result<()> {
 }
 
 /// Where one step's time goes: the same work as `micro_step` + `AdamW::step`, phase by phase
-/// with a device sync after each (so the phases add up to a bit more than a step).
+/// with a device sync after each (so the phases add up to a bit more than a step). Each phase
+/// also says how long the host took to queue it (`host_ms`, before the sync): a phase whose
+/// host time is close to its total is launch-bound, the GPU waiting for the host.
 fn profile(a: &Args, model: &Model, lora: &Attached, b: &Batch, opt: &mut AdamW) -> Result<()> {
     let dev = model.device().clone();
     let mut t = Instant::now();
-    let mut lap = |what: &str, times: &mut Vec<(String, f64)>| -> Result<()> {
+    let mut lap = |what: &str, times: &mut Vec<(String, f64, f64)>| -> Result<()> {
+        let host = t.elapsed().as_secs_f64() * 1e3;
         dev.synchronize()?;
-        times.push((what.to_string(), t.elapsed().as_secs_f64() * 1e3));
+        times.push((what.to_string(), t.elapsed().as_secs_f64() * 1e3, host));
         t = Instant::now();
         Ok(())
     };
@@ -288,5 +292,5 @@ fn profile(a: &Args, model: &Model, lora: &Attached, b: &Batch, opt: &mut AdamW)
     lap("AdamW step", &mut times)?;
     let _ = lora;
     common::emit(&a.out, json!({"metric": "qlora_train_profile", "model": a.name, "layers": n,
-        "ms": times.iter().map(|(k, v)| json!({"phase": k, "ms": v})).collect::<Vec<_>>()}))
+        "ms": times.iter().map(|(k, v, h)| json!({"phase": k, "ms": v, "host_ms": h})).collect::<Vec<_>>()}))
 }

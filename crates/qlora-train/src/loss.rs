@@ -139,9 +139,50 @@ fn head_transposed(model: &Model, like: &Tensor) -> Result<Tensor> {
     with_bias.broadcast_sub(&bias)
 }
 
+/// A loss that may still be on its device: reading it waits for every kernel queued before
+/// it, so a training step reads it once, after the step's backward is queued.
+#[derive(Debug, Clone)]
+pub enum Loss {
+    Ready(f64),
+    /// `sum / norm`, `sum` a scalar on the device.
+    Pending { sum: Tensor, norm: f64 },
+}
+
+impl Loss {
+    /// The value (a device synchronisation when pending).
+    pub fn read(&self) -> Result<f64> {
+        match self {
+            Loss::Ready(v) => Ok(*v),
+            Loss::Pending { sum, norm } => Ok(sum.to_dtype(DType::F64)?.to_scalar::<f64>()? / norm),
+        }
+    }
+}
+
+/// [`loss_and_hidden_grad`] with the loss left on the device (GPU) until [`Loss::read`].
+pub fn loss_and_hidden_grad_pending(
+    model: &Model,
+    hidden: &Tensor,
+    labels: &Tensor,
+    weights: &Tensor,
+    norm: f64,
+    scale: f64,
+) -> Result<(Loss, Tensor)> {
+    if !hidden.device().is_cpu() {
+        return fused_pending(model, hidden, labels, weights, norm, scale);
+    }
+    let (l, g) = loss_and_hidden_grad(model, hidden, labels, weights, norm, scale)?;
+    Ok((Loss::Ready(l), g))
+}
+
 /// [`loss_and_hidden_grad`] through the fused cross-entropy kernels (the GPU path; the CPU
 /// twins of the kernels make it run anywhere).
 pub fn fused(model: &Model, hidden: &Tensor, labels: &Tensor, weights: &Tensor, norm: f64, scale: f64) -> Result<(f64, Tensor)> {
+    let (l, g) = fused_pending(model, hidden, labels, weights, norm, scale)?;
+    Ok((l.read()?, g))
+}
+
+/// [`fused`] with the loss left on the device.
+pub fn fused_pending(model: &Model, hidden: &Tensor, labels: &Tensor, weights: &Tensor, norm: f64, scale: f64) -> Result<(Loss, Tensor)> {
     use crate::ops::cross_entropy::{ce_grad, ce_loss};
     let (b, t, hd) = hidden.dims3()?;
     let wt = head_transposed(model, hidden)?;
@@ -164,8 +205,8 @@ pub fn fused(model: &Model, hidden: &Tensor, labels: &Tensor, weights: &Tensor, 
         grads.push(dl.matmul(&wt.t()?)?.reshape((b, len, hd))?);
     }
     let loss = match total {
-        Some(l) => l.to_scalar::<f32>()? as f64 / norm,
-        None => 0.0,
+        Some(sum) => Loss::Pending { sum, norm },
+        None => Loss::Ready(0.0),
     };
     Ok((loss, Tensor::cat(&grads, 1)?.to_dtype(hidden.dtype())?))
 }

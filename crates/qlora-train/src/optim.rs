@@ -4,6 +4,7 @@
 //! it. Moments are kept in f32 whatever the compute dtype, and can be saved and restored so a
 //! resumed run takes the same steps. Checked against torch by `tests/ref/adamw_ref.py`.
 
+use crate::ops::adamw;
 use candle_core::{DType, Result, Tensor, Var};
 use std::collections::HashMap;
 
@@ -56,33 +57,32 @@ impl AdamW {
         self.step
     }
 
-    /// One update with `grads[i]` for `params[i]` (already averaged and clipped).
+    /// One update with `grads[i]` for `params[i]` (already averaged and clipped): three
+    /// in-place kernels per parameter ([`crate::ops::adamw`]); a parameter not kept in f32 is
+    /// updated through an f32 copy.
     pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
+        if grads.len() != self.params.len() {
+            candle_core::bail!("AdamW: {} gradients for {} parameters", grads.len(), self.params.len())
+        }
         self.step += 1;
         let AdamWParams { beta1: b1, beta2: b2, eps, weight_decay: wd } = self.hp;
-        let bc1 = 1.0 - b1.powi(self.step as i32);
-        let bc2_sqrt = (1.0 - b2.powi(self.step as i32)).sqrt();
-        let step_size = lr / bc1;
+        let c = adamw::Consts::new(b1, b2, eps, wd, lr, self.step);
         for (i, p) in self.params.iter().enumerate() {
-            let g = grads[i].to_dtype(DType::F32)?;
-            let dtype = p.var.dtype();
-            let mut w = p.var.as_tensor().to_dtype(DType::F32)?;
-            if wd != 0.0 {
-                w = (w * (1.0 - lr * wd))?;
+            let g = grads[i].to_dtype(DType::F32)?.contiguous()?;
+            if p.var.dtype() == DType::F32 && p.var.as_tensor().is_contiguous() {
+                adamw::step(p.var.as_tensor(), &self.m[i], &self.v[i], &g, c)?;
+            } else {
+                let w = p.var.as_tensor().to_dtype(DType::F32)?.contiguous()?.copy()?;
+                adamw::step(&w, &self.m[i], &self.v[i], &g, c)?;
+                p.var.set(&w.to_dtype(p.var.dtype())?)?;
             }
-            let m = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?;
-            let v = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let denom = ((v.sqrt()? / bc2_sqrt)? + eps)?;
-            let w = (w - ((&m / denom)? * step_size)?)?;
-            p.var.set(&w.to_dtype(dtype)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
         }
         Ok(())
     }
 
     /// Moments and step count, named `{param}.exp_avg` / `{param}.exp_avg_sq` as torch's
-    /// state dict calls them, for a checkpoint.
+    /// state dict calls them, for a checkpoint. The tensors share storage with the optimizer,
+    /// which updates them in place: save them before the next step.
     pub fn state(&self) -> (HashMap<String, Tensor>, u64) {
         let mut map = HashMap::new();
         for (i, p) in self.params.iter().enumerate() {
@@ -101,7 +101,8 @@ impl AdamW {
                 if t.dims() != slot.dims() {
                     return Err(format!("optimizer state `{name}` has shape {:?}, expected {:?}", t.dims(), slot.dims()));
                 }
-                *slot = t.to_dtype(DType::F32).map_err(|e| e.to_string())?;
+                // A fresh copy: the step updates it in place.
+                *slot = t.to_dtype(DType::F32).and_then(|t| t.contiguous()?.copy()).map_err(|e| e.to_string())?;
             }
         }
         self.step = step;
@@ -165,6 +166,41 @@ mod tests {
     }
 
     const TORCH_ADAMW_3_STEPS: [f32; 3] = [0.6746109, -1.6548463, 0.1938823];
+
+    /// The composite of candle ops the in-place kernels replace (the step before them).
+    fn composite_step(w: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, hp: AdamWParams, lr: f64, t: u64) -> (Tensor, Tensor, Tensor) {
+        let AdamWParams { beta1: b1, beta2: b2, eps, weight_decay: wd } = hp;
+        let bc1 = 1.0 - b1.powi(t as i32);
+        let bc2_sqrt = (1.0 - b2.powi(t as i32)).sqrt();
+        let w = if wd != 0.0 { (w * (1.0 - lr * wd)).unwrap() } else { w.clone() };
+        let m = ((m * b1).unwrap() + (g * (1.0 - b1)).unwrap()).unwrap();
+        let v = ((v * b2).unwrap() + (g.sqr().unwrap() * (1.0 - b2)).unwrap()).unwrap();
+        let denom = ((v.sqrt().unwrap() / bc2_sqrt).unwrap() + eps).unwrap();
+        let w = (w - ((&m / denom).unwrap() * (lr / bc1)).unwrap()).unwrap();
+        (w, m, v)
+    }
+
+    #[test]
+    fn in_place_step_equals_the_composite_to_the_bit() {
+        let dev = Device::Cpu;
+        for wd in [0.0, 0.01] {
+            let hp = AdamWParams { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: wd };
+            let w0 = Tensor::randn(0f32, 0.1, (16, 48), &dev).unwrap();
+            let p = Var::from_tensor(&w0).unwrap();
+            let mut opt = AdamW::new(vec![Param { name: "p".into(), var: p.clone() }], hp).unwrap();
+            let (mut w, mut m, mut v) = (w0.clone(), w0.zeros_like().unwrap(), w0.zeros_like().unwrap());
+            for t in 1..=4u64 {
+                let g = Tensor::randn(0f32, 1e-3, (16, 48), &dev).unwrap();
+                opt.step(&[g.clone()], 2e-4).unwrap();
+                (w, m, v) = composite_step(&w, &m, &v, &g, hp, 2e-4, t);
+            }
+            let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(p.as_tensor()), bits(&w), "wd {wd}: parameter");
+            let (state, _) = opt.state();
+            assert_eq!(bits(&state["p.exp_avg"]), bits(&m), "wd {wd}: first moment");
+            assert_eq!(bits(&state["p.exp_avg_sq"]), bits(&v), "wd {wd}: second moment");
+        }
+    }
 
     #[test]
     fn clipping_matches_torch_rule() {

@@ -306,10 +306,10 @@ impl Trainer {
         let norm = batches.iter().map(|(b, _)| b.target_count()).sum::<usize>().max(1) as f64;
         let f16 = self.cfg.compute_dtype == ComputeDtype::F16;
         let scale = if f16 { st.loss_scale } else { 1.0 };
-        let (mut loss, mut grads) = (0.0, Vec::<Tensor>::new());
+        let (mut losses, mut grads) = (Vec::new(), Vec::<Tensor>::new());
         for (b, _) in &batches {
-            let (l, g) = step::micro_step(&self.model, &self.lora, b, norm, scale, self.cfg.gradient_checkpointing)?;
-            loss += l;
+            let (l, g) = step::micro_step_pending(&self.model, &self.lora, b, norm, scale, self.cfg.gradient_checkpointing)?;
+            losses.push(l);
             grads = if grads.is_empty() { g } else { grads.iter().zip(g).map(|(a, b)| a + b).collect::<Result<_, _>>()? };
         }
         if scale != 1.0 {
@@ -319,6 +319,11 @@ impl Trainer {
             Some(c) => optim::clip_grad_norm(&mut grads, c)?,
             None => optim::global_norm(&grads)?,
         };
+        // The norm was read from the device: the losses are ready, reading them waits no more.
+        let mut loss = 0.0;
+        for l in &losses {
+            loss += l.read()?;
+        }
         let step = st.step + 1;
         let nonfinite = |what, value| TrainError::NonFinite { step, what, value, last_checkpoint: last_ckpt.clone() };
         if !loss.is_finite() {
@@ -335,7 +340,7 @@ impl Trainer {
         } else {
             opt.step(&grads, lr)?;
             st.good_steps += 1;
-            if f16 && self.cfg.loss_scale == LossScale::Dynamic && st.good_steps % 2000 == 0 {
+            if f16 && self.cfg.loss_scale == LossScale::Dynamic && st.good_steps.is_multiple_of(2000) {
                 st.loss_scale *= 2.0;
             }
         }

@@ -10,7 +10,7 @@
 //!   activations exist at a time.
 
 use crate::data::batch::Batch;
-use crate::loss;
+use crate::loss::{self, Loss};
 use crate::lora::Attached;
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Result, Tensor, Var};
@@ -26,6 +26,21 @@ pub fn micro_step(
     scale: f64,
     checkpointing: bool,
 ) -> Result<(f64, Vec<Tensor>)> {
+    let (loss, grads) = micro_step_pending(model, lora, batch, norm, scale, checkpointing)?;
+    Ok((loss.read()?, grads))
+}
+
+/// [`micro_step`] with the loss left on the device: nothing in it waits for the GPU, so the
+/// host keeps queueing kernels (the optimizer's too) while the GPU works; read the loss once
+/// the step's work is queued.
+pub fn micro_step_pending(
+    model: &Model,
+    lora: &Attached,
+    batch: &Batch,
+    norm: f64,
+    scale: f64,
+    checkpointing: bool,
+) -> Result<(Loss, Vec<Tensor>)> {
     let dev = model.device();
     let (ids, labels, weights) = batch_tensors(batch, dev)?;
     let mut grads: Vec<Option<Tensor>> = vec![None; lora.len() * 2];
@@ -33,7 +48,7 @@ pub fn micro_step(
         checkpointed(model, lora, &ids, &labels, &weights, norm, scale, &mut grads)?
     } else {
         let hidden = model.forward_hidden(&ids, None)?;
-        let (l, gh) = loss::loss_and_hidden_grad(model, &hidden, &labels, &weights, norm, scale)?;
+        let (l, gh) = loss::loss_and_hidden_grad_pending(model, &hidden, &labels, &weights, norm, scale)?;
         let store = (hidden * gh)?.sum_all()?.backward()?;
         collect(lora, &store, &mut grads)?;
         l
@@ -61,7 +76,7 @@ pub fn batch_tensors(batch: &Batch, dev: &Device) -> Result<(Tensor, Tensor, Ten
 
 fn param(lora: &Attached, i: usize) -> &Tensor {
     let l = &lora[i / 2].1;
-    if i % 2 == 0 { l.a.as_tensor() } else { l.b.as_tensor() }
+    if i.is_multiple_of(2) { l.a.as_tensor() } else { l.b.as_tensor() }
 }
 
 /// Adds the store's gradients of every LoRA parameter into `acc`.
@@ -87,7 +102,7 @@ fn checkpointed(
     norm: f64,
     scale: f64,
     grads: &mut [Option<Tensor>],
-) -> Result<f64> {
+) -> Result<Loss> {
     let t = ids.dim(1)?;
     let (cos, sin) = model.rope_tables(0, t)?;
     let mut inputs = Vec::with_capacity(model.num_layers());
@@ -103,7 +118,7 @@ fn checkpointed(
     let rng_after: Vec<(usize, u64)> = (0..lora.len()).map(|j| (j, lora[j].1.rng_state())).collect();
     let top = Var::from_tensor(&x)?;
     let hidden = model.final_norm(top.as_tensor())?;
-    let (l, gh) = loss::loss_and_hidden_grad(model, &hidden.detach(), labels, weights, norm, scale)?;
+    let (l, gh) = loss::loss_and_hidden_grad_pending(model, &hidden.detach(), labels, weights, norm, scale)?;
     let store = (hidden * gh)?.sum_all()?.backward()?;
     let mut g = store.get(top.as_tensor()).cloned().map_or_else(|| top.as_tensor().zeros_like(), Ok)?;
     for i in (0..model.num_layers()).rev() {

@@ -1,0 +1,137 @@
+//! AdamW's arithmetic as three in-place ops per parameter (first moment, second moment,
+//! parameter), on CUDA one kernel each (`adamw_*` in `qlora-quant/kernels/train.cu`), with CPU
+//! twins.
+//!
+//! Why: written from candle ops, one parameter's update was about fifteen kernels and as many
+//! fresh tensors; the 308 LoRA matrices of a TinyLlama run made the optimizer step ~4,600
+//! launches, host-bound. The arithmetic is the composite's operation for operation (each
+//! product and sum rounded to f32 on its own, the f64 hyper-parameters rounded to f32 as
+//! candle's `affine` rounds them), so the result is the same to the bit on both devices.
+
+use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
+
+/// One step's constants, from the f64 hyper-parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct Consts {
+    pub b1: f32,
+    pub c1: f32,
+    pub b2: f32,
+    pub c2: f32,
+    pub inv_bc2: f32,
+    pub eps: f32,
+    pub step_size: f32,
+    pub decay: f32,
+    pub weight_decay: bool,
+}
+
+impl Consts {
+    /// For step `t` (1-based) at learning rate `lr`.
+    pub fn new(b1: f64, b2: f64, eps: f64, wd: f64, lr: f64, t: u64) -> Self {
+        let bc1 = 1.0 - b1.powi(t as i32);
+        let bc2_sqrt = (1.0 - b2.powi(t as i32)).sqrt();
+        Consts {
+            b1: b1 as f32,
+            c1: (1.0 - b1) as f32,
+            b2: b2 as f32,
+            c2: (1.0 - b2) as f32,
+            inv_bc2: (1.0 / bc2_sqrt) as f32,
+            eps: eps as f32,
+            step_size: (lr / bc1) as f32,
+            decay: (1.0 - lr * wd) as f32,
+            weight_decay: wd != 0.0,
+        }
+    }
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("AdamW: the {what} is not contiguous") };
+    Ok(&s.as_slice::<f32>()?[a..b])
+}
+
+fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> Result<&'a mut [f32]> {
+    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("AdamW: the {what} is not contiguous") };
+    match s {
+        CpuStorage::F32(v) => Ok(&mut v[a..b]),
+        other => candle_core::bail!("AdamW keeps its {what} in f32, got {:?}", candle_core::backend::BackendStorage::dtype(other)),
+    }
+}
+
+/// `x = x·beta + g·c` (`square`: `g²·c`) in place.
+struct Moment {
+    beta: f32,
+    c: f32,
+    square: bool,
+}
+
+impl InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "adamw-moment"
+    }
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        let g = slice(s2, l2, "gradient")?;
+        let x = slice_mut(s1, l1, "moment")?;
+        if x.len() != g.len() {
+            candle_core::bail!("AdamW: a moment of {} floats for a gradient of {}", x.len(), g.len())
+        }
+        for (x, g) in x.iter_mut().zip(g) {
+            let g = if self.square { g * g } else { *g };
+            *x = *x * self.beta + g * self.c;
+        }
+        Ok(())
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &mut candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> Result<()> {
+        qlora_quant::cuda::train::adamw_moment((s1, l1), (s2, l2), self.beta, self.c, self.square)
+    }
+}
+
+/// `w = (w·decay) − (m / (sqrt(v)·inv_bc2 + eps))·step_size` in place.
+struct Update(Consts);
+
+impl InplaceOp3 for Update {
+    fn name(&self) -> &'static str {
+        "adamw-update"
+    }
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<()> {
+        let c = &self.0;
+        let (m, v) = (slice(s2, l2, "first moment")?, slice(s3, l3, "second moment")?);
+        let w = slice_mut(s1, l1, "parameter")?;
+        if m.len() != w.len() || v.len() != w.len() {
+            candle_core::bail!("AdamW: moments of {} and {} floats for a parameter of {}", m.len(), v.len(), w.len())
+        }
+        for ((w, m), v) in w.iter_mut().zip(m).zip(v) {
+            let wi = if c.weight_decay { *w * c.decay } else { *w };
+            let denom = v.sqrt() * c.inv_bc2 + c.eps;
+            *w = wi - (m / denom) * c.step_size;
+        }
+        Ok(())
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        let c = &self.0;
+        let k = qlora_quant::cuda::train::AdamWUpdate {
+            inv_bc2: c.inv_bc2,
+            eps: c.eps,
+            step_size: c.step_size,
+            decay: c.decay,
+            weight_decay: c.weight_decay,
+        };
+        qlora_quant::cuda::train::adamw_update((s1, l1), (s2, l2), (s3, l3), &k)
+    }
+}
+
+/// One AdamW step in place: moments `m`, `v` and parameter `w` (f32, contiguous, the same
+/// size) from the f32 gradient `g`.
+pub fn step(w: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, c: Consts) -> Result<()> {
+    m.inplace_op2(g, &Moment { beta: c.b1, c: c.c1, square: false })?;
+    v.inplace_op2(g, &Moment { beta: c.b2, c: c.c2, square: true })?;
+    w.inplace_op3(m, v, &Update(c))
+}
