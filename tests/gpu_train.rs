@@ -16,7 +16,8 @@
 //!   and RMSNorm with their gradients against the composite CPU ops, the training attention's
 //!   masked probabilities (grouped heads, causal and sliding window, f32 and bf16) with their
 //!   q and k gradients against their CPU twins, and the fused rotary (transpose to heads
-//!   folded in) with its gradient against its CPU twin, the in-place AdamW kernels bit for bit.
+//!   folded in) and SwiGLU with their gradients against their CPU twins, the in-place AdamW
+//!   kernels bit for bit.
 #![cfg(feature = "cuda")]
 
 use qlora_studio::engine::candle_core::{DType, Device, Tensor};
@@ -354,5 +355,30 @@ fn in_place_adamw_kernels_equal_their_cpu_twins_to_the_bit() {
     for (what, a, b) in [("parameter", &cpu[0], &cuda[0]), ("first moment", &cpu[1], &cuda[1]), ("second moment", &cpu[2], &cuda[2])] {
         let differ = a.iter().zip(b).filter(|(x, y)| x != y).count();
         assert_eq!(differ, 0, "{what}: {differ} of {} values differ", a.len());
+    }
+}
+
+#[test]
+fn fused_swiglu_and_its_gradients_match_the_cpu_twin() {
+    use qlora_studio::engine::candle_core::Var;
+    use qlora_studio::engine::ops::glu::swiglu;
+    let g = Tensor::randn(0f32, 3.0, (4, 37, 300), &Device::Cpu).unwrap();
+    let u = Tensor::randn(0f32, 1.0, (4, 37, 300), &Device::Cpu).unwrap();
+    let up = Tensor::randn(0f32, 1.0, (4, 37, 300), &Device::Cpu).unwrap();
+    for dt in [DType::F32, DType::BF16] {
+        let run = |dev: &Device| {
+            let gv = Var::from_tensor(&g.to_dtype(dt).unwrap().to_device(dev).unwrap()).unwrap();
+            let uv = Var::from_tensor(&u.to_dtype(dt).unwrap().to_device(dev).unwrap()).unwrap();
+            let y = swiglu(gv.as_tensor(), uv.as_tensor()).unwrap();
+            let s = (&y * up.to_dtype(dt).unwrap().to_device(dev).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+            (y, s.get(gv.as_tensor()).unwrap().clone(), s.get(uv.as_tensor()).unwrap().clone())
+        };
+        let (yc, gc, uc) = run(&Device::Cpu);
+        let (yg, gg, ug) = run(&gpu());
+        // expf on the GPU vs exp on the CPU: f32 within a few ulps; bf16 one rounding step.
+        let tol = if dt == DType::F32 { 1e-5 } else { 1e-2 };
+        for (what, a, c) in [("swiglu", &yg, &yc), ("gate gradient", &gg, &gc), ("up gradient", &ug, &uc)] {
+            assert!(rel(a, c) < tol, "{dt:?}: {what} differs by {}", rel(a, c));
+        }
     }
 }

@@ -16,6 +16,7 @@
 use candle_core::{D, DType, Result, Tensor};
 
 pub mod attention;
+pub mod glu;
 pub mod rope;
 
 /// Llama's RMSNorm: normalise in f32, cast back to the input dtype, then multiply by `weight`.

@@ -364,3 +364,33 @@ extern "C" __global__ void adamw_update_f32(float* __restrict__ w, const float* 
         w[i] = __fsub_rn(wi, __fmul_rn(__fdiv_rn(m[i], denom), step_size));
     }
 }
+
+// ---------------------------------------------------------------- SwiGLU, training
+// y = silu(g) · u with silu(g) = g / (1 + e^−g), in f32, rounded once to T. Backward from dy:
+// s = 1 / (1 + e^−g), dg = dy · u · s · (1 + g · (1 − s)), du = dy · g · s, written as one
+// buffer [dg; du] (2n). One thread per element.
+template <typename T>
+__device__ void swiglu_fwd_impl(const T* __restrict__ g, const T* __restrict__ u, T* __restrict__ y, uint64_t n) {
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+        float gv = to_f32(g[i]);
+        y[i] = from_f32<T>(gv / (expf(-gv) + 1.0f) * to_f32(u[i]));
+    }
+}
+
+template <typename T>
+__device__ void swiglu_bwd_impl(const T* __restrict__ g, const T* __restrict__ u, const T* __restrict__ dy, T* __restrict__ d,
+                                uint64_t n) {
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+        float gv = to_f32(g[i]), dv = to_f32(dy[i]);
+        float s = 1.0f / (1.0f + expf(-gv));
+        d[i] = from_f32<T>(dv * to_f32(u[i]) * s * (1.0f + gv * (1.0f - s)));
+        d[n + i] = from_f32<T>(dv * gv * s);
+    }
+}
+
+#define SWIGLU(suffix, T) \
+    extern "C" __global__ void swiglu_fwd_##suffix(const T* g, const T* u, T* y, uint64_t n) { swiglu_fwd_impl<T>(g, u, y, n); } \
+    extern "C" __global__ void swiglu_bwd_##suffix(const T* g, const T* u, const T* dy, T* d, uint64_t n) { swiglu_bwd_impl<T>(g, u, dy, d, n); }
+SWIGLU(f32, float)
+SWIGLU(bf16, __nv_bfloat16)
+SWIGLU(f16, __half)

@@ -425,3 +425,53 @@ pub fn adamw_update(w: (&mut CudaStorage, &Layout), m: (&CudaStorage, &Layout), 
     unsafe { b.launch(elementwise_cfg(n)) }.w()?;
     Ok(())
 }
+
+/// SwiGLU `silu(g) · u` (`dy` = `None`), or its input gradients `[dg; du]` (`2n` elements) from
+/// the output gradient `dy`. `g`, `u`, `dy` contiguous, same size and dtype (f32/bf16/f16).
+pub fn swiglu(g: (&CudaStorage, &Layout), u: (&CudaStorage, &Layout), dy: Option<(&CudaStorage, &Layout)>) -> Result<CudaStorage> {
+    fn go<T: CudaDType + DeviceRepr>(
+        g: (&CudaStorage, &Layout),
+        u: (&CudaStorage, &Layout),
+        dy: Option<(&CudaStorage, &Layout)>,
+    ) -> Result<CudaStorage> {
+        let dev = g.0.device().clone();
+        let (g1, g2) = offsets(g.1, "SwiGLU gate")?;
+        let (u1, u2) = offsets(u.1, "SwiGLU up")?;
+        let n = g2 - g1;
+        if u2 - u1 != n {
+            candle_core::bail!("SwiGLU: gate of {n} and up of {} elements", u2 - u1)
+        }
+        let gs = g.0.as_cuda_slice::<T>()?.slice(g1..g2);
+        let us = u.0.as_cuda_slice::<T>()?.slice(u1..u2);
+        let ds = match dy {
+            Some((s, l)) => {
+                let (d1, d2) = offsets(l, "SwiGLU output gradient")?;
+                if d2 - d1 != n {
+                    candle_core::bail!("SwiGLU backward: gradient of {} elements for {n}", d2 - d1)
+                }
+                Some(s.as_cuda_slice::<T>()?.slice(d1..d2))
+            }
+            None => None,
+        };
+        let name = format!("swiglu_{}_{}", if dy.is_some() { "bwd" } else { "fwd" }, suffix(g.0.dtype())?);
+        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+        let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(if dy.is_some() { 2 * n } else { n })? };
+        let n64 = n as u64;
+        let mut b = func.builder();
+        b.arg(&gs);
+        b.arg(&us);
+        if let Some(ds) = &ds {
+            b.arg(ds);
+        }
+        b.arg(&mut out);
+        b.arg(&n64);
+        unsafe { b.launch(elementwise_cfg(n)) }.w()?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+    match g.0.dtype() {
+        DType::F32 => go::<f32>(g, u, dy),
+        DType::BF16 => go::<half::bf16>(g, u, dy),
+        DType::F16 => go::<half::f16>(g, u, dy),
+        other => candle_core::bail!("SwiGLU takes f32, bf16 or f16, got {other:?}"),
+    }
+}

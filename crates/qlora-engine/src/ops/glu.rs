@@ -1,0 +1,158 @@
+//! The gated MLP's `silu(gate) · up` (SwiGLU) as one custom op with a backward pass, for
+//! training on a GPU.
+//!
+//! Why: as candle ops it was two kernels forward and about a dozen backward (the product's two
+//! gradients, SiLU's own backward, each gradient accumulated into a zeroed tensor), and the
+//! graph kept `silu(gate)` as well as both inputs. Here it is one kernel each way
+//! (`swiglu_*` in `qlora-quant/kernels/train.cu`), f32 inside and rounded once; the backward
+//! writes both input gradients in one buffer. The CPU twin computes the composite's formula
+//! (`g / (e^−g + 1) · u`), bit for bit in f32.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! let g = Tensor::new(&[0f32, 1.], &Device::Cpu).unwrap();
+//! let u = Tensor::new(&[5f32, 2.], &Device::Cpu).unwrap();
+//! let y: Vec<f32> = qlora_engine::ops::glu::swiglu(&g, &u).unwrap().to_vec1().unwrap();
+//! assert_eq!(y[0], 0.0);
+//! assert!((y[1] - 2.0 / (1.0 + (-1f32).exp())).abs() < 1e-6);
+//! ```
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+
+fn f32s(s: &CpuStorage, l: &Layout) -> Result<Vec<f32>> {
+    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("swiglu: input is not contiguous") };
+    Ok(match s {
+        CpuStorage::F32(v) => v[a..b].to_vec(),
+        CpuStorage::BF16(v) => v[a..b].iter().map(|x| x.to_f32()).collect(),
+        CpuStorage::F16(v) => v[a..b].iter().map(|x| x.to_f32()).collect(),
+        other => candle_core::bail!("swiglu takes f32, bf16 or f16, got {:?}", other.dtype()),
+    })
+}
+
+fn store(dtype: DType, v: Vec<f32>) -> CpuStorage {
+    match dtype {
+        DType::BF16 => CpuStorage::BF16(v.into_iter().map(half::bf16::from_f32).collect()),
+        DType::F16 => CpuStorage::F16(v.into_iter().map(half::f16::from_f32).collect()),
+        _ => CpuStorage::F32(v),
+    }
+}
+
+fn same_size(a: &Layout, b: &Layout) -> Result<()> {
+    if a.shape() != b.shape() {
+        candle_core::bail!("swiglu: gate {:?} and up {:?} differ in shape", a.dims(), b.dims())
+    }
+    Ok(())
+}
+
+struct SwiGlu;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        same_size(l1, l2)?;
+        let (g, u) = (f32s(s1, l1)?, f32s(s2, l2)?);
+        let y = g.iter().zip(&u).map(|(g, u)| g / ((-g).exp() + 1.0) * u).collect();
+        Ok((store(s1.dtype(), y), l1.shape().clone()))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        same_size(l1, l2)?;
+        Ok((qlora_quant::cuda::train::swiglu((s1, l1), (s2, l2), None)?, l1.shape().clone()))
+    }
+    fn bwd(&self, g: &Tensor, u: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.to_dtype(g.dtype())?.contiguous()?;
+        let both = g.apply_op3_no_bwd(u, &dy, &SwiGluBwd)?;
+        Ok((Some(both.get(0)?), Some(both.get(1)?)))
+    }
+}
+
+/// `(g, u, dy)` to `[dg; du]`, shape `[2, ..]`.
+struct SwiGluBwd;
+
+impl CustomOp3 for SwiGluBwd {
+    fn name(&self) -> &'static str {
+        "swiglu-bwd"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        same_size(l1, l2)?;
+        same_size(l1, l3)?;
+        let (g, u, dy) = (f32s(s1, l1)?, f32s(s2, l2)?, f32s(s3, l3)?);
+        let mut d = vec![0f32; 2 * g.len()];
+        let (dg, du) = d.split_at_mut(g.len());
+        for i in 0..g.len() {
+            let s = 1.0 / (1.0 + (-g[i]).exp());
+            dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+            du[i] = dy[i] * g[i] * s;
+        }
+        Ok((store(s1.dtype(), d), both_shape(l1)))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        same_size(l1, l2)?;
+        same_size(l1, l3)?;
+        Ok((qlora_quant::cuda::train::swiglu((s1, l1), (s2, l2), Some((s3, l3)))?, both_shape(l1)))
+    }
+}
+
+fn both_shape(l: &Layout) -> Shape {
+    let mut dims = vec![2];
+    dims.extend_from_slice(l.dims());
+    Shape::from(dims)
+}
+
+/// `silu(gate) · up`, differentiable in both; same dtype and shape in and out.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
+        d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    #[test]
+    fn equals_the_composite_forward_and_backward() {
+        let dev = Device::Cpu;
+        let g = Var::from_tensor(&Tensor::randn(0f32, 3.0, (3, 7, 40), &dev).unwrap()).unwrap();
+        let u = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 7, 40), &dev).unwrap()).unwrap();
+        let up = Tensor::randn(0f32, 1.0, (3, 7, 40), &dev).unwrap();
+        let want = (g.as_tensor().silu().unwrap() * u.as_tensor()).unwrap();
+        let got = swiglu(g.as_tensor(), u.as_tensor()).unwrap();
+        assert_eq!(max_diff(&want, &got), 0.0, "forward");
+        let gw = (&want * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let gg = (&got * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        for (v, what) in [(&g, "gate"), (&u, "up")] {
+            let (a, b) = (gw.get(v.as_tensor()).unwrap(), gg.get(v.as_tensor()).unwrap());
+            assert!(max_diff(a, b) < 1e-5, "{what} gradient differs by {}", max_diff(a, b));
+        }
+    }
+
+    #[test]
+    fn shapes_must_match() {
+        let a = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+        let b = Tensor::zeros((3, 2), DType::F32, &Device::Cpu).unwrap();
+        assert!(swiglu(&a, &b).unwrap_err().to_string().contains("differ in shape"));
+    }
+}
