@@ -16,8 +16,8 @@
 //!   and RMSNorm with their gradients against the composite CPU ops, the training attention's
 //!   masked probabilities (grouped heads, causal and sliding window, f32 and bf16) with their
 //!   q and k gradients against their CPU twins, and the fused rotary (transpose to heads
-//!   folded in) and SwiGLU with their gradients against their CPU twins, the in-place AdamW
-//!   kernels bit for bit.
+//!   folded in), SwiGLU and the LoRA update with their gradients against their CPU twins, the
+//!   in-place AdamW kernels bit for bit.
 #![cfg(feature = "cuda")]
 
 use qlora_studio::engine::candle_core::{DType, Device, Tensor};
@@ -379,6 +379,36 @@ fn fused_swiglu_and_its_gradients_match_the_cpu_twin() {
         let tol = if dt == DType::F32 { 1e-5 } else { 1e-2 };
         for (what, a, c) in [("swiglu", &yg, &yc), ("gate gradient", &gg, &gc), ("up gradient", &ug, &uc)] {
             assert!(rel(a, c) < tol, "{dt:?}: {what} differs by {}", rel(a, c));
+        }
+    }
+}
+
+#[test]
+fn fused_lora_update_and_its_gradients_match_the_cpu() {
+    use qlora_studio::engine::candle_core::Var;
+    use qlora_studio::train::ops::dropout::Dropout;
+    use qlora_studio::train::ops::lora_delta::{lora_delta, LoraDelta};
+    let x = Tensor::randn(0f32, 1.0, (96, 320), &Device::Cpu).unwrap();
+    let a = Tensor::randn(0f32, 0.05, (16, 320), &Device::Cpu).unwrap();
+    let b = Tensor::randn(0f32, 0.05, (200, 16), &Device::Cpu).unwrap();
+    let up = Tensor::randn(0f32, 1.0, (96, 200), &Device::Cpu).unwrap();
+    let op = LoraDelta { dropout: Some(Dropout { seed: 5, p: 0.05 }), scale: 2.0 };
+    for dt in [DType::F32, DType::BF16] {
+        let run = |dev: &Device| {
+            let xv = Var::from_tensor(&x.to_dtype(dt).unwrap().to_device(dev).unwrap()).unwrap();
+            let (av, bv) = (Var::from_tensor(&a.to_device(dev).unwrap()).unwrap(), Var::from_tensor(&b.to_device(dev).unwrap()).unwrap());
+            let d = lora_delta(xv.as_tensor(), av.as_tensor(), bv.as_tensor(), op).unwrap();
+            let s = (&d * up.to_dtype(dt).unwrap().to_device(dev).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+            let g = |v: &Var| s.get(v.as_tensor()).unwrap().clone();
+            (d, g(&xv), g(&av), g(&bv))
+        };
+        let (dc, xc, ac, bc) = run(&Device::Cpu);
+        let (dg, xg, ag, bg) = run(&gpu());
+        // The same dropout mask on both (a hash of seed and element); bf16: cuBLAS vs the CPU's
+        // bf16 matmul, a few roundings apart.
+        let tol = if dt == DType::F32 { 1e-4 } else { 3e-2 };
+        for (what, g, c) in [("update", &dg, &dc), ("x gradient", &xg, &xc), ("A gradient", &ag, &ac), ("B gradient", &bg, &bc)] {
+            assert!(rel(g, c) < tol, "{dt:?}: {what} differs by {}", rel(g, c));
         }
     }
 }

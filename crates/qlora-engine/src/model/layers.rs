@@ -124,12 +124,15 @@ impl Attention {
     }
 }
 
-/// Whether training on `device` takes the fused rotary, attention and SwiGLU ops (`ops::rope`,
-/// `ops::attention`, `ops::glu`). On a GPU, yes. The CPU keeps the composite ops the planner's CPU
-/// activation formula counts (`tests/train_memory_demo.rs` holds it to ±10%); the fused ops'
-/// CPU twins give the same results there (their tests) with a lower peak.
-fn fused_training(device: &candle_core::Device) -> bool {
-    !device.is_cpu()
+/// Whether training on `device` takes the fused ops: rotary, attention and SwiGLU here
+/// (`ops::rope`, `ops::attention`, `ops::glu`), the LoRA update in the trainer. On a GPU, yes,
+/// unless `QLORA_TRAIN_FUSED=0` (the composite ops, for side-by-side benchmarks). The CPU keeps
+/// the composite ops, whose memory the planner's CPU activation formula counts
+/// (`tests/train_memory_demo.rs` holds it to ±10%); the fused ops' CPU twins give the same
+/// results there (their tests) with a lower peak.
+pub fn fused_training(device: &candle_core::Device) -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    !device.is_cpu() && *ENABLED.get_or_init(|| std::env::var("QLORA_TRAIN_FUSED").map_or(true, |v| v != "0"))
 }
 
 fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
