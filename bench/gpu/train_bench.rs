@@ -206,7 +206,7 @@ fn main() -> Result<()> {
         // The loss is read once per step, after the optimizer's kernels are queued.
         let (loss, grads) = step::micro_step_pending(&model, &lora, b, norm, 1.0, a.checkpointing)?;
         opt.step(&grads, 2e-4)?;
-        loss.read()
+        Ok(loss.read()?)
     };
     for b in &batches[..a.warm] {
         losses.push(run(b, &mut opt)?);
