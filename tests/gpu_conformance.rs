@@ -3,11 +3,13 @@
 //! (the CPU results of which match transformers, see `engine_conformance.rs`) run on CUDA in
 //! f32: logits within 1e-3 of the CPU f32 result at every position, the same argmax, and the
 //! same greedy ids through the KV cache. In NF4 (double quant), the GPU's fused GEMV / dequant
-//! kernels give the CPU's logits within the same tolerance.
+//! kernels give the CPU's logits within the same tolerance. One-token steps replay a CUDA graph
+//! (`model/decode_graph.rs`); the `graph_*` tests check it against the eager fused path (graphs
+//! turned off for that cache) and the CPU, across a cache growth, a sliding window and batch 2.
 #![cfg(feature = "cuda")]
 
 use qlora_studio::engine::candle_core::{D, DType, Device, IndexOp, Tensor};
-use qlora_studio::engine::{LoadOptions, Model, Quant};
+use qlora_studio::engine::{KvCache, LoadOptions, Model, Quant};
 use std::path::PathBuf;
 
 /// `tests/fixtures/tiny/<name>`, found from the working directory (the GPU machine runs the
@@ -59,6 +61,9 @@ fn run(model: &Model, ids: &[u32]) -> (Tensor, Vec<u32>, Tensor) {
         out.push(next);
         steps.push(last.to_device(&Device::Cpu).unwrap());
         input = Tensor::new(&[[next]], &dev).unwrap();
+    }
+    if dev.is_cuda() {
+        eprintln!("  cuda graphs: {:?}", cache.graph_stats());
     }
     (logits, out, Tensor::stack(&steps, 0).unwrap())
 }
@@ -136,4 +141,92 @@ fn kv_cache_grows_past_its_first_allocation() {
     }
     assert_eq!(cg.len(), 300);
     assert!(worst <= 1e-3, "logits differ by {worst} over 300 cached steps");
+}
+
+/// One model decoding in lockstep with others: its cache and the last step's logits `[B, V]`.
+struct Lane<'a> {
+    model: &'a Model,
+    cache: KvCache,
+}
+
+impl Lane<'_> {
+    fn step(&mut self, ids: &[u32], b: usize) -> Tensor {
+        let input = Tensor::from_vec(ids.to_vec(), (b, ids.len() / b), self.model.device()).unwrap();
+        let l = self.model.forward(&input, Some(&mut self.cache)).unwrap();
+        l.i((.., l.dim(1).unwrap() - 1)).unwrap().to_dtype(DType::F32).unwrap().to_device(&Device::Cpu).unwrap()
+    }
+}
+
+/// `steps` tokens after an 8-token prompt for `b` sequences, fed to three lanes in lockstep (the
+/// graph's greedy ids): CUDA with graphs, CUDA without, and (when `cpu_tol` is set) the CPU in
+/// f32. The graph's logits equal the eager path's (same kernels, positions read from the device
+/// instead of launch parameters) and stay within `cpu_tol` of the CPU; returns the graph lane's
+/// (captures, replays).
+fn graph_vs_eager(name: &str, quant: Quant, dtype: DType, b: usize, steps: usize, cpu_tol: Option<f32>) -> (usize, usize) {
+    let ids = input_ids(name);
+    let load = |device| Model::load(&fixture(name), &LoadOptions { quant, dtype, device }).unwrap();
+    let (gpu_model, cpu_model) = (load(gpu()), load(Device::Cpu));
+    let vocab = gpu_model.config().vocab_size as u32;
+    let mut graph = Lane { model: &gpu_model, cache: gpu_model.new_cache() };
+    let mut eager = Lane { model: &gpu_model, cache: gpu_model.new_cache() };
+    eager.cache.set_cuda_graphs(false);
+    let mut cpu = Lane { model: &cpu_model, cache: cpu_model.new_cache() };
+    let mut input: Vec<u32> = (0..b).flat_map(|r| ids[..8].iter().map(move |&x| (x + 7 * r as u32) % vocab)).collect();
+    let (mut vs_eager, mut vs_cpu) = (0f32, 0f32);
+    for i in 0..steps {
+        let lg = graph.step(&input, b);
+        let le = eager.step(&input, b);
+        vs_eager = vs_eager.max(max_abs_diff(&lg, &le));
+        assert_eq!(argmax(&lg), argmax(&le), "{name} {quant:?} b{b}: greedy ids differ from the eager path at step {i}");
+        if cpu_tol.is_some() {
+            vs_cpu = vs_cpu.max(max_abs_diff(&lg, &cpu.step(&input, b)));
+        }
+        input = argmax(&lg);
+    }
+    let stats = graph.cache.graph_stats();
+    eprintln!("{name} {quant:?} {dtype:?} b{b}: {steps} steps, graph vs eager {vs_eager:.1e}, vs cpu {vs_cpu:.1e}, {stats:?}");
+    assert_eq!(eager.cache.graph_stats().replays, 0, "the eager lane replayed a graph");
+    assert_eq!(stats.failures, 0, "{name}: a capture failed");
+    assert_eq!(graph.cache.len(), 8 + steps - 1);
+    assert!(vs_eager <= 1e-6, "{name} {quant:?} b{b}: graph logits differ from the eager path by {vs_eager}");
+    if let Some(tol) = cpu_tol {
+        assert!(vs_cpu <= tol, "{name} {quant:?} b{b}: graph logits differ from the CPU by {vs_cpu}");
+    }
+    (stats.captures, stats.replays)
+}
+
+/// 300 steps: the cache (256 positions first) grows once, so the graph is captured again.
+#[test]
+fn graph_llama_across_cache_growth() {
+    for quant in [Quant::None, Quant::Nf4DoubleQuant] {
+        let (captures, replays) = graph_vs_eager("llama", quant, DType::F32, 1, 300, Some(1e-3));
+        assert_eq!(captures, 2, "one capture per cache capacity (256, then 512)");
+        assert!(replays >= 290, "only {replays} of 299 decode steps replayed the graph");
+    }
+}
+
+/// Mistral's sliding window (8 positions) moves with the position read from the device.
+#[test]
+fn graph_mistral_sliding_window() {
+    let (captures, replays) = graph_vs_eager("mistral", Quant::Nf4DoubleQuant, DType::F32, 1, 40, Some(1e-3));
+    assert_eq!((captures, replays), (1, 38));
+}
+
+/// Batch 2 through the same mechanism, and bf16 NF4 (the benchmark's decode path).
+#[test]
+fn graph_batch2_and_bf16() {
+    let (captures, replays) = graph_vs_eager("qwen2", Quant::Nf4DoubleQuant, DType::F32, 2, 24, Some(1e-3));
+    assert_eq!((captures, replays), (1, 22));
+    let (captures, replays) = graph_vs_eager("llama", Quant::Nf4DoubleQuant, DType::BF16, 1, 24, None);
+    assert_eq!((captures, replays), (1, 22));
+}
+
+/// Every architecture's one-token steps go through a graph (Gemma's embedding scale, Phi's
+/// LayerNorm and parallel block included): a capture that fails would fall back silently.
+#[test]
+fn graph_every_architecture_captures() {
+    for name in ["llama", "llama3_rope", "phi", "gemma", "qwen2"] {
+        let (captures, replays) = graph_vs_eager(name, Quant::Nf4DoubleQuant, DType::F32, 1, 12, Some(1e-3));
+        assert_eq!((captures, replays), (1, 10), "{name}");
+    }
 }

@@ -117,11 +117,9 @@ impl<'a> Generator<'a> {
                 reason = StopReason::Cancelled;
                 break;
             }
-            // Only the last position's logits: a prompt's full [T, vocab] logits were the
-            // largest tensor of a long prefill (1 GB for Gemma's 256k vocabulary at 2k tokens).
-            let hidden = self.model.forward_hidden(&input, Some(&mut cache))?;
-            let hidden = hidden.narrow(1, hidden.dim(1)? - 1, 1)?;
-            let last = self.model.logits(&hidden)?.i((0, 0))?.to_dtype(DType::F32)?;
+            // Only the last position's logits (a prompt's full [T, vocab] logits were the
+            // largest tensor of a long prefill); one token at a time replays a CUDA graph.
+            let last = self.model.forward_last(&input, &mut cache)?.i(0)?.to_dtype(DType::F32)?;
             let next = pick(&last, &history, opts, &mut rng)?;
             if self.tokenizer.eos_ids().contains(&next) {
                 reason = StopReason::Eos;

@@ -4,6 +4,11 @@
 // online softmax), and the prefill softmax with the causal / sliding-window mask computed in the
 // kernel. Compiled to PTX by build.rs, run through candle custom ops in src/cuda/infer.rs.
 //
+// Positions can come from device memory (`len_ptr`, a u32 holding the cache length after this
+// step's tokens are appended) instead of kernel parameters, so a decode step captured once in a
+// CUDA graph replays unchanged at every position (engine `model/decode_graph.rs`); the grids never
+// depend on the position.
+//
 // Rounding follows the unfused candle ops they replace (engine `ops.rs`): every op of the
 // unfused path that rounds to the compute dtype T rounds here too, with explicit
 // round-to-nearest intrinsics so no FMA contraction changes an f32 result.
@@ -120,16 +125,21 @@ __device__ __forceinline__ float rope_at(const T* head, unsigned d, unsigned pos
 // ---------------------------------------------------------------- KV-cache append
 // cache: [2, B, nkv, cap, hd] (k then v). k, v: [B, t, nkv*hd] with strides (sb, st, 1).
 // Writes positions past .. past + t - 1: k rotated, v copied. Grid (t, B).
+// With len_ptr set, past = *len_ptr - t (the host's `past` is ignored); positions past the
+// capacity are not written.
 struct KvParams {
     RopeParams rope;
     unsigned B, t, nkv, hd, cap, past;
     unsigned long long ksb, kst, vsb, vst;
+    unsigned long long len_ptr;
 };
 
 template <typename T>
 __device__ void kv_append_impl(T* __restrict__ cache, const T* __restrict__ k, const T* __restrict__ v, const KvParams& p) {
     const unsigned j = blockIdx.x, b = blockIdx.y;
-    const unsigned pos = p.past + j;
+    const unsigned past = p.len_ptr ? *reinterpret_cast<const unsigned*>(p.len_ptr) - p.t : p.past;
+    const unsigned pos = past + j;
+    if (pos >= p.cap) return;
     const T* kr = k + b * p.ksb + j * p.kst;
     const T* vr = v + b * p.vsb + j * p.vst;
     const size_t plane = (size_t)p.B * p.nkv * p.cap * p.hd;
@@ -155,11 +165,15 @@ KV_APPEND(kv_append_f16, __half)
 // rounds them: rnd(rnd(q·k) * rnd(scale)); out rounded once.
 #define ATT_WARPS 4
 #define MAX_HD 256
+// With len_ptr set, len = *len_ptr and start = len - window (window > 0, len > window) or 0;
+// the host's len and start are ignored.
 struct AttnParams {
     RopeParams rope;
     unsigned B, nh, nkv, hd, cap, len, start;
     float scale;
     unsigned long long qsb;
+    unsigned window;
+    unsigned long long len_ptr;
 };
 
 template <typename T>
@@ -189,7 +203,17 @@ __device__ void decode_attn_impl(const T* __restrict__ q, const T* __restrict__ 
     const unsigned h = blockIdx.x, b = blockIdx.y;
     const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
     const unsigned kvh = h / (p.nh / p.nkv);
-    const unsigned pos = p.len - 1;
+    unsigned len = p.len, start = p.start;
+    if (p.len_ptr) {
+        len = min(*reinterpret_cast<const unsigned*>(p.len_ptr), p.cap);
+        start = (p.window > 0 && len > p.window) ? len - p.window : 0;
+    }
+    T* o = out + ((size_t)b * p.nh + h) * p.hd;
+    if (len == 0) {
+        for (unsigned d = threadIdx.x; d < p.hd; d += blockDim.x) o[d] = from_f32<T>(0.f);
+        return;
+    }
+    const unsigned pos = len - 1;
     const T* qh = q + b * p.qsb + (size_t)h * p.hd;
     for (unsigned d = threadIdx.x; d < p.hd; d += blockDim.x) qf[d] = rope_at<T>(qh, d, pos, p.rope);
     __syncthreads();
@@ -201,10 +225,10 @@ __device__ void decode_attn_impl(const T* __restrict__ q, const T* __restrict__ 
     float acc[MAX_HD / 32];
 #pragma unroll
     for (int i = 0; i < MAX_HD / 32; i++) acc[i] = 0.f;
-    for (unsigned j0 = p.start + warp * 32; j0 < p.len; j0 += 32 * ATT_WARPS) {
+    for (unsigned j0 = start + warp * 32; j0 < len; j0 += 32 * ATT_WARPS) {
         const unsigned j = j0 + lane;
         float s = -INFINITY;
-        if (j < p.len) {
+        if (j < len) {
             const T* kr = kbase + (size_t)j * p.hd;
             float dot = 0.f;
             for (unsigned d = 0; d < p.hd; d += 8) {
@@ -217,11 +241,11 @@ __device__ void decode_attn_impl(const T* __restrict__ q, const T* __restrict__ 
         }
         const float m_new = fmaxf(m, warp_max(s));
         const float corr = __expf(m - m_new);  // m = -inf on the first chunk: 0
-        const float pj = j < p.len ? __expf(s - m_new) : 0.f;
+        const float pj = j < len ? __expf(s - m_new) : 0.f;
         l = l * corr + warp_sum(pj);
 #pragma unroll
         for (int i = 0; i < MAX_HD / 32; i++) acc[i] *= corr;
-        const unsigned nk = min(32u, p.len - j0);
+        const unsigned nk = min(32u, len - j0);
         for (unsigned jj = 0; jj < nk; jj++) {
             const float pw = __shfl_sync(0xffffffffu, pj, jj);
             const T* vr = vbase + (size_t)(j0 + jj) * p.hd;
@@ -246,7 +270,6 @@ __device__ void decode_attn_impl(const T* __restrict__ q, const T* __restrict__ 
     float f[ATT_WARPS], tot = 0.f;
 #pragma unroll
     for (int w = 0; w < ATT_WARPS; w++) { f[w] = wl[w] > 0.f ? __expf(wm[w] - mm) : 0.f; tot += wl[w] * f[w]; }
-    T* o = out + ((size_t)b * p.nh + h) * p.hd;
     for (unsigned d = threadIdx.x; d < p.hd; d += blockDim.x) {
         float v = 0.f;
 #pragma unroll

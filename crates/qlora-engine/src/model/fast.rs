@@ -11,19 +11,22 @@
 //! 5. o_proj; 6. residual add + RMSNorm; 7. gate and up in one NF4 GEMV with the activation;
 //! 8. down_proj.
 //!
+//! The position of a step reaches the kernels either as a launch parameter or, for a decode step
+//! replayed as a CUDA graph (`decode_graph.rs`), from a u32 on the device ([`FastStep::dev_len`]).
+//!
 //! Anything the kernels do not cover (LayerNorm, Phi's MLP, LoRA-wrapped or dense projections,
 //! more than 8 rows) runs through the same modules' ordinary forward, so every architecture
 //! takes this path; the results match the unfused path within float rounding
 //! (`tests/gpu_conformance.rs`, `tests/gpu_kernels.rs`).
 
 use super::config::{Activation, NormKind};
-use super::layers::{Attention, DecoderLayer, Mlp, Norm, Step};
+use super::layers::{Attention, DecoderLayer, Mlp, Norm};
 use super::{KvCache, Model};
 use crate::linear::ArcLinear;
 use crate::ops;
 use candle_core::{DType, Device, Result, Tensor};
 use qlora_quant::cuda::fused::{self, GluAct, Nf4Proj};
-use qlora_quant::cuda::infer;
+use qlora_quant::cuda::infer::{self, CacheLen};
 
 /// Positions a fresh cache holds before it has to grow (rounded up to this).
 const CACHE_CHUNK: usize = 256;
@@ -48,10 +51,20 @@ impl Model {
                 &mut scratch
             }
         };
+        let h = self.hidden_fast(ids, cache, None)?;
+        cache.len += t;
+        Ok(h)
+    }
+
+    /// Hidden states after the final norm for `ids` at `cache.len` (which the caller advances).
+    /// With `dev_len` the kernels read the cache length after this step from it instead of
+    /// taking `cache.len` as a launch parameter (what a CUDA graph capture needs).
+    pub(super) fn hidden_fast(&self, ids: &Tensor, cache: &mut KvCache, dev_len: Option<&Tensor>) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
         let past = cache.len;
         let inv_freq = self.rope.inv_freq(past + t);
         let tables = if t > 1 { Some(self.rope_tables(past, t)?) } else { None };
-        let step = Step { tables: tables.as_ref().map(|(c, s)| (c, s)), past, training: false, inv_freq: Some(&inv_freq) };
+        let step = FastStep { tables: tables.as_ref(), past, inv_freq: &inv_freq, dev_len };
         let mut x = self.embed(ids)?;
         let mut pending: Option<Tensor> = None;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -59,9 +72,20 @@ impl Model {
             let capacity = cache.capacity;
             (x, pending) = layer.forward_fast(&x, pending.as_ref(), &step, slot, capacity)?;
         }
-        cache.len += t;
         Ok(self.norm.add_forward(&x, pending.as_ref())?.1)
     }
+}
+
+/// What one fused forward shares across its layers.
+pub(super) struct FastStep<'a> {
+    /// `(cos, sin)` for a prompt (several tokens); one decode token rotates inside the kernels.
+    tables: Option<&'a (Tensor, Tensor)>,
+    /// Positions cached before this call (a launch parameter unless `dev_len` is set).
+    past: usize,
+    /// The rotary inverse frequencies for this call's sequence length.
+    inv_freq: &'a [f32],
+    /// A u32 on the device holding the cache length after this call, read by the kernels.
+    dev_len: Option<&'a Tensor>,
 }
 
 impl Norm {
@@ -86,11 +110,11 @@ impl Norm {
 impl DecoderLayer {
     /// One layer on the fused path: returns the residual stream and the block output still to
     /// be added to it (the next norm adds it).
-    pub fn forward_fast(
+    pub(super) fn forward_fast(
         &self,
         x: &Tensor,
         pending: Option<&Tensor>,
-        step: &Step,
+        step: &FastStep,
         cache: &mut Option<Tensor>,
         capacity: usize,
     ) -> Result<(Tensor, Option<Tensor>)> {
@@ -145,7 +169,7 @@ fn cache_for(slot: &mut Option<Tensor>, shape: (usize, usize, usize), need: usiz
 }
 
 impl Attention {
-    fn forward_fast(&self, x: &Tensor, step: &Step, slot: &mut Option<Tensor>, capacity: usize) -> Result<Tensor> {
+    fn forward_fast(&self, x: &Tensor, step: &FastStep, slot: &mut Option<Tensor>, capacity: usize) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (hd, nh, nkv) = (self.head_dim, self.num_heads, self.num_kv_heads);
         let (nq, nk) = (nh * hd, nkv * hd);
@@ -157,15 +181,19 @@ impl Attention {
             }
             None => (self.q_proj.forward(&x)?, self.k_proj.forward(&x)?, self.v_proj.forward(&x)?),
         };
-        let inv = step.inv_freq.unwrap_or(&[]);
+        let inv = step.inv_freq;
         let len = step.past + t;
         let cache = cache_for(slot, (b, nkv, hd), len, capacity, x.dtype(), x.device())?;
-        infer::kv_append(&cache, &k, &v, step.past, inv)?;
+        let (at, attn_len) = match step.dev_len {
+            Some(l) => (CacheLen::Device(l), CacheLen::Device(l)),
+            None => (CacheLen::Host(step.past), CacheLen::Host(len)),
+        };
+        infer::kv_append_at(&cache, &k, &v, at, inv)?;
         let scale = 1.0 / (hd as f64).sqrt();
         let out = if t == 1 {
-            infer::decode_attention(&q, &cache, len, self.sliding_window, scale, inv)?
+            infer::decode_attention_at(&q, &cache, attn_len, self.sliding_window, scale, inv)?
         } else {
-            let (cos, sin) = step.tables()?;
+            let Some((cos, sin)) = step.tables else { candle_core::bail!("rotary tables were not computed for this prompt") };
             let q = ops::apply_rope(&q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?, cos, sin)?;
             // Grouped heads side by side: [B, kv_heads, rep * T, hd] against one K per group.
             let q = q.reshape((b, nkv, (nh / nkv) * t, hd))?;

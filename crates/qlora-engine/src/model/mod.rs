@@ -12,6 +12,8 @@
 
 pub mod config;
 #[cfg(feature = "cuda")]
+mod decode_graph;
+#[cfg(feature = "cuda")]
 mod fast;
 pub mod layers;
 pub mod rope;
@@ -45,7 +47,8 @@ impl Default for LoadOptions {
 /// Per-layer key/value cache for incremental decoding. The CPU (and training) path grows
 /// `(k, v)` per call; the fused CUDA path keeps one preallocated `[2, B, kv_heads, capacity,
 /// head_dim]` tensor per layer, written in place, grown (doubled) only when a generation
-/// outlasts it.
+/// outlasts it. On that path a one-token step is replayed as a CUDA graph captured for this
+/// cache (`model/decode_graph.rs`); clones share the cache's tensors and that graph.
 #[derive(Debug, Clone)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
@@ -54,6 +57,30 @@ pub struct KvCache {
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     capacity: usize,
     len: usize,
+    /// Whether decode steps may replay a CUDA graph ([`KvCache::set_cuda_graphs`]).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    graphs: bool,
+    #[cfg(feature = "cuda")]
+    graph: decode_graph::GraphSlot,
+}
+
+/// How a cache's decode steps went through CUDA graphs ([`KvCache::graph_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DecodeGraphStats {
+    /// Graphs captured (one per batch size, cache capacity, dtype and output kind seen).
+    pub captures: usize,
+    /// Decode steps replayed from a captured graph.
+    pub replays: usize,
+    /// Captures that failed; those steps ran eagerly (one line on stderr the first time).
+    pub failures: usize,
+}
+
+/// Whether `QLORA_CUDA_GRAPHS` leaves CUDA graphs on (anything but `0`, `false`, `off`).
+pub fn cuda_graphs_enabled_by_env() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var("QLORA_CUDA_GRAPHS").map_or(true, |v| !matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "off"))
+    })
 }
 
 impl KvCache {
@@ -64,7 +91,29 @@ impl KvCache {
     /// A cache that will hold `capacity` positions without growing (the fused CUDA path
     /// allocates it on first use).
     pub fn with_capacity(num_layers: usize, capacity: usize) -> Self {
-        Self { layers: vec![None; num_layers], fused: vec![None; num_layers], capacity, len: 0 }
+        Self {
+            layers: vec![None; num_layers],
+            fused: vec![None; num_layers],
+            capacity,
+            len: 0,
+            graphs: cuda_graphs_enabled_by_env(),
+            #[cfg(feature = "cuda")]
+            graph: Default::default(),
+        }
+    }
+
+    /// Turns the replay of decode steps as CUDA graphs on or off for this cache (on by default
+    /// unless `QLORA_CUDA_GRAPHS=0`); off, every step launches its kernels one by one.
+    pub fn set_cuda_graphs(&mut self, on: bool) {
+        self.graphs = on;
+    }
+
+    /// Captures, replays and failed captures of CUDA graphs so far (zeros without CUDA).
+    pub fn graph_stats(&self) -> DecodeGraphStats {
+        #[cfg(feature = "cuda")]
+        return self.graph.stats();
+        #[cfg(not(feature = "cuda"))]
+        DecodeGraphStats::default()
     }
 
     /// Positions cached so far.
@@ -98,6 +147,22 @@ pub struct Model {
     training: bool,
     /// Set once the projections are wrapped for LoRA ([`Model::lora_layers`]).
     lora: Option<crate::lora::LoraLayers>,
+    /// Gemma's sqrt(hidden) in the model dtype on the device, made once (no upload per step).
+    embed_scale: Option<Tensor>,
+    /// Identifies these weights for a captured CUDA graph: new at load and at every
+    /// [`Model::replace_projection`].
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    revision: u64,
+    /// Every projection is as loaded or plain NF4: nothing whose forward can change behind the
+    /// model's back (LoRA decorators), so a captured graph stays valid.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    graph_safe: bool,
+}
+
+/// A fresh [`Model::revision`].
+fn next_revision() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Model {
@@ -139,8 +204,17 @@ impl Model {
             let bias = if cfg.arch == Arch::Phi { Some(w.get_as("lm_head.bias", &[v], dt, dev)?) } else { None };
             candle_nn::Linear::new(weight, bias)
         };
+        let embed_scale = if cfg.scale_embeddings {
+            // transformers multiplies by sqrt(hidden) rounded to the model dtype.
+            Some(Tensor::new((h as f32).sqrt(), dev)?.to_dtype(dt)?)
+        } else {
+            None
+        };
         Ok(Self {
             rope: Rope::new(&cfg),
+            embed_scale,
+            revision: next_revision(),
+            graph_safe: true,
             cfg,
             dir: w.dir().to_path_buf(),
             embed,
@@ -197,12 +271,10 @@ impl Model {
     pub fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
-        if !self.cfg.scale_embeddings {
-            return Ok(x);
+        match &self.embed_scale {
+            Some(scale) => x.broadcast_mul(scale),
+            None => Ok(x),
         }
-        // transformers multiplies by sqrt(hidden) rounded to the model dtype.
-        let scale = Tensor::new((self.cfg.hidden_size as f32).sqrt(), &self.device)?.to_dtype(self.dtype)?;
-        x.broadcast_mul(&scale)
     }
 
     /// Rotary tables for positions `offset .. offset + len`.
@@ -232,7 +304,20 @@ impl Model {
 
     /// Hidden states after the final norm, `[B, T, hidden]`. With a cache, `ids` are the new
     /// tokens and the cache grows by `T`.
+    #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
     pub fn forward_hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> candle_core::Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if self.fast_path()
+            && let Some(c) = cache.as_deref_mut()
+            && let Some(h) = self.graph_step(ids, c, decode_graph::Output::Hidden)?
+        {
+            return Ok(h);
+        }
+        self.forward_hidden_eager(ids, cache)
+    }
+
+    /// [`Model::forward_hidden`] launching every kernel itself (no CUDA graph).
+    fn forward_hidden_eager(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> candle_core::Result<Tensor> {
         #[cfg(feature = "cuda")]
         if self.fast_path() {
             return self.forward_hidden_fast(ids, cache);
@@ -252,10 +337,32 @@ impl Model {
         self.norm.forward(&x)
     }
 
-    /// Logits `[B, T, vocab]` in the model dtype.
-    pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> candle_core::Result<Tensor> {
-        let h = self.forward_hidden(ids, cache)?;
+    /// Logits `[B, T, vocab]` in the model dtype. On CUDA, a one-token step with a cache
+    /// replays the whole step (layers, final norm, LM head) as one CUDA graph.
+    #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
+    pub fn forward(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> candle_core::Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if self.fast_path()
+            && let Some(c) = cache.as_deref_mut()
+            && let Some(l) = self.graph_step(ids, c, decode_graph::Output::Logits)?
+        {
+            return Ok(l);
+        }
+        let h = self.forward_hidden_eager(ids, cache)?;
         self.logits(&h)
+    }
+
+    /// Logits of the last position only, `[B, vocab]`, advancing `cache` by `T`: a prompt's
+    /// full `[T, vocab]` logits are never made (for Gemma's 256k vocabulary at 2k tokens they
+    /// were the largest tensor of a prefill), and a one-token step goes through [`Model::forward`]
+    /// (its CUDA graph included).
+    pub fn forward_last(&self, ids: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        if ids.dim(1)? == 1 {
+            return self.forward(ids, Some(cache))?.squeeze(1);
+        }
+        let hidden = self.forward_hidden(ids, Some(cache))?;
+        let hidden = hidden.narrow(1, hidden.dim(1)? - 1, 1)?;
+        self.logits(&hidden)?.squeeze(1)
     }
 
     /// Every projection with its module path (`model.layers.3.mlp.down_proj`), in layer order.
@@ -284,6 +391,8 @@ impl Model {
                             lin.in_features()
                         )));
                     }
+                    self.revision = next_revision();
+                    self.graph_safe &= new.as_nf4().is_some();
                     return Ok(std::mem::replace(lin, new));
                 }
             }

@@ -8,6 +8,13 @@
 //! * [`decode_attention`]: one query token per sequence against the cache (RoPE on q, grouped
 //!   heads read in place, sliding window, online softmax).
 //! * [`masked_softmax`]: the prefill softmax with the causal / window mask made in the kernel.
+//! * [`write_u32`]: a few u32 values from the host into a device tensor (a decode step's
+//!   position and token ids before a CUDA graph replays it).
+//!
+//! The cache length that [`kv_append_at`] and [`decode_attention_at`] work at is either a host
+//! value ([`CacheLen::Host`], baked into the launch) or read by the kernels from a u32 device
+//! tensor ([`CacheLen::Device`]): with the latter, a decode step captured once in a CUDA graph
+//! replays unchanged at every position, the host writing the new length before each replay.
 //!
 //! They run on CUDA only. Their CPU reference is the engine's unfused path (`ops.rs` and the
 //! attention in `model/layers.rs`), whose rounding they follow; `tests/gpu_kernels.rs` checks
@@ -16,7 +23,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, InplaceOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, InplaceOp1, InplaceOp3, Layout, Result, Shape, Storage, Tensor};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/infer.ptx"));
 const MODULE: &str = "qlora_quant_infer";
@@ -209,6 +216,61 @@ fn rope_params(inv_freq: &[f32]) -> Result<RopeParams> {
     Ok(p)
 }
 
+// ------------------------------------------------------------------ cache length
+
+/// Where the kernels take the cache length from.
+#[derive(Debug, Clone, Copy)]
+pub enum CacheLen<'a> {
+    /// Known on the host: the positions already cached before this call (`past`).
+    Host(usize),
+    /// A u32 device tensor of one element holding the cache length *after* this call's
+    /// positions (`past + t`; for one decode token, the attention's `len`), read by the kernels
+    /// when they run. The caller keeps it within the cache's capacity (the kernels clamp).
+    Device(&'a Tensor),
+}
+
+/// The device address of a one-element u32 tensor on CUDA.
+fn len_ptr(len: &Tensor) -> Result<u64> {
+    if len.dtype() != DType::U32 || len.elem_count() != 1 {
+        candle_core::bail!("cache length: need one u32 on the device, got {:?} {:?}", len.dtype(), len.dims())
+    }
+    let (st, l) = len.storage_and_layout();
+    let Storage::Cuda(c) = &*st else { candle_core::bail!("cache length: the tensor is not on a CUDA device") };
+    ptr_at::<u32>(c, l.start_offset())
+}
+
+/// Writes `values` into the first elements of the contiguous u32 tensor `t` (CUDA or CPU), in
+/// stream order on CUDA (no synchronisation).
+pub fn write_u32(t: &Tensor, values: &[u32]) -> Result<()> {
+    if t.dtype() != DType::U32 || !t.is_contiguous() || values.len() > t.elem_count() {
+        candle_core::bail!("write_u32: {} values do not fit a contiguous u32 tensor {:?} {:?}", values.len(), t.dtype(), t.dims())
+    }
+    t.inplace_op1(&WriteU32 { values: values.to_vec() })
+}
+
+struct WriteU32 {
+    values: Vec<u32>,
+}
+
+impl InplaceOp1 for WriteU32 {
+    fn name(&self) -> &'static str {
+        "write-u32"
+    }
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let CpuStorage::U32(d) = s else { candle_core::bail!("write_u32: not a u32 tensor") };
+        let at = l.start_offset();
+        d[at..at + self.values.len()].copy_from_slice(&self.values);
+        Ok(())
+    }
+    fn cuda_fwd(&self, s: &mut CudaStorage, l: &Layout) -> Result<()> {
+        let dev = s.device().clone();
+        let at = l.start_offset();
+        let d = s.as_cuda_slice_mut::<u32>()?;
+        let mut view = d.slice_mut(at..at + self.values.len());
+        dev.memcpy_htod(self.values.as_slice(), &mut view)
+    }
+}
+
 // ------------------------------------------------------------------ KV-cache append
 
 /// Mirrors `KvParams` in kernels/infer.cu.
@@ -226,6 +288,7 @@ struct KvParams {
     kst: u64,
     vsb: u64,
     vst: u64,
+    len_ptr: u64,
 }
 unsafe impl DeviceRepr for KvParams {}
 
@@ -233,16 +296,26 @@ unsafe impl DeviceRepr for KvParams {}
 /// head_dim]` (rows may be strided, features contiguous), into `cache` `[2, B, kv_heads,
 /// capacity, head_dim]` at positions `past .. past + t`.
 pub fn kv_append(cache: &Tensor, k: &Tensor, v: &Tensor, past: usize, inv_freq: &[f32]) -> Result<()> {
+    kv_append_at(cache, k, v, CacheLen::Host(past), inv_freq)
+}
+
+/// [`kv_append`] at a position given by [`CacheLen`] (on the device: `len - t`).
+pub fn kv_append_at(cache: &Tensor, k: &Tensor, v: &Tensor, at: CacheLen, inv_freq: &[f32]) -> Result<()> {
     let (_, b, nkv, cap, hd) = cache.dims5()?;
     let (kb, t, kn) = k.dims3()?;
+    let (past, len_ptr) = match at {
+        CacheLen::Host(past) => (past, 0),
+        CacheLen::Device(len) => (0, len_ptr(len)?),
+    };
     if kb != b || kn != nkv * hd || v.dims() != k.dims() || past + t > cap {
         candle_core::bail!("kv_append: k {:?} / v {:?} at {past} do not fit the cache {:?}", k.dims(), v.dims(), cache.dims())
     }
-    cache.inplace_op3(k, v, &KvAppend { past, rope: rope_params(inv_freq)? })
+    cache.inplace_op3(k, v, &KvAppend { past, len_ptr, rope: rope_params(inv_freq)? })
 }
 
 struct KvAppend {
     past: usize,
+    len_ptr: u64,
     rope: RopeParams,
 }
 
@@ -281,6 +354,7 @@ impl InplaceOp3 for KvAppend {
             kst,
             vsb,
             vst,
+            len_ptr: self.len_ptr,
         };
         let dev = c.device().clone();
         let (cp, kp, vp) = (ptr_of(c, 0)?, ptr_of(k, ko)?, ptr_of(v, vo)?);
@@ -313,6 +387,8 @@ struct AttnParams {
     start: u32,
     scale: f32,
     qsb: u64,
+    window: u32,
+    len_ptr: u64,
 }
 unsafe impl DeviceRepr for AttnParams {}
 
@@ -320,8 +396,18 @@ unsafe impl DeviceRepr for AttnParams {}
 /// rows may be strided) against the first `len` cached positions (the token's own included),
 /// only the last `window` of them when set. Returns `[B, 1, heads * head_dim]`.
 pub fn decode_attention(q: &Tensor, cache: &Tensor, len: usize, window: Option<usize>, scale: f64, inv_freq: &[f32]) -> Result<Tensor> {
+    decode_attention_at(q, cache, CacheLen::Host(len), window, scale, inv_freq)
+}
+
+/// [`decode_attention`] with the cache length given by [`CacheLen`] (`Host` holds `len`, the
+/// token's own position included, here).
+pub fn decode_attention_at(q: &Tensor, cache: &Tensor, len: CacheLen, window: Option<usize>, scale: f64, inv_freq: &[f32]) -> Result<Tensor> {
     let (_, b, nkv, cap, hd) = cache.dims5()?;
     let (qb, t, qn) = q.dims3()?;
+    let (len, len_ptr) = match len {
+        CacheLen::Host(len) => (len, 0),
+        CacheLen::Device(l) => (1, len_ptr(l)?),
+    };
     if qb != b || t != 1 || qn % hd != 0 || len == 0 || len > cap {
         candle_core::bail!("decode_attention: q {:?} with {len} cached positions does not fit the cache {:?}", q.dims(), cache.dims())
     }
@@ -329,12 +415,15 @@ pub fn decode_attention(q: &Tensor, cache: &Tensor, len: usize, window: Option<u
         candle_core::bail!("decode_attention: {why}")
     }
     let start = window.map_or(0, |w| len.saturating_sub(w));
-    q.apply_op2_no_bwd(cache, &DecodeAttn { len, start, scale: scale as f32, rope: rope_params(inv_freq)? })
+    let window = u32::try_from(window.unwrap_or(0)).unwrap_or(u32::MAX);
+    q.apply_op2_no_bwd(cache, &DecodeAttn { len, start, window, len_ptr, scale: scale as f32, rope: rope_params(inv_freq)? })
 }
 
 struct DecodeAttn {
     len: usize,
     start: usize,
+    window: u32,
+    len_ptr: u64,
     scale: f32,
     rope: RopeParams,
 }
@@ -369,6 +458,8 @@ impl CustomOp2 for DecodeAttn {
             start: self.start as u32,
             scale: self.scale,
             qsb,
+            window: self.window,
+            len_ptr: self.len_ptr,
         };
         let dev = q.device().clone();
         let (qp, cp) = (ptr_of(q, ql.start_offset())?, ptr_of(c, 0)?);

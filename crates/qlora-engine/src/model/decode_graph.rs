@@ -1,0 +1,253 @@
+//! A one-token decode step on CUDA replayed as one CUDA graph. On a small model the fused path
+//! (`fast.rs`) is still about 180 launches a token (8 per layer), each costing 4-15 µs of host
+//! time through candle and cudarc (allocation, launch, free), several times what the GPU needs
+//! for it: TinyLlama's step took 1.9 ms while its weights need 0.21 ms. Replaying the whole step
+//! (embedding, every layer, final norm and, through [`Model::forward`], the LM head) costs one
+//! graph launch plus a few copies.
+//!
+//! How it stays replayable:
+//! * Everything that changes between steps comes from device memory: the token ids are copied
+//!   into a buffer of the graph before each replay, and the cache length after the step into a
+//!   u32 the KV append and the decode attention read (`infer::CacheLen::Device`); their grids do
+//!   not depend on the position, so the same launches serve every position up to the cache's
+//!   capacity. RoPE's inverse frequencies are launch parameters, constant for a model (and part
+//!   of the key, for dynamic NTK scaling that changes them past the context).
+//! * No host synchronisation or upload during capture (candle's capture guard turns one into an
+//!   error, so the capture fails cleanly instead of recording a dangling host pointer); Gemma's
+//!   embedding scale is made once at load.
+//! * Allocations during capture are stream-ordered (`cuMemAllocAsync`), so they become the
+//!   graph's own memory nodes and every temporary is freed inside the graph; the result is
+//!   copied into an output buffer allocated before capture, and each replay returns a copy of it
+//!   (the caller may keep it past the next step).
+//! * A graph is keyed by the model's weights ([`Model::revision`]), batch size, the cache's
+//!   tensors (so its capacity), dtype, output kind (hidden states or logits) and inverse
+//!   frequencies; anything else recaptures. The first step of a new key runs eagerly (it loads
+//!   kernels, cuBLAS picks its algorithm, candle's capture cache receives the shapes and strides
+//!   some of its kernels upload per launch), the next one captures.
+//!
+//! Not used (the eager fused path runs) for prompts, more than 8 sequences, a cache about to
+//! grow, LoRA-wrapped or other replaced projections ([`Model::graph_safe`]), training, or when
+//! turned off (`QLORA_CUDA_GRAPHS=0`, [`KvCache::set_cuda_graphs`]). When a capture fails the
+//! step runs eagerly, one line goes to stderr (once per process) and that key is not tried
+//! again. The capture assumes nothing else enqueues work on the model's CUDA stream meanwhile
+//! (candle drives one stream per device; a second thread using it during the capture would have
+//! its work recorded instead of run).
+//!
+//! Checked by `tests/gpu_conformance.rs`: greedy ids and logits through the graph equal the eager
+//! fused path across a cache growth, a sliding window and batch 2.
+
+use super::{DecodeGraphStats, KvCache, Model};
+use candle_core::cuda_backend::cudarc::driver::{CudaGraph, sys};
+use candle_core::cuda_backend::{CudaDevice, WrapErr};
+use candle_core::{DType, Device, Result, Tensor, TensorId};
+use qlora_quant::cuda::{GEMV_MAX_ROWS, infer};
+use std::sync::{Arc, Mutex};
+
+/// What a captured step hands back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Output {
+    /// Hidden states after the final norm, `[B, 1, hidden]` ([`Model::forward_hidden`]).
+    Hidden = 0,
+    /// Logits, `[B, 1, vocab]` ([`Model::forward`]).
+    Logits = 1,
+}
+
+/// Everything a captured graph depends on besides the values in its input buffers.
+#[derive(Debug, Clone, PartialEq)]
+struct Key {
+    revision: u64,
+    batch: usize,
+    capacity: usize,
+    dtype: DType,
+    output: Output,
+    inv_freq: Vec<u32>,
+    kv: Vec<TensorId>,
+}
+
+struct Captured {
+    key: Key,
+    graph: CudaGraph,
+    /// `[B, 1]` u32: the token ids, written before each replay.
+    ids: Tensor,
+    /// `[1]` u32: the cache length after the step, written before each replay.
+    len: Tensor,
+    /// The step's result, written by the graph.
+    out: Tensor,
+}
+
+// SAFETY: a CUDA graph may be used from any thread as long as calls on it are serialised
+// (CUDA's graph thread-safety rules); every use goes through the slot's mutex.
+unsafe impl Send for Captured {}
+
+#[derive(Default)]
+enum State {
+    #[default]
+    Empty,
+    /// Seen once (that step ran eagerly): capture on the next step with the same key.
+    Warm(Key),
+    Ready(Box<Captured>),
+    /// The capture failed: run this key eagerly from now on.
+    Failed(Key),
+}
+
+#[derive(Default)]
+struct Inner {
+    states: [State; 2],
+    stats: DecodeGraphStats,
+}
+
+/// The decode graphs of one KV cache (one per output kind), shared by the cache's clones, which
+/// share its tensors too.
+#[derive(Clone, Default)]
+pub(super) struct GraphSlot(Arc<Mutex<Inner>>);
+
+impl std::fmt::Debug for GraphSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GraphSlot({:?})", self.stats())
+    }
+}
+
+impl GraphSlot {
+    pub(super) fn stats(&self) -> DecodeGraphStats {
+        self.0.lock().map(|i| i.stats).unwrap_or_default()
+    }
+}
+
+/// Prints why a capture failed, once per process.
+fn report_failure(e: &candle_core::Error) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        eprintln!("qlora: capturing the decode step as a CUDA graph failed ({e}); decoding without graphs (QLORA_CUDA_GRAPHS=0 turns them off)")
+    });
+}
+
+impl Model {
+    /// Whether nothing in the model can change behind a captured graph.
+    fn graphs_allowed(&self) -> bool {
+        self.graph_safe && self.lora.is_none() && !self.training
+    }
+
+    /// The graph key of a one-token step of `ids` on `cache`, or `None` when the step must run
+    /// eagerly (see the module docs).
+    fn graph_key(&self, ids: &Tensor, cache: &KvCache, output: Output) -> Result<Option<Key>> {
+        if !cache.graphs || !self.graphs_allowed() {
+            return Ok(None);
+        }
+        let (b, t) = ids.dims2()?;
+        if t != 1 || b == 0 || b > GEMV_MAX_ROWS || ids.dtype() != DType::U32 || !ids.device().same_device(&self.device) {
+            return Ok(None);
+        }
+        let mut kv = Vec::with_capacity(cache.fused.len());
+        let mut capacity = None;
+        for slot in &cache.fused {
+            let Some(c) = slot else { return Ok(None) };
+            let (_, cb, _, cap, _) = c.dims5()?;
+            if cb != b || capacity.is_some_and(|x| x != cap) {
+                return Ok(None);
+            }
+            capacity = Some(cap);
+            kv.push(c.id());
+        }
+        let Some(capacity) = capacity.filter(|cap| cache.len < *cap) else { return Ok(None) };
+        let inv_freq = self.rope.inv_freq(cache.len + 1).iter().map(|f| f.to_bits()).collect();
+        Ok(Some(Key { revision: self.revision, batch: b, capacity, dtype: self.dtype, output, inv_freq, kv }))
+    }
+
+    /// One decode step through the cache's graph: `Some(result)` with the cache advanced, or
+    /// `None` when the caller must run the step eagerly (nothing was changed then).
+    pub(super) fn graph_step(&self, ids: &Tensor, cache: &mut KvCache, output: Output) -> Result<Option<Tensor>> {
+        let Some(key) = self.graph_key(ids, cache, output)? else { return Ok(None) };
+        let Device::Cuda(dev) = &self.device else { return Ok(None) };
+        let slot = cache.graph.0.clone();
+        let mut inner = slot.lock().map_err(|_| candle_core::Error::Msg("decode graph: lock poisoned".into()))?;
+        let inner = &mut *inner;
+        let state = &mut inner.states[output as usize];
+        let ready = matches!(state, State::Ready(c) if c.key == key);
+        if !ready {
+            match std::mem::take(state) {
+                State::Failed(k) if k == key => {
+                    *state = State::Failed(k);
+                    return Ok(None);
+                }
+                State::Warm(k) if k == key => match self.capture(dev, &key, cache) {
+                    Ok(c) => {
+                        inner.stats.captures += 1;
+                        *state = State::Ready(Box::new(c));
+                    }
+                    Err(e) => {
+                        report_failure(&e);
+                        inner.stats.failures += 1;
+                        *state = State::Failed(key);
+                        return Ok(None);
+                    }
+                },
+                _ => {
+                    let y = self.warm_step(dev, ids, cache, output)?;
+                    *state = State::Warm(key);
+                    return Ok(Some(y));
+                }
+            }
+        }
+        let State::Ready(c) = state else { return Ok(None) };
+        infer::write_u32(&c.len, &[(cache.len + 1) as u32])?;
+        c.ids.slice_set(ids, 0, 0)?;
+        c.graph.launch().w()?;
+        cache.len += 1;
+        inner.stats.replays += 1;
+        Ok(Some(c.out.copy()?))
+    }
+
+    /// The first step of a new key, run eagerly with candle's capture cache on: the small
+    /// uploads some candle kernels make per launch (index_select's shape and strides, a
+    /// broadcast's strides) go to device buffers the capture can then reuse.
+    /// It also ends with the copy into an output buffer, so every kernel the capture records has
+    /// been loaded and run once.
+    fn warm_step(&self, dev: &CudaDevice, ids: &Tensor, cache: &mut KvCache, output: Output) -> Result<Tensor> {
+        let _guard = dev.enable_cuda_graph_htod_cache();
+        let out = self.output_buffer(ids.dim(0)?, output)?;
+        self.step_into(ids, None, &out, cache, output)?;
+        cache.len += 1;
+        Ok(out)
+    }
+
+    fn output_buffer(&self, b: usize, output: Output) -> Result<Tensor> {
+        let n = match output {
+            Output::Hidden => self.cfg.hidden_size,
+            Output::Logits => self.cfg.vocab_size,
+        };
+        Tensor::zeros((b, 1, n), self.dtype, &self.device)
+    }
+
+    /// Records one step of `key` on the device's stream into a graph (nothing runs).
+    fn capture(&self, dev: &CudaDevice, key: &Key, cache: &mut KvCache) -> Result<Captured> {
+        let b = key.batch;
+        let ids = Tensor::zeros((b, 1), DType::U32, &self.device)?;
+        let len = Tensor::zeros(1, DType::U32, &self.device)?;
+        let out = self.output_buffer(b, key.output)?;
+        let stream = dev.cuda_stream();
+        let guard = dev.enable_cuda_graph_htod_cache();
+        stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).w()?;
+        // Every temporary of the step is dropped inside this call, so its free is captured too.
+        let body = self.step_into(&ids, Some(&len), &out, cache, key.output);
+        let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        drop(guard);
+        if body.is_err() || graph.is_err() {
+            // Frees recorded into a broken capture leave an error on the context: clear it.
+            let _ = stream.context().check_err();
+        }
+        body?;
+        let graph = graph.w()?.ok_or_else(|| candle_core::Error::Msg("the capture recorded nothing".into()))?;
+        graph.upload().w()?;
+        Ok(Captured { key: key.clone(), graph, ids, len, out })
+    }
+
+    /// One step at `cache.len` (not advanced here), its result copied into `out`.
+    fn step_into(&self, ids: &Tensor, len: Option<&Tensor>, out: &Tensor, cache: &mut KvCache, output: Output) -> Result<()> {
+        let h = self.hidden_fast(ids, cache, len)?;
+        let y = match output {
+            Output::Hidden => h,
+            Output::Logits => self.logits(&h)?,
+        };
+        out.slice_set(&y.contiguous()?, 2, 0)
+    }
+}
