@@ -46,7 +46,7 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
 #[test]
 fn dequantize_is_bit_exact_with_the_cpu() {
     let dev = gpu();
-    let cases: &[(&[usize], usize)] = &[(&[512, 1024], 64), (&[96, 256], 64), (&[1001], 64), (&[33, 70], 64), (&[64, 512], 128)];
+    let cases: &[(&[usize], usize)] = &[(&[512, 1024], 64), (&[96, 256], 64), (&[1001], 64), (&[33, 70], 64), (&[64, 512], 128), (&[40, 96], 32), (&[3, 4160], 64)];
     for (i, (shape, bs)) in cases.iter().enumerate() {
         for dq in [false, true] {
             let opts = Nf4Options { blocksize: *bs, double_quant: dq, ..Default::default() };
@@ -70,8 +70,12 @@ fn dequantize_is_bit_exact_with_the_cpu() {
 #[test]
 fn fused_gemv_matches_its_cpu_twin() {
     let dev = gpu();
-    for (n, k, dq) in [(1000usize, 4096usize, true), (384, 1024, false), (70, 2048, true)] {
-        let q = Nf4Tensor::quantize(&weight(&[n, k], n as u64), dq).unwrap();
+    // Odd row counts (a block's last rows past the end), k not a whole number of 128-byte
+    // steps (2112, 96), blocksizes 32 and 128 beside the default 64.
+    let cases = [(1000usize, 4096usize, true, 64usize), (384, 1024, false, 64), (70, 2048, true, 64), (37, 2112, true, 64), (9, 96, false, 32), (130, 1536, true, 128)];
+    for (n, k, dq, bs) in cases {
+        let opts = Nf4Options { blocksize: bs, double_quant: dq, ..Default::default() };
+        let q = Nf4Tensor::quantize_with(&weight(&[n, k], n as u64), &opts).unwrap();
         let qg = q.to_device(&dev).unwrap();
         for m in 1..=cuda::GEMV_MAX_ROWS {
             let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
@@ -82,7 +86,7 @@ fn fused_gemv_matches_its_cpu_twin() {
                 assert_eq!(got.dims(), &[m, n]);
                 assert_eq!(got.dtype(), dt);
                 let err = rel_err(&got, &want);
-                assert!(err < tol, "gemv n {n} k {k} m {m} {dt:?}: relative error {err:.2e} (tolerance {tol:e})");
+                assert!(err < tol, "gemv n {n} k {k} bs {bs} m {m} {dt:?}: relative error {err:.2e} (tolerance {tol:e})");
                 // and the twin is x · dequantize(W)ᵀ in f32
                 if dt == DType::F32 && m == 1 {
                     let dense = xc.matmul(&q.dequantize(DType::F32).unwrap().t().unwrap()).unwrap();
@@ -100,6 +104,9 @@ fn gemv_refuses_what_it_cannot_do() {
     let q = Nf4Tensor::quantize(&weight(&[16, 64], 3), false).unwrap();
     assert!(cuda::gemv_unsupported(9, 64, &q).unwrap().contains("1 to 8"));
     assert!(cuda::gemv(&Tensor::zeros((9, 64), DType::F32, &Device::Cpu).unwrap(), &q).is_err());
+    let k = cuda::GEMV_MAX_K + 64;
+    let q = Nf4Tensor::quantize(&weight(&[2, k], 3), false).unwrap();
+    assert!(cuda::gemv_unsupported(1, k, &q).unwrap().contains("shared memory"));
 }
 
 /// nf4_linear on the GPU: fused GEMV (m <= 8), dequantize + cuBLAS (m > 8), fallback for odd
@@ -129,6 +136,30 @@ fn nf4_linear_on_cuda_matches_the_cpu() {
     }
 }
 
+/// The prefill product through dequantized slabs + cuBLAS writing y in place: one slab, several
+/// with a ragged last one, blocksize 128, plain and double quantization, against the CPU op.
+#[test]
+fn nf4_linear_slabs_match_the_cpu() {
+    use qlora_studio::quant::cuda::prefill::nf4_linear_slabs;
+    let dev = gpu();
+    for (n, k, bs, dq) in [(300usize, 1024usize, 64usize, true), (130, 4160, 128, false)] {
+        let opts = Nf4Options { blocksize: bs, double_quant: dq, ..Default::default() };
+        let q = Nf4Tensor::quantize_with(&weight(&[n, k], 11), &opts).unwrap();
+        let qg = q.to_device(&dev).unwrap();
+        for (dt, tol) in [(DType::BF16, 1e-2), (DType::F16, 2e-3)] {
+            let x = Tensor::randn(0f32, 1.0, (2, 37, k), &Device::Cpu).unwrap().to_dtype(dt).unwrap();
+            let want = nf4_linear(&x, &q).unwrap();
+            let xg = x.to_device(&dev).unwrap();
+            for bytes in [1usize, 64 * k * 2, 100 * k * 2, 16 << 20] {
+                let got = nf4_linear_slabs(&xg, &qg, bytes).unwrap();
+                assert_eq!(got.dims(), &[2, 37, n]);
+                let err = rel_err(&got, &want);
+                assert!(err < tol, "slabs of {bytes} bytes {n}x{k} bs {bs} dq {dq} {dt:?}: relative error {err:.2e}");
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------- inference kernels (model/fast.rs)
 
 use qlora_studio::engine::ops;
@@ -155,15 +186,16 @@ fn on_gpu(p: &Nf4Proj) -> Nf4Proj {
 fn fused_projections_match_the_cpu_composition() {
     for (dt, tol) in [(DType::F32, 1e-5), (DType::BF16, 1e-2)] {
         let k = 1024;
-        let projs = [proj(512, k, 1, true, true, dt), proj(128, k, 2, false, true, dt), proj(128, k, 3, true, false, dt)];
+        // Row counts that are no multiple of the rows a block reads: blocks straddle two weights.
+        let projs = [proj(513, k, 1, true, true, dt), proj(127, k, 2, false, true, dt), proj(130, k, 3, true, false, dt)];
         let gprojs: Vec<Nf4Proj> = projs.iter().map(on_gpu).collect();
-        let (gate, up) = (proj(384, k, 4, true, false, dt), proj(384, k, 5, true, true, dt));
-        for m in [1usize, 2, 5, 8] {
+        let (gate, up) = (proj(383, k, 4, true, false, dt), proj(383, k, 5, true, true, dt));
+        for m in [1usize, 2, 3, 5, 8] {
             let x = randn(&[1, m, k], dt);
             let xg = x.to_device(&gpu()).unwrap();
             let want = gemv_multi(&x, &projs).unwrap();
             let got = gemv_multi(&xg, &gprojs).unwrap();
-            assert_eq!(got.dims(), &[1, m, 768]);
+            assert_eq!(got.dims(), &[1, m, 770]);
             let err = rel_err(&got, &want);
             assert!(err < tol, "gemv_multi m {m} {dt:?}: relative error {err:.2e}");
             for act in [GluAct::Silu, GluAct::GeluTanh, GluAct::GeluErf] {

@@ -1,29 +1,42 @@
 //! `--profile`: where one NF4 decode step's time goes, from one device call. Each part of
 //! layer 0 (and the whole step) is launched many times back to back, then the device is
 //! synchronized: the time per call is the larger of its GPU time and its host launch cost,
-//! which is what a decode step pays for it. Prints one JSON line per part (`profile_us`).
+//! which is what a decode step pays for it. Prints one JSON line per part (`profile_us`), the
+//! bandwidth each NF4 GEMV reaches (`gemv_gbps`: the weights' bytes over its time), and for
+//! prefill (512 rows) the dequantize and the matrix product of gate and down apart, `nf4_linear`
+//! with each slab size of `quant::cuda::prefill`, and a whole 512-token forward per slab size
+//! (`prefill_us`).
 
 use anyhow::{Context, Result};
 use qlora_studio::engine::candle_core::{DType, Device, IndexOp, Tensor, D};
 use qlora_studio::engine::Model;
 use qlora_studio::quant::cuda::fused::{self, GluAct, Nf4Proj};
-use qlora_studio::quant::cuda::infer;
+use qlora_studio::quant::cuda::{infer, prefill};
+use qlora_studio::quant::nf4_linear;
 use serde_json::json;
 use std::time::Instant;
 
 const REPS: usize = 200;
 
-fn time_us(dev: &Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    for _ in 0..10 {
+fn time_us(dev: &Device, f: impl FnMut() -> Result<()>) -> Result<f64> {
+    time_n(dev, REPS, f)
+}
+
+fn time_n(dev: &Device, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..reps.min(10) {
         f()?;
     }
     dev.synchronize()?;
     let t0 = Instant::now();
-    for _ in 0..REPS {
+    for _ in 0..reps {
         f()?;
     }
     dev.synchronize()?;
-    Ok(t0.elapsed().as_secs_f64() * 1e6 / REPS as f64)
+    Ok(t0.elapsed().as_secs_f64() * 1e6 / reps as f64)
+}
+
+fn bytes(ps: &[&Nf4Proj]) -> f64 {
+    ps.iter().map(|p| p.w.storage_bytes() as f64).sum()
 }
 
 fn proj(model: &Model, name: &str) -> Result<Nf4Proj> {
@@ -79,8 +92,62 @@ pub fn profile(model: &Model, past: usize, mut emit: impl FnMut(serde_json::Valu
     ));
     let hidden = Tensor::randn(0f32, 1.0, (1, 1, h), &dev)?.to_dtype(DType::BF16)?;
     parts.push(("lm_head", time_us(&dev, || Ok(drop(model.logits(&hidden)?)))?));
+    let find = |n: &str| parts.iter().find(|(p, _)| *p == n).map_or(f64::NAN, |(_, t)| *t);
+    let x8 = Tensor::randn(0f32, 1.0, (1, 8, h), &dev)?.to_dtype(DType::BF16)?;
+    let xi8 = Tensor::randn(0f32, 1.0, (1, 8, im), &dev)?.to_dtype(DType::BF16)?;
+    let m8 = [
+        ("gate_up_glu_gemv_m8", time_us(&dev, || Ok(drop(fused::gemv_glu(&x8, &gate, &up, GluAct::Silu)?)))?),
+        ("down_gemv_m8", time_us(&dev, || Ok(drop(fused::gemv_multi(&xi8, std::slice::from_ref(&down))?)))?),
+    ];
+    let gbps = [
+        ("qkv_gemv_fused", bytes(&[&q, &k, &v]), find("qkv_gemv_fused")),
+        ("o_gemv", bytes(&[&o]), find("o_gemv")),
+        ("gate_up_glu_gemv", bytes(&[&gate, &up]), find("gate_up_glu_gemv")),
+        ("down_gemv", bytes(&[&down]), find("down_gemv")),
+        ("gate_up_glu_gemv_m8", bytes(&[&gate, &up]), m8[0].1),
+        ("down_gemv_m8", bytes(&[&down]), m8[1].1),
+    ];
+    parts.extend(m8);
     for (part, us) in parts {
         emit(json!({"metric": "profile_us", "part": part, "value": us, "past": past, "layers": c.num_layers}))?;
     }
+    for (part, b, us) in gbps {
+        emit(json!({"metric": "gemv_gbps", "part": part, "value": b / us / 1e3, "bytes": b, "us": us}))?;
+    }
+    profile_prefill(model, &gate, &down, &mut emit)
+}
+
+/// Prefill at 512 rows: gate's and down's dequantize and product apart, `nf4_linear` per slab
+/// size, and the whole forward per slab size (the default restored after).
+fn profile_prefill(model: &Model, gate: &Nf4Proj, down: &Nf4Proj, emit: &mut impl FnMut(serde_json::Value) -> Result<()>) -> Result<()> {
+    let dev = model.device().clone();
+    let c = model.config().clone();
+    let slabs_mib = [0usize, 4, 8, 16, 32];
+    for (name, p, k) in [("gate", gate, c.hidden_size), ("down", down, c.intermediate_size)] {
+        let x = Tensor::randn(0f32, 1.0, (1, 512, k), &dev)?.to_dtype(DType::BF16)?;
+        let dense = p.w.dequantize(DType::BF16)?;
+        let dense_t = dense.t()?;
+        let mut lines = vec![
+            ("dequantize".to_string(), time_n(&dev, 50, || Ok(drop(p.w.dequantize(DType::BF16)?)))?),
+            ("gemm_bf16".to_string(), time_n(&dev, 50, || Ok(drop(x.broadcast_matmul(&dense_t)?)))?),
+        ];
+        for mib in slabs_mib {
+            prefill::set_chunk_bytes(mib << 20);
+            lines.push((format!("nf4_linear_slab{mib}mib"), time_n(&dev, 50, || Ok(drop(nf4_linear(&x, &p.w)?)))?));
+        }
+        prefill::set_chunk_bytes(prefill::DEFAULT_CHUNK_BYTES);
+        let elems = p.w.shape().elem_count() as f64;
+        for (what, us) in lines {
+            let gbps = if what == "dequantize" { elems * 2.5 / us / 1e3 } else { f64::NAN };
+            emit(json!({"metric": "prefill_us", "part": format!("{name}_{what}"), "value": us, "rows": 512, "dequant_gbps": gbps}))?;
+        }
+    }
+    let prompt = Tensor::zeros((1, 512), DType::U32, &dev)?;
+    for mib in slabs_mib {
+        prefill::set_chunk_bytes(mib << 20);
+        let us = time_n(&dev, 5, || Ok(drop(model.forward(&prompt, None)?)))?;
+        emit(json!({"metric": "prefill_us", "part": format!("forward512_slab{mib}mib"), "value": us, "tok_s": 512.0 / us * 1e6}))?;
+    }
+    prefill::set_chunk_bytes(prefill::DEFAULT_CHUNK_BYTES);
     Ok(())
 }

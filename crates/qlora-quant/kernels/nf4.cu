@@ -57,22 +57,29 @@ __device__ __forceinline__ void store8(__half* out, const float* v) {
 }
 
 // ---------------------------------------------------------------- dequantize
-// One thread per 4 packed bytes (8 outputs; blocksize >= 32 keeps them in one block).
-// `vec` = packed pointer 4-byte aligned: then whole groups use one 32-bit load and one 16/32-byte store.
+// Elements base .. base + n of the weight into out[0 .. n) (base > 0: a slab of rows, for
+// `cuda::prefill`). One thread per 4 packed bytes (8 outputs; blocksize >= 32 keeps them in one
+// block): a warp loads 128 contiguous bytes and stores 512 contiguous bytes (bf16) per
+// instruction. (One thread per 16 bytes, four 16-byte stores at a 64-byte stride between
+// lanes, was measured slower on an H100: 1.5 TB/s of 2.5 bytes per weight, the 512-token
+// Mistral-7B NF4 forward 32.6 ms against 29.9 ms with this one.)
+// `vec` = packed + base / 2 is 4-byte aligned (base % 8 == 0): then whole groups use one 32-bit
+// load and one 16/32-byte store, the ragged tail the scalar path.
 template <typename T>
 __device__ void dequant_impl(const uint8_t* __restrict__ packed, const float* __restrict__ absmax,
                              const uint8_t* __restrict__ q, const float* __restrict__ nested,
                              const float* __restrict__ tables, float offset, unsigned bs_log2,
-                             unsigned nbs_log2, int dq, int vec, T* __restrict__ out, size_t n) {
+                             unsigned nbs_log2, int dq, int vec, T* __restrict__ out, size_t n, size_t base) {
     __shared__ float s_code[16];
     __shared__ float s_nested[256];
     load_tables(tables, s_code, s_nested);
     size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     size_t e0 = g * 8;
     if (e0 >= n) return;
-    float s = block_scale(e0 >> bs_log2, absmax, q, nested, s_nested, offset, nbs_log2, dq);
     if (vec && e0 + 8 <= n) {
-        uint32_t w = *reinterpret_cast<const uint32_t*>(packed + g * 4);
+        const size_t ge0 = base + e0;
+        float s = block_scale(ge0 >> bs_log2, absmax, q, nested, s_nested, offset, nbs_log2, dq);
+        uint32_t w = *reinterpret_cast<const uint32_t*>(packed + (ge0 >> 1));
         float v[8];
 #pragma unroll
         for (int j = 0; j < 4; j++) {
@@ -83,8 +90,10 @@ __device__ void dequant_impl(const uint8_t* __restrict__ packed, const float* __
         store8(out + e0, v);
     } else {
         for (size_t e = e0; e < e0 + 8 && e < n; e++) {
-            uint32_t b = packed[e >> 1];
-            uint32_t c = (e & 1) ? (b & 15u) : (b >> 4);
+            const size_t ge = base + e;
+            float s = block_scale(ge >> bs_log2, absmax, q, nested, s_nested, offset, nbs_log2, dq);
+            uint32_t b = packed[ge >> 1];
+            uint32_t c = (ge & 1) ? (b & 15u) : (b >> 4);
             out[e] = from_f32<T>(__fmul_rn(s_code[c], s));
         }
     }
@@ -94,25 +103,72 @@ __device__ void dequant_impl(const uint8_t* __restrict__ packed, const float* __
     extern "C" __global__ void NAME(const uint8_t* packed, const float* absmax, const uint8_t* q,    \
                                     const float* nested, const float* tables, float offset,          \
                                     unsigned bs_log2, unsigned nbs_log2, int dq, int vec, T* out,    \
-                                    unsigned long long n) {                                          \
+                                    unsigned long long n, unsigned long long base) {                 \
         dequant_impl<T>(packed, absmax, q, nested, tables, offset, bs_log2, nbs_log2, dq, vec, out,  \
-                        (size_t)n);                                                                  \
+                        (size_t)n, (size_t)base);                                                    \
     }
 DEQUANT(nf4_dequant_f32, float)
 DEQUANT(nf4_dequant_bf16, __nv_bfloat16)
 DEQUANT(nf4_dequant_f16, __half)
 
-// ---------------------------------------------------------------- fused GEMV (decode)
-// y[m, r] = sum_k x[m, k] * W[r, k] for M <= 8 rows of x. One warp per output row r: each lane
-// streams 16-byte chunks of the row's packed bytes (32 weights, inside one block since
-// blocksize >= 32 and k % blocksize == 0), looks codes up in shared memory, and accumulates
-// code * x in f32 per chunk, scaled once by the block's absmax. The weights are read once,
-// past L1 (no_allocate), so x stays cached for the other warps.
-// Needs: k % 32 == 0, k % blocksize == 0, packed 16-byte aligned, x rows 16-byte aligned.
-__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
-    uint4 r;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+// ---------------------------------------------------------------- GEMV (decode)
+// y[m, r] = sum_k x[m, k] * W[r, k] for M <= 8 rows of x: 1..3 weights that read the same x as
+// one GEMV over their stacked rows (`nf4_gemv_multi`: q/k/v; a single weight is the one-segment
+// case), or gate/up with the gated activation applied on the way out (`nf4_gemv_glu`). Each
+// weight is an Nf4Seg passed by value (its own scales, double-quant offset, optional bias); the
+// tables (NF4 code + nested code) are shared. Rounding follows the unfused path: the product is
+// rounded to T, then the bias added and rounded again; the GLU rounds gate and up to T, the
+// activation once, then the product.
+//
+// Why this shape: the first version (one warp per row, 16 weight bytes per lane, x read at a
+// 64-byte stride between lanes, the scale resolved per chunk through global loads) moved ~1 TB/s
+// on an H100, held by the L1/shared-memory pipe rather than by DRAM. Here
+// * a block of GW warps reads NR weight rows (R output rows; the GLU reads R gate + R up rows),
+//   the warps splitting k into 128-byte steps: lane l reads packed bytes 4l..4l+3 of a step, so a
+//   warp's weight load is one coalesced line and its x load (8 values a lane) one contiguous run;
+// * each piece of x is loaded once for all NR rows;
+// * the block scales (double quantization resolved) are computed once per block into shared
+//   memory: one broadcast load per piece;
+// * nibbles become byte offsets into the 16-entry code table (two LOPs per 4 bytes, one byte
+//   permute per nibble); equal codes broadcast, so the table has no bank conflicts.
+// Sums: 8 products per piece in f32, times the block scale into the lane's accumulator; lanes
+// reduced by shuffles, then the warps in a fixed order.
+// Needs: k % 32 == 0, k % blocksize == 0, packed rows 16-byte aligned, x rows 16-byte aligned,
+// NR * (k / 32) floats of dynamic shared memory.
+struct Nf4Seg {
+    const uint8_t* packed;
+    const float* absmax;
+    const uint8_t* q;
+    const float* nested;
+    const void* bias;  // T[rows] or null
+    float offset;
+    unsigned bs_log2;
+    unsigned nbs_log2;
+    int dq;
+    unsigned rows;
+    unsigned col0;  // first output column of this weight (multi) / unused (glu)
+};
+
+#define MAX_SEGS 3
+struct Nf4Multi {
+    Nf4Seg seg[MAX_SEGS];
+    const float* tables;
+    unsigned nseg;
+    unsigned ntotal;
+};
+
+#define GW 4  // warps per block, splitting k
+
+// Output rows per block (R) and 128-byte steps in flight per warp (U), by rows of x (host:
+// `rows_per_block` in src/cuda/fused.rs must agree).
+template <int M> struct Tile {
+    static constexpr int R = M <= 1 ? 4 : (M <= 4 ? 2 : 1);
+    static constexpr int U = M <= 2 ? 4 : 2;
+};
+
+__device__ __forceinline__ uint32_t ld_stream32(const uint8_t* p) {
+    uint32_t r;
+    asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(r) : "l"(p));
     return r;
 }
 
@@ -139,158 +195,106 @@ __device__ __forceinline__ void load_x8(const __half* p, float* v) {
     }
 }
 
-template <typename T, int M>
-__device__ void gemv_impl(const uint8_t* __restrict__ packed, const float* __restrict__ absmax,
-                          const uint8_t* __restrict__ q, const float* __restrict__ nested,
-                          const float* __restrict__ tables, float offset, unsigned bs_log2,
-                          unsigned nbs_log2, int dq, const T* __restrict__ x, T* __restrict__ y,
-                          unsigned n, unsigned k) {
-    __shared__ float s_code[16];
-    __shared__ float s_nested[256];
-    load_tables(tables, s_code, s_nested);
-    const unsigned lane = threadIdx.x & 31u;
-    const unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= n) return;
-    const unsigned chunks = k >> 5;
-    const uint4* wrow = reinterpret_cast<const uint4*>(packed + (size_t)row * (k >> 1));
-    const size_t row_e0 = (size_t)row * k;
-    float acc[M];
-#pragma unroll
-    for (int m = 0; m < M; m++) acc[m] = 0.f;
-#pragma unroll 4
-    for (unsigned c = lane; c < chunks; c += 32) {
-        uint4 wv = ld_stream(wrow + c);
-        float s = block_scale((row_e0 + ((size_t)c << 5)) >> bs_log2, absmax, q, nested, s_nested, offset, nbs_log2, dq);
-        uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
-        float part[M];
-#pragma unroll
-        for (int m = 0; m < M; m++) part[m] = 0.f;
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            float wf[8];
-#pragma unroll
-            for (int b = 0; b < 4; b++) {
-                uint32_t byte = (words[j] >> (8 * b)) & 0xffu;
-                wf[2 * b] = s_code[byte >> 4];
-                wf[2 * b + 1] = s_code[byte & 15u];
-            }
-#pragma unroll
-            for (int m = 0; m < M; m++) {
-                float xv[8];
-                load_x8(x + (size_t)m * k + ((size_t)c << 5) + 8 * j, xv);
-#pragma unroll
-                for (int i = 0; i < 8; i++) part[m] = fmaf(wf[i], xv[i], part[m]);
-            }
-        }
-#pragma unroll
-        for (int m = 0; m < M; m++) acc[m] = fmaf(s, part[m], acc[m]);
-    }
-#pragma unroll
-    for (int m = 0; m < M; m++) {
-        float v = acc[m];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (lane == 0) y[(size_t)m * n + row] = from_f32<T>(v);
-    }
+// The code at a byte offset (nibble * 4) into the shared table.
+__device__ __forceinline__ float code_at(const float* s_code, uint32_t byte_off) {
+    return *reinterpret_cast<const float*>(reinterpret_cast<const char*>(s_code) + byte_off);
 }
 
-#define GEMV(T, SUFFIX, M)                                                                            \
-    extern "C" __global__ void nf4_gemv_##SUFFIX##_m##M(                                              \
-        const uint8_t* packed, const float* absmax, const uint8_t* q, const float* nested,           \
-        const float* tables, float offset, unsigned bs_log2, unsigned nbs_log2, int dq, const T* x,  \
-        T* y, unsigned n, unsigned k) {                                                              \
-        gemv_impl<T, M>(packed, absmax, q, nested, tables, offset, bs_log2, nbs_log2, dq, x, y, n, k); \
-    }
-#define GEMV_ALL_M(T, SUFFIX) \
-    GEMV(T, SUFFIX, 1) GEMV(T, SUFFIX, 2) GEMV(T, SUFFIX, 3) GEMV(T, SUFFIX, 4) \
-    GEMV(T, SUFFIX, 5) GEMV(T, SUFFIX, 6) GEMV(T, SUFFIX, 7) GEMV(T, SUFFIX, 8)
-GEMV_ALL_M(float, f32)
-GEMV_ALL_M(__nv_bfloat16, bf16)
-GEMV_ALL_M(__half, f16)
-
-// ---------------------------------------------------------------- fused projections (inference)
-// Several NF4 weights that read the same x in one launch: q/k/v as one GEMV over their stacked
-// rows (`nf4_gemv_multi`), and gate/up with the gated activation applied on the way out
-// (`nf4_gemv_glu`). Each weight is described by an Nf4Seg passed by value (its own scales,
-// double-quant offset and optional bias); the tables (NF4 code + nested code) are shared.
-// Rounding follows the unfused path: the product is rounded to T, then the bias added and
-// rounded again; the GLU rounds gate and up to T, the activation once, then the product.
-struct Nf4Seg {
-    const uint8_t* packed;
-    const float* absmax;
-    const uint8_t* q;
-    const float* nested;
-    const void* bias;  // T[rows] or null
-    float offset;
+// One weight row as the core reads it.
+struct RowRef {
+    const uint8_t* w;  // packed bytes of the row
     unsigned bs_log2;
-    unsigned nbs_log2;
-    int dq;
-    unsigned rows;
-    unsigned col0;  // first output column of this weight (multi) / unused (glu)
 };
 
-#define MAX_SEGS 3
-struct Nf4Multi {
-    Nf4Seg seg[MAX_SEGS];
-    const float* tables;
-    unsigned nseg;
-    unsigned ntotal;
-};
+// Scale of block `blk` (index over the whole weight) of segment s.
+__device__ __forceinline__ float seg_scale(const Nf4Seg& s, size_t blk, const float* __restrict__ nested_code) {
+    if (!s.dq) return __ldg(s.absmax + blk);
+    return __fadd_rn(__fmul_rn(__ldg(nested_code + __ldg(s.q + blk)), __ldg(s.nested + (blk >> s.nbs_log2))), s.offset);
+}
+
+// The block scales of row `lrow` of s into dst[0 .. k >> bs_log2) (block-wide loop).
+__device__ __forceinline__ void fill_row_scales(const Nf4Seg& s, unsigned lrow, unsigned k,
+                                                const float* __restrict__ nested_code, float* dst) {
+    const unsigned kb = k >> s.bs_log2;
+    const size_t blk0 = (size_t)lrow * kb;
+    for (unsigned b = threadIdx.x; b < kb; b += blockDim.x) dst[b] = seg_scale(s, blk0 + b, nested_code);
+}
+
+// Block-wide: the dot products of the NR rows with the M rows of x into res[m * NR + r]
+// (shared; every thread may read it after the call). s_scale[r * (k >> 5) + block] and s_code
+// must be filled and synchronized by the caller.
+template <typename T, int M, int NR, int U>
+__device__ __forceinline__ void dot_rows(const RowRef (&rows)[NR], const float* s_scale, const float* s_code,
+                                         const T* __restrict__ x, unsigned k, float* res) {
+    __shared__ float s_red[GW * M * NR];
+    const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    const unsigned rb = k >> 1, stride = k >> 5, steps = (rb + 127u) >> 7;
+    float acc[M][NR];
+#pragma unroll
+    for (int m = 0; m < M; m++)
+#pragma unroll
+        for (int r = 0; r < NR; r++) acc[m][r] = 0.f;
+    for (unsigned s0 = warp; s0 < steps; s0 += GW * U) {
+        uint32_t wv[U][NR];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const unsigned off = (s0 + u * GW) * 128u + 4u * lane;
+#pragma unroll
+            for (int r = 0; r < NR; r++) wv[u][r] = off < rb ? ld_stream32(rows[r].w + off) : 0u;
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const unsigned off = (s0 + u * GW) * 128u + 4u * lane;
+            if (off >= rb) break;  // later steps lie further out
+            const unsigned e = off * 2u;
+            float xv[M][8];
+#pragma unroll
+            for (int m = 0; m < M; m++) load_x8(x + (size_t)m * k + e, xv[m]);
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                const uint32_t w = wv[u][r];
+                const uint32_t hi = (w >> 2) & 0x3c3c3c3cu, lo = (w << 2) & 0x3c3c3c3cu;
+                float wf[8];
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    wf[2 * j] = code_at(s_code, __byte_perm(hi, 0u, 0x4440u + j));
+                    wf[2 * j + 1] = code_at(s_code, __byte_perm(lo, 0u, 0x4440u + j));
+                }
+                const float sc = s_scale[r * stride + (e >> rows[r].bs_log2)];
+#pragma unroll
+                for (int m = 0; m < M; m++) {
+                    float p = 0.f;
+#pragma unroll
+                    for (int i = 0; i < 8; i++) p = fmaf(wf[i], xv[m][i], p);
+                    acc[m][r] = fmaf(sc, p, acc[m][r]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < M; m++)
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            float v = acc[m][r];
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+            if (lane == 0) s_red[(warp * M + m) * NR + r] = v;
+        }
+    __syncthreads();
+    if (threadIdx.x < M * NR) {
+        float v = 0.f;
+#pragma unroll
+        for (int w = 0; w < GW; w++) v += s_red[w * M * NR + threadIdx.x];
+        res[threadIdx.x] = v;
+    }
+    __syncthreads();
+}
 
 template <typename T> __device__ __forceinline__ float to_f32(T v);
 template <> __device__ __forceinline__ float to_f32<float>(float v) { return v; }
 template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
 template <> __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
 template <typename T> __device__ __forceinline__ float round_t(float v) { return to_f32<T>(from_f32<T>(v)); }
-
-// Dot products of W[row] with the M rows of x (warp-wide, every lane returns the full sums).
-template <typename T, int M>
-__device__ __forceinline__ void seg_row_dot(const Nf4Seg& s, unsigned row, const float* s_code, const float* s_nested,
-                                            const T* __restrict__ x, unsigned k, float* out) {
-    const unsigned lane = threadIdx.x & 31u;
-    const unsigned chunks = k >> 5;
-    const uint4* wrow = reinterpret_cast<const uint4*>(s.packed + (size_t)row * (k >> 1));
-    const size_t row_e0 = (size_t)row * k;
-    float acc[M];
-#pragma unroll
-    for (int m = 0; m < M; m++) acc[m] = 0.f;
-#pragma unroll 4
-    for (unsigned c = lane; c < chunks; c += 32) {
-        uint4 wv = ld_stream(wrow + c);
-        float sc = block_scale((row_e0 + ((size_t)c << 5)) >> s.bs_log2, s.absmax, s.q, s.nested, s_nested, s.offset,
-                               s.nbs_log2, s.dq);
-        uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
-        float part[M];
-#pragma unroll
-        for (int m = 0; m < M; m++) part[m] = 0.f;
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            float wf[8];
-#pragma unroll
-            for (int b = 0; b < 4; b++) {
-                uint32_t byte = (words[j] >> (8 * b)) & 0xffu;
-                wf[2 * b] = s_code[byte >> 4];
-                wf[2 * b + 1] = s_code[byte & 15u];
-            }
-#pragma unroll
-            for (int m = 0; m < M; m++) {
-                float xv[8];
-                load_x8(x + (size_t)m * k + ((size_t)c << 5) + 8 * j, xv);
-#pragma unroll
-                for (int i = 0; i < 8; i++) part[m] = fmaf(wf[i], xv[i], part[m]);
-            }
-        }
-#pragma unroll
-        for (int m = 0; m < M; m++) acc[m] = fmaf(sc, part[m], acc[m]);
-    }
-#pragma unroll
-    for (int m = 0; m < M; m++) {
-        float v = acc[m];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        out[m] = v;
-    }
-}
 
 template <typename T>
 __device__ __forceinline__ float with_bias(const Nf4Seg& s, unsigned row, float v) {
@@ -299,25 +303,43 @@ __device__ __forceinline__ float with_bias(const Nf4Seg& s, unsigned row, float 
     return r;
 }
 
+// Row `row` of the stacked weights: its segment and its row inside it.
+__device__ __forceinline__ unsigned locate(const Nf4Multi& p, unsigned row, unsigned* lrow) {
+    unsigned si = 0;
+#pragma unroll
+    for (int i = 0; i < MAX_SEGS - 1; i++) {
+        if (si + 1 < p.nseg && row >= p.seg[si].rows) { row -= p.seg[si].rows; si++; }
+    }
+    *lrow = row;
+    return si;
+}
+
 // y[m, ntotal]: row r of the stacked weights goes to column seg.col0 + (r - first row of seg).
 template <typename T, int M>
 __device__ void gemv_multi_impl(const Nf4Multi& p, const T* __restrict__ x, T* __restrict__ y, unsigned k) {
+    constexpr int R = Tile<M>::R;
     __shared__ float s_code[16];
-    __shared__ float s_nested[256];
-    load_tables(p.tables, s_code, s_nested);
-    unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= p.ntotal) return;
-    int si = 0;
+    __shared__ float s_res[M * R];
+    extern __shared__ float s_scale[];
+    if (threadIdx.x < 16) s_code[threadIdx.x] = p.tables[threadIdx.x];
+    const unsigned row0 = blockIdx.x * R, stride = k >> 5;
+    RowRef rows[R];
 #pragma unroll
-    for (int i = 0; i < MAX_SEGS - 1; i++) {
-        if (si < (int)p.nseg - 1 && row >= p.seg[si].rows) { row -= p.seg[si].rows; si++; }
+    for (int r = 0; r < R; r++) {
+        unsigned lr;
+        const Nf4Seg& s = p.seg[locate(p, min(row0 + r, p.ntotal - 1), &lr)];
+        rows[r] = RowRef{s.packed + (size_t)lr * (k >> 1), s.bs_log2};
+        fill_row_scales(s, lr, k, p.tables + 16, s_scale + r * stride);
     }
-    const Nf4Seg& s = p.seg[si];
-    float d[M];
-    seg_row_dot<T, M>(s, row, s_code, s_nested, x, k, d);
-    if ((threadIdx.x & 31u) == 0) {
-#pragma unroll
-        for (int m = 0; m < M; m++) y[(size_t)m * p.ntotal + s.col0 + row] = from_f32<T>(with_bias<T>(s, row, d[m]));
+    __syncthreads();
+    dot_rows<T, M, R, Tile<M>::U>(rows, s_scale, s_code, x, k, s_res);
+    if (threadIdx.x < M * R) {
+        const unsigned m = threadIdx.x / R, r = threadIdx.x % R;
+        if (row0 + r < p.ntotal) {
+            unsigned lr;
+            const Nf4Seg& s = p.seg[locate(p, row0 + r, &lr)];
+            y[(size_t)m * p.ntotal + s.col0 + lr] = from_f32<T>(with_bias<T>(s, lr, s_res[m * R + r]));
+        }
     }
 }
 
@@ -334,29 +356,39 @@ __device__ __forceinline__ float glu_act(float v, int act) {
 template <typename T, int M>
 __device__ void gemv_glu_impl(const Nf4Seg& gate, const Nf4Seg& up, const float* tables, int act,
                               const T* __restrict__ x, T* __restrict__ y, unsigned n, unsigned k) {
+    constexpr int R = Tile<M>::R, NR = 2 * R;
     __shared__ float s_code[16];
-    __shared__ float s_nested[256];
-    load_tables(tables, s_code, s_nested);
-    const unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= n) return;
-    float g[M], u[M];
-    seg_row_dot<T, M>(gate, row, s_code, s_nested, x, k, g);
-    seg_row_dot<T, M>(up, row, s_code, s_nested, x, k, u);
-    if ((threadIdx.x & 31u) == 0) {
+    __shared__ float s_res[M * NR];
+    extern __shared__ float s_scale[];
+    if (threadIdx.x < 16) s_code[threadIdx.x] = tables[threadIdx.x];
+    const unsigned row0 = blockIdx.x * R, stride = k >> 5;
+    RowRef rows[NR];
 #pragma unroll
-        for (int m = 0; m < M; m++) {
-            float a = round_t<T>(glu_act(round_t<T>(with_bias<T>(gate, row, g[m])), act));
-            y[(size_t)m * n + row] = from_f32<T>(__fmul_rn(a, round_t<T>(with_bias<T>(up, row, u[m]))));
+    for (int r = 0; r < R; r++) {
+        const unsigned row = min(row0 + r, n - 1);
+        rows[r] = RowRef{gate.packed + (size_t)row * (k >> 1), gate.bs_log2};
+        rows[R + r] = RowRef{up.packed + (size_t)row * (k >> 1), up.bs_log2};
+        fill_row_scales(gate, row, k, tables + 16, s_scale + r * stride);
+        fill_row_scales(up, row, k, tables + 16, s_scale + (R + r) * stride);
+    }
+    __syncthreads();
+    dot_rows<T, M, NR, Tile<M>::U>(rows, s_scale, s_code, x, k, s_res);
+    if (threadIdx.x < M * R) {
+        const unsigned m = threadIdx.x / R, r = threadIdx.x % R, row = row0 + r;
+        if (row < n) {
+            float a = round_t<T>(glu_act(round_t<T>(with_bias<T>(gate, row, s_res[m * NR + r])), act));
+            y[(size_t)m * n + row] = from_f32<T>(__fmul_rn(a, round_t<T>(with_bias<T>(up, row, s_res[m * NR + R + r]))));
         }
     }
 }
 
 #define GEMV_FUSED(T, SUFFIX, M)                                                                      \
-    extern "C" __global__ void nf4_gemv_multi_##SUFFIX##_m##M(Nf4Multi p, const T* x, T* y, unsigned k) { \
+    extern "C" __global__ void __launch_bounds__(GW * 32) nf4_gemv_multi_##SUFFIX##_m##M(             \
+        Nf4Multi p, const T* x, T* y, unsigned k) {                                                  \
         gemv_multi_impl<T, M>(p, x, y, k);                                                           \
     }                                                                                                \
-    extern "C" __global__ void nf4_gemv_glu_##SUFFIX##_m##M(Nf4Seg gate, Nf4Seg up, const float* tables, \
-                                                             int act, const T* x, T* y, unsigned n, unsigned k) { \
+    extern "C" __global__ void __launch_bounds__(GW * 32) nf4_gemv_glu_##SUFFIX##_m##M(               \
+        Nf4Seg gate, Nf4Seg up, const float* tables, int act, const T* x, T* y, unsigned n, unsigned k) { \
         gemv_glu_impl<T, M>(gate, up, tables, act, x, y, n, k);                                     \
     }
 #define GEMV_FUSED_ALL_M(T, SUFFIX) \

@@ -57,10 +57,15 @@ impl DequantWeight for Nf4Tensor {
     fn cpu_fused(&self, x: &CpuStorage, l: &Layout) -> Result<Option<(CpuStorage, Shape)>> {
         nf4_cpu_fused(self, x, l)
     }
-    /// Decode (at most 8 rows of x): the fused NF4 GEMV of `crate::cuda`.
+    /// Decode (at most 8 rows of x): the fused NF4 GEMV of `crate::cuda`; more rows in
+    /// bf16/f16 with slabs turned on (`crate::cuda::prefill::set_chunk_bytes`, off by default):
+    /// dequantized slabs + cuBLAS writing y in place; otherwise `None` (dequantize + matmul).
     #[cfg(feature = "cuda")]
     fn cuda_fused(&self, x: &CudaStorage, l: &Layout) -> Result<Option<(CudaStorage, Shape)>> {
-        crate::cuda::linear_fused(self, x, l)
+        if let Some(y) = crate::cuda::linear_fused(self, x, l)? {
+            return Ok(Some(y));
+        }
+        crate::cuda::prefill::linear_chunked(self, x, l, crate::cuda::prefill::chunk_bytes())
     }
 }
 

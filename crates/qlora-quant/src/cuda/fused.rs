@@ -4,9 +4,13 @@
 //!
 //! * [`gemv_multi`]: q, k and v (or any 1..3 weights with the same input size) as one GEMV
 //!   over their stacked rows; the output is `[.., n_1 + n_2 + n_3]`, each weight's columns
-//!   side by side, bias added.
-//! * [`gemv_glu`]: `act(x Gᵀ + b_g) * (x Uᵀ + b_u)` for a gated MLP (SwiGLU, GeGLU): one warp
-//!   reads row r of both weights and writes one value.
+//!   side by side, bias added. The single GEMV (`crate::cuda::gemv`) is its one-weight case.
+//! * [`gemv_glu`]: `act(x Gᵀ + b_g) * (x Uᵀ + b_u)` for a gated MLP (SwiGLU, GeGLU): one block
+//!   reads rows r.. of both weights and writes their values.
+//!
+//! One inner loop serves both (kernels/nf4.cu `dot_rows`): a block of 4 warps reads a few
+//! weight rows, splitting k between the warps in coalesced 128-byte steps, each piece of x
+//! loaded once for all the rows, block scales resolved once per block into shared memory.
 //!
 //! Both apply to 1..=[`GEMV_MAX_ROWS`] rows of x, like the single GEMV. On the CPU each is the
 //! unfused composition (the single GEMV's CPU twin, bias add, activation and product as candle
@@ -213,7 +217,36 @@ fn out_shape(l: &Layout, n: usize) -> Shape {
     Shape::from(dims)
 }
 
+/// Warps per block (`GW` in kernels/nf4.cu): they split k between them.
 const WARPS: u32 = 4;
+
+/// Output rows per block for `m` rows of x (`Tile<M>::R` in kernels/nf4.cu).
+fn rows_per_block(m: usize) -> u32 {
+    match m {
+        0 | 1 => 4,
+        2..=4 => 2,
+        _ => 1,
+    }
+}
+
+/// Blocks for `n` output rows and the dynamic shared memory for `weight_rows` rows' block scales.
+fn launch_cfg(n: u32, m: usize, weight_rows: u32, k: usize) -> LaunchConfig {
+    let r = rows_per_block(m);
+    let smem = weight_rows * (k as u32 / 32) * 4;
+    LaunchConfig { grid_dim: (n.div_ceil(r), 1, 1), block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: smem }
+}
+
+/// The stacked GEMV of `projs` on `x` (checked by [`fused_unsupported`] first; used by
+/// `gemv_multi` and by the single-weight `crate::cuda::linear_fused`).
+pub(super) fn multi_launch(projs: &[Nf4Proj], x: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
+    let op = MultiOp { projs: projs.to_vec() };
+    match x.dtype() {
+        DType::F32 => op.launch::<f32>(x, l, "f32"),
+        DType::BF16 => op.launch::<half::bf16>(x, l, "bf16"),
+        DType::F16 => op.launch::<half::f16>(x, l, "f16"),
+        other => candle_core::bail!("fused nf4: x must be f32, f16 or bf16, got {other:?}"),
+    }
+}
 
 struct MultiOp {
     projs: Vec<Nf4Proj>,
@@ -237,7 +270,7 @@ impl MultiOp {
         let mut y = unsafe { dev.alloc::<T>(m * col as usize)? };
         let xp = x_ptr::<T>(s, l)?;
         let k32 = k as u32;
-        let cfg = LaunchConfig { grid_dim: (col.div_ceil(WARPS), 1, 1), block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: 0 };
+        let cfg = launch_cfg(col, m, rows_per_block(m), k);
         let mut b = func.builder();
         b.arg(&multi);
         b.arg(&xp);
@@ -259,13 +292,7 @@ impl CustomOp1 for MultiOp {
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         let n: usize = self.projs.iter().map(|p| p.w.shape().dims()[0]).sum();
-        let y = match s.dtype() {
-            DType::F32 => self.launch::<f32>(s, l, "f32")?,
-            DType::BF16 => self.launch::<half::bf16>(s, l, "bf16")?,
-            DType::F16 => self.launch::<half::f16>(s, l, "f16")?,
-            other => candle_core::bail!("fused nf4: x must be f32, f16 or bf16, got {other:?}"),
-        };
-        Ok((y, out_shape(l, n)))
+        Ok((multi_launch(&self.projs, s, l)?, out_shape(l, n)))
     }
 }
 
@@ -290,7 +317,7 @@ impl GluOp {
         let mut y = unsafe { dev.alloc::<T>(m * n as usize)? };
         let xp = x_ptr::<T>(s, l)?;
         let (act, k32) = (self.act as i32, k as u32);
-        let cfg = LaunchConfig { grid_dim: (n.div_ceil(WARPS), 1, 1), block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: 0 };
+        let cfg = launch_cfg(n, m, 2 * rows_per_block(m), k);
         let mut b = func.builder();
         b.arg(&g);
         b.arg(&u);

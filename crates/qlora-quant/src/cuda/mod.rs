@@ -4,10 +4,12 @@
 //!   bit-identical to [`Nf4Tensor::dequantize`] on the CPU (same f32 products, no FMA
 //!   contraction, round-to-nearest-even casts).
 //! * [`gemv`]: the fused decode product `y = x Wᵀ` for 1 to 8 rows of `x`, reading the packed
-//!   4-bit weights once (16-byte loads, one warp per output row, f32 accumulation). Its twin
-//!   computes the same sum in f32 on the CPU from unrounded `code * absmax` weights.
+//!   4-bit weights once (a block of warps splits k over a few rows, coalesced loads, block
+//!   scales in shared memory, f32 accumulation; the one-weight case of [`fused::gemv_multi`]).
+//!   Its twin computes the same sum in f32 on the CPU from unrounded `code * absmax` weights.
 //! * [`linear_fused`]: what `nf4_linear` calls on a CUDA device; `Some` when the fused GEMV
-//!   applies, `None` to fall back to dequantize (this kernel) + cuBLAS.
+//!   applies, `None` to fall back to dequantize (this kernel) + candle's matmul (or, with slabs
+//!   turned on, [`prefill::linear_chunked`]).
 //!
 //! The kernels live in `kernels/nf4.cu`, compiled to PTX by `build.rs` and embedded here.
 
@@ -22,6 +24,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 mod twin;
 /// Fused NF4 projections for decode (q/k/v in one launch, gate/up with the activation).
 pub mod fused;
+/// The NF4 product for many rows (prefill, training's forward): dequantize slabs + cuBLAS.
+pub mod prefill;
 /// Inference-only kernels: RMSNorm + residual, KV-cache append, decode attention, prefill softmax.
 pub mod infer;
 /// Training kernels (LoRA dropout, fused cross-entropy), launched by qlora-train.
@@ -32,6 +36,9 @@ const MODULE: &str = "qlora_quant_nf4";
 /// The most rows of `x` the fused GEMV takes (decode batch); more go through dequantize + cuBLAS.
 pub const GEMV_MAX_ROWS: usize = 8;
 const TABLE_LEN: usize = 16 + 256;
+/// The most input features the fused GEMV takes: a block keeps the scales of its (up to 8)
+/// weight rows in shared memory, 8 * (k / 32) floats within the 48 KiB a launch gets unasked.
+pub const GEMV_MAX_K: usize = 49_152;
 
 /// The NF4 code and the nested 8-bit code on the device, uploaded once per (device, tables).
 fn tables(dev: &CudaDevice, w: &Nf4Tensor) -> Result<Arc<CudaSlice<f32>>> {
@@ -120,13 +127,31 @@ fn dequant_launch<T: CudaDType + DeviceRepr>(
     packed_start: usize,
 ) -> Result<CudaSlice<T>> {
     let n = w.shape().elem_count();
+    let mut out = unsafe { dev.alloc::<T>(n)? };
+    dequant_into(dev, fname, w, packed, packed_start, (0, n), &mut out)?;
+    Ok(out)
+}
+
+/// Elements `range.0 .. range.0 + range.1` of `w` (flattened) into `out[..range.1]`; `packed`
+/// is the whole packed weight, starting at element `packed_start` of its storage.
+pub(crate) fn dequant_into<T: CudaDType + DeviceRepr>(
+    dev: &CudaDevice,
+    fname: &str,
+    w: &Nf4Tensor,
+    packed: &CudaView<'_, u8>,
+    packed_start: usize,
+    (base, count): (usize, usize),
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
+    if count == 0 {
+        return Ok(());
+    }
     let func = dev.get_or_load_custom_func(fname, MODULE, PTX)?;
     let tables = tables(dev, w)?;
     let p = scale_params(w);
-    let vec = i32::from(packed_start.is_multiple_of(4));
-    let n64 = n as u64;
-    let mut out = unsafe { dev.alloc::<T>(n)? };
-    let groups = n.div_ceil(8) as u32;
+    let vec = i32::from(packed_start.is_multiple_of(4) && base.is_multiple_of(8));
+    let (n64, base64) = (count as u64, base as u64);
+    let groups = count.div_ceil(8) as u32;
     let cfg = LaunchConfig { grid_dim: (groups.div_ceil(256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     with_scales(w, |scales| {
         let mut b = func.builder();
@@ -138,12 +163,12 @@ fn dequant_launch<T: CudaDType + DeviceRepr>(
         b.arg(&p.nbs_log2);
         b.arg(&p.dq);
         b.arg(&vec);
-        b.arg(&mut out);
+        b.arg(&mut *out);
         b.arg(&n64);
+        b.arg(&base64);
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
-    })?;
-    Ok(out)
+    })
 }
 
 /// Dequantizes `w` (on the CPU or a CUDA device) to `dtype` through [`Nf4Dequant`].
@@ -196,6 +221,9 @@ pub fn gemv_unsupported(m: usize, k: usize, w: &Nf4Tensor) -> Option<String> {
     if !k.is_multiple_of(32) || !k.is_multiple_of(w.blocksize()) {
         return Some(format!("{k} input features are not a multiple of 32 and of the blocksize {}", w.blocksize()));
     }
+    if k > GEMV_MAX_K {
+        return Some(format!("{k} input features (the fused GEMV's block scales fit shared memory up to {GEMV_MAX_K})"));
+    }
     None
 }
 
@@ -239,65 +267,19 @@ pub fn linear_fused(w: &Nf4Tensor, x: &CudaStorage, xl: &Layout) -> Result<Optio
         _ => return Ok(None),
     };
     let m = xl.shape().elem_count() / k.max(1);
-    if gemv_unsupported(m, k, w).is_some() {
+    let projs = [fused::Nf4Proj { w: w.clone(), bias: None }];
+    if fused::fused_unsupported(m, k, x.dtype(), &projs).is_some() {
         return Ok(None);
     }
     let Some((o1, _)) = xl.contiguous_offsets() else { return Ok(None) };
-    let esize = x.dtype().size_in_bytes();
-    let (ps, pl) = w.packed().storage_and_layout();
-    let Some((p1, p2)) = pl.contiguous_offsets() else { return Ok(None) };
-    if !p1.is_multiple_of(16) || !(o1 * esize).is_multiple_of(16) {
+    if !(o1 * x.dtype().size_in_bytes()).is_multiple_of(16) {
         return Ok(None);
     }
-    let Storage::Cuda(pc) = &*ps else { candle_core::bail!("nf4 gemv: the weight is not on the input's CUDA device") };
-    let packed = pc.as_cuda_slice::<u8>()?.slice(p1..p2);
-    let dev = x.device().clone();
-    let mut out_dims = xl.dims().to_vec();
-    *out_dims.last_mut().expect("rank >= 1") = n;
     let y = match x.dtype() {
-        DType::F32 => CudaStorage::wrap_cuda_slice(gemv_launch::<f32>(&dev, "f32", w, &packed, x, o1, m, n, k)?, dev),
-        DType::BF16 => CudaStorage::wrap_cuda_slice(gemv_launch::<half::bf16>(&dev, "bf16", w, &packed, x, o1, m, n, k)?, dev),
-        DType::F16 => CudaStorage::wrap_cuda_slice(gemv_launch::<half::f16>(&dev, "f16", w, &packed, x, o1, m, n, k)?, dev),
+        DType::F32 | DType::BF16 | DType::F16 => fused::multi_launch(&projs, x, xl)?,
         _ => return Ok(None),
     };
+    let mut out_dims = xl.dims().to_vec();
+    *out_dims.last_mut().expect("rank >= 1") = n;
     Ok(Some((y, Shape::from(out_dims))))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn gemv_launch<T: CudaDType + DeviceRepr>(
-    dev: &CudaDevice,
-    suffix: &str,
-    w: &Nf4Tensor,
-    packed: &CudaView<'_, u8>,
-    x: &CudaStorage,
-    x_start: usize,
-    m: usize,
-    n: usize,
-    k: usize,
-) -> Result<CudaSlice<T>> {
-    let func = dev.get_or_load_custom_func(&format!("nf4_gemv_{suffix}_m{m}"), MODULE, PTX)?;
-    let tables = tables(dev, w)?;
-    let p = scale_params(w);
-    let xs = x.as_cuda_slice::<T>()?.slice(x_start..x_start + m * k);
-    let mut y = unsafe { dev.alloc::<T>(m * n)? };
-    let (n32, k32) = (n as u32, k as u32);
-    const WARPS: u32 = 4;
-    let cfg = LaunchConfig { grid_dim: (n32.div_ceil(WARPS), 1, 1), block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: 0 };
-    with_scales(w, |scales| {
-        let mut b = func.builder();
-        b.arg(packed);
-        push_scales(&mut b, scales);
-        b.arg(tables.as_ref());
-        b.arg(&p.offset);
-        b.arg(&p.bs_log2);
-        b.arg(&p.nbs_log2);
-        b.arg(&p.dq);
-        b.arg(&xs);
-        b.arg(&mut y);
-        b.arg(&n32);
-        b.arg(&k32);
-        unsafe { b.launch(cfg) }.w()?;
-        Ok(())
-    })?;
-    Ok(y)
 }
