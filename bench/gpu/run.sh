@@ -13,8 +13,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-.gpu-carry/qlora-gpu-bench}
-[ -f "$BIN" ] || BIN=target/cuda/release/qlora-gpu-bench
 if [ ! -f "$BIN" ] && [ -f "$BIN.xz" ]; then xz -dk "$BIN.xz"; fi
+[ -f "$BIN" ] || BIN=target/cuda/release/qlora-gpu-bench
+chmod +x "$BIN" 2>/dev/null || true
 if [ -z "${PEER_DIR:-}" ]; then
   PEER_DIR=.gpu-carry/peer; [ -f ../shared/gpu/peer/peer_bench.py ] && PEER_DIR=../shared/gpu/peer
 fi
