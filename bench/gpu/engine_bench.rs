@@ -16,6 +16,12 @@
 //! forward over 512 tokens, full logits, median of 5 after 2 warm-ups). One JSON object per
 //! line on stdout and appended to `--out`, with peer_bench's metric names. `--profile` adds the
 //! breakdown of one NF4 decode step (`profile.rs`).
+//!
+//! One-token steps replay a CUDA graph (`crates/qlora-engine/src/model/decode_graph.rs`): each
+//! generation pays one eager warm-up step and one capture, as a chat does (`cuda_graphs` in a
+//! decode line counts the last run's captures and replays; `QLORA_CUDA_GRAPHS=0` measures
+//! without). At batch 1, `decode_step_us` splits a generation's steps: the first three one by one
+//! (eager warm-up, capture + replay, replay) and the median of the next 100, id read back each.
 
 #[path = "common.rs"]
 mod common;
@@ -87,8 +93,9 @@ fn rand_ids(vocab: usize, shape: (usize, usize), seed: u64, dev: &Device) -> Res
     Ok(Tensor::from_vec(ids, shape, dev)?)
 }
 
-/// One greedy generation of `new` tokens after `prompt`; returns the seconds it took.
-fn generate(model: &Model, prompt: &Tensor, new: usize) -> Result<f64> {
+/// One greedy generation of `new` tokens after `prompt`; returns the seconds it took and how
+/// its one-token steps went through CUDA graphs (`QLORA_CUDA_GRAPHS=0` turns them off).
+fn generate(model: &Model, prompt: &Tensor, new: usize) -> Result<(f64, serde_json::Value)> {
     let dev = model.device().clone();
     let b = prompt.dim(0)?;
     dev.synchronize()?;
@@ -102,19 +109,48 @@ fn generate(model: &Model, prompt: &Tensor, new: usize) -> Result<f64> {
         input = Tensor::from_vec(next, (b, 1), &dev)?;
     }
     dev.synchronize()?;
-    Ok(t0.elapsed().as_secs_f64())
+    Ok((t0.elapsed().as_secs_f64(), serde_json::to_value(cache.graph_stats())?))
+}
+
+/// Microseconds of each one-token step of one generation after a 32-token prompt (id read back).
+fn step_times(model: &Model, prompt: &Tensor, steps: usize) -> Result<Vec<f64>> {
+    let dev = model.device().clone();
+    let mut cache = model.new_cache_with_capacity(prompt.dim(1)? + steps + 1);
+    let logits = model.forward(prompt, Some(&mut cache))?;
+    let mut next: Vec<u32> = logits.i((.., logits.dim(1)? - 1))?.argmax(D::Minus1)?.to_vec1()?;
+    let mut times = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let t0 = Instant::now();
+        let input = Tensor::from_vec(next, (1, 1), &dev)?;
+        let logits = model.forward(&input, Some(&mut cache))?;
+        next = logits.i((.., 0))?.argmax(D::Minus1)?.to_vec1()?;
+        times.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(times)
 }
 
 fn bench_model(a: &Args, model: &Model, quant: &str, wbytes: usize) -> Result<()> {
     let (dev, vocab) = (model.device().clone(), model.config().vocab_size);
     for &b in &a.batches {
         let prompt = rand_ids(vocab, (b, 32), 1234 + b as u64, &dev)?;
-        let tw = generate(model, &prompt, 128)?;
-        let runs: Vec<f64> = (0..if b == 1 { 3 } else { 2 }).map(|_| generate(model, &prompt, 128)).collect::<Result<_>>()?;
+        let (tw, _) = generate(model, &prompt, 128)?;
+        let mut runs = Vec::new();
+        let mut graphs = json!(null);
+        for _ in 0..if b == 1 { 3 } else { 2 } {
+            let (s, g) = generate(model, &prompt, 128)?;
+            runs.push(s);
+            graphs = g;
+        }
         let med = median(runs.clone());
         common::emit(&a.out, json!({"metric": "decode_tok_s", "model": a.name, "quant": quant, "batch": b,
             "value": (b * 128) as f64 / med, "new_tokens": 128, "prompt_len": 32, "runs_s": runs,
-            "ms_per_step": 1e3 * med / 128.0, "warmup_s": tw, "weight_bytes_per_token": wbytes}))?;
+            "ms_per_step": 1e3 * med / 128.0, "warmup_s": tw, "weight_bytes_per_token": wbytes,
+            "cuda_graphs": graphs}))?;
+        if b == 1 {
+            let t = step_times(model, &prompt, 103)?;
+            common::emit(&a.out, json!({"metric": "decode_step_us", "model": a.name, "quant": quant, "batch": 1,
+                "first_three": &t[..3], "value": median(t[3..].to_vec()), "steady_steps": t.len() - 3}))?;
+        }
     }
     let ids = rand_ids(vocab, (1, 512), 99, &dev)?;
     let mut times = Vec::new();
