@@ -15,6 +15,8 @@ pub mod config;
 mod decode_graph;
 #[cfg(feature = "cuda")]
 mod fast;
+#[cfg(feature = "cuda")]
+mod prefill;
 pub mod layers;
 pub mod rope;
 
