@@ -24,7 +24,6 @@ use super::config::{Activation, NormKind};
 use super::layers::{Attention, DecoderLayer, Mlp, Norm};
 use super::{KvCache, Model};
 use crate::linear::ArcLinear;
-use crate::ops;
 use candle_core::{DType, Device, Result, Tensor};
 use qlora_quant::cuda::fused::{self, GluAct, Nf4Proj};
 use qlora_quant::cuda::infer::{self, CacheLen};
@@ -195,14 +194,7 @@ impl Attention {
             infer::decode_attention_at(&q, &cache, attn_len, self.sliding_window, scale, inv)?
         } else {
             let Some((cos, sin)) = step.tables else { candle_core::bail!("rotary tables were not computed for this prompt") };
-            let q = ops::apply_rope(&q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?, cos, sin)?;
-            // Grouped heads side by side: [B, kv_heads, rep * T, hd] against one K per group.
-            let q = q.reshape((b, nkv, (nh / nkv) * t, hd))?;
-            let kc = cache.get(0)?.narrow(2, 0, len)?;
-            let vc = cache.get(1)?.narrow(2, 0, len)?;
-            let scores = q.matmul(&kc.t()?)?;
-            let probs = infer::masked_softmax(&scores, t, step.past, self.sliding_window, scale)?;
-            probs.matmul(&vc)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nq))?
+            super::prefill::attention(self, &q, &cache, (cos, sin), step.past)?
         };
         self.o_proj.forward(&out)
     }
@@ -221,6 +213,6 @@ impl Mlp {
                 return down.forward(&fused::gemv_glu(&x, &p[0], &p[1], act)?);
             }
         }
-        self.forward(x)
+        super::prefill::mlp(self, x)
     }
 }
