@@ -233,8 +233,9 @@ impl CustomOp2 for Probs {
     }
     fn bwd(&self, q: &Tensor, k: &Tensor, p: &Tensor, dp: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let ds = softmax_bwd(p, dp, self.0)?;
-        let dq = ds.matmul(k)?;
-        let dk = ds.t()?.matmul(q)?;
+        // Detached: dq and dk would otherwise reference k, q and their graphs, and ds.
+        let dq = ds.matmul(&k.detach())?;
+        let dk = ds.t()?.matmul(&q.detach())?;
         Ok((Some(dq), Some(dk)))
     }
 }
@@ -304,6 +305,9 @@ mod tests {
         for (v, what) in [(&q, "q"), (&k, "k")] {
             let (a, b) = (gw.get(v.as_tensor()).unwrap(), gg.get(v.as_tensor()).unwrap());
             assert!(max_diff(a, b) < 1e-5, "{what} gradient differs by {}", max_diff(a, b));
+            // Regression: a gradient holding an op graph keeps k, q and the scores' gradient
+            // alive for as long as it lives.
+            assert!(!b.track_op(), "the {what} gradient keeps an op graph");
         }
     }
 
