@@ -388,10 +388,10 @@ fn fused_lora_update_and_its_gradients_match_the_cpu() {
     use qlora_studio::engine::candle_core::Var;
     use qlora_studio::train::ops::dropout::Dropout;
     use qlora_studio::train::ops::lora_delta::{lora_delta, LoraDelta};
-    let x = Tensor::randn(0f32, 1.0, (96, 320), &Device::Cpu).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (2, 48, 320), &Device::Cpu).unwrap();
     let a = Tensor::randn(0f32, 0.05, (16, 320), &Device::Cpu).unwrap();
     let b = Tensor::randn(0f32, 0.05, (200, 16), &Device::Cpu).unwrap();
-    let up = Tensor::randn(0f32, 1.0, (96, 200), &Device::Cpu).unwrap();
+    let up = Tensor::randn(0f32, 1.0, (2, 48, 200), &Device::Cpu).unwrap();
     let op = LoraDelta { dropout: Some(Dropout { seed: 5, p: 0.05 }), scale: 2.0 };
     for dt in [DType::F32, DType::BF16] {
         let run = |dev: &Device| {

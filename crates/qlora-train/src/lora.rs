@@ -81,13 +81,11 @@ impl Linear for TrainLora {
         // their gradients come back in f32 through the cast.
         let dt = if x.device().is_cpu() { DType::F32 } else { x.dtype() };
         if qlora_engine::model::layers::fused_training(x.device()) {
-            let n_in = self.in_features();
-            let rows = x.elem_count() / n_in.max(1);
             let dropout = (self.dropout > 0.0 && self.train_mode.load(Ordering::Relaxed))
                 .then(|| crate::ops::dropout::Dropout { seed: self.next_seed(), p: self.dropout });
             let op = crate::ops::lora_delta::LoraDelta { dropout, scale: self.scale };
-            let d = crate::ops::lora_delta::lora_delta(&x.reshape((rows, n_in))?, self.a.as_tensor(), self.b.as_tensor(), op)?;
-            let d = d.to_dtype(y.dtype())?.reshape(y.shape())?;
+            let d = crate::ops::lora_delta::lora_delta(x, self.a.as_tensor(), self.b.as_tensor(), op)?;
+            let d = d.to_dtype(y.dtype())?;
             return y + d;
         }
         let mut xd = x.to_dtype(dt)?;

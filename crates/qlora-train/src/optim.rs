@@ -191,7 +191,7 @@ mod tests {
             let (mut w, mut m, mut v) = (w0.clone(), w0.zeros_like().unwrap(), w0.zeros_like().unwrap());
             for t in 1..=4u64 {
                 let g = Tensor::randn(0f32, 1e-3, (16, 48), &dev).unwrap();
-                opt.step(&[g.clone()], 2e-4).unwrap();
+                opt.step(std::slice::from_ref(&g), 2e-4).unwrap();
                 (w, m, v) = composite_step(&w, &m, &v, &g, hp, 2e-4, t);
             }
             let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();

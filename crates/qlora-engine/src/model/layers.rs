@@ -128,11 +128,19 @@ impl Attention {
 /// (`ops::rope`, `ops::attention`, `ops::glu`), the LoRA update in the trainer. On a GPU, yes,
 /// unless `QLORA_TRAIN_FUSED=0` (the composite ops, for side-by-side benchmarks). The CPU keeps
 /// the composite ops, whose memory the planner's CPU activation formula counts
-/// (`tests/train_memory_demo.rs` holds it to ±10%); the fused ops' CPU twins give the same
-/// results there (their tests) with a lower peak.
+/// (`tests/train_memory_demo.rs` holds it to ±10%), unless [`set_fused_training_on_cpu`].
 pub fn fused_training(device: &candle_core::Device) -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    !device.is_cpu() && *ENABLED.get_or_init(|| std::env::var("QLORA_TRAIN_FUSED").map_or(true, |v| v != "0"))
+    let here = !device.is_cpu() || FUSED_ON_CPU.load(std::sync::atomic::Ordering::Relaxed);
+    here && *ENABLED.get_or_init(|| std::env::var("QLORA_TRAIN_FUSED").map_or(true, |v| v != "0"))
+}
+
+static FUSED_ON_CPU: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes training on the CPU take the fused ops too, through their CPU twins (process-wide):
+/// for tests that hold the GPU's training path to the reference (peft) without a GPU.
+pub fn set_fused_training_on_cpu(on: bool) {
+    FUSED_ON_CPU.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {

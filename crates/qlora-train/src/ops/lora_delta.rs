@@ -22,15 +22,25 @@ pub struct LoraDelta {
 }
 
 impl LoraDelta {
-    /// `(rows, in, r, out)` from x `[rows, in]`, A `[r, in]`, B `[out, r]`.
+    /// `(rows, in, r, out)` from x `[.., in]` (rows = the leading dims' product), A `[r, in]`,
+    /// B `[out, r]`.
     fn dims(&self, lx: &Layout, la: &Layout, lb: &Layout) -> Result<(usize, usize, usize, usize)> {
-        let (&[rows, n_in], &[r, a_in], &[out, b_r]) = (lx.dims(), la.dims(), lb.dims()) else {
-            candle_core::bail!("lora update: x {:?}, A {:?}, B {:?} must be 2-d", lx.dims(), la.dims(), lb.dims())
+        let (Some((&n_in, lead)), &[r, a_in], &[out, b_r]) = (lx.dims().split_last(), la.dims(), lb.dims()) else {
+            candle_core::bail!("lora update: x {:?}, A {:?}, B {:?}: A and B must be 2-d", lx.dims(), la.dims(), lb.dims())
         };
         if a_in != n_in || b_r != r || !lx.is_contiguous() || !la.is_contiguous() || !lb.is_contiguous() {
-            candle_core::bail!("lora update: x {:?}, A {:?}, B {:?} do not chain (contiguous [rows, in], [r, in], [out, r])", lx.dims(), la.dims(), lb.dims())
+            candle_core::bail!("lora update: x {:?}, A {:?}, B {:?} do not chain (contiguous [.., in], [r, in], [out, r])", lx.dims(), la.dims(), lb.dims())
         }
-        Ok((rows, n_in, r, out))
+        Ok((lead.iter().product(), n_in, r, out))
+    }
+
+    /// x's dims with the last one replaced by `out`.
+    fn out_shape(lx: &Layout, out: usize) -> Shape {
+        let mut dims = lx.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = out;
+        }
+        Shape::from(dims)
     }
 
     /// The forward on any backend, given how to apply the dropout there.
@@ -43,13 +53,14 @@ impl LoraDelta {
     ) -> Result<(S, Shape)> {
         let (rows, n_in, r, out) = self.dims(lx, la, lb)?;
         let dt = x.dtype();
+        let lx2 = Layout::contiguous_with_offset((rows, n_in), lx.start_offset());
         let dropped = match self.dropout {
-            Some(_) => Some(drop(x, lx)?.0),
+            Some(_) => Some(drop(x, &lx2)?.0),
             None => None,
         };
         let (xd, lxd) = match &dropped {
             Some(s) => (s, Layout::contiguous((rows, n_in))),
-            None => (x, lx.clone()),
+            None => (x, lx2),
         };
         let a16 = a.to_dtype(la, dt)?;
         let b16 = b.to_dtype(lb, dt)?;
@@ -58,7 +69,7 @@ impl LoraDelta {
         let bt = Layout::contiguous((out, r)).transpose(0, 1)?;
         let d = u.matmul(&b16, (1, rows, out, r), &Layout::contiguous((rows, r)), &bt)?;
         let d = d.affine(&Layout::contiguous((rows, out)), self.scale, 0.0)?;
-        Ok((d, Shape::from((rows, out))))
+        Ok((d, Self::out_shape(lx, out)))
     }
 }
 
@@ -88,8 +99,12 @@ impl CustomOp3 for LoraDelta {
         })
     }
     fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _d: &Tensor, gd: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dt = x.dtype();
-        let gs = (gd.to_dtype(dt)? * self.scale)?;
+        let (dt, x_dims) = (x.dtype(), x.dims().to_vec());
+        let (n_in, out) = (a.dim(1)?, b.dim(0)?);
+        let rows = x.elem_count() / n_in.max(1);
+        let gs = (gd.to_dtype(dt)?.reshape((rows, out))? * self.scale)?;
+        let x2 = x.reshape((rows, n_in))?;
+        let x = &x2;
         let xd = match &self.dropout {
             Some(d) => x.apply_op1_no_bwd(d)?,
             None => x.clone(),
@@ -103,7 +118,8 @@ impl CustomOp3 for LoraDelta {
         let gx = match &self.dropout {
             Some(d) => gxd.apply_op1_no_bwd(d)?,
             None => gxd,
-        };
+        }
+        .reshape(x_dims)?;
         // Detached: built from A, B (variables) and x, these would keep their op graphs (and
         // the [rows, out] / [rows, in] operands) alive as long as the gradients live, i.e.
         // until the optimizer step, for every layer.
@@ -111,8 +127,9 @@ impl CustomOp3 for LoraDelta {
     }
 }
 
-/// `scale · dropout(x) Aᵀ Bᵀ` for x `[rows, in]` (f32/bf16/f16), A `[r, in]`, B `[out, r]`
-/// (any float dtype, cast to x's), differentiable in all three; `[rows, out]` in x's dtype.
+/// `scale · dropout(x) Aᵀ Bᵀ` for x `[.., in]` (f32/bf16/f16), A `[r, in]`, B `[out, r]`
+/// (any float dtype, cast to x's), differentiable in all three; `[.., out]` in x's dtype. (No
+/// reshape around it: each reshape node costs a zeroed tensor and an add in candle's backward.)
 pub fn lora_delta(x: &Tensor, a: &Tensor, b: &Tensor, op: LoraDelta) -> Result<Tensor> {
     if !matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16) {
         candle_core::bail!("lora update takes f32, bf16 or f16 activations, got {:?}", x.dtype())
@@ -134,15 +151,17 @@ mod tests {
     fn equals_the_composite_with_and_without_dropout() {
         let dev = Device::Cpu;
         for dropout in [None, Some(Dropout { seed: 99, p: 0.25 })] {
-            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (12, 24), &dev).unwrap()).unwrap();
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 4, 24), &dev).unwrap()).unwrap();
             let a = Var::from_tensor(&Tensor::randn(0f32, 0.2, (4, 24), &dev).unwrap()).unwrap();
             let b = Var::from_tensor(&Tensor::randn(0f32, 0.2, (10, 4), &dev).unwrap()).unwrap();
-            let up = Tensor::randn(0f32, 1.0, (12, 10), &dev).unwrap();
+            let up = Tensor::randn(0f32, 1.0, (3, 4, 10), &dev).unwrap();
             let xd = match dropout {
                 Some(d) => crate::ops::dropout::dropout(x.as_tensor(), d.seed, d.p).unwrap(),
                 None => x.as_tensor().clone(),
             };
+            let xd = xd.reshape((12, 24)).unwrap();
             let want = (xd.matmul(&a.as_tensor().t().unwrap()).unwrap().matmul(&b.as_tensor().t().unwrap()).unwrap() * 2.0).unwrap();
+            let want = want.reshape((3, 4, 10)).unwrap();
             let got = lora_delta(x.as_tensor(), a.as_tensor(), b.as_tensor(), LoraDelta { dropout, scale: 2.0 }).unwrap();
             assert!(max_diff(&want, &got) < 1e-6, "{dropout:?}: forward differs by {}", max_diff(&want, &got));
             let gw = (&want * &up).unwrap().sum_all().unwrap().backward().unwrap();
@@ -161,6 +180,10 @@ mod tests {
     #[test]
     fn shapes_that_do_not_chain_are_errors() {
         let z = |s: (usize, usize)| Tensor::zeros(s, DType::F32, &Device::Cpu).unwrap();
+        let e = lora_delta(&z((3, 8)), &z((2, 7)), &z((5, 2)), LoraDelta { dropout: None, scale: 1.0 }).unwrap_err();
+        assert!(e.to_string().contains("do not chain"), "{e}");
+        let e = lora_delta(&z((3, 7)), &z((2, 7)), &Tensor::zeros(5, DType::F32, &Device::Cpu).unwrap(), LoraDelta { dropout: None, scale: 1.0 }).unwrap_err();
+        assert!(e.to_string().contains("must be 2-d"), "{e}");
         let e = lora_delta(&z((3, 8)), &z((2, 7)), &z((5, 2)), LoraDelta { dropout: None, scale: 1.0 }).unwrap_err();
         assert!(e.to_string().contains("do not chain"), "{e}");
     }
