@@ -4,12 +4,17 @@
 //! which is what a decode step pays for it. Prints one JSON line per part (`profile_us`), the
 //! bandwidth each NF4 GEMV reaches (`gemv_gbps`: the weights' bytes over its time), and for
 //! prefill (512 rows) the dequantize and the matrix product of gate and down apart, `nf4_linear`
-//! with each slab size of `quant::cuda::prefill`, and a whole 512-token forward per slab size
-//! (`prefill_us`).
+//! with slabs and with the dequantize overlapped on a second stream, the whole 512-token forward
+//! per overlap setting and its host enqueue time vs its GPU time (`prefill_us`), and one prompt
+//! layer part by part (`prefill_layer_us`).
+
+// `Ok(drop(op()?))` is how each timed closure discards its output; clippy's unit_arg would
+// have every one of them written as two statements.
+#![allow(clippy::unit_arg)]
 
 use anyhow::{Context, Result};
 use qlora_studio::engine::candle_core::{DType, Device, IndexOp, Tensor, D};
-use qlora_studio::engine::Model;
+use qlora_studio::engine::{ops, Model};
 use qlora_studio::quant::cuda::fused::{self, GluAct, Nf4Proj};
 use qlora_studio::quant::cuda::{infer, prefill};
 use qlora_studio::quant::nf4_linear;
@@ -118,11 +123,11 @@ pub fn profile(model: &Model, past: usize, mut emit: impl FnMut(serde_json::Valu
 }
 
 /// Prefill at 512 rows: gate's and down's dequantize and product apart, `nf4_linear` per slab
-/// size, and the whole forward per slab size (the default restored after).
+/// size and per overlap (`prefill_us`); then one prompt layer part by part and the whole
+/// forward's host vs GPU time ([`profile_prompt`]).
 fn profile_prefill(model: &Model, gate: &Nf4Proj, down: &Nf4Proj, emit: &mut impl FnMut(serde_json::Value) -> Result<()>) -> Result<()> {
     let dev = model.device().clone();
     let c = model.config().clone();
-    let slabs_mib = [0usize, 4, 8, 16, 32];
     for (name, p, k) in [("gate", gate, c.hidden_size), ("down", down, c.intermediate_size)] {
         let x = Tensor::randn(0f32, 1.0, (1, 512, k), &dev)?.to_dtype(DType::BF16)?;
         let dense = p.w.dequantize(DType::BF16)?;
@@ -131,23 +136,108 @@ fn profile_prefill(model: &Model, gate: &Nf4Proj, down: &Nf4Proj, emit: &mut imp
             ("dequantize".to_string(), time_n(&dev, 50, || Ok(drop(p.w.dequantize(DType::BF16)?)))?),
             ("gemm_bf16".to_string(), time_n(&dev, 50, || Ok(drop(x.broadcast_matmul(&dense_t)?)))?),
         ];
-        for mib in slabs_mib {
+        for mib in [0usize, 16, 32] {
             prefill::set_chunk_bytes(mib << 20);
             lines.push((format!("nf4_linear_slab{mib}mib"), time_n(&dev, 50, || Ok(drop(nf4_linear(&x, &p.w)?)))?));
         }
         prefill::set_chunk_bytes(prefill::DEFAULT_CHUNK_BYTES);
+        for wide in [false, true] {
+            prefill::set_wide_dequant(wide);
+            let tag = if wide { "wide" } else { "narrow" };
+            lines.push((format!("dequantize_{tag}"), time_n(&dev, 50, || Ok(drop(prefill::dequantize_prefill(&p.w, DType::BF16)?)))?));
+            for s in [1usize, 2, 3, 4, 8] {
+                lines.push((format!("nf4_linear_{tag}_overlap{s}"), time_n(&dev, 50, || Ok(drop(prefill::nf4_linear_overlapped(&x, &p.w, s)?)))?));
+            }
+        }
+        prefill::set_wide_dequant(prefill::DEFAULT_WIDE_DEQUANT);
         let elems = p.w.shape().elem_count() as f64;
         for (what, us) in lines {
-            let gbps = if what == "dequantize" { elems * 2.5 / us / 1e3 } else { f64::NAN };
+            let gbps = if what.starts_with("dequantize") { elems * 2.5 / us / 1e3 } else { f64::NAN };
             emit(json!({"metric": "prefill_us", "part": format!("{name}_{what}"), "value": us, "rows": 512, "dequant_gbps": gbps}))?;
         }
     }
+    profile_prompt(model, emit)?;
     let prompt = Tensor::zeros((1, 512), DType::U32, &dev)?;
-    for mib in slabs_mib {
-        prefill::set_chunk_bytes(mib << 20);
+    // The whole forward per setting; overlap 0 = no slabs (wide on: the whole weight through the
+    // wide kernel and one product; off: the nf4_linear fallback, dequantize + candle's matmul).
+    for (wide, s) in [(false, 0usize), (true, 0), (false, 2), (false, 4), (true, 2), (true, 3), (true, 4), (true, 8)] {
+        prefill::set_wide_dequant(wide);
+        prefill::set_overlap_slabs(s);
         let us = time_n(&dev, 5, || Ok(drop(model.forward(&prompt, None)?)))?;
-        emit(json!({"metric": "prefill_us", "part": format!("forward512_slab{mib}mib"), "value": us, "tok_s": 512.0 / us * 1e6}))?;
+        let tag = if wide { "wide" } else { "narrow" };
+        emit(json!({"metric": "prefill_us", "part": format!("forward512_{tag}_overlap{s}"), "value": us, "tok_s": 512.0 / us * 1e6}))?;
     }
-    prefill::set_chunk_bytes(prefill::DEFAULT_CHUNK_BYTES);
+    prefill::set_overlap_slabs(prefill::DEFAULT_OVERLAP_SLABS);
+    prefill::set_wide_dequant(prefill::DEFAULT_WIDE_DEQUANT);
+    // Host vs GPU: the time to enqueue one whole forward (no sync) and until the GPU is done.
+    let (mut host, mut total) = (Vec::new(), Vec::new());
+    for i in 0..7 {
+        dev.synchronize()?;
+        let t0 = Instant::now();
+        let y = model.forward(&prompt, None)?;
+        let h = t0.elapsed().as_secs_f64() * 1e6;
+        dev.synchronize()?;
+        drop(y);
+        if i >= 2 {
+            host.push(h);
+            total.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    emit(json!({"metric": "prefill_us", "part": "forward512_host_enqueue", "value": med(host.clone()), "runs": host}))?;
+    emit(json!({"metric": "prefill_us", "part": "forward512_until_gpu_done", "value": med(total.clone()), "runs": total}))?;
+    Ok(())
+}
+
+/// One prompt layer (512 tokens, bf16, layer 0's NF4 weights) part by part, each launched back
+/// to back then synchronized (the larger of its GPU time and host launch cost); the old
+/// composite rotary and SiLU·up beside the fused ones the prompt path now takes.
+fn profile_prompt(model: &Model, emit: &mut impl FnMut(serde_json::Value) -> Result<()>) -> Result<()> {
+    let dev = model.device().clone();
+    let c = model.config().clone();
+    let (t, h, im, hd, nh, nkv) = (512usize, c.hidden_size, c.intermediate_size, c.head_dim, c.num_heads, c.num_kv_heads);
+    let (nq, nk) = (nh * hd, nkv * hd);
+    let bf = |shape: &[usize]| -> Result<Tensor> { Ok(Tensor::randn(0f32, 1.0, shape, &dev)?.to_dtype(DType::BF16)?) };
+    let (x, xq, xi) = (bf(&[1, t, h])?, bf(&[1, t, nq])?, bf(&[1, t, im])?);
+    let (kk, vv) = (bf(&[1, t, nk])?, bf(&[1, t, nk])?);
+    let w = Tensor::ones(h, DType::BF16, &dev)?;
+    let (cos, sin) = model.rope_tables(0, t)?;
+    let inv: Vec<f32> = (0..c.rotary_dim / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / c.rotary_dim as f32)).collect();
+    let cache = bf(&[2, 1, nkv, t, hd])?;
+    let (kc, vc) = (cache.get(0)?, cache.get(1)?);
+    let qh = bf(&[1, nkv, (nh / nkv) * t, hd])?;
+    let scores = qh.matmul(&kc.t()?)?;
+    let probs = infer::masked_softmax(&scores, t, 0, None, 0.1)?;
+    let pv = probs.matmul(&vc)?;
+    let p = |n: &str| proj(model, &format!("model.layers.0.{n}"));
+    let mut parts: Vec<(String, f64)> = vec![("add_rms_norm".into(), time_n(&dev, 50, || Ok(drop(infer::add_rms_norm(&x, Some(&x), &w, 1e-5, false)?)))?)];
+    for (name, input) in [("q_proj", &x), ("k_proj", &x), ("v_proj", &x), ("o_proj", &xq), ("gate_proj", &x), ("up_proj", &x), ("down_proj", &xi)] {
+        let pre = if name.ends_with("_proj") && ["gate_proj", "up_proj", "down_proj"].contains(&name) { "mlp" } else { "self_attn" };
+        let pj = p(&format!("{pre}.{name}"))?;
+        parts.push((format!("{name}_nf4_linear"), time_n(&dev, 30, || Ok(drop(nf4_linear(input, &pj.w)?)))?));
+        parts.push((format!("{name}_dequantize_only"), time_n(&dev, 30, || Ok(drop(pj.w.dequantize(DType::BF16)?)))?));
+    }
+    let more: Vec<(&str, f64)> = vec![
+        ("kv_append", time_n(&dev, 50, || Ok(infer::kv_append(&cache, &kk, &vv, 0, &inv)?))?),
+        ("rope_q_composite_old", time_n(&dev, 50, || Ok(drop(ops::apply_rope(&xq.reshape((1, t, nh, hd))?.transpose(1, 2)?.contiguous()?, &cos, &sin)?)))?),
+        ("rope_q_heads_fused", time_n(&dev, 50, || Ok(drop(ops::rope::rope_heads(&xq.reshape((1, t, nh, hd))?, &cos, &sin)?)))?),
+        ("attn_scores_matmul", time_n(&dev, 50, || Ok(drop(qh.matmul(&kc.t()?)?)))?),
+        ("attn_masked_softmax", time_n(&dev, 50, || Ok(drop(infer::masked_softmax(&scores, t, 0, None, 0.1)?)))?),
+        ("attn_probs_v_matmul", time_n(&dev, 50, || Ok(drop(probs.matmul(&vc)?)))?),
+        ("attn_out_to_rows_copy", time_n(&dev, 50, || Ok(drop(pv.reshape((1, nh, t, hd))?.transpose(1, 2)?.reshape((1, t, nq))?)))?),
+        ("silu_mul_composite_old", time_n(&dev, 50, || Ok(drop((xi.silu()? * &xi)?)))?),
+        ("swiglu_fused", time_n(&dev, 50, || Ok(drop(ops::glu::swiglu(&xi, &xi)?)))?),
+        ("residual_add", time_n(&dev, 50, || Ok(drop((&x + &x)?)))?),
+    ];
+    parts.extend(more.into_iter().map(|(n, v)| (n.to_string(), v)));
+    let skip = |n: &str| n.ends_with("_dequantize_only") || n.ends_with("_old");
+    let layer: f64 = parts.iter().filter(|(n, _)| !skip(n)).map(|(_, v)| v).sum::<f64>() + parts[0].1;
+    parts.push(("layer_sum_of_parts_new".into(), layer));
+    for (part, us) in parts {
+        emit(json!({"metric": "prefill_layer_us", "part": part, "value": us, "rows": t, "layers": c.num_layers}))?;
+    }
     Ok(())
 }

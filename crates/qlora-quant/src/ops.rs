@@ -57,15 +57,21 @@ impl DequantWeight for Nf4Tensor {
     fn cpu_fused(&self, x: &CpuStorage, l: &Layout) -> Result<Option<(CpuStorage, Shape)>> {
         nf4_cpu_fused(self, x, l)
     }
-    /// Decode (at most 8 rows of x): the fused NF4 GEMV of `crate::cuda`; more rows in
-    /// bf16/f16 with slabs turned on (`crate::cuda::prefill::set_chunk_bytes`, off by default):
-    /// dequantized slabs + cuBLAS writing y in place; otherwise `None` (dequantize + matmul).
+    /// Decode (at most 8 rows of x): the fused NF4 GEMV of `crate::cuda`. More rows in
+    /// bf16/f16: `crate::cuda::prefill::linear_prefill` (by default the whole weight dequantized
+    /// by the wide kernel, then one cuBLAS product; slabs overlapped on a second stream with
+    /// `set_overlap_slabs`), or, when set, slabs on one stream (`set_chunk_bytes`, off by
+    /// default); otherwise `None` (dequantize + matmul).
     #[cfg(feature = "cuda")]
     fn cuda_fused(&self, x: &CudaStorage, l: &Layout) -> Result<Option<(CudaStorage, Shape)>> {
         if let Some(y) = crate::cuda::linear_fused(self, x, l)? {
             return Ok(Some(y));
         }
-        crate::cuda::prefill::linear_chunked(self, x, l, crate::cuda::prefill::chunk_bytes())
+        use crate::cuda::prefill;
+        if prefill::chunk_bytes() > 0 {
+            return prefill::linear_chunked(self, x, l, prefill::chunk_bytes());
+        }
+        prefill::linear_prefill(self, x, l)
     }
 }
 

@@ -1,8 +1,9 @@
-//! The NF4 product for many rows of `x` (prefill, training's forward) on CUDA, by slabs: the
-//! weight dequantized a slab of rows at a time into one reused bf16/f16 scratch, and cuBLAS
-//! writing each slab's columns of `y` in place (`ldc = n`). **Off by default**
-//! ([`DEFAULT_CHUNK_BYTES`] = 0): `nf4_linear` then dequantizes the whole weight and runs one
-//! product, which measured faster.
+//! The NF4 product for many rows of `x` (prefill, training's forward) on CUDA. What
+//! `nf4_linear` takes by default above 8 rows of bf16/f16 is [`linear_prefill`] (in
+//! `prefill/overlap.rs`): the whole weight dequantized by the wide kernel, then one cuBLAS
+//! product writing `y`. This file keeps the earlier experiment, slabs on one stream: the weight
+//! dequantized a slab of rows at a time into one reused scratch and cuBLAS writing each slab's
+//! columns of `y` in place (`ldc = n`). **Off by default** ([`DEFAULT_CHUNK_BYTES`] = 0).
 //!
 //! Why it was tried: dequantizing a whole Mistral-7B projection (up to 117 MB in bf16) writes
 //! it to DRAM and the product reads it back, about 2.5 bytes moved per weight beside a product
@@ -11,7 +12,7 @@
 //! (`--profile`, Mistral-7B, 512 rows, bf16): gate 190 µs whole vs 202 / 243 / 298 / 445 µs in
 //! slabs of 32 / 16 / 8 / 4 MiB; the whole 512-token forward 32.6 ms vs 35.9 / 41.5 / 48.5 /
 //! 66.0 ms. Smaller products lose more to cuBLAS than the L2 saves. Kept, tested, for the
-//! measurement and for a later overlap of dequantize and product on two streams.
+//! measurement; the two-stream overlap of `prefill/overlap.rs` measured slower as well.
 
 use super::dequant_into;
 use crate::nf4::Nf4Tensor;
@@ -21,6 +22,12 @@ use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrM
 use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
 use candle_core::{CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+mod overlap;
+pub use overlap::{
+    dequantize_prefill, linear_overlapped, linear_prefill, nf4_linear_overlapped, overlap_slabs, set_overlap_slabs, set_wide_dequant,
+    wide_dequant, DEFAULT_OVERLAP_SLABS, DEFAULT_WIDE_DEQUANT,
+};
 
 /// Default slab size in bytes of the dense weight: 0 = no slabs (measured faster, above).
 pub const DEFAULT_CHUNK_BYTES: usize = 0;
@@ -89,6 +96,58 @@ fn compute_type(dt: sys::cudaDataType_t) -> sys::cublasComputeType_t {
     }
 }
 
+/// The compute type and the dequantize kernel for a 16-bit `dt`.
+fn kernel_for(dt: sys::cudaDataType_t) -> &'static str {
+    if dt == sys::cudaDataType_t::CUDA_R_16BF { "nf4_dequant_bf16" } else { "nf4_dequant_f16" }
+}
+
+/// One slab's product on candle's stream: `y[:, r0 .. r0 + nc] = x · slabᵀ`.
+#[allow(clippy::too_many_arguments)]
+fn gemm_slab<T: CudaDType + DeviceRepr>(
+    dev: &CudaDevice,
+    scratch: &CudaSlice<T>,
+    xv: &candle_core::cuda_backend::cudarc::driver::CudaView<'_, T>,
+    y: &mut CudaSlice<T>,
+    (r0, nc): (usize, usize),
+    (m, n, k): (usize, usize, usize),
+    dt: sys::cudaDataType_t,
+) -> Result<()> {
+    let blas = dev.cublas_handle();
+    let stream = dev.cuda_stream();
+    let (alpha, beta) = (1f32, 0f32);
+    // Column-major: C[nc, m] (ldc n, at y + r0) = op(A)[nc, k] · B[k, m], A = the slab
+    // ([k, nc] column-major, transposed), B = x ([k, m] column-major).
+    let (a, _ga) = scratch.device_ptr(&stream);
+    let (b, _gb) = xv.device_ptr(&stream);
+    let mut yv = y.slice_mut(r0..);
+    let (c, _gc) = yv.device_ptr_mut(&stream);
+    unsafe {
+        gemm_ex(
+            *blas.handle(),
+            sys::cublasOperation_t::CUBLAS_OP_T,
+            sys::cublasOperation_t::CUBLAS_OP_N,
+            nc as i32,
+            m as i32,
+            k as i32,
+            (&alpha) as *const f32 as *const _,
+            a as *const _,
+            dt,
+            k as i32,
+            b as *const _,
+            dt,
+            k as i32,
+            (&beta) as *const f32 as *const _,
+            c as *mut _,
+            dt,
+            n as i32,
+            compute_type(dt),
+            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+        )
+    }
+    .w()?;
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn slabs<T: CudaDType + DeviceRepr>(
     dev: &CudaDevice,
@@ -100,47 +159,13 @@ fn slabs<T: CudaDType + DeviceRepr>(
     rows: usize,
     dt: sys::cudaDataType_t,
 ) -> Result<CudaSlice<T>> {
-    let fname = if dt == sys::cudaDataType_t::CUDA_R_16BF { "nf4_dequant_bf16" } else { "nf4_dequant_f16" };
     let mut y = unsafe { dev.alloc::<T>(m * n)? };
     let mut scratch = unsafe { dev.alloc::<T>(rows * k)? };
-    let blas = dev.cublas_handle();
-    let stream = dev.cuda_stream();
-    let (alpha, beta) = (1f32, 0f32);
-    let ct = compute_type(dt);
     let xv = x.slice(x_start..x_start + m * k);
     for r0 in (0..n).step_by(rows) {
         let nc = rows.min(n - r0);
-        dequant_into(dev, fname, w, packed, packed_start, (r0 * k, nc * k), &mut scratch)?;
-        // Column-major: C[nc, m] (ldc n, at y + r0) = op(A)[nc, k] · B[k, m], A = the slab
-        // ([k, nc] column-major, transposed), B = x ([k, m] column-major).
-        let (a, _ga) = scratch.device_ptr(&stream);
-        let (b, _gb) = xv.device_ptr(&stream);
-        let mut yv = y.slice_mut(r0..);
-        let (c, _gc) = yv.device_ptr_mut(&stream);
-        unsafe {
-            gemm_ex(
-                *blas.handle(),
-                sys::cublasOperation_t::CUBLAS_OP_T,
-                sys::cublasOperation_t::CUBLAS_OP_N,
-                nc as i32,
-                m as i32,
-                k as i32,
-                (&alpha) as *const f32 as *const _,
-                a as *const _,
-                dt,
-                k as i32,
-                b as *const _,
-                dt,
-                k as i32,
-                (&beta) as *const f32 as *const _,
-                c as *mut _,
-                dt,
-                n as i32,
-                ct,
-                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
-            )
-        }
-        .w()?;
+        dequant_into(dev, kernel_for(dt), w, packed, packed_start, (r0 * k, nc * k), &mut scratch)?;
+        gemm_slab(dev, &scratch, &xv, &mut y, (r0, nc), (m, n, k), dt)?;
     }
     Ok(y)
 }
