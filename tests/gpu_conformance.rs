@@ -230,3 +230,151 @@ fn graph_every_architecture_captures() {
         assert_eq!((captures, replays), (1, 10), "{name}");
     }
 }
+
+/// Attention of one query token per sequence computed by plain loops in f64 from the same
+/// (dtype-rounded) inputs: q `[B, nh*hd]`, k and v `[B, len, nkv*hd]` unrotated, rotary on the
+/// first `2 * inv.len()` dims (non-interleaved), the last `window` positions when set.
+struct PlainAttention<'a> {
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    inv: &'a [f32],
+    window: Option<usize>,
+}
+
+impl PlainAttention<'_> {
+    fn rope(&self, x: &[f32], pos: usize) -> Vec<f64> {
+        let half = self.inv.len();
+        (0..self.hd)
+            .map(|d| {
+                if d >= 2 * half {
+                    return x[d] as f64;
+                }
+                let ang = (pos as f32 * self.inv[d % half]) as f64;
+                let partner = if d < half { -(x[d + half] as f64) } else { x[d - half] as f64 };
+                x[d] as f64 * ang.cos() + partner * ang.sin()
+            })
+            .collect()
+    }
+
+    fn run(&self, q: &[f32], k: &[f32], v: &[f32], b: usize, len: usize) -> Vec<f32> {
+        let (nh, nkv, hd) = (self.nh, self.nkv, self.hd);
+        let start = self.window.map_or(0, |w| len.saturating_sub(w));
+        let mut out = vec![0f32; b * nh * hd];
+        for s in 0..b {
+            for h in 0..nh {
+                let kvh = h / (nh / nkv);
+                let qr = self.rope(&q[(s * nh + h) * hd..][..hd], len - 1);
+                let row = |t: &[f32], j: usize| t[((s * len + j) * nkv + kvh) * hd..][..hd].to_vec();
+                let scores: Vec<f64> = (start..len)
+                    .map(|j| qr.iter().zip(self.rope(&row(k, j), j)).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt())
+                    .collect();
+                let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|x| (x - mx).exp()).collect();
+                let tot: f64 = e.iter().sum();
+                let mut acc = vec![0f64; hd];
+                for j in start..len {
+                    for (a, x) in acc.iter_mut().zip(row(v, j)) {
+                        *a += e[j - start] * x as f64;
+                    }
+                }
+                for (d, a) in acc.iter().enumerate() {
+                    out[(s * nh + h) * hd + d] = (a / tot) as f32;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The decode attention kernel at the edges of how it splits the work (a block per kv head and
+/// group of up to 4 query heads, head rows over 1-32 lanes, positions over the warps): length
+/// 1, lengths that are no multiple of a warp's or the block's step, a window smaller than one
+/// step, 7 and 9 query heads per kv head (a partial group), head sizes 8-256, batch 8; against
+/// plain f64 loops, with the length given on the host and read from the device (equal bits).
+#[test]
+fn decode_attention_edges_match_plain_loops() {
+    use qlora_studio::quant::cuda::infer::{self, CacheLen};
+    let dev = gpu();
+    // (heads, kv heads, head_dim, rotary dims, len, window, batch)
+    let cases = [
+        (4usize, 2usize, 64usize, 64usize, 1usize, None, 1usize),
+        (8, 1, 64, 64, 65, None, 1),
+        (7, 1, 128, 64, 33, None, 2),
+        (9, 3, 80, 32, 130, Some(3), 3),
+        (2, 2, 8, 8, 300, Some(200), 1),
+        (4, 1, 256, 256, 257, None, 8),
+        (3, 3, 16, 16, 97, Some(97), 4),
+        (32, 8, 128, 128, 1000, Some(700), 1),
+    ];
+    for (dt, tol) in [(DType::F32, 2e-5), (DType::BF16, 2e-2)] {
+        for (nh, nkv, hd, rot, len, window, b) in cases {
+            let inv: Vec<f32> = (0..rot / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / rot as f32)).collect();
+            let q = Tensor::randn(0f32, 1.0, (b, 1, nh * hd), &Device::Cpu).unwrap().to_dtype(dt).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (b, len, nkv * hd), &Device::Cpu).unwrap().to_dtype(dt).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (b, len, nkv * hd), &Device::Cpu).unwrap().to_dtype(dt).unwrap();
+            let flat = |t: &Tensor| t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let want = PlainAttention { nh, nkv, hd, inv: &inv, window }.run(&flat(&q), &flat(&k), &flat(&v), b, len);
+            let cache = Tensor::zeros((2, b, nkv, len.next_multiple_of(64) + 64, hd), dt, &dev).unwrap();
+            let g = |t: &Tensor| t.to_device(&dev).unwrap();
+            infer::kv_append(&cache, &g(&k), &g(&v), 0, &inv).unwrap();
+            let scale = 1.0 / (hd as f64).sqrt();
+            let host = infer::decode_attention(&g(&q), &cache, len, window, scale, &inv).unwrap();
+            let dev_len = Tensor::new(&[len as u32], &dev).unwrap();
+            let device = infer::decode_attention_at(&g(&q), &cache, CacheLen::Device(&dev_len), window, scale, &inv).unwrap();
+            let (got, dgot) = (flat(&host.to_device(&Device::Cpu).unwrap()), flat(&device.to_device(&Device::Cpu).unwrap()));
+            assert_eq!(host.dims(), &[b, 1, nh * hd]);
+            assert!(got.iter().zip(&dgot).all(|(a, b)| a.to_bits() == b.to_bits()), "length on the device gives other values");
+            let num: f64 = got.iter().zip(&want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+            let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+            let err = (num / den).sqrt();
+            eprintln!("decode attention {nh}/{nkv} hd {hd} rot {rot} len {len} window {window:?} b{b} {dt:?}: {err:.1e}");
+            assert!(err < tol, "decode attention {nh}/{nkv} hd {hd} len {len} window {window:?} b{b} {dt:?}: relative error {err:.2e}");
+        }
+    }
+}
+
+/// add + RMSNorm in both kernel forms (8 elements a thread with vector loads where rows are
+/// multiples of 8 and 16-byte aligned, else element-wise: odd sizes, a row starting off the
+/// alignment) against the unfused ops on the CPU; the residual sum bit for bit.
+#[test]
+fn add_rms_norm_both_forms_match_the_unfused_ops() {
+    use qlora_studio::engine::ops;
+    use qlora_studio::quant::cuda::infer;
+    for (dt, tol) in [(DType::F32, 1e-6), (DType::BF16, 5e-3)] {
+        for (h, skip) in [(8usize, 0usize), (4104, 0), (8192, 0), (100, 0), (2048, 1), (8200, 0)] {
+            let rows = 3;
+            let r = |n: usize| Tensor::randn(0f32, 1.0, n, &Device::Cpu).unwrap().to_dtype(dt).unwrap();
+            // x is a view starting `skip` elements into its buffer, on the CPU and on the GPU.
+            let view = |t: &Tensor| t.narrow(0, skip, rows * h).unwrap().reshape((rows, h)).unwrap();
+            let big = r(rows * h + skip);
+            let (x, a) = (view(&big), r(rows * h).reshape((rows, h)).unwrap());
+            let w = (r(h).to_dtype(DType::F32).unwrap() * 0.1).unwrap().to_dtype(dt).unwrap();
+            let s = (&x + &a).unwrap();
+            let g = |t: &Tensor| t.to_device(&gpu()).unwrap();
+            let xg = view(&g(&big));
+            for one_plus in [false, true] {
+                let want = if one_plus { ops::rms_norm_one_plus(&s, &w, 1e-6) } else { ops::rms_norm(&s, &w, 1e-6) }.unwrap();
+                let (gs, gn) = infer::add_rms_norm(&xg, Some(&g(&a)), &g(&w), 1e-6, one_plus).unwrap();
+                let same = |p: &Tensor, q: &Tensor| {
+                    let f = |t: &Tensor| t.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    f(p).iter().zip(f(q)).all(|(a, b)| a.to_bits() == b.to_bits())
+                };
+                assert!(same(&gs, &s), "residual sum h {h} skip {skip} {dt:?}");
+                let err = rms_rel(&gn, &want);
+                assert!(err < tol, "add_rms_norm h {h} skip {skip} one_plus {one_plus} {dt:?}: relative error {err:.2e}");
+                let (_, gn1) = infer::add_rms_norm(&g(&s), None, &g(&w), 1e-6, one_plus).unwrap();
+                assert!(rms_rel(&gn1, &want) < tol, "rms_norm without residual h {h} {dt:?}");
+            }
+        }
+    }
+}
+
+/// Root-mean-square relative difference of `a` from `b`.
+fn rms_rel(a: &Tensor, b: &Tensor) -> f64 {
+    let f = |t: &Tensor| t.to_device(&Device::Cpu).unwrap().to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let (a, b) = (f(a), f(b));
+    let num: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    (num / den.max(1e-30)).sqrt()
+}

@@ -57,6 +57,39 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     return warp_max(r);
 }
 
+// Eight consecutive elements (16 bytes in bf16/f16, 32 in f32; the address aligned to that)
+// to f32 and back (rounded to nearest like from_f32).
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, float* o);
+template <> __device__ __forceinline__ void load8<float>(const float* p, float* o) {
+    float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+    o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w; o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
+}
+template <> __device__ __forceinline__ void load8<__nv_bfloat16>(const __nv_bfloat16* p, float* o) {
+    uint4 r = *reinterpret_cast<const uint4*>(p);
+    uint32_t w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) { o[2 * i] = __uint_as_float(w[i] << 16); o[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u); }
+}
+template <> __device__ __forceinline__ void load8<__half>(const __half* p, float* o) {
+    uint4 r = *reinterpret_cast<const uint4*>(p);
+    uint32_t w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) { float2 f = __half22float2(*reinterpret_cast<__half2*>(&w[i])); o[2 * i] = f.x; o[2 * i + 1] = f.y; }
+}
+
+template <typename T>
+__device__ __forceinline__ void store8(T* p, const float* v) {
+    __align__(16) T t[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) t[i] = from_f32<T>(v[i]);
+    *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(t);
+}
+template <> __device__ __forceinline__ void store8<float>(float* p, const float* v) {
+    reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
 // ---------------------------------------------------------------- RMSNorm (+ residual add)
 // One block per row of h. With `a`, s = x + a (rounded to T) is written to out[0 .. rows*h] and
 // the normalised row to out[rows*h ..]; without, only the normalised row, to out[0 ..].
@@ -90,6 +123,44 @@ __device__ void add_rms_norm_impl(const T* __restrict__ x, const T* __restrict__
     }
 }
 
+// The same with 8 consecutive elements per thread (h a multiple of 8, at most 8 * blockDim.x,
+// every row 16-byte aligned): x, a and w are read with one vector load each, all issued before
+// any is used, and the row stays in registers between the two passes (the scalar form above
+// reads x and a element by element, then reads its own sum back). Same rounding.
+template <typename T>
+__device__ void add_rms_norm_vec_impl(const T* __restrict__ x, const T* __restrict__ a, const T* __restrict__ w,
+                                      T* __restrict__ out, unsigned rows, unsigned h, float eps, int one_plus) {
+    __shared__ float scratch[32];
+    const size_t row = blockIdx.x;
+    const unsigned d0 = threadIdx.x * 8;
+    const bool has = d0 < h;
+    T* norm_out = (a ? out + (size_t)rows * h : out) + row * h + d0;
+    float v[8], av[8], wv[8];
+    float ss = 0.f;
+    if (has) {
+        load8<T>(x + row * h + d0, v);
+        load8<T>(w + d0, wv);
+        if (a) {
+            load8<T>(a + row * h + d0, av);
+#pragma unroll
+            for (int i = 0; i < 8; i++) v[i] = rnd<T>(__fadd_rn(v[i], av[i]));
+            store8<T>(out + row * h + d0, v);
+        }
+#pragma unroll
+        for (int i = 0; i < 8; i++) ss = __fmaf_rn(v[i], v[i], ss);
+    }
+    ss = block_sum(ss, scratch);
+    const float var = __fdiv_rn(ss, (float)h);
+    const float r = __frcp_rn(__fsqrt_rn(__fadd_rn(var, eps)));
+    if (!has) return;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const float n = __fmul_rn(v[i], r);
+        v[i] = one_plus ? __fmul_rn(n, __fadd_rn(wv[i], 1.f)) : __fmul_rn(rnd<T>(n), wv[i]);
+    }
+    store8<T>(norm_out, v);
+}
+
 #define ADD_RMS_NORM(NAME, T)                                                                        \
     extern "C" __global__ void NAME(const T* x, const T* a, const T* w, T* out, unsigned rows, unsigned h, \
                                     float eps, int one_plus) {                                      \
@@ -98,6 +169,15 @@ __device__ void add_rms_norm_impl(const T* __restrict__ x, const T* __restrict__
 ADD_RMS_NORM(add_rms_norm_f32, float)
 ADD_RMS_NORM(add_rms_norm_bf16, __nv_bfloat16)
 ADD_RMS_NORM(add_rms_norm_f16, __half)
+
+#define ADD_RMS_NORM_VEC(NAME, T)                                                                    \
+    extern "C" __global__ void NAME(const T* x, const T* a, const T* w, T* out, unsigned rows, unsigned h, \
+                                    float eps, int one_plus) {                                      \
+        add_rms_norm_vec_impl<T>(x, a, w, out, rows, h, eps, one_plus);                             \
+    }
+ADD_RMS_NORM_VEC(add_rms_norm_vec_f32, float)
+ADD_RMS_NORM_VEC(add_rms_norm_vec_bf16, __nv_bfloat16)
+ADD_RMS_NORM_VEC(add_rms_norm_vec_f16, __half)
 
 // ---------------------------------------------------------------- RoPE
 // transformers' non-interleaved rotary on the first `rot` dims of a head: for d < rot/2 the
@@ -159,12 +239,16 @@ KV_APPEND(kv_append_f16, __half)
 
 // ---------------------------------------------------------------- decode attention
 // One query token per sequence (position pos = len - 1) against cache positions start .. len-1.
-// Grid (nh, B), 4 warps. q: [B, 1, nh*hd] at batch stride qsb, RoPE applied here. Each warp
-// takes 32 keys at a time (a key per lane), keeps an online softmax (max, sum, output per lane
-// for dims lane + 32 i), and the 4 warps are merged at the end. Scores as the unfused path
-// rounds them: rnd(rnd(q·k) * rnd(scale)); out rounded once.
-#define ATT_WARPS 4
-#define MAX_HD 256
+// Grid (nkv * ceil(rep / ATT_HG), B), blockDim.x = 32 * warps; a block serves up to ATT_HG
+// query heads of one kv head, so each K/V row is read once for all of them. q: [B, 1, nh*hd] at
+// batch stride qsb, RoPE applied here into shared memory. A row of K (and of V) is split over
+// Lp = pow2ceil(hd / 8) lanes, 8 elements each (one 16-byte load in bf16/f16), so a warp reads
+// 32 / Lp consecutive positions per step and the block's warps stride over the positions: the
+// reads are coalesced and all in flight together (no serial loop over keys). Each lane keeps an
+// online softmax (max, sum, 8 output dims per head) for the positions its row slot saw; the row
+// slots of a warp are merged by shuffles, the warps through shared memory. Scores as the
+// unfused path rounds them: rnd(rnd(q·k) * rnd(scale)); out rounded once.
+#define ATT_HG 4
 // With len_ptr set, len = *len_ptr and start = len - window (window > 0, len > window) or 0;
 // the host's len and start are ignored.
 struct AttnParams {
@@ -176,114 +260,150 @@ struct AttnParams {
     unsigned long long len_ptr;
 };
 
+// One position's score and online-softmax update for the ATT_HG heads of a lane's row slot.
+// Every lane calls it (the dot product is summed over the row's Lp lanes by shuffles); `ok`
+// says whether the position is one of the attended ones.
 template <typename T>
-__device__ __forceinline__ void load8(const T* p, float* o);
-template <> __device__ __forceinline__ void load8<float>(const float* p, float* o) {
-    float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
-    o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w; o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
-}
-template <> __device__ __forceinline__ void load8<__nv_bfloat16>(const __nv_bfloat16* p, float* o) {
-    uint4 r = *reinterpret_cast<const uint4*>(p);
-    uint32_t w[4] = {r.x, r.y, r.z, r.w};
+__device__ __forceinline__ void attn_update(const float (&qr)[ATT_HG][8], const float* kf, const float* vf, bool ok,
+                                            unsigned Lp, unsigned nhg, float scale_t, float* m, float* l,
+                                            float (&acc)[ATT_HG][8]) {
 #pragma unroll
-    for (int i = 0; i < 4; i++) { o[2 * i] = __uint_as_float(w[i] << 16); o[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u); }
-}
-template <> __device__ __forceinline__ void load8<__half>(const __half* p, float* o) {
-    uint4 r = *reinterpret_cast<const uint4*>(p);
-    uint32_t w[4] = {r.x, r.y, r.z, r.w};
+    for (int g = 0; g < ATT_HG; g++) {
+        if (g >= (int)nhg) break;  // uniform over the block
+        float dot = 0.f;
 #pragma unroll
-    for (int i = 0; i < 4; i++) { float2 f = __half22float2(*reinterpret_cast<__half2*>(&w[i])); o[2 * i] = f.x; o[2 * i + 1] = f.y; }
+        for (int i = 0; i < 8; i++) dot = fmaf(qr[g][i], kf[i], dot);
+        for (unsigned o = Lp >> 1; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        if (ok) {
+            const float s = rnd<T>(__fmul_rn(rnd<T>(dot), scale_t));
+            const float mn = fmaxf(m[g], s);
+            const float c = __expf(m[g] - mn);  // m = -inf before the first position: 0
+            const float pw = __expf(s - mn);
+            l[g] = fmaf(l[g], c, pw);
+#pragma unroll
+            for (int i = 0; i < 8; i++) acc[g][i] = fmaf(pw, vf[i], acc[g][i] * c);
+            m[g] = mn;
+        }
+    }
 }
 
 template <typename T>
 __device__ void decode_attn_impl(const T* __restrict__ q, const T* __restrict__ cache, T* __restrict__ out, const AttnParams& p) {
-    __shared__ __align__(16) float qf[MAX_HD];
-    __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
-    __shared__ float wacc[ATT_WARPS][MAX_HD];
-    const unsigned h = blockIdx.x, b = blockIdx.y;
-    const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
-    const unsigned kvh = h / (p.nh / p.nkv);
+    extern __shared__ float4 attn_smem4[];
+    float* smem = reinterpret_cast<float*>(attn_smem4);
+    const unsigned hd = p.hd, rep = p.nh / p.nkv, ngroups = (rep + ATT_HG - 1) / ATT_HG;
+    const unsigned kvh = blockIdx.x / ngroups, h0 = kvh * rep + (blockIdx.x % ngroups) * ATT_HG;
+    const unsigned nhg = min((unsigned)ATT_HG, kvh * rep + rep - h0), b = blockIdx.y;
+    const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     unsigned len = p.len, start = p.start;
     if (p.len_ptr) {
         len = min(*reinterpret_cast<const unsigned*>(p.len_ptr), p.cap);
         start = (p.window > 0 && len > p.window) ? len - p.window : 0;
     }
-    T* o = out + ((size_t)b * p.nh + h) * p.hd;
+    T* o = out + ((size_t)b * p.nh + h0) * hd;
     if (len == 0) {
-        for (unsigned d = threadIdx.x; d < p.hd; d += blockDim.x) o[d] = from_f32<T>(0.f);
+        for (unsigned e = threadIdx.x; e < nhg * hd; e += blockDim.x) o[e] = from_f32<T>(0.f);
         return;
     }
     const unsigned pos = len - 1;
-    const T* qh = q + b * p.qsb + (size_t)h * p.hd;
-    for (unsigned d = threadIdx.x; d < p.hd; d += blockDim.x) qf[d] = rope_at<T>(qh, d, pos, p.rope);
+    float* qs = smem;                  // [ATT_HG][hd]: q rotated
+    float* red = smem + ATT_HG * hd;   // [nw][ATT_HG][hd + 2]: each warp's output, max, sum
+    const T* qb = q + b * p.qsb + (size_t)h0 * hd;
+    for (unsigned e = threadIdx.x; e < nhg * hd; e += blockDim.x) {
+        const unsigned g = e / hd;
+        qs[e] = rope_at<T>(qb + g * hd, e - g * hd, pos, p.rope);
+    }
     __syncthreads();
-    const size_t plane = (size_t)p.B * p.nkv * p.cap * p.hd;
-    const T* kbase = cache + ((size_t)b * p.nkv + kvh) * p.cap * p.hd;
+    const unsigned L = hd >> 3;
+    unsigned Lp = 1;
+    while (Lp < L) Lp <<= 1;
+    const unsigned G = 32 / Lp, r = lane / Lp, sub = lane % Lp, d0 = sub * 8;
+    const bool has = sub < L;
+    float qr[ATT_HG][8], acc[ATT_HG][8], m[ATT_HG], l[ATT_HG];
+#pragma unroll
+    for (int g = 0; g < ATT_HG; g++) {
+        m[g] = -INFINITY;
+        l[g] = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            qr[g][i] = (has && g < (int)nhg) ? qs[g * hd + d0 + i] : 0.f;
+            acc[g][i] = 0.f;
+        }
+    }
+    const size_t plane = (size_t)p.B * p.nkv * p.cap * hd;
+    const T* kbase = cache + ((size_t)b * p.nkv + kvh) * p.cap * hd + d0;
     const T* vbase = kbase + plane;
     const float scale_t = rnd<T>(p.scale);
-    float m = -INFINITY, l = 0.f;
-    float acc[MAX_HD / 32];
+    const unsigned stride = nw * G;
+    // Two positions per lane per iteration, both rows loaded before either is used.
+    for (unsigned jw = start + warp * G; jw < len; jw += 2 * stride) {  // uniform over the warp
+        const unsigned ja = jw + r, jb = ja + stride;
+        const bool oka = ja < len, okb = jb < len;
+        float ka[8], va[8], kb[8], vb[8];
+        if (oka && has) { load8<T>(kbase + (size_t)ja * hd, ka); load8<T>(vbase + (size_t)ja * hd, va); }
+        else {
 #pragma unroll
-    for (int i = 0; i < MAX_HD / 32; i++) acc[i] = 0.f;
-    for (unsigned j0 = start + warp * 32; j0 < len; j0 += 32 * ATT_WARPS) {
-        const unsigned j = j0 + lane;
-        float s = -INFINITY;
-        if (j < len) {
-            const T* kr = kbase + (size_t)j * p.hd;
-            float dot = 0.f;
-#pragma unroll 4
-            for (unsigned d = 0; d < p.hd; d += 8) {
-                float kv[8];
-                load8<T>(kr + d, kv);
-#pragma unroll
-                for (int i = 0; i < 8; i++) dot = fmaf(qf[d + i], kv[i], dot);
-            }
-            s = rnd<T>(__fmul_rn(rnd<T>(dot), scale_t));
+            for (int i = 0; i < 8; i++) ka[i] = va[i] = 0.f;
         }
-        const float m_new = fmaxf(m, warp_max(s));
-        const float corr = __expf(m - m_new);  // m = -inf on the first chunk: 0
-        const float pj = j < len ? __expf(s - m_new) : 0.f;
-        l = l * corr + warp_sum(pj);
+        if (okb && has) { load8<T>(kbase + (size_t)jb * hd, kb); load8<T>(vbase + (size_t)jb * hd, vb); }
+        else {
 #pragma unroll
-        for (int i = 0; i < MAX_HD / 32; i++) acc[i] *= corr;
-        const unsigned nk = min(32u, len - j0);
-        // Unrolled so that several keys' V rows are in flight at once: one row at a time left
-        // the loop waiting on memory latency (about half of a short-context decode attention).
-#pragma unroll 8
-        for (unsigned jj = 0; jj < nk; jj++) {
-            const float pw = __shfl_sync(0xffffffffu, pj, jj);
-            const T* vr = vbase + (size_t)(j0 + jj) * p.hd;
-#pragma unroll
-            for (int i = 0; i < MAX_HD / 32; i++) {
-                const unsigned d = lane + 32 * i;
-                if (d < p.hd) acc[i] = fmaf(pw, to_f32<T>(vr[d]), acc[i]);
-            }
+            for (int i = 0; i < 8; i++) kb[i] = vb[i] = 0.f;
         }
-        m = m_new;
+        attn_update<T>(qr, ka, va, oka, Lp, nhg, scale_t, m, l, acc);
+        attn_update<T>(qr, kb, vb, okb, Lp, nhg, scale_t, m, l, acc);
     }
-    if (lane == 0) { wm[warp] = m; wl[warp] = l; }
+    // Merge the row slots of the warp (lanes sub, sub + Lp, ...).
+    for (unsigned off = Lp; off < 32; off <<= 1) {
 #pragma unroll
-    for (int i = 0; i < MAX_HD / 32; i++) {
-        const unsigned d = lane + 32 * i;
-        if (d < p.hd) wacc[warp][d] = acc[i];
+        for (int g = 0; g < ATT_HG; g++) {
+            if (g >= (int)nhg) break;
+            const float mo = __shfl_xor_sync(0xffffffffu, m[g], off), lo = __shfl_xor_sync(0xffffffffu, l[g], off);
+            const float mn = fmaxf(m[g], mo);
+            const float f1 = m[g] == -INFINITY ? 0.f : __expf(m[g] - mn);
+            const float f2 = mo == -INFINITY ? 0.f : __expf(mo - mn);
+            l[g] = l[g] * f1 + lo * f2;
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                const float ao = __shfl_xor_sync(0xffffffffu, acc[g][i], off);
+                acc[g][i] = acc[g][i] * f1 + ao * f2;
+            }
+            m[g] = mn;
+        }
+    }
+    if (r == 0) {
+#pragma unroll
+        for (int g = 0; g < ATT_HG; g++) {
+            if (g >= (int)nhg) break;
+            float* w = red + (warp * ATT_HG + g) * (hd + 2);
+            if (has) {
+#pragma unroll
+                for (int i = 0; i < 8; i++) w[d0 + i] = acc[g][i];
+            }
+            if (sub == 0) { w[hd] = m[g]; w[hd + 1] = l[g]; }
+        }
     }
     __syncthreads();
-    float mm = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < ATT_WARPS; w++) mm = fmaxf(mm, wm[w]);
-    float f[ATT_WARPS], tot = 0.f;
-#pragma unroll
-    for (int w = 0; w < ATT_WARPS; w++) { f[w] = wl[w] > 0.f ? __expf(wm[w] - mm) : 0.f; tot += wl[w] * f[w]; }
-    for (unsigned d = threadIdx.x; d < p.hd; d += blockDim.x) {
-        float v = 0.f;
-#pragma unroll
-        for (int w = 0; w < ATT_WARPS; w++) v += wacc[w][d] * f[w];
-        o[d] = from_f32<T>(v / tot);
+    // Merge the warps: one output element per thread.
+    for (unsigned e = threadIdx.x; e < nhg * hd; e += blockDim.x) {
+        const unsigned g = e / hd, d = e - g * hd;
+        float mm = -INFINITY;
+        for (unsigned w = 0; w < nw; w++) mm = fmaxf(mm, red[(w * ATT_HG + g) * (hd + 2) + hd]);
+        float v = 0.f, tot = 0.f;
+        for (unsigned w = 0; w < nw; w++) {
+            const float* rw = red + (w * ATT_HG + g) * (hd + 2);
+            const float f = rw[hd] == -INFINITY ? 0.f : __expf(rw[hd] - mm);
+            tot = fmaf(rw[hd + 1], f, tot);
+            v = fmaf(rw[d], f, v);
+        }
+        o[e] = from_f32<T>(v / tot);
     }
 }
 
-#define DECODE_ATTN(NAME, T) \
-    extern "C" __global__ void NAME(const T* q, const T* cache, T* out, AttnParams p) { decode_attn_impl<T>(q, cache, out, p); }
+#define DECODE_ATTN(NAME, T)                                                                              \
+    extern "C" __global__ void __launch_bounds__(512) NAME(const T* q, const T* cache, T* out, AttnParams p) { \
+        decode_attn_impl<T>(q, cache, out, p);                                                            \
+    }
 DECODE_ATTN(decode_attn_f32, float)
 DECODE_ATTN(decode_attn_bf16, __nv_bfloat16)
 DECODE_ATTN(decode_attn_f16, __half)

@@ -6,7 +6,10 @@
 //! * [`kv_append`]: writes k (rotated) and v of new positions into a preallocated cache
 //!   `[2, B, kv_heads, capacity, head_dim]`, in place.
 //! * [`decode_attention`]: one query token per sequence against the cache (RoPE on q, grouped
-//!   heads read in place, sliding window, online softmax).
+//!   heads read in place, sliding window, online softmax). A block per kv head and group of up
+//!   to 4 of its query heads reads each K/V row once for all of them, in 16-byte pieces, the
+//!   positions spread over 16 warps and merged in the block: the former block per query head
+//!   walked the positions 32 keys at a time in 4 warps, latency-bound.
 //! * [`masked_softmax`]: the prefill softmax with the causal / window mask made in the kernel.
 //! * [`write_u32`]: a few u32 values from the host into a device tensor (a decode step's
 //!   position and token ids before a CUDA graph replays it).
@@ -143,7 +146,11 @@ impl RmsNormOp {
         };
         let n_out = if a.is_some() { 2 * rows * h } else { rows * h };
         let (out, op) = alloc_out(&dev, dt, n_out)?;
-        let func = dev.get_or_load_custom_func(&format!("add_rms_norm_{}", suffix(dt)?), MODULE, PTX)?;
+        // 8 elements a thread in one vector access each where the rows allow it (every hidden
+        // size of the target models), else the element-wise form.
+        let vec = h.is_multiple_of(8) && h <= 8 * 1024 && [xp, ap, wp, op].iter().all(|p| p % 16 == 0);
+        let name = if vec { "add_rms_norm_vec" } else { "add_rms_norm" };
+        let func = dev.get_or_load_custom_func(&format!("{name}_{}", suffix(dt)?), MODULE, PTX)?;
         let (rows32, h32, one_plus) = (rows as u32, h as u32, i32::from(self.one_plus));
         let threads = (h.div_ceil(8).next_multiple_of(32)).clamp(32, 1024) as u32;
         let cfg = LaunchConfig { grid_dim: (rows32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
@@ -465,7 +472,7 @@ impl CustomOp2 for DecodeAttn {
         let (qp, cp) = (ptr_of(q, ql.start_offset())?, ptr_of(c, 0)?);
         let (out, op) = alloc_out(&dev, dt, b * qn)?;
         let func = dev.get_or_load_custom_func(&format!("decode_attn_{}", suffix(dt)?), MODULE, PTX)?;
-        let cfg = LaunchConfig { grid_dim: (nh as u32, b as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        let cfg = attention_launch(b, nh, nkv, hd);
         let mut bld = func.builder();
         bld.arg(&qp);
         bld.arg(&cp);
@@ -473,6 +480,23 @@ impl CustomOp2 for DecodeAttn {
         bld.arg(&p);
         unsafe { bld.launch(cfg) }.w()?;
         Ok((out, Shape::from((b, 1, qn))))
+    }
+}
+
+/// Query heads of one kv head a decode-attention block serves (`ATT_HG` in kernels/infer.cu).
+const ATT_HEADS_PER_BLOCK: usize = 4;
+
+/// Grid, block and shared memory of the decode attention: a block per (kv head, group of up to
+/// 4 of its query heads, sequence), 16 warps striding over the positions (8 above head size
+/// 128, to keep the per-warp partial outputs within 48 KB of shared memory).
+fn attention_launch(b: usize, nh: usize, nkv: usize, hd: usize) -> LaunchConfig {
+    let groups = (nh / nkv).div_ceil(ATT_HEADS_PER_BLOCK);
+    let warps = if hd > 128 { 8 } else { 16 };
+    let floats = ATT_HEADS_PER_BLOCK * hd + warps * ATT_HEADS_PER_BLOCK * (hd + 2);
+    LaunchConfig {
+        grid_dim: ((nkv * groups) as u32, b as u32, 1),
+        block_dim: (32 * warps as u32, 1, 1),
+        shared_mem_bytes: (floats * std::mem::size_of::<f32>()) as u32,
     }
 }
 
