@@ -298,7 +298,18 @@ fn kv_append_and_decode_attention_match_the_cpu() {
 fn masked_softmax_matches_mask_plus_softmax() {
     use qlora_studio::engine::model::layers::causal_mask;
     for (dt, tol) in [(DType::F32, 1e-6), (DType::BF16, 8e-3)] {
-        for (t, past, window, rep) in [(7usize, 0usize, None, 2usize), (33, 5, Some(9), 3), (300, 0, None, 1)] {
+        // Lengths on both sides of each register-row kernel's limit (128, 256, 512, 1024 keys) and
+        // past it (the block-per-row kernel).
+        for (t, past, window, rep) in [
+            (7usize, 0usize, None, 2usize),
+            (33, 5, Some(9), 3),
+            (300, 0, None, 1),
+            (128, 0, None, 1),
+            (100, 29, Some(64), 2),
+            (512, 0, None, 1),
+            (1000, 24, None, 1),
+            (1030, 10, Some(500), 1),
+        ] {
             let len = past + t;
             let scores = randn(&[2, rep * t, len], dt);
             let mask = causal_mask(t, past, window, &Device::Cpu).unwrap().unwrap();
@@ -308,6 +319,30 @@ fn masked_softmax_matches_mask_plus_softmax() {
             let got = infer::masked_softmax(&scores.to_device(&gpu()).unwrap(), t, past, window, 0.3).unwrap();
             let err = rel_err(&got, &want);
             assert!(err < tol, "masked softmax t {t} past {past} window {window:?} {dt:?}: relative error {err:.2e}");
+        }
+    }
+}
+
+/// The attention output back to rows (`[B, H, T, D]` → `[B, T, H·D]`) on CUDA against the
+/// transpose on the CPU, bit for bit, for head sizes the 16-byte kernel takes and one it
+/// does not (the strided copy).
+#[test]
+fn heads_to_rows_matches_transpose() {
+    for dt in [DType::F32, DType::BF16, DType::F16] {
+        for (b, h, t, d) in [(1usize, 32usize, 512usize, 128usize), (2, 3, 7, 64), (1, 5, 9, 8), (2, 4, 6, 12)] {
+            let x = randn(&[b, h, t, d], dt);
+            let want = x.transpose(1, 2).unwrap().reshape((b, t, h * d)).unwrap();
+            let got = infer::heads_to_rows(&x.to_device(&gpu()).unwrap()).unwrap();
+            assert_eq!(got.dims(), &[b, t, h * d]);
+            let diff = (got.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap() - want.to_dtype(DType::F32).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(diff, 0.0, "heads_to_rows {dt:?} {:?}", (b, h, t, d));
         }
     }
 }

@@ -444,3 +444,70 @@ __device__ void masked_softmax_impl(const T* __restrict__ scores, T* __restrict_
 MASKED_SOFTMAX(masked_softmax_f32, float)
 MASKED_SOFTMAX(masked_softmax_bf16, __nv_bfloat16)
 MASKED_SOFTMAX(masked_softmax_f16, __half)
+
+// ------------------------------------------------------------------ prefill softmax, rows in registers
+// The same probabilities as masked_softmax_impl for rows of at most 32 * PER_LANE keys, one warp
+// per row: each score is read once (not three times) and kept in registers, and the reductions
+// are warp shuffles (no block barriers). Masked keys hold -inf, whose exponential is 0; key
+// `pos` itself is always kept, so the maximum is finite.
+template <typename T, int PER_LANE>
+__device__ void masked_softmax_warp_impl(const T* __restrict__ scores, T* __restrict__ probs, unsigned rows,
+                                         unsigned t, unsigned len, unsigned past, unsigned window, float scale) {
+    const size_t row = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    const unsigned lane = threadIdx.x & 31;
+    const unsigned pos = past + (unsigned)(row % t);
+    const unsigned lo = (window > 0 && pos + 1 > window) ? pos + 1 - window : 0;
+    const unsigned hi = min(pos + 1, len);
+    const T* s = scores + row * len;
+    T* o = probs + row * len;
+    float v[PER_LANE];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; ++i) {
+        const unsigned j = lane + 32u * i;
+        v[i] = (j >= lo && j < hi) ? to_f32<T>(s[j]) * scale : -INFINITY;
+        mx = fmaxf(mx, v[i]);
+    }
+    mx = warp_max(mx);
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; ++i) {
+        v[i] = __expf(v[i] - mx);
+        sum += v[i];
+    }
+    const float inv = 1.f / warp_sum(sum);
+#pragma unroll
+    for (int i = 0; i < PER_LANE; ++i) {
+        const unsigned j = lane + 32u * i;
+        if (j < len) o[j] = from_f32<T>(v[i] * inv);
+    }
+}
+
+#define MASKED_SOFTMAX_WARP(P, SUFFIX, T)                                                               \
+    extern "C" __global__ void masked_softmax_w##P##_##SUFFIX(const T* scores, T* probs, unsigned rows,  \
+                                                              unsigned t, unsigned len, unsigned past,    \
+                                                              unsigned window, float scale) {             \
+        masked_softmax_warp_impl<T, P>(scores, probs, rows, t, len, past, window, scale);               \
+    }
+#define MASKED_SOFTMAX_WARPS(SUFFIX, T) \
+    MASKED_SOFTMAX_WARP(4, SUFFIX, T) MASKED_SOFTMAX_WARP(8, SUFFIX, T) MASKED_SOFTMAX_WARP(16, SUFFIX, T) MASKED_SOFTMAX_WARP(32, SUFFIX, T)
+MASKED_SOFTMAX_WARPS(f32, float)
+MASKED_SOFTMAX_WARPS(bf16, __nv_bfloat16)
+MASKED_SOFTMAX_WARPS(f16, __half)
+
+// ------------------------------------------------------------------ heads back to rows
+// [B, H, T, D] -> [B, T, H, D] (attention output back to one row per token), 16 bytes a thread:
+// `pieces` = D * sizeof(element) / 16 per head row; `n` the output's pieces in all.
+extern "C" __global__ void heads_to_rows_16b(const uint4* __restrict__ in, uint4* __restrict__ out, unsigned h,
+                                             unsigned t, unsigned pieces, unsigned long long n) {
+    const unsigned long long idx = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= n) return;
+    const unsigned d = (unsigned)(idx % pieces);
+    unsigned long long r = idx / pieces;
+    const unsigned hh = (unsigned)(r % h);
+    r /= h;
+    const unsigned i = (unsigned)(r % t);
+    const unsigned long long b = r / t;
+    out[idx] = in[((b * h + hh) * t + i) * pieces + d];
+}

@@ -7,7 +7,11 @@
 //!   (`ops::apply_rope`: casts, two products, a negation, a concatenation, a sum);
 //! * grouped heads side by side against one K per group, no `repeat_kv` copies, the causal mask
 //!   made inside the softmax kernel (`infer::masked_softmax`);
-//! * the gated MLP's `silu(gate) · up` is one kernel (`ops::glu::swiglu`) instead of two.
+//! * the gated MLP's `silu(gate) · up` is one kernel (`ops::glu::swiglu`) instead of two;
+//! * the softmax keeps each row (up to 1024 keys) in registers, one warp a row, and the
+//!   attention output goes back to one row per token through a 16-byte copy kernel
+//!   (`infer::heads_to_rows`) instead of candle's strided copy (26 µs a Mistral layer at 512
+//!   tokens, 0.3 TB/s).
 //!
 //! k is rotated as it is written to the cache (`infer::kv_append_at`, in `fast.rs`).
 
@@ -32,7 +36,7 @@ pub(super) fn attention(attn: &Attention, q: &Tensor, cache: &Tensor, tables: (&
     let scores = q.matmul(&kc.t()?)?;
     let scale = 1.0 / (hd as f64).sqrt();
     let probs = infer::masked_softmax(&scores, t, past, attn.sliding_window, scale)?;
-    probs.matmul(&vc)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))
+    infer::heads_to_rows(&probs.matmul(&vc)?.reshape((b, nh, t, hd))?)
 }
 
 /// The feed-forward block for a prompt: SwiGLU as one kernel where the MLP is gated with SiLU,

@@ -533,13 +533,29 @@ impl CustomOp1 for MaskedSoftmax {
         let dev = s.device().clone();
         let sp = ptr_of(s, contiguous_start(l, "masked_softmax: scores")?)?;
         let (out, op) = alloc_out(&dev, dt, rows * len)?;
-        let func = dev.get_or_load_custom_func(&format!("masked_softmax_{}", suffix(dt)?), MODULE, PTX)?;
         let (t, len32, past, window) = (self.t as u32, len as u32, self.past as u32, self.window as u32);
-        let threads = (len.next_multiple_of(32)).clamp(32, 256) as u32;
-        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        // Rows of up to 1024 keys: one warp a row with the row in registers (one read of the
+        // scores); longer rows: one block a row, three passes.
+        let per_lane = [4usize, 8, 16, 32].into_iter().find(|p| len <= 32 * p);
+        let (func, cfg) = match per_lane {
+            Some(p) => {
+                const WARPS: usize = 8;
+                let func = dev.get_or_load_custom_func(&format!("masked_softmax_w{p}_{}", suffix(dt)?), MODULE, PTX)?;
+                (func, LaunchConfig { grid_dim: (rows.div_ceil(WARPS) as u32, 1, 1), block_dim: (32 * WARPS as u32, 1, 1), shared_mem_bytes: 0 })
+            }
+            None => {
+                let func = dev.get_or_load_custom_func(&format!("masked_softmax_{}", suffix(dt)?), MODULE, PTX)?;
+                let threads = (len.next_multiple_of(32)).clamp(32, 256) as u32;
+                (func, LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 })
+            }
+        };
+        let rows32 = rows as u32;
         let mut b = func.builder();
         b.arg(&sp);
         b.arg(&op);
+        if per_lane.is_some() {
+            b.arg(&rows32);
+        }
         b.arg(&t);
         b.arg(&len32);
         b.arg(&past);
@@ -547,6 +563,56 @@ impl CustomOp1 for MaskedSoftmax {
         b.arg(&self.scale);
         unsafe { b.launch(cfg) }.w()?;
         Ok((out, l.shape().clone()))
+    }
+}
+
+// ------------------------------------------------------------------ heads back to rows
+
+/// `x` `[B, H, T, D]` as `[B, T, H·D]` (the attention output back to one row per token): one
+/// 16-byte copy per thread on CUDA where `D` × the element size is a multiple of 16 and `x`
+/// is contiguous and aligned; candle's strided copy otherwise (and on the CPU).
+pub fn heads_to_rows(x: &Tensor) -> Result<Tensor> {
+    let (b, h, t, d) = x.dims4()?;
+    let esize = x.dtype().size_in_bytes();
+    let fits = x.device().is_cuda() && (d * esize).is_multiple_of(16) && matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16);
+    if !fits {
+        return x.transpose(1, 2)?.reshape((b, t, h * d));
+    }
+    x.contiguous()?.apply_op1_no_bwd(&HeadsToRows)?.reshape((b, t, h * d))
+}
+
+struct HeadsToRows;
+
+impl CustomOp1 for HeadsToRows {
+    fn name(&self) -> &'static str {
+        "heads-to-rows"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        Err(cuda_only("heads-to-rows"))
+    }
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let &[b, h, t, d] = l.dims() else { candle_core::bail!("heads_to_rows: {:?} is not [B, H, T, D]", l.dims()) };
+        let dt = s.dtype();
+        let sp = ptr_of(s, contiguous_start(l, "heads_to_rows: input")?)?;
+        let dev = s.device().clone();
+        let (out, op) = alloc_out(&dev, dt, b * h * t * d)?;
+        if sp % 16 != 0 || op % 16 != 0 {
+            candle_core::bail!("heads_to_rows: input or output not 16-byte aligned")
+        }
+        let pieces = (d * dt.size_in_bytes() / 16) as u32;
+        let n = (b * h * t) as u64 * pieces as u64;
+        let func = dev.get_or_load_custom_func("heads_to_rows_16b", MODULE, PTX)?;
+        let cfg = LaunchConfig { grid_dim: (n.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let (h32, t32) = (h as u32, t as u32);
+        let mut bld = func.builder();
+        bld.arg(&sp);
+        bld.arg(&op);
+        bld.arg(&h32);
+        bld.arg(&t32);
+        bld.arg(&pieces);
+        bld.arg(&n);
+        unsafe { bld.launch(cfg) }.w()?;
+        Ok((out, Shape::from((b, t, h, d))))
     }
 }
 
