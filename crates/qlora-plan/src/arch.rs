@@ -21,6 +21,17 @@ pub enum Arch {
 
 impl Arch {
     pub const SUPPORTED: &'static str = "llama, mistral, phi, gemma, qwen2";
+
+    /// The `model_type` of `config.json` this architecture is read from.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Mistral => "mistral",
+            Arch::Phi => "phi",
+            Arch::Gemma => "gemma",
+            Arch::Qwen2 => "qwen2",
+        }
+    }
     fn from_model_type(s: &str) -> Option<Self> {
         Some(match s {
             "llama" => Arch::Llama,

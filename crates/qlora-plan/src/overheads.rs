@@ -4,6 +4,7 @@
 
 use crate::PlanError;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 const OVERHEADS_JSON: &str = include_str!("../../../configs/overheads.json");
@@ -48,12 +49,25 @@ pub struct TrainingOverheads {
     /// With gradient checkpointing, how many layers' worth of autograd graph (`layer
     /// activations`) are alive at the peak of a layer's recompute + backward.
     pub checkpointed_layer_graphs: Sourced<f64>,
+    /// The same measured per architecture (`phi`, `gemma`, ...) where it differs from
+    /// `checkpointed_layer_graphs`: families whose training layer keeps composite ops
+    /// (LayerNorm, Gemma's `1 + w` norm, biases) hold more than the formula counts.
+    #[serde(default)]
+    pub checkpointed_layer_graphs_by_arch: BTreeMap<String, Sourced<f64>>,
+}
+
+impl TrainingOverheads {
+    /// Layers' worth of graph alive at the checkpointed peak for architecture `arch`
+    /// (`config.json`'s `model_type`).
+    pub fn layer_graphs(&self, arch: &str) -> f64 {
+        self.checkpointed_layer_graphs_by_arch.get(arch).unwrap_or(&self.checkpointed_layer_graphs).value
+    }
 }
 
 impl Default for TrainingOverheads {
     fn default() -> Self {
         let est = |v: f64| Sourced { value: v, source: "estimate, to be measured".into(), note: String::new() };
-        Self { cuda_pool_slack_fraction: est(0.05), checkpointed_layer_graphs: est(2.0) }
+        Self { cuda_pool_slack_fraction: est(0.05), checkpointed_layer_graphs: est(2.0), checkpointed_layer_graphs_by_arch: BTreeMap::new() }
     }
 }
 
@@ -89,7 +103,8 @@ impl Overheads {
         let o: Overheads = serde_json::from_str(text).map_err(|e| PlanError::BadOverheads { reason: e.to_string() })?;
         let fractions =
             [o.cuda.allocator_slack_fraction.value, o.cpu.allocator_slack_fraction.value, o.training.cuda_pool_slack_fraction.value];
-        if !(1.0..=8.0).contains(&o.training.checkpointed_layer_graphs.value) {
+        let graphs = std::iter::once(&o.training.checkpointed_layer_graphs).chain(o.training.checkpointed_layer_graphs_by_arch.values());
+        if graphs.into_iter().any(|g| !(1.0..=8.0).contains(&g.value)) {
             return Err(PlanError::BadOverheads { reason: "training.checkpointed_layer_graphs must lie between 1 and 8".into() });
         }
         if fractions.iter().any(|f| !(0.0..1.0).contains(f)) || !(0.0..=1.0).contains(&o.verdict.tight_fraction.value) {
@@ -133,7 +148,8 @@ impl Overheads {
             &self.training.cuda_pool_slack_fraction.source,
             &self.training.checkpointed_layer_graphs.source,
         ]
-            .iter()
+            .into_iter()
+            .chain(self.training.checkpointed_layer_graphs_by_arch.values().map(|g| &g.source))
             .any(|s| s.contains("estimate"))
     }
 }

@@ -92,43 +92,68 @@ pub fn activation_elem_bytes(device: DeviceKind) -> u64 {
 }
 
 /// Bytes one decoder layer's autograd graph holds (every intermediate its forward made, which
-/// candle keeps until backward), for `bt` = batch × seq tokens. On a GPU the activations are
-/// bf16, LoRA runs in bf16 and the attention softmax is one fused op; on the CPU everything is
-/// f32 and the softmax is composite (max, subtract, exp, sum, divide).
+/// candle keeps until backward), for `bt` = batch × seq tokens. On a GPU the trainer takes the
+/// fused training ops (`qlora-engine` `ops::{rope, attention, glu}`, the trainer's LoRA update):
+/// bf16 activations, RMSNorm, rotary (with the transpose to heads), the attention
+/// probabilities (q·kᵀ, scale, mask and softmax in one op that keeps only `P`), SwiGLU and the
+/// LoRA update each one op. On the CPU everything is f32 and composite.
 pub fn layer_activation_bytes(s: &ArchSpec, batch: u64, t: u64, rank: u64, targets: &[(u64, u64)], dropout: bool, device: DeviceKind) -> u64 {
-    let c = activation_elem_bytes(device);
+    match device {
+        DeviceKind::Cuda => layer_activation_bytes_fused(s, batch, t, targets),
+        DeviceKind::Cpu => layer_activation_bytes_composite(s, batch, t, rank, targets, dropout),
+    }
+}
+
+/// The GPU's fused training layer (16-bit activations).
+fn layer_activation_bytes_fused(s: &ArchSpec, batch: u64, t: u64, targets: &[(u64, u64)]) -> u64 {
+    let c = activation_elem_bytes(DeviceKind::Cuda);
     let (bt, h) = (batch * t, s.hidden_size);
     let norms = if s.parallel_block { 1 } else { 2 };
-    // Per norm: the f32 upcast (none when already f32), its square, the normalised f32, the
-    // cast back (none in f32) and the weighted output; plus the layer input and residual sums.
-    // Llama-style RMSNorm on a GPU is one fused op (its output only); Gemma's `1 + w` norm and
-    // Phi's LayerNorm stay composite.
-    let upcast = if c == 4 { 0 } else { 4 + c };
-    let fused_norm = device == DeviceKind::Cuda && !matches!(s.arch, crate::arch::Arch::Gemma | crate::arch::Arch::Phi);
-    let per_norm = if fused_norm { c } else { 8 + upcast + c };
+    // Llama-style RMSNorm is one op (its output); Gemma's `1 + w` norm and Phi's LayerNorm stay
+    // composite (f32 upcast, square, normalised, cast back, weighted).
+    let per_norm = if matches!(s.arch, crate::arch::Arch::Gemma | crate::arch::Arch::Phi) { 8 + 4 + 2 * c } else { c };
+    let hidden = bt * h * (norms * per_norm + 3 * c);
+    // Projection outputs, rotated q and k (already head-major), v's head-major copy.
+    let qkv = bt * 2 * (s.q_dim() + 2 * s.kv_dim()) * c;
+    // The probabilities alone; grouped heads read K/V in place.
+    let scores = batch * s.num_heads * t * t * c;
+    // probs · v, and its copy back to rows.
+    let attn_out = 2 * bt * s.q_dim() * c;
+    // Gated SiLU: gate, up, SwiGLU's output. Gemma's GELU-tanh gate: composite (~4). Phi: fc1
+    // and its activation.
+    let mlp = match (s.parallel_block, s.arch) {
+        (true, _) => 2,
+        (false, crate::arch::Arch::Gemma) => 4,
+        (false, _) => 3,
+    } * bt
+        * s.intermediate_size
+        * c;
+    // LoRA: one output-sized tensor per target (the update `s · drop(x) Aᵀ Bᵀ` is one op). The
+    // base output and the sum may be alive too; counting one fits the measured peaks of both
+    // Llama-family shapes with one factor (docs/PLANNER.md), counting three does not.
+    let lora: u64 = targets.iter().map(|(o, _)| bt * o * c).sum();
+    hidden + qkv + scores + attn_out + mlp + lora
+}
+
+/// The CPU's composite training layer (f32).
+fn layer_activation_bytes_composite(s: &ArchSpec, batch: u64, t: u64, rank: u64, targets: &[(u64, u64)], dropout: bool) -> u64 {
+    let c = activation_elem_bytes(DeviceKind::Cpu);
+    let (bt, h) = (batch * t, s.hidden_size);
+    let norms = if s.parallel_block { 1 } else { 2 };
+    // Per norm: its square, the normalised value and the weighted output (no f32 upcast: f32
+    // already); plus the layer input and residual sums.
+    let per_norm = 8 + c;
     let hidden = bt * h * (norms * per_norm + 3 * c);
     let qkv_width = s.q_dim() + 2 * s.kv_dim();
     // Projection outputs, their head-major copies, rotary q and k (mul, neg, cat, mul, add).
     let qkv = bt * (2 * qkv_width + 4 * (s.q_dim() + s.kv_dim())) * c;
     let repeated = if s.num_kv_heads == s.num_heads { 0 } else { 2 * bt * s.q_dim() * c };
-    // Scores: the matmul, scaled, f32 (no copy when already f32), masked, the softmax's own
-    // intermediates (GPU: the fused output only; CPU: subtract, exp, divide), cast back.
-    let scores_per = match device {
-        DeviceKind::Cuda => 2 * c + 4 + 4 + 4 + c,
-        DeviceKind::Cpu => 2 * c + 4 + 3 * 4,
-    };
-    let scores = batch * s.num_heads * t * t * scores_per;
+    // Scores: the matmul, scaled, masked, the softmax's subtract, exp and divide.
+    let scores = batch * s.num_heads * t * t * (2 * c + 4 + 3 * 4);
     let attn_out = 2 * bt * s.q_dim() * c;
     let mlp = if s.parallel_block { 2 } else { 4 } * bt * s.intermediate_size * c;
-    // LoRA: the dropped-out input, x·Aᵀ, its product with Bᵀ, scaled, added to the base output;
-    // on the CPU in f32 (the input upcast first when the model computes in 16-bit).
-    let lora: u64 = targets
-        .iter()
-        .map(|(o, i)| match device {
-            DeviceKind::Cuda => bt * (i * if dropout { c } else { 0 } + rank * c + o * 3 * c),
-            DeviceKind::Cpu => bt * (i * (if c == 4 { 0 } else { 4 } + if dropout { 4 } else { 0 }) + rank * 4 + o * (8 + c)),
-        })
-        .sum();
+    // LoRA: the dropped-out input, x·Aᵀ, its product with Bᵀ, scaled, added to the base output.
+    let lora: u64 = targets.iter().map(|(o, i)| bt * (i * if dropout { 4 } else { 0 } + rank * 4 + o * (8 + c))).sum();
     hidden + qkv + repeated + scores + attn_out + mlp + lora
 }
 
@@ -178,7 +203,7 @@ pub fn training_memory(
     let outside = 2 * b * t * s.hidden_size * c;
     let activations = if o.checkpointing {
         // Every layer's input, one layer recomputed, and its gradients during backward.
-        let graphs = overheads.training.checkpointed_layer_graphs.value;
+        let graphs = overheads.training.layer_graphs(s.arch.model_type());
         s.num_layers * b * t * s.hidden_size * c + (layer as f64 * graphs).ceil() as u64 + outside
     } else {
         (s.num_layers + 1) * layer + outside

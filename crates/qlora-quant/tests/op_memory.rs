@@ -50,19 +50,24 @@ fn forward_keeps_no_dense_weight_alive() {
     let x64 = Var::randn(0f32, 1.0, (64, in_f), &Device::Cpu).unwrap();
     let y_bytes = (64 * out_f * 4) as isize;
 
-    // warm-up: lazily initialised tables, thread pools, gemm scratch buffers
-    for xx in [&x, &x64] {
-        drop(nf4_linear(xx.as_tensor(), &q).unwrap());
-        drop(int8_linear(xx.as_tensor(), &q8).unwrap());
+    // warm-up: lazily initialised tables, thread pools, gemm scratch buffers. A worker thread
+    // that first runs a product during the measured call still allocates its own scratch
+    // (about 1 MiB, kept thread-locally), which depends on scheduling: the bound below is half
+    // the dense weight, which that scratch stays under and a kept dense copy does not.
+    for _ in 0..3 {
+        for xx in [&x, &x64] {
+            drop(nf4_linear(xx.as_tensor(), &q).unwrap());
+            drop(int8_linear(xx.as_tensor(), &q8).unwrap());
+        }
     }
 
     let (kept, y) = retained(|| nf4_linear(x.as_tensor(), &q).unwrap());
-    assert!(kept < y_bytes + dense_bytes / 8, "nf4_linear (decode) kept {kept} bytes alive (dense weight is {dense_bytes})");
+    assert!(kept < y_bytes + dense_bytes / 2, "nf4_linear (decode) kept {kept} bytes alive (dense weight is {dense_bytes})");
     let (kept64, y64) = retained(|| nf4_linear(x64.as_tensor(), &q).unwrap());
-    assert!(kept64 < y_bytes + dense_bytes / 8, "nf4_linear kept {kept64} bytes alive (dense weight is {dense_bytes})");
+    assert!(kept64 < y_bytes + dense_bytes / 2, "nf4_linear kept {kept64} bytes alive (dense weight is {dense_bytes})");
 
     let (kept8, y8) = retained(|| int8_linear(x64.as_tensor(), &q8).unwrap());
-    assert!(kept8 < y_bytes + dense_bytes / 8, "int8_linear kept {kept8} bytes alive");
+    assert!(kept8 < y_bytes + dense_bytes / 2, "int8_linear kept {kept8} bytes alive");
 
     // The naive way keeps the dense weight referenced from the graph until backward.
     let (kept_naive, y_naive) =
