@@ -4,9 +4,9 @@
 //! every layer, final norm and, through [`Model::forward`], the LM head) costs one graph launch
 //! plus a few copies, and leaves the GPU's own time: on an H100 (bench/gpu/results/
 //! h100-2026-11-27-s3-*) TinyLlama's NF4 step went from 2.01 to 1.85 ms, its bf16 step from 3.65
-//! to 2.35 ms. What remains is GPU time, not launches: the kernels of a layer take about 80 µs
-//! on the GPU for 26 MB of NF4 weights (the small GEMVs at 0.3-0.75 TB/s, and the latency of the
-//! one-block norm and the decode attention).
+//! to 2.35 ms. What remains is GPU time, not launches: with the faster GEMV and decode
+//! attention since, TinyLlama's NF4 step is 1.17 ms (docs/BENCHMARKS.md, "GPU") for 0.21 ms of
+//! weights at the copy bandwidth; its small kernels are latency-bound.
 //!
 //! How it stays replayable:
 //! * Everything that changes between steps comes from device memory: the token ids are copied
