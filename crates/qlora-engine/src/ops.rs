@@ -18,6 +18,7 @@ use candle_core::{D, DType, Result, Tensor};
 pub mod attention;
 pub mod glu;
 pub mod rope;
+mod twin;
 
 /// Llama's RMSNorm: normalise in f32, cast back to the input dtype, then multiply by `weight`.
 /// On CUDA one fused kernel, forward and backward ([`fused_rms::rms_norm`], same roundings).
@@ -168,18 +169,10 @@ pub mod fused_softmax {
 /// CPU twins of both; the graph keeps the output only.
 #[cfg(feature = "cuda")]
 pub mod fused_rms {
+    use super::twin;
     use candle_core::backend::BackendStorage;
     use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-    fn f32s(s: &CpuStorage, l: &Layout) -> Result<Vec<f32>> {
-        let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("rms_norm: input is not contiguous") };
-        Ok(match s {
-            CpuStorage::F32(v) => v[a..b].to_vec(),
-            CpuStorage::BF16(v) => v[a..b].iter().map(|x| x.to_f32()).collect(),
-            CpuStorage::F16(v) => v[a..b].iter().map(|x| x.to_f32()).collect(),
-            other => candle_core::bail!("rms_norm takes f32, bf16 or f16, got {:?}", other.dtype()),
-        })
-    }
 
     fn round(dtype: DType, v: f32) -> f32 {
         match dtype {
@@ -189,13 +182,6 @@ pub mod fused_rms {
         }
     }
 
-    fn store(dtype: DType, v: Vec<f32>) -> CpuStorage {
-        match dtype {
-            DType::BF16 => CpuStorage::BF16(v.into_iter().map(half::bf16::from_f32).collect()),
-            DType::F16 => CpuStorage::F16(v.into_iter().map(half::f16::from_f32).collect()),
-            _ => CpuStorage::F32(v),
-        }
-    }
 
     fn rstd(row: &[f32], eps: f32) -> f32 {
         1.0 / (row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32 + eps).sqrt()
@@ -210,13 +196,13 @@ pub mod fused_rms {
             "rms-norm"
         }
         fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-            let (x, w, dt) = (f32s(s1, l1)?, f32s(s2, l2)?, s1.dtype());
+            let (x, w, dt) = (twin::f32s("rms_norm", s1, l1)?, twin::f32s("rms_norm", s2, l2)?, s1.dtype());
             let mut y = Vec::with_capacity(x.len());
             for row in x.chunks(w.len().max(1)) {
                 let r = rstd(row, self.eps);
                 y.extend(row.iter().zip(&w).map(|(v, wv)| round(dt, v * r) * wv));
             }
-            Ok((store(dt, y), l1.shape().clone()))
+            Ok((twin::store(dt, y), l1.shape().clone()))
         }
         fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
             Ok((qlora_quant::cuda::train::rms_norm((s1, l1), (s2, l2), None, self.eps)?, l1.shape().clone()))
@@ -236,7 +222,7 @@ pub mod fused_rms {
             "rms-norm-bwd"
         }
         fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-            let (x, w, g, dt) = (f32s(s1, l1)?, f32s(s2, l2)?, f32s(s3, l3)?, s1.dtype());
+            let (x, w, g, dt) = (twin::f32s("rms_norm", s1, l1)?, twin::f32s("rms_norm", s2, l2)?, twin::f32s("rms_norm", s3, l3)?, s1.dtype());
             let n = w.len().max(1);
             let mut dx = Vec::with_capacity(x.len());
             for (row, gr) in x.chunks(n).zip(g.chunks(n)) {
@@ -244,7 +230,7 @@ pub mod fused_rms {
                 let d = row.iter().zip(gr).zip(&w).map(|((v, gv), wv)| gv * wv * v * r).sum::<f32>() / n as f32;
                 dx.extend(row.iter().zip(gr).zip(&w).map(|((v, gv), wv)| r * (gv * wv - v * r * d)));
             }
-            Ok((store(dt, dx), l1.shape().clone()))
+            Ok((twin::store(dt, dx), l1.shape().clone()))
         }
         fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout, s3: &CudaStorage, l3: &Layout) -> Result<(CudaStorage, Shape)> {
             Ok((qlora_quant::cuda::train::rms_norm((s1, l1), (s2, l2), Some((s3, l3)), self.eps)?, l1.shape().clone()))

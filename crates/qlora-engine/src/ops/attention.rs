@@ -26,8 +26,9 @@
 //! assert_eq!(p[1], [0.5, 0.5]);
 //! ```
 
+use super::twin;
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// Which keys a row keeps, and the scale applied to its scores before the softmax.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -77,23 +78,7 @@ impl AttnMask {
     }
 }
 
-fn f32s(s: &CpuStorage, l: &Layout) -> Result<Vec<f32>> {
-    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("attention softmax: input is not contiguous") };
-    Ok(match s {
-        CpuStorage::F32(v) => v[a..b].to_vec(),
-        CpuStorage::BF16(v) => v[a..b].iter().map(|x| x.to_f32()).collect(),
-        CpuStorage::F16(v) => v[a..b].iter().map(|x| x.to_f32()).collect(),
-        other => candle_core::bail!("attention softmax takes f32, bf16 or f16, got {:?}", other.dtype()),
-    })
-}
 
-fn store(dtype: DType, v: Vec<f32>) -> CpuStorage {
-    match dtype {
-        DType::BF16 => CpuStorage::BF16(v.into_iter().map(half::bf16::from_f32).collect()),
-        DType::F16 => CpuStorage::F16(v.into_iter().map(half::f16::from_f32).collect()),
-        _ => CpuStorage::F32(v),
-    }
-}
 
 /// CPU twin of the forward kernel: rows of `len` scores to probabilities (f32).
 fn cpu_softmax(s: &[f32], len: usize, m: &AttnMask) -> Vec<f32> {
@@ -136,7 +121,7 @@ impl CustomOp1 for MaskedSoftmax {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let len = self.0.check(l.dims())?;
-        Ok((store(s.dtype(), cpu_softmax(&f32s(s, l)?, len, &self.0)), l.shape().clone()))
+        Ok((twin::store(s.dtype(), cpu_softmax(&twin::f32s("attention softmax", s, l)?, len, &self.0)), l.shape().clone()))
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
@@ -157,11 +142,11 @@ impl CustomOp2 for MaskedSoftmaxBwd {
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let len = self.0.check(l1.dims())?;
-        let (p, g) = (f32s(s1, l1)?, f32s(s2, l2)?);
+        let (p, g) = (twin::f32s("attention softmax", s1, l1)?, twin::f32s("attention softmax", s2, l2)?);
         if p.len() != g.len() {
             candle_core::bail!("attention softmax backward: probabilities and gradient sizes differ")
         }
-        Ok((store(s1.dtype(), cpu_softmax_bwd(&p, &g, len, &self.0)), l1.shape().clone()))
+        Ok((twin::store(s1.dtype(), cpu_softmax_bwd(&p, &g, len, &self.0)), l1.shape().clone()))
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
@@ -215,7 +200,7 @@ impl CustomOp2 for Probs {
         let kt = lk.transpose(lk.dims().len() - 2, lk.dims().len() - 1)?;
         let scores = q.matmul(k, bmnk, lq, &kt)?;
         let ls = Layout::contiguous(shape.clone());
-        Ok((store(q.dtype(), cpu_softmax(&f32s(&scores, &ls)?, bmnk.2, &self.0)), shape))
+        Ok((twin::store(q.dtype(), cpu_softmax(&twin::f32s("attention softmax", &scores, &ls)?, bmnk.2, &self.0)), shape))
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
@@ -250,7 +235,7 @@ pub fn probs(q: &Tensor, k: &Tensor, m: AttnMask) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{D, Device, Var};
+    use candle_core::{D, DType, Device, Var};
 
     /// The composite the op replaces: scale, additive `causal_mask`, softmax.
     fn composite(scores: &Tensor, m: AttnMask) -> Tensor {

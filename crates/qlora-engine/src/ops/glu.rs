@@ -17,26 +17,11 @@
 //! assert!((y[1] - 2.0 / (1.0 + (-1f32).exp())).abs() < 1e-6);
 //! ```
 
+use super::twin;
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-fn f32s(s: &CpuStorage, l: &Layout) -> Result<Vec<f32>> {
-    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("swiglu: input is not contiguous") };
-    Ok(match s {
-        CpuStorage::F32(v) => v[a..b].to_vec(),
-        CpuStorage::BF16(v) => v[a..b].iter().map(|x| x.to_f32()).collect(),
-        CpuStorage::F16(v) => v[a..b].iter().map(|x| x.to_f32()).collect(),
-        other => candle_core::bail!("swiglu takes f32, bf16 or f16, got {:?}", other.dtype()),
-    })
-}
 
-fn store(dtype: DType, v: Vec<f32>) -> CpuStorage {
-    match dtype {
-        DType::BF16 => CpuStorage::BF16(v.into_iter().map(half::bf16::from_f32).collect()),
-        DType::F16 => CpuStorage::F16(v.into_iter().map(half::f16::from_f32).collect()),
-        _ => CpuStorage::F32(v),
-    }
-}
 
 fn same_size(a: &Layout, b: &Layout) -> Result<()> {
     if a.shape() != b.shape() {
@@ -53,9 +38,9 @@ impl CustomOp2 for SwiGlu {
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         same_size(l1, l2)?;
-        let (g, u) = (f32s(s1, l1)?, f32s(s2, l2)?);
+        let (g, u) = (twin::f32s("swiglu", s1, l1)?, twin::f32s("swiglu", s2, l2)?);
         let y = g.iter().zip(&u).map(|(g, u)| g / ((-g).exp() + 1.0) * u).collect();
-        Ok((store(s1.dtype(), y), l1.shape().clone()))
+        Ok((twin::store(s1.dtype(), y), l1.shape().clone()))
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
@@ -85,7 +70,7 @@ impl CustomOp3 for SwiGluBwd {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         same_size(l1, l2)?;
         same_size(l1, l3)?;
-        let (g, u, dy) = (f32s(s1, l1)?, f32s(s2, l2)?, f32s(s3, l3)?);
+        let (g, u, dy) = (twin::f32s("swiglu", s1, l1)?, twin::f32s("swiglu", s2, l2)?, twin::f32s("swiglu", s3, l3)?);
         let mut d = vec![0f32; 2 * g.len()];
         let (dg, du) = d.split_at_mut(g.len());
         for i in 0..g.len() {
@@ -93,7 +78,7 @@ impl CustomOp3 for SwiGluBwd {
             dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
             du[i] = dy[i] * g[i] * s;
         }
-        Ok((store(s1.dtype(), d), both_shape(l1)))
+        Ok((twin::store(s1.dtype(), d), both_shape(l1)))
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
@@ -125,7 +110,7 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();

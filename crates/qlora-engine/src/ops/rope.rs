@@ -19,6 +19,7 @@
 //! assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [-2., 1.]);
 //! ```
 
+use super::twin;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
@@ -49,23 +50,7 @@ impl Dims {
     }
 }
 
-fn f32s(s: &CpuStorage, l: &Layout) -> Result<Vec<f32>> {
-    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("rope: input is not contiguous") };
-    Ok(match s {
-        CpuStorage::F32(v) => v[a..b].to_vec(),
-        CpuStorage::BF16(v) => v[a..b].iter().map(|x| x.to_f32()).collect(),
-        CpuStorage::F16(v) => v[a..b].iter().map(|x| x.to_f32()).collect(),
-        other => candle_core::bail!("rope takes f32, bf16 or f16, got {:?}", other.dtype()),
-    })
-}
 
-fn store(dtype: DType, v: Vec<f32>) -> CpuStorage {
-    match dtype {
-        DType::BF16 => CpuStorage::BF16(v.into_iter().map(half::bf16::from_f32).collect()),
-        DType::F16 => CpuStorage::F16(v.into_iter().map(half::f16::from_f32).collect()),
-        _ => CpuStorage::F32(v),
-    }
-}
 
 /// CPU twin of both kernels. Forward reads rows of `[B, T, H, hd]` and writes `[B, H, T, hd]`;
 /// backward the other way round.
@@ -106,8 +91,8 @@ impl CustomOp3 for Rope {
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let (d, shape) = self.dims(l1, l2, l3)?;
-        let y = cpu(&f32s(s1, l1)?, &f32s(s2, l2)?, &f32s(s3, l3)?, d, self.bwd);
-        Ok((store(s1.dtype(), y), shape))
+        let y = cpu(&twin::f32s("rope", s1, l1)?, &twin::f32s("rope", s2, l2)?, &twin::f32s("rope", s3, l3)?, d, self.bwd);
+        Ok((twin::store(s1.dtype(), y), shape))
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
