@@ -88,6 +88,12 @@ pub struct TrainConfig {
     /// Recompute each decoder layer's activations in backward instead of keeping them.
     #[serde(default)]
     pub gradient_checkpointing: bool,
+    /// With gradient checkpointing on a CUDA device, hold each layer's saved input in pinned
+    /// host memory between the forward and the backward (copied on a second stream while the
+    /// GPU computes): `[micro_batch, len, hidden]` 16-bit values a layer less GPU memory, the
+    /// same gradients. `false` keeps them on the GPU (as does `QLORA_OFFLOAD_CHECKPOINTS=0`).
+    #[serde(default = "yes")]
+    pub offload_checkpoints: bool,
 }
 
 fn one() -> usize {
@@ -349,6 +355,13 @@ impl Default for CheckpointConfig {
 }
 
 impl TrainConfig {
+    /// What a micro-step does with the layers' activations (`gradient_checkpointing` and
+    /// `offload_checkpoints` together).
+    pub fn checkpointing(&self) -> crate::trainer::stash::Checkpointing {
+        use crate::trainer::stash::Checkpointing;
+        if self.gradient_checkpointing { Checkpointing::on(self.offload_checkpoints) } else { Checkpointing::Off }
+    }
+
     /// Reads, parses, validates and resolves paths against the file's folder.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -496,6 +509,8 @@ mod tests {
     #[test]
     fn minimal_config_gets_defaults() {
         let c = TrainConfig::from_yaml_str(MIN, None).unwrap();
+        assert!(c.offload_checkpoints, "offload is on by default");
+        assert_eq!(c.checkpointing(), crate::trainer::stash::Checkpointing::Off, "checkpointing is off unless asked");
         assert_eq!(c.quant, QuantConfig { kind: QuantKind::Nf4, double_quant: true });
         assert_eq!(c.compute_dtype, ComputeDtype::Bf16);
         assert_eq!(c.data.loss_on, LossOn::Assistant);
@@ -527,8 +542,11 @@ eval_every: 10
 checkpoint: {every: 5, keep_last: 3}
 output_dir: out
 gradient_checkpointing: true
+offload_checkpoints: false
 "#;
         let c = TrainConfig::from_yaml_str(y, None).unwrap();
+        assert!(!c.offload_checkpoints);
+        assert_eq!(c.checkpointing(), crate::trainer::stash::Checkpointing::OnDevice);
         assert_eq!(c.loss_scale, LossScale::Fixed(1024.0));
         assert_eq!(c.lora.scaling(), 8.0 / 2.0);
         assert_eq!(c.schedule.kind, ScheduleKind::Cosine);

@@ -137,6 +137,7 @@ pub fn for_model(model_dir: &Path, data_files: Vec<PathBuf>, output_dir: PathBuf
         checkpoint: CheckpointConfig { every: 100, keep_last: 2 },
         output_dir,
         gradient_checkpointing: checkpointing,
+        offload_checkpoints: true,
     };
     cfg.validate().map_err(|(field, message)| ConfigError::Invalid { path: None, field, message })?;
     Ok(cfg)

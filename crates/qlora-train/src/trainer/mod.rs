@@ -5,6 +5,7 @@
 //! [`ProgressSink`] as [`TrainEvent`]s; the [`CancelToken`] is checked after every optimizer
 //! step (a checkpoint is written first, so a cancelled run resumes where it stopped).
 
+pub mod stash;
 pub mod state;
 pub mod step;
 
@@ -308,7 +309,7 @@ impl Trainer {
         let scale = if f16 { st.loss_scale } else { 1.0 };
         let (mut losses, mut grads) = (Vec::new(), Vec::<Tensor>::new());
         for (b, _) in &batches {
-            let (l, g) = step::micro_step_pending(&self.model, &self.lora, b, norm, scale, self.cfg.gradient_checkpointing)?;
+            let (l, g) = step::micro_step_pending(&self.model, &self.lora, b, norm, scale, self.cfg.checkpointing())?;
             losses.push(l);
             grads = if grads.is_empty() { g } else { grads.iter().zip(g).map(|(a, b)| a + b).collect::<Result<_, _>>()? };
         }

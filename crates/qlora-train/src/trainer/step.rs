@@ -12,6 +12,7 @@
 use crate::data::batch::Batch;
 use crate::loss::{self, Loss};
 use crate::lora::Attached;
+use crate::trainer::stash::{Checkpointing, Stash};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Result, Tensor, Var};
 use qlora_engine::model::Model;
@@ -24,7 +25,7 @@ pub fn micro_step(
     batch: &Batch,
     norm: f64,
     scale: f64,
-    checkpointing: bool,
+    checkpointing: impl Into<Checkpointing>,
 ) -> Result<(f64, Vec<Tensor>)> {
     let (loss, grads) = micro_step_pending(model, lora, batch, norm, scale, checkpointing)?;
     Ok((loss.read()?, grads))
@@ -39,13 +40,14 @@ pub fn micro_step_pending(
     batch: &Batch,
     norm: f64,
     scale: f64,
-    checkpointing: bool,
+    checkpointing: impl Into<Checkpointing>,
 ) -> Result<(Loss, Vec<Tensor>)> {
     let dev = model.device();
     let (ids, labels, weights) = batch_tensors(batch, dev)?;
     let mut grads: Vec<Option<Tensor>> = vec![None; lora.len() * 2];
-    let loss = if checkpointing {
-        checkpointed(model, lora, &ids, &labels, &weights, norm, scale, &mut grads)?
+    let mode = checkpointing.into();
+    let loss = if mode.is_on() {
+        checkpointed(model, lora, &ids, &labels, &weights, norm, scale, &mut grads, mode)?
     } else {
         let hidden = model.forward_hidden(&ids, None)?;
         let (l, gh) = loss::loss_and_hidden_grad_pending(model, &hidden, &labels, &weights, norm, scale)?;
@@ -102,16 +104,17 @@ fn checkpointed(
     norm: f64,
     scale: f64,
     grads: &mut [Option<Tensor>],
+    mode: Checkpointing,
 ) -> Result<Loss> {
     let t = ids.dim(1)?;
     let (cos, sin) = model.rope_tables(0, t)?;
-    let mut inputs = Vec::with_capacity(model.num_layers());
+    let mut inputs = Stash::new(model.device(), model.num_layers(), mode)?;
     let mut x = model.embed(ids)?.detach();
     // LoRA dropout must draw the same masks when a layer is recomputed: remember each
     // layer's RNG states before its first forward, replay them before the recompute.
     let mut rng_before = Vec::with_capacity(model.num_layers());
     for i in 0..model.num_layers() {
-        inputs.push(x.clone());
+        inputs.push(&x)?;
         rng_before.push(rng_states(lora, i));
         x = model.layer_forward(i, &x, &cos, &sin)?.detach();
     }
@@ -125,7 +128,7 @@ fn checkpointed(
         for &(j, state) in &rng_before[i] {
             lora[j].1.set_rng_state(state);
         }
-        let input = Var::from_tensor(&inputs[i])?;
+        let input = Var::from_tensor(&inputs.take(i)?)?;
         let out = model.layer_forward(i, input.as_tensor(), &cos, &sin)?;
         let store = (out * &g)?.sum_all()?.backward()?;
         collect(lora, &store, grads)?;
