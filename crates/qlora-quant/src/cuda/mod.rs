@@ -28,8 +28,11 @@ pub mod fused;
 pub mod prefill;
 /// Inference-only kernels: RMSNorm + residual, KV-cache append, decode attention, prefill softmax.
 pub mod infer;
+pub(crate) mod pdl;
 /// Training kernels (LoRA dropout, fused cross-entropy), launched by qlora-train.
 pub mod train;
+/// Tensors parked in pinned host memory on a second stream (checkpointed layer inputs).
+pub mod offload;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/nf4.ptx"));
 const MODULE: &str = "qlora_quant_nf4";
