@@ -5,19 +5,22 @@
 //! the model with the surrogate `sum(hidden · grad)`, whose gradient is exactly the chain
 //! rule's.
 //!
-//! The chunk's gradient is written out analytically where the head's weight is at hand
-//! (tied embeddings): `∂L/∂logits = w·(softmax − onehot)/norm`, `∂L/∂h = ∂L/∂logits · W`.
-//! candle's autograd would also compute (and keep until the end of backward) the gradient
-//! of the frozen `[vocab, hidden]` head weight, since its matmul backward differentiates both
-//! sides unconditionally: 56 MiB for SmolLM2, 1 GiB for Gemma. Untied heads go through
-//! autograd until the engine exposes the head's weight.
+//! The chunk's gradient is written out analytically with the head's weight `W` `[vocab,
+//! hidden]` ([`Model::head`], the embeddings when tied): `∂L/∂logits = w·(softmax −
+//! onehot)/norm`, `∂L/∂h = ∂L/∂logits · W`, a plain product of row-major operands (no
+//! transpose, no copy of the head); the logits `h · Wᵀ` take the transposed view as is (cuBLAS
+//! and gemm read it with swapped strides). candle's autograd would also compute (and keep
+//! until the end of backward) the gradient of the frozen `[vocab, hidden]` head weight, since
+//! its matmul backward differentiates both sides unconditionally: 56 MiB for SmolLM2, 1 GiB
+//! for Gemma.
 //!
 //! On a GPU ([`fused`]) the chunk's 16-bit logits go straight into the cross-entropy kernels of
 //! `crate::ops::cross_entropy` (per-row loss, and `∂L/∂logits` in 16-bit), and
-//! `∂L/∂h = ∂L/∂logits · W` is one matmul for tied and untied heads alike: an untied head's
-//! `Wᵀ` is read back once per micro-batch as `logits(I) − logits(0)` (the engine keeps the
-//! head's weight private), which costs one `[hidden, hidden] × [hidden, vocab]` product and
-//! saves autograd's `[vocab, hidden]` weight gradient and the f32 copies of every chunk.
+//! `∂L/∂h = ∂L/∂logits · W` is one matmul: no autograd weight gradient, no f32 copies of the
+//! chunk, and (since the engine exposes the head) no `Wᵀ` copy of an untied head, which the
+//! previous version read back as `logits(I) − logits(0)` once per micro-batch (a `[hidden,
+//! vocab]` tensor: 0.12 GiB for TinyLlama, 0.24 GiB for Mistral-7B, plus the product's
+//! temporaries). At most one chunk's logits and logits gradient exist at a time.
 
 use candle_core::{D, DType, Result, Tensor, Var};
 use qlora_engine::model::Model;
@@ -47,11 +50,8 @@ pub fn loss_and_hidden_grad(
     if !hidden.device().is_cpu() {
         return fused(model, hidden, labels, weights, norm, scale);
     }
-    let head = model.config().tie_embeddings.then(|| model.embed_weight());
-    chunked(hidden, labels, weights, |h, lab, w| match head {
-        Some(head) => analytic_chunk(model, head, h, lab, w, norm, scale),
-        None => autograd_chunk(model, h, lab, w, norm, scale),
-    })
+    let (head, bias) = model.head();
+    chunked(hidden, labels, weights, |h, lab, w| analytic_chunk(head, bias, h, lab, w, norm, scale))
 }
 
 /// The same through candle's autograd whatever the head (the reference for the closed form).
@@ -97,24 +97,30 @@ fn autograd_chunk(model: &Model, h: &Tensor, labels: &Tensor, weights: &Tensor, 
     Ok((loss, gh))
 }
 
+/// `h Wᵀ (+ b)` for `h` `[rows, hidden]`, as a 2-D matmul on the transposed view (candle's
+/// 3-D path through candle_nn::Linear copies the whole head for the broadcast batch dim).
+fn head_logits(head: &Tensor, bias: Option<&Tensor>, h: &Tensor) -> Result<Tensor> {
+    let logits = h.matmul(&head.t()?)?;
+    match bias {
+        Some(b) => logits.broadcast_add(b),
+        None => Ok(logits),
+    }
+}
+
 /// One chunk's loss and `∂(scale·L)/∂h` in closed form, for a head `logits = h Wᵀ (+ b)`.
 fn analytic_chunk(
-    model: &Model,
     head: &Tensor,
+    bias: Option<&Tensor>,
     h: &Tensor,
     labels: &Tensor,
     weights: &Tensor,
     norm: f64,
     scale: f64,
 ) -> Result<(f64, Tensor)> {
-    // logits = h Wᵀ as a 2-D matmul on the transposed view (candle's 3-D path through
-    // candle_nn::Linear copies the whole head for the broadcast batch dim). Tied heads
-    // have no bias.
     let (b, c, hd) = h.dims3()?;
-    let logits = h.reshape((b * c, hd))?.matmul(&head.t()?)?.reshape((b, c, head.dim(0)?))?;
+    let logits = head_logits(head, bias, &h.reshape((b * c, hd))?)?.reshape((b, c, head.dim(0)?))?;
     let lsm = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
     drop(logits);
-    let _ = model;
     let idx = labels.unsqueeze(D::Minus1)?;
     let picked = lsm.gather(&idx, D::Minus1)?.squeeze(D::Minus1)?;
     let loss = ((picked * weights)?.sum_all()?.neg()? / norm)?.to_scalar::<f32>()? as f64;
@@ -125,18 +131,6 @@ fn analytic_chunk(
     let (b, c, v) = dlogits.dims3()?;
     let gh = dlogits.to_dtype(head.dtype())?.reshape((b * c, v))?.matmul(head)?;
     Ok((loss, gh.reshape((b, c, head.dim(1)?))?.to_dtype(h.dtype())?))
-}
-
-/// The head as `Wᵀ` `[hidden, vocab]` (a view of the embeddings when tied).
-fn head_transposed(model: &Model, like: &Tensor) -> Result<Tensor> {
-    if model.config().tie_embeddings {
-        return model.embed_weight().t();
-    }
-    let hd = like.dim(D::Minus1)?;
-    let eye = Tensor::eye(hd, like.dtype(), like.device())?;
-    let with_bias = model.logits(&eye)?;
-    let bias = model.logits(&eye.narrow(0, 0, 1)?.zeros_like()?)?;
-    with_bias.broadcast_sub(&bias)
 }
 
 /// A loss that may still be on its device: reading it waits for every kernel queued before
@@ -185,7 +179,7 @@ pub fn fused(model: &Model, hidden: &Tensor, labels: &Tensor, weights: &Tensor, 
 pub fn fused_pending(model: &Model, hidden: &Tensor, labels: &Tensor, weights: &Tensor, norm: f64, scale: f64) -> Result<(Loss, Tensor)> {
     use crate::ops::cross_entropy::{ce_grad, ce_loss};
     let (b, t, hd) = hidden.dims3()?;
-    let wt = head_transposed(model, hidden)?;
+    let (head, bias) = model.head();
     let mut total: Option<Tensor> = None;
     let mut grads = Vec::new();
     for start in (0..t).step_by(CHUNK) {
@@ -194,7 +188,7 @@ pub fn fused_pending(model: &Model, hidden: &Tensor, labels: &Tensor, weights: &
         let h = hidden.narrow(1, start, len)?.detach().contiguous()?.reshape((rows, hd))?;
         let lab = labels.narrow(1, start, len)?.contiguous()?.reshape(rows)?;
         let w = weights.narrow(1, start, len)?.contiguous()?.reshape(rows)?;
-        let logits = if model.config().tie_embeddings { h.matmul(&wt)? } else { model.logits(&h)? };
+        let logits = head_logits(head, bias, &h)?;
         let l = ce_loss(&logits, &lab, &w)?.sum_all()?;
         total = Some(match total {
             Some(acc) => (acc + l)?,
@@ -202,7 +196,7 @@ pub fn fused_pending(model: &Model, hidden: &Tensor, labels: &Tensor, weights: &
         });
         let dl = ce_grad(&logits, &lab, &w, scale / norm)?;
         drop(logits);
-        grads.push(dl.matmul(&wt.t()?)?.reshape((b, len, hd))?);
+        grads.push(dl.matmul(head)?.reshape((b, len, hd))?);
     }
     let loss = match total {
         Some(sum) => Loss::Pending { sum, norm },

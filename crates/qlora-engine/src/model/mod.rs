@@ -304,6 +304,12 @@ impl Model {
         self.lm_head.forward(hidden)
     }
 
+    /// The LM head's weight `[vocab, hidden]` (the embedding matrix when tied) and bias, for a
+    /// loss that writes the head's gradient out (`∂L/∂h = ∂L/∂logits · W`, no transpose).
+    pub fn head(&self) -> (&Tensor, Option<&Tensor>) {
+        (self.lm_head.weight(), self.lm_head.bias())
+    }
+
     /// Hidden states after the final norm, `[B, T, hidden]`. With a cache, `ids` are the new
     /// tokens and the cache grows by `T`.
     #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
