@@ -166,12 +166,14 @@ pub mod fused_softmax {
 }
 
 /// Llama RMSNorm as one CUDA kernel with a backward for the input (the weight is frozen), and
-/// CPU twins of both; the graph keeps the output only.
-#[cfg(feature = "cuda")]
+/// CPU twins of both; the graph keeps the output only. The backward alone
+/// ([`fused_rms::rms_norm_bwd`]) serves the hand-written layer backward on every device.
 pub mod fused_rms {
     use super::twin;
     use candle_core::backend::BackendStorage;
-    use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+    #[cfg(feature = "cuda")]
+    use candle_core::CudaStorage;
+    use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 
     fn round(dtype: DType, v: f32) -> f32 {
@@ -204,12 +206,12 @@ pub mod fused_rms {
             }
             Ok((twin::store(dt, y), l1.shape().clone()))
         }
+        #[cfg(feature = "cuda")]
         fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
             Ok((qlora_quant::cuda::train::rms_norm((s1, l1), (s2, l2), None, self.eps)?, l1.shape().clone()))
         }
         fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-            let dx = x.contiguous()?.apply_op3_no_bwd(&w.contiguous()?, &grad.contiguous()?, &RmsBwd { eps: self.eps })?;
-            Ok((Some(dx), None))
+            Ok((Some(rms_norm_bwd(x, w, grad, self.eps as f64)?), None))
         }
     }
 
@@ -232,9 +234,17 @@ pub mod fused_rms {
             }
             Ok((twin::store(dt, dx), l1.shape().clone()))
         }
+        #[cfg(feature = "cuda")]
         fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout, s3: &CudaStorage, l3: &Layout) -> Result<(CudaStorage, Shape)> {
             Ok((qlora_quant::cuda::train::rms_norm((s1, l1), (s2, l2), Some((s3, l3)), self.eps)?, l1.shape().clone()))
         }
+    }
+
+    /// `∂L/∂x` of the RMSNorm of `x` with weight `w` given the output's gradient `dy` (in x's
+    /// dtype, f32 inside), no graph.
+    pub fn rms_norm_bwd(x: &Tensor, w: &Tensor, dy: &Tensor, eps: f64) -> Result<Tensor> {
+        let (w, dy) = (w.to_dtype(x.dtype())?, dy.to_dtype(x.dtype())?);
+        x.contiguous()?.apply_op3_no_bwd(&w.contiguous()?, &dy.contiguous()?, &RmsBwd { eps: eps as f32 })
     }
 
     /// `T(T(x · rstd) · w)` per row, differentiable in `x`.

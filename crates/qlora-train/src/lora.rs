@@ -10,7 +10,7 @@
 
 use crate::data::batch::SplitMix64;
 use candle_core::{DType, Device, Result, Tensor, Var};
-use qlora_engine::linear::{ArcLinear, Linear, Storage};
+use qlora_engine::linear::{ArcLinear, GradSink, Linear, Replay, Storage};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -100,6 +100,60 @@ impl Linear for TrainLora {
         let d = (u.matmul(&self.b.as_tensor().to_dtype(dt)?.t()?)? * self.scale)?;
         let d = d.to_dtype(y.dtype())?.reshape(y.shape())?;
         y + d
+    }
+    /// The fused path's update `scale · dropout(x) Aᵀ Bᵀ` with no graph (A, B detached), in
+    /// x's dtype with A, B cast to it; the replay keeps the seed, the cast A and B, and
+    /// `scale · dropout(x) Aᵀ` (`[rows, r]`).
+    fn forward_train(&self, x: &Tensor) -> Result<(Tensor, Replay)> {
+        let (y, _) = self.base.forward_train(x)?;
+        let replay = self.replay_for(x)?;
+        let [_, b, us] = replay.saved.as_slice() else { candle_core::bail!("lora forward: replay without A, B, u") };
+        let d = us.matmul(&b.t()?)?.reshape(y.shape())?.to_dtype(y.dtype())?;
+        Ok(((y + d)?, replay))
+    }
+
+    fn replay_for(&self, x: &Tensor) -> Result<Replay> {
+        let dt = x.dtype();
+        let seed = (self.dropout > 0.0 && self.train_mode.load(Ordering::Relaxed)).then(|| self.next_seed());
+        let n_in = self.in_features();
+        let x2 = x.reshape((x.elem_count() / n_in.max(1), n_in))?;
+        let xd = match seed {
+            Some(s) => crate::ops::dropout::dropout(&x2, s, self.dropout)?,
+            None => x2,
+        };
+        let a = self.a.as_tensor().detach().to_dtype(dt)?;
+        let b = self.b.as_tensor().detach().to_dtype(dt)?;
+        let us = (xd.matmul(&a.t()?)? * self.scale)?;
+        Ok(Replay { seed, saved: vec![a, b, us] })
+    }
+
+    /// With `s = scale`, `xd = dropout(x)` (replayed from the seed) and `us = s·xd Aᵀ` kept by
+    /// the forward: `∂B = dyᵀ us`, `∂u = s·dy B`, `∂A = ∂uᵀ xd`, `∂x = base's + dropout(∂u A)`;
+    /// A's and B's gradients in f32 (their dtype).
+    fn backward(&self, x: &Tensor, dy: &Tensor, replay: &Replay, grads: &mut dyn GradSink) -> Result<Tensor> {
+        let [a, b, us] = replay.saved.as_slice() else {
+            candle_core::bail!("lora backward: the replay was not made by this layer's forward_train")
+        };
+        let dx = self.base.backward(x, dy, &Replay::default(), grads)?;
+        let (n_in, n_out) = (self.in_features(), self.out_features());
+        let rows = x.elem_count() / n_in.max(1);
+        let dy = dy.to_dtype(a.dtype())?.reshape((rows, n_out))?;
+        grads.add(self.b.as_tensor(), dy.t()?.matmul(us)?.to_dtype(self.b.dtype())?)?;
+        let gu = (dy.matmul(b)? * self.scale)?;
+        let x2 = x.reshape((rows, n_in))?;
+        let xd = match replay.seed {
+            Some(s) => crate::ops::dropout::dropout(&x2, s, self.dropout)?,
+            None => x2,
+        };
+        grads.add(self.a.as_tensor(), gu.t()?.matmul(&xd)?.to_dtype(self.a.dtype())?)?;
+        drop(xd);
+        let gx = gu.matmul(a)?;
+        let gx = match replay.seed {
+            Some(s) => crate::ops::dropout::dropout(&gx, s, self.dropout)?,
+            None => gx,
+        };
+        let gx = gx.reshape(x.shape())?.to_dtype(dx.dtype())?;
+        dx + gx
     }
     fn in_features(&self) -> usize {
         self.base.in_features()

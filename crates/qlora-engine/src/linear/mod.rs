@@ -35,6 +35,44 @@ pub trait Linear: Send + Sync + std::fmt::Debug {
     fn as_nf4(&self) -> Option<(&qlora_quant::Nf4Tensor, Option<&Tensor>)> {
         None
     }
+    /// The forward of a layer that will be differentiated by hand ([`Linear::backward`]): no
+    /// autograd graph, and what the backward needs besides `x` in the returned [`Replay`].
+    /// Frozen layers need nothing (their forward builds no graph from an untracked `x`).
+    fn forward_train(&self, x: &Tensor) -> Result<(Tensor, Replay)> {
+        Ok((self.forward(x)?, Replay::default()))
+    }
+    /// What [`Linear::forward_train`]`(x)` would leave for the backward, without computing
+    /// `y` (a recompute whose output nobody reads: the last projection of a layer). Draws
+    /// the same dropout seed as the forward would.
+    fn replay_for(&self, _x: &Tensor) -> Result<Replay> {
+        Ok(Replay::default())
+    }
+    /// `∂L/∂x` of [`Linear::forward_train`]`(x)` given `dy = ∂L/∂y` (`[..., out_features]`),
+    /// with the gradients of any trainable parameters (a LoRA's A and B) handed to `grads`.
+    /// Frozen layers: `dy · W` with the weight made dense for the call and dropped after
+    /// (dequantized again for a quantized storage, as the QLoRA memory rule asks).
+    fn backward(&self, x: &Tensor, dy: &Tensor, _replay: &Replay, _grads: &mut dyn GradSink) -> Result<Tensor> {
+        let n = self.out_features();
+        let rows = dy.elem_count() / n.max(1);
+        let w = self.dense_weight(dy.dtype())?;
+        dy.reshape((rows, n))?.matmul(&w)?.reshape(x.shape())
+    }
+}
+
+/// What a layer's [`Linear::forward_train`] leaves for its [`Linear::backward`] besides the
+/// input: the seed of a dropout draw (replayed, not stored as a mask) and small tensors
+/// (a LoRA's adapter weights cast to the compute dtype, its scaled rank-sized product).
+/// Opaque to the caller, who only hands it back.
+#[derive(Debug, Clone, Default)]
+pub struct Replay {
+    pub seed: Option<u64>,
+    pub saved: Vec<Tensor>,
+}
+
+/// Where a hand-written backward puts the gradients of trainable parameters, keyed by the
+/// parameter's tensor (a candle `Var`'s). Called once per parameter and backward.
+pub trait GradSink {
+    fn add(&mut self, param: &Tensor, grad: Tensor) -> Result<()>;
 }
 
 pub type ArcLinear = Arc<dyn Linear>;

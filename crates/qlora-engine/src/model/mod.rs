@@ -10,6 +10,7 @@
 //! checkpoint per layer; [`Model::projections`] / [`Model::replace_projection`] give
 //! named access (`model.layers.0.self_attn.q_proj`) for attaching LoRA.
 
+pub mod backward;
 pub mod config;
 #[cfg(feature = "cuda")]
 mod decode_graph;

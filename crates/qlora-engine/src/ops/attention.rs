@@ -161,7 +161,10 @@ impl CustomOp2 for MaskedSoftmaxBwd {
     }
 }
 
-fn softmax_bwd(p: &Tensor, dp: &Tensor, m: AttnMask) -> Result<Tensor> {
+/// The backward of the masked softmax (and of [`probs`]' softmax): probabilities `p` and
+/// their gradient `dp` to the scores' gradient `scale · p · (dp − Σ p·dp)` in `p`'s dtype,
+/// no graph. For hand-written backwards (`model::backward`).
+pub fn softmax_bwd(p: &Tensor, dp: &Tensor, m: AttnMask) -> Result<Tensor> {
     let dp = dp.to_dtype(p.dtype())?;
     p.contiguous()?.apply_op2_no_bwd(&dp.contiguous()?, &MaskedSoftmaxBwd(m))
 }

@@ -54,9 +54,8 @@ impl CustomOp2 for SwiGlu {
         Ok((qlora_quant::cuda::train::swiglu((s1, l1), (s2, l2), None)?, l1.shape().clone()))
     }
     fn bwd(&self, g: &Tensor, u: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.to_dtype(g.dtype())?.contiguous()?;
-        let both = g.apply_op3_no_bwd(u, &dy, &SwiGluBwd)?;
-        Ok((Some(both.get(0)?), Some(both.get(1)?)))
+        let (dg, du) = swiglu_bwd(g, u, dy)?;
+        Ok((Some(dg), Some(du)))
     }
 }
 
@@ -100,6 +99,14 @@ fn both_shape(l: &Layout) -> Shape {
     let mut dims = vec![2];
     dims.extend_from_slice(l.dims());
     Shape::from(dims)
+}
+
+/// The gradients `(∂gate, ∂up)` of [`swiglu`] given its output's gradient `dy`, in one kernel
+/// (two views of one buffer), no graph. For hand-written backwards (`model::backward`).
+pub fn swiglu_bwd(gate: &Tensor, up: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let dy = dy.to_dtype(gate.dtype())?.contiguous()?;
+    let both = gate.contiguous()?.apply_op3_no_bwd(&up.contiguous()?, &dy, &SwiGluBwd)?;
+    Ok((both.get(0)?, both.get(1)?))
 }
 
 /// `silu(gate) · up`, differentiable in both; same dtype and shape in and out.

@@ -108,8 +108,7 @@ impl CustomOp3 for Rope {
         Ok((qlora_quant::cuda::train::rope((s1, l1), (s2, l2), (s3, l3), d.kernel(), self.bwd)?, shape))
     }
     fn bwd(&self, _x: &Tensor, cos: &Tensor, sin: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dx = dy.contiguous()?.apply_op3_no_bwd(cos, sin, &Rope { bwd: true })?;
-        Ok((Some(dx), None, None))
+        Ok((Some(rope_heads_bwd(dy, cos, sin)?), None, None))
     }
 }
 
@@ -135,6 +134,14 @@ pub fn rope_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let cos = cos.to_dtype(DType::F32)?.contiguous()?;
     let sin = sin.to_dtype(DType::F32)?.contiguous()?;
     x.contiguous()?.apply_op3(&cos, &sin, Rope { bwd: false })
+}
+
+/// The backward of [`rope_heads`]: the heads' gradient `[B, H, T, hd]` to the input's
+/// `[B, T, H, hd]`, no graph. For hand-written backwards (`model::backward`).
+pub fn rope_heads_bwd(dy: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let cos = cos.to_dtype(DType::F32)?.contiguous()?;
+    let sin = sin.to_dtype(DType::F32)?.contiguous()?;
+    dy.contiguous()?.apply_op3_no_bwd(&cos, &sin, &Rope { bwd: true })
 }
 
 #[cfg(test)]

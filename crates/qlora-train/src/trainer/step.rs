@@ -7,7 +7,9 @@
 //!   backward walks the layers in reverse, recomputing one layer at a time from its saved
 //!   input (a leaf `Var`) and back-propagating `sum(out · ∂L/∂out)` through it, which yields
 //!   that layer's LoRA gradients and `∂L/∂input` for the layer below. Only one layer's
-//!   activations exist at a time.
+//!   activations exist at a time. Layers the engine differentiates by hand (the fused path
+//!   of the Llama family, `qlora_engine::model::backward`) skip the graph in both passes:
+//!   the recompute keeps what their backward reads and the gradients come through a sink.
 
 use crate::data::batch::Batch;
 use crate::loss::{self, Loss};
@@ -15,6 +17,7 @@ use crate::lora::Attached;
 use crate::trainer::stash::{Checkpointing, Stash};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Result, Tensor, Var};
+use qlora_engine::linear::GradSink;
 use qlora_engine::model::Model;
 
 /// Loss (this micro-batch's share, `Σ w·nll / norm`) and gradients in parameter order
@@ -116,7 +119,10 @@ fn checkpointed(
     for i in 0..model.num_layers() {
         inputs.push(&x)?;
         rng_before.push(rng_states(lora, i));
-        x = model.layer_forward(i, &x, &cos, &sin)?.detach();
+        x = match model.layer_forward_no_graph(i, &x, &cos, &sin)? {
+            Some(y) => y,
+            None => model.layer_forward(i, &x, &cos, &sin)?.detach(),
+        };
     }
     let rng_after: Vec<(usize, u64)> = (0..lora.len()).map(|j| (j, lora[j].1.rng_state())).collect();
     let top = Var::from_tensor(&x)?;
@@ -128,7 +134,13 @@ fn checkpointed(
         for &(j, state) in &rng_before[i] {
             lora[j].1.set_rng_state(state);
         }
-        let input = Var::from_tensor(&inputs.take(i)?)?;
+        let input = inputs.take(i)?;
+        // Covered layers: recomputed and differentiated by hand, no graph (model/backward.rs).
+        if let Some(dx) = model.layer_backward(i, &input, &g, &cos, &sin, &mut Sink::new(lora, grads))? {
+            g = dx;
+            continue;
+        }
+        let input = Var::from_tensor(&input)?;
         let out = model.layer_forward(i, input.as_tensor(), &cos, &sin)?;
         let store = (out * &g)?.sum_all()?.backward()?;
         collect(lora, &store, grads)?;
@@ -138,6 +150,33 @@ fn checkpointed(
         lora[j].1.set_rng_state(state);
     }
     Ok(l)
+}
+
+/// The gradients of a hand-written layer backward into the step's slots (`a`, `b` of each
+/// attached layer, in order), added to what a slot already holds.
+struct Sink<'a> {
+    lora: &'a Attached,
+    acc: &'a mut [Option<Tensor>],
+}
+
+impl<'a> Sink<'a> {
+    fn new(lora: &'a Attached, acc: &'a mut [Option<Tensor>]) -> Self {
+        Self { lora, acc }
+    }
+}
+
+impl GradSink for Sink<'_> {
+    fn add(&mut self, p: &Tensor, g: Tensor) -> Result<()> {
+        let Some(i) = (0..self.acc.len()).find(|&i| param(self.lora, i).id() == p.id()) else {
+            candle_core::bail!("layer backward: a gradient for a tensor that is no attached LoRA parameter ({:?})", p.dims())
+        };
+        let slot = &mut self.acc[i];
+        *slot = Some(match slot.take() {
+            Some(prev) => (prev + g)?,
+            None => g,
+        });
+        Ok(())
+    }
 }
 
 /// `(index in lora, rng state)` of the LoRA layers inside decoder layer `layer`.
