@@ -31,6 +31,7 @@ use qlora_studio::engine::{LoadOptions, Model, Quant};
 use qlora_studio::train::data::batch::Batch;
 use qlora_studio::train::lora::{Attached, TrainLora};
 use qlora_studio::train::optim::{AdamW, AdamWParams, Param};
+use qlora_studio::train::trainer::stash::{Checkpointing, Stash};
 use qlora_studio::train::trainer::step;
 use serde_json::json;
 use std::path::PathBuf;
@@ -201,10 +202,12 @@ fn main() -> Result<()> {
     let before_alloc = pool_attr(p, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?;
     reset_peaks(p)?;
     let mut losses = Vec::new();
+    // Checkpoints offloaded to pinned host memory unless QLORA_OFFLOAD_CHECKPOINTS=0.
+    let mode = Checkpointing::from(a.checkpointing);
     let run = |b: &Batch, opt: &mut AdamW| -> Result<f64> {
         let norm = b.target_count() as f64;
         // The loss is read once per step, after the optimizer's kernels are queued.
-        let (loss, grads) = step::micro_step_pending(&model, &lora, b, norm, 1.0, a.checkpointing)?;
+        let (loss, grads) = step::micro_step_pending(&model, &lora, b, norm, 1.0, mode)?;
         opt.step(&grads, 2e-4)?;
         Ok(loss.read()?)
     };
@@ -221,14 +224,15 @@ fn main() -> Result<()> {
     let peak_alloc = pool_attr(p, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?;
     let peak_reserved = pool_attr(p, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)?;
     let toks = a.micro_batch * a.seq * a.steps;
-    let gpu = match &dev {
-        Device::Cuda(c) => c.cuda_stream().context().name().unwrap_or_default(),
-        _ => String::new(),
+    let (gpu, pinned) = match &dev {
+        Device::Cuda(c) => (c.cuda_stream().context().name().unwrap_or_default(), qlora_studio::quant::cuda::offload::pinned_bytes(c)?),
+        _ => (String::new(), 0),
     };
     common::emit(&a.out, json!({
         "metric": "qlora_train", "model": a.name, "value": toks as f64 / dt, "unit": "tok/s",
         "timed_steps": a.steps, "warmup_steps": a.warm, "micro_batch": a.micro_batch, "seq": a.seq, "rank": a.rank,
-        "gradient_checkpointing": a.checkpointing, "time_s": dt, "s_per_step": dt / a.steps as f64,
+        "gradient_checkpointing": a.checkpointing, "offload_checkpoints": mode == Checkpointing::Offload,
+        "pinned_host_GiB": pinned as f64 / GIB, "time_s": dt, "s_per_step": dt / a.steps as f64,
         "trainable_params": trainable, "loss_first": losses.first(), "loss_last": losses.last(),
         "peak_training_phase": {"max_allocated_GiB": peak_alloc as f64 / GIB, "max_reserved_GiB": peak_reserved as f64 / GIB,
             "note": "cuMemPool USED_MEM_HIGH / RESERVED_MEM_HIGH of the default pool, reset after model + LoRA + AdamW exist, before warm-up"},
@@ -238,22 +242,37 @@ fn main() -> Result<()> {
         "lora": "r=16 alpha=32 dropout=0.05 all projections; NF4 double quant base, bf16 compute; AdamW lr 2e-4 wd 0.01 (torch default)",
     }))?;
     if a.profile {
-        profile(&a, &model, &lora, &batches[0], &mut opt)?;
+        profile(&a, &model, &lora, &batches[0], &mut opt, mode)?;
     }
     Ok(())
 }
 
-/// Where one step's time goes: the same work as `micro_step` + `AdamW::step`, phase by phase
-/// with a device sync after each (so the phases add up to a bit more than a step). Each phase
-/// also says how long the host took to queue it (`host_ms`, before the sync): a phase whose
-/// host time is close to its total is launch-bound, the GPU waiting for the host.
-fn profile(a: &Args, model: &Model, lora: &Attached, b: &Batch, opt: &mut AdamW) -> Result<()> {
+/// One phase of [`profile`]: name, ms, host ms, pool bytes in use at its start and end, and
+/// the pool's high-water mark during it.
+type Phase = (String, f64, f64, [u64; 3]);
+
+/// Where one step's time and memory go: the same work as `micro_step` (its autograd layer
+/// path) + `AdamW::step`, phase by phase with a device sync after each (so the phases add up
+/// to a bit more than a step). Each phase also says how long the host took to queue it
+/// (`host_ms`, before the sync): a phase whose host time is close to its total is
+/// launch-bound, the GPU waiting for the host. Memory: the pool's bytes in use when the phase
+/// starts and ends and its `USED_MEM_HIGH` during the phase (reset at each phase's start).
+fn profile(a: &Args, model: &Model, lora: &Attached, b: &Batch, opt: &mut AdamW, mode: Checkpointing) -> Result<()> {
     let dev = model.device().clone();
+    let p = pool(&dev)?;
+    let used = |attr| pool_attr(p, attr);
+    dev.synchronize()?;
+    reset_peaks(p)?;
+    let mut start = used(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?;
     let mut t = Instant::now();
-    let mut lap = |what: &str, times: &mut Vec<(String, f64, f64)>| -> Result<()> {
+    let mut lap = |what: &str, times: &mut Vec<Phase>| -> Result<()> {
         let host = t.elapsed().as_secs_f64() * 1e3;
         dev.synchronize()?;
-        times.push((what.to_string(), t.elapsed().as_secs_f64() * 1e3, host));
+        let end = used(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?;
+        let high = used(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?;
+        times.push((what.to_string(), t.elapsed().as_secs_f64() * 1e3, host, [start, end, high]));
+        reset_peaks(p)?;
+        start = end;
         t = Instant::now();
         Ok(())
     };
@@ -262,9 +281,9 @@ fn profile(a: &Args, model: &Model, lora: &Attached, b: &Batch, opt: &mut AdamW)
     let (cos, sin) = model.rope_tables(0, b.seq)?;
     lap("setup", &mut times)?;
     let mut x = model.embed(&ids)?.detach();
-    let mut inputs = Vec::new();
+    let mut inputs = Stash::new(&dev, model.num_layers(), mode)?;
     for i in 0..model.num_layers() {
-        inputs.push(x.clone());
+        inputs.push(&x)?;
         x = model.layer_forward(i, &x, &cos, &sin)?.detach();
     }
     lap("forward (all layers, no graph kept)", &mut times)?;
@@ -274,7 +293,7 @@ fn profile(a: &Args, model: &Model, lora: &Attached, b: &Batch, opt: &mut AdamW)
     let mut g = gh;
     let n = model.num_layers();
     for i in (0..n).rev() {
-        let input = qlora_studio::engine::candle_core::Var::from_tensor(&inputs[i])?;
+        let input = qlora_studio::engine::candle_core::Var::from_tensor(&inputs.take(i)?)?;
         let out = model.layer_forward(i, input.as_tensor(), &cos, &sin)?;
         if i == n - 1 {
             lap("layer recompute (one layer)", &mut times)?;
@@ -291,6 +310,8 @@ fn profile(a: &Args, model: &Model, lora: &Attached, b: &Batch, opt: &mut AdamW)
     opt.step(&grads, 2e-4)?;
     lap("AdamW step", &mut times)?;
     let _ = lora;
-    common::emit(&a.out, json!({"metric": "qlora_train_profile", "model": a.name, "layers": n,
-        "ms": times.iter().map(|(k, v, h)| json!({"phase": k, "ms": v, "host_ms": h})).collect::<Vec<_>>()}))
+    let gib = |v: u64| v as f64 / GIB;
+    common::emit(&a.out, json!({"metric": "qlora_train_profile", "model": a.name, "layers": n, "offload_checkpoints": mode == Checkpointing::Offload,
+        "ms": times.iter().map(|(k, v, h, [s, e, hi])| json!({"phase": k, "ms": v, "host_ms": h,
+            "used_start_GiB": gib(*s), "used_end_GiB": gib(*e), "used_high_GiB": gib(*hi)})).collect::<Vec<_>>()}))
 }
