@@ -26,20 +26,33 @@ use std::sync::Mutex;
 /// The switches are process-wide: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+const ALL: &str = "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj";
+
 fn setup(arch: &str, quant: Quant) -> (Model, Attached) {
+    setup_targets(arch, quant, ALL)
+}
+
+/// LoRA on `targets` (a YAML list's inside); the other projections stay frozen.
+fn setup_targets(arch: &str, quant: Quant, targets: &str) -> (Model, Attached) {
     let dir = fixtures().join("tiny").join(arch);
     let mut model = Model::load(&dir, &LoadOptions { dtype: DType::F32, quant, device: Device::Cpu }).unwrap();
     model.set_training(true);
     let yaml = format!(
         "model: {}\nquant: {{kind: none}}\ncompute_dtype: f32\n\
-         lora: {{rank: 4, alpha: 8, dropout: 0.1, target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]}}\n\
+         lora: {{rank: 4, alpha: 8, dropout: 0.1, target_modules: [{targets}]}}\n\
          data: {{files: [unused.jsonl], max_len: 64}}\nmax_steps: 1\n",
         dir.display()
     );
     let lora = trainer::attach(&mut model, &TrainConfig::from_yaml_str(&yaml, None).unwrap()).unwrap();
     // The peft adapter of lora_grads/ (same shapes in the three fixtures): B is non-zero, so
     // every gradient is.
-    adapter::load_into(&fixtures().join("lora_grads/adapter"), &lora).unwrap();
+    if targets == ALL {
+        adapter::load_into(&fixtures().join("lora_grads/adapter"), &lora).unwrap();
+    } else {
+        for (_, l) in &lora {
+            l.b.set(&Tensor::randn(0f32, 0.1, l.b.shape(), &Device::Cpu).unwrap()).unwrap();
+        }
+    }
     (model, lora)
 }
 
@@ -95,8 +108,7 @@ fn check_layer(arch: &str, quant: Quant, model: &Model, lora: &Attached, i: usiz
     assert!(rel(&dx, want) < 1e-5, "{what}: ∂L/∂input differs by {}", rel(&dx, want));
     let prefix = format!("model.layers.{i}.");
     let mine: Vec<_> = lora.iter().filter(|(p, _)| p.starts_with(&prefix)).collect();
-    assert_eq!(mine.len(), 7);
-    assert_eq!(sink.0.len(), 14, "{what}: one gradient per A and B");
+    assert_eq!(sink.0.len(), 2 * mine.len(), "{what}: one gradient per A and B");
     for (p, l) in mine {
         for (v, n) in [(&l.a, "A"), (&l.b, "B")] {
             let (got, want) = (&sink.0[&v.as_tensor().id()], store.get(v.as_tensor()).unwrap());
@@ -116,6 +128,12 @@ fn layer_backward_by_hand_equals_autograd() {
         for i in 0..model.num_layers() {
             check_layer(arch, quant, &model, &lora, i);
         }
+    }
+    // LoRA on two projections: the other five are frozen NF4 (`Linear::backward`'s default).
+    let (model, lora) = setup_targets("mistral", Quant::Nf4, "q_proj, v_proj");
+    assert_eq!(lora.len(), 2 * model.num_layers());
+    for i in 0..model.num_layers() {
+        check_layer("mistral (q, v only)", Quant::Nf4, &model, &lora, i);
     }
     set_manual_backward(true);
 }
