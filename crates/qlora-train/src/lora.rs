@@ -129,30 +129,32 @@ impl Linear for TrainLora {
 
     /// With `s = scale`, `xd = dropout(x)` (replayed from the seed) and `us = s·xd Aᵀ` kept by
     /// the forward: `∂B = dyᵀ us`, `∂u = s·dy B`, `∂A = ∂uᵀ xd`, `∂x = base's + dropout(∂u A)`;
-    /// A's and B's gradients in f32 (their dtype).
-    fn backward(&self, x: &Tensor, dy: &Tensor, replay: &Replay, grads: &mut dyn GradSink) -> Result<Tensor> {
+    /// A's and B's gradients in f32 (their dtype). In an order that holds few `x`-sized
+    /// tensors at once: `x` and `xd` are gone before the base's dense weight is made, and the
+    /// update's input gradient is made after it is gone.
+    fn backward(&self, x: Tensor, dy: &Tensor, replay: &Replay, grads: &mut dyn GradSink) -> Result<Tensor> {
         let [a, b, us] = replay.saved.as_slice() else {
             candle_core::bail!("lora backward: the replay was not made by this layer's forward_train")
         };
-        let dx = self.base.backward(x, dy, &Replay::default(), grads)?;
         let (n_in, n_out) = (self.in_features(), self.out_features());
         let rows = x.elem_count() / n_in.max(1);
-        let dy = dy.to_dtype(a.dtype())?.reshape((rows, n_out))?;
-        grads.add(self.b.as_tensor(), dy.t()?.matmul(us)?.to_dtype(self.b.dtype())?)?;
-        let gu = (dy.matmul(b)? * self.scale)?;
-        let x2 = x.reshape((rows, n_in))?;
-        let xd = match replay.seed {
-            Some(s) => crate::ops::dropout::dropout(&x2, s, self.dropout)?,
-            None => x2,
-        };
+        let dy2 = dy.to_dtype(a.dtype())?.reshape((rows, n_out))?;
+        grads.add(self.b.as_tensor(), dy2.t()?.matmul(us)?.to_dtype(self.b.dtype())?)?;
+        let gu = (dy2.matmul(b)? * self.scale)?;
+        drop(dy2);
+        let shape = x.shape().clone();
+        let mut xd = x.reshape((rows, n_in))?;
+        if let Some(s) = replay.seed {
+            xd = crate::ops::dropout::dropout(&xd, s, self.dropout)?;
+        }
         grads.add(self.a.as_tensor(), gu.t()?.matmul(&xd)?.to_dtype(self.a.dtype())?)?;
         drop(xd);
-        let gx = gu.matmul(a)?;
-        let gx = match replay.seed {
-            Some(s) => crate::ops::dropout::dropout(&gx, s, self.dropout)?,
-            None => gx,
-        };
-        let gx = gx.reshape(x.shape())?.to_dtype(dx.dtype())?;
+        let dx = self.base.backward(x, dy, &Replay::default(), grads)?;
+        let mut gx = gu.matmul(a)?;
+        if let Some(s) = replay.seed {
+            gx = crate::ops::dropout::dropout(&gx, s, self.dropout)?;
+        }
+        let gx = gx.reshape(shape)?.to_dtype(dx.dtype())?;
         dx + gx
     }
     fn in_features(&self) -> usize {

@@ -49,13 +49,17 @@ pub trait Linear: Send + Sync + std::fmt::Debug {
     }
     /// `∂L/∂x` of [`Linear::forward_train`]`(x)` given `dy = ∂L/∂y` (`[..., out_features]`),
     /// with the gradients of any trainable parameters (a LoRA's A and B) handed to `grads`.
+    /// `x` is given up: it is dropped as soon as it has been read, so that (when the caller
+    /// kept no other handle) its memory is free before the weight's dense copy is made.
     /// Frozen layers: `dy · W` with the weight made dense for the call and dropped after
     /// (dequantized again for a quantized storage, as the QLoRA memory rule asks).
-    fn backward(&self, x: &Tensor, dy: &Tensor, _replay: &Replay, _grads: &mut dyn GradSink) -> Result<Tensor> {
+    fn backward(&self, x: Tensor, dy: &Tensor, _replay: &Replay, _grads: &mut dyn GradSink) -> Result<Tensor> {
+        let shape = x.shape().clone();
+        drop(x);
         let n = self.out_features();
         let rows = dy.elem_count() / n.max(1);
         let w = self.dense_weight(dy.dtype())?;
-        dy.reshape((rows, n))?.matmul(&w)?.reshape(x.shape())
+        dy.reshape((rows, n))?.matmul(&w)?.reshape(shape)
     }
 }
 

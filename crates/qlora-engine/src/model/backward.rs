@@ -110,17 +110,27 @@ impl DecoderLayer {
         let at = &self.attn;
         let (nh, nkv, hd) = (at.num_heads, at.num_kv_heads, at.head_dim);
         let (cos, sin) = step.tables()?;
+        // Each projection's raw output is consumed inside its block (freed once rotated,
+        // transposed or added), not kept to the end of the function under a shadowed name.
         let h1 = p.norm1.forward(x)?;
-        let (q, replay_q) = at.q_proj.forward_train(&h1)?;
-        let q = ops::rope::rope_heads(&q.reshape((b, t, nh, hd))?, cos, sin)?.reshape((b, nkv, (nh / nkv) * t, hd))?;
-        let (k, replay_k) = at.k_proj.forward_train(&h1)?;
-        let k = ops::rope::rope_heads(&k.reshape((b, t, nkv, hd))?, cos, sin)?;
-        let (v, replay_v) = at.v_proj.forward_train(&h1)?;
-        let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let (q, replay_q) = {
+            let (q, r) = at.q_proj.forward_train(&h1)?;
+            (ops::rope::rope_heads(&q.reshape((b, t, nh, hd))?, cos, sin)?.reshape((b, nkv, (nh / nkv) * t, hd))?, r)
+        };
+        let (k, replay_k) = {
+            let (k, r) = at.k_proj.forward_train(&h1)?;
+            (ops::rope::rope_heads(&k.reshape((b, t, nkv, hd))?, cos, sin)?, r)
+        };
+        let (v, replay_v) = {
+            let (v, r) = at.v_proj.forward_train(&h1)?;
+            (v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?, r)
+        };
         let probs = ops::attention::probs(&q, &k, self.mask(t, step.past))?;
         let attn = probs.matmul(&v)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
-        let (o, replay_o) = at.o_proj.forward_train(&attn)?;
-        let x2 = (x + o)?;
+        let (x2, replay_o) = {
+            let (o, r) = at.o_proj.forward_train(&attn)?;
+            ((x + o)?, r)
+        };
         let h2 = p.norm2.forward(&x2)?;
         let (gate, replay_gate) = p.gate.forward_train(&h2)?;
         let (up, replay_up) = p.up.forward_train(&h2)?;
@@ -174,16 +184,16 @@ impl DecoderLayer {
         let Saved { h1, replay_q, replay_k, replay_v, q, k, v, p: probs, attn, replay_o, x2, h2, .. } = s;
         let dx2 = self.mlp_backward(&p, dy, &x2, h2, (s.gate, s.up, s.act), (&s.replay_gate, &s.replay_up, &s.replay_down), grads)?;
         drop(x2);
-        let d_attn = self.attn.o_proj.backward(&attn, &dx2, &replay_o, grads)?;
-        drop(attn);
+        let d_attn = self.attn.o_proj.backward(attn, &dx2, &replay_o, grads)?;
         let (dq, dk, dv) = self.attention_backward(&d_attn, q, k, v, probs, step)?;
+        drop(d_attn);
         let at = &self.attn;
-        let mut dh1 = at.q_proj.backward(&h1, &dq, &replay_q, grads)?;
+        let mut dh1 = at.q_proj.backward(h1.clone(), &dq, &replay_q, grads)?;
         drop(dq);
-        dh1 = (dh1 + at.k_proj.backward(&h1, &dk, &replay_k, grads)?)?;
+        dh1 = (dh1 + at.k_proj.backward(h1.clone(), &dk, &replay_k, grads)?)?;
         drop(dk);
-        dh1 = (dh1 + at.v_proj.backward(&h1, &dv, &replay_v, grads)?)?;
-        drop((dv, h1));
+        dh1 = (dh1 + at.v_proj.backward(h1, &dv, &replay_v, grads)?)?;
+        drop(dv);
         let dx = ops::fused_rms::rms_norm_bwd(&x, &p.norm1.weight, &dh1, p.norm1.eps)?;
         Ok(Some((dx2 + dx)?))
     }
@@ -200,14 +210,14 @@ impl DecoderLayer {
         (rg, ru, rd): (&Replay, &Replay, &Replay),
         grads: &mut dyn GradSink,
     ) -> Result<Tensor> {
-        let d_act = p.down.backward(&act, dy, rd, grads)?;
-        drop(act);
+        // `act` and `h2` go to their last users: dropped inside once read.
+        let d_act = p.down.backward(act, dy, rd, grads)?;
         let (d_gate, d_up) = ops::glu::swiglu_bwd(&gate, &up, &d_act)?;
         drop((gate, up, d_act));
-        let dh2 = p.gate.backward(&h2, &d_gate, rg, grads)?;
+        let mut dh2 = p.gate.backward(h2.clone(), &d_gate, rg, grads)?;
         drop(d_gate);
-        let dh2 = (dh2 + p.up.backward(&h2, &d_up, ru, grads)?)?;
-        drop((d_up, h2));
+        dh2 = (dh2 + p.up.backward(h2, &d_up, ru, grads)?)?;
+        drop(d_up);
         dy + ops::fused_rms::rms_norm_bwd(x2, &p.norm2.weight, &dh2, p.norm2.eps)?
     }
 
