@@ -3,7 +3,8 @@
 //! tiny random Llama, Mistral (sliding window 8, shorter than the batch) and Qwen2 (q/k/v
 //! biases), f32, LoRA dropout on, the layer's `∂L/∂input` and every LoRA gradient equal
 //! autograd's for a random output gradient (dense and NF4 base), and checkpointed micro-steps
-//! with AdamW between give the same losses and gradients either way. Its own binary: the
+//! with AdamW between give the same losses and gradients either way; a layer holding a
+//! projection without a declared hand-written backward keeps autograd. Its own binary: the
 //! switches are process-wide.
 
 #[path = "support/lora_grads.rs"]
@@ -11,7 +12,7 @@ mod lora_grads;
 
 use lora_grads::fixtures;
 use qlora_studio::engine::candle_core::{DType, Device, Tensor, TensorId, Var};
-use qlora_studio::engine::linear::{GradSink, Quant};
+use qlora_studio::engine::linear::{ArcLinear, GradSink, Linear, Quant, Storage};
 use qlora_studio::engine::model::backward::set_manual_backward;
 use qlora_studio::engine::model::layers::set_fused_training_on_cpu;
 use qlora_studio::engine::model::{LoadOptions, Model};
@@ -21,7 +22,7 @@ use qlora_studio::train::lora::Attached;
 use qlora_studio::train::optim::{AdamW, AdamWParams, Param};
 use qlora_studio::train::{adapter, trainer};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// The switches are process-wide: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -194,4 +195,49 @@ fn checkpointed_steps_by_hand_equal_autograd() {
         assert!(want_loss[2] < want_loss[0], "{arch}: the loss did not go down ({want_loss:?})");
     }
     set_manual_backward(true);
+}
+
+/// A decorator that does not declare a hand-written backward (as the engine's inference
+/// `LoraLinear`, whose `dense_weight` is the base's): its layer must keep autograd.
+#[derive(Debug)]
+struct Opaque(ArcLinear);
+
+impl Linear for Opaque {
+    fn forward(&self, x: &Tensor) -> qlora_studio::engine::candle_core::Result<Tensor> {
+        self.0.forward(x)
+    }
+    fn in_features(&self) -> usize {
+        self.0.in_features()
+    }
+    fn out_features(&self) -> usize {
+        self.0.out_features()
+    }
+    fn storage(&self) -> Storage {
+        self.0.storage()
+    }
+    fn dense_weight(&self, dtype: DType) -> qlora_studio::engine::candle_core::Result<Tensor> {
+        self.0.dense_weight(dtype)
+    }
+    fn bias(&self) -> Option<&Tensor> {
+        self.0.bias()
+    }
+    fn storage_bytes(&self) -> usize {
+        self.0.storage_bytes()
+    }
+}
+
+#[test]
+fn a_layer_with_an_undeclared_projection_keeps_autograd() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    set_fused_training_on_cpu(true);
+    set_manual_backward(true);
+    let (mut model, _) = setup_targets("llama", Quant::None, "q_proj");
+    let path = "model.layers.1.mlp.up_proj";
+    let up = model.projections().into_iter().find(|(p, _)| p == path).unwrap().1;
+    model.replace_projection(path, Arc::new(Opaque(up))).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (1, 4, model.config().hidden_size), &Device::Cpu).unwrap();
+    assert!(model.layer_has_manual_backward(0, &x));
+    assert!(!model.layer_has_manual_backward(1, &x), "layer 1 holds a projection without a hand-written backward");
+    let (cos, sin) = model.rope_tables(0, 4).unwrap();
+    assert!(model.layer_backward(1, &x, &x, &cos, &sin, &mut Collect::default()).unwrap().is_none());
 }

@@ -157,6 +157,9 @@ impl Linear for TrainLora {
         let gx = gx.reshape(shape)?.to_dtype(dx.dtype())?;
         dx + gx
     }
+    fn differentiable_by_hand(&self) -> bool {
+        self.base.differentiable_by_hand()
+    }
     fn in_features(&self) -> usize {
         self.base.in_features()
     }

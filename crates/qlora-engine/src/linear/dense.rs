@@ -41,6 +41,10 @@ impl Linear for DenseLinear {
         self.inner.weight().to_dtype(dtype)
     }
 
+    fn differentiable_by_hand(&self) -> bool {
+        true
+    }
+
     fn bias(&self) -> Option<&Tensor> {
         self.inner.bias()
     }

@@ -53,6 +53,10 @@ impl Linear for Int8Linear {
         self.weight.dequantize(dtype)
     }
 
+    fn differentiable_by_hand(&self) -> bool {
+        true
+    }
+
     fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }

@@ -35,6 +35,13 @@ pub trait Linear: Send + Sync + std::fmt::Debug {
     fn as_nf4(&self) -> Option<(&qlora_quant::Nf4Tensor, Option<&Tensor>)> {
         None
     }
+    /// Whether [`Linear::forward_train`] / [`Linear::backward`] are exact for this layer. The
+    /// default backward (`dy · dense_weight`) is right for plain storages, which say so; a
+    /// decorator that adds to the output (an adapter) must override both or stay `false`, and
+    /// a layer holding one keeps autograd (`model::backward`).
+    fn differentiable_by_hand(&self) -> bool {
+        false
+    }
     /// The forward of a layer that will be differentiated by hand ([`Linear::backward`]): no
     /// autograd graph, and what the backward needs besides `x` in the returned [`Replay`].
     /// Frozen layers need nothing (their forward builds no graph from an untracked `x`).

@@ -57,6 +57,10 @@ impl Linear for Nf4Linear {
         self.weight.dequantize(dtype)
     }
 
+    fn differentiable_by_hand(&self) -> bool {
+        true
+    }
+
     fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }

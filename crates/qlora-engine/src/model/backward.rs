@@ -87,7 +87,12 @@ impl DecoderLayer {
         let rms = |n: &Norm| n.kind == NormKind::Rms && n.weight.dtype() == x.dtype() && n.weight.rank() == 1;
         let norm2 = self.post_attention_norm.as_ref()?;
         let Mlp::Gated { gate, up, down, act: Activation::Silu } = &self.mlp else { return None };
-        let covered = manual_backward_enabled() && fused_training(x.device()) && rms(&self.input_norm) && rms(norm2);
+        let projections = [&self.attn.q_proj, &self.attn.k_proj, &self.attn.v_proj, &self.attn.o_proj, gate, up, down];
+        let covered = manual_backward_enabled()
+            && fused_training(x.device())
+            && rms(&self.input_norm)
+            && rms(norm2)
+            && projections.iter().all(|l| l.differentiable_by_hand());
         covered.then_some(Parts { norm1: &self.input_norm, norm2, gate, up, down })
     }
 
