@@ -26,6 +26,21 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(flo
 template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
 template <typename T> __device__ __forceinline__ float rnd(float v) { return to_f32<T>(from_f32<T>(v)); }
 
+// Programmatic dependent launch (src/cuda/pdl.rs): wait until the previous kernel of the stream
+// has completed and its writes are visible (a no-op when launched without PDL or before sm_90),
+// and let the next kernel be scheduled. A kernel launched with PDL calls pdl_wait before its
+// first read of another kernel's output and its first write, in every block.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -103,6 +118,8 @@ __device__ void add_rms_norm_impl(const T* __restrict__ x, const T* __restrict__
     T* sum_out = out + row * h;
     T* norm_out = a ? out + (size_t)rows * h + row * h : out + row * h;
     float ss = 0.f;
+    pdl_wait();
+    pdl_launch_dependents();
     for (unsigned i = threadIdx.x; i < h; i += blockDim.x) {
         float v = to_f32<T>(xr[i]);
         if (a) {
@@ -137,9 +154,11 @@ __device__ void add_rms_norm_vec_impl(const T* __restrict__ x, const T* __restri
     T* norm_out = (a ? out + (size_t)rows * h : out) + row * h + d0;
     float v[8], av[8], wv[8];
     float ss = 0.f;
+    if (has) load8<T>(w + d0, wv);  // the norm's weight is constant: read before the wait
+    pdl_wait();
+    pdl_launch_dependents();
     if (has) {
         load8<T>(x + row * h + d0, v);
-        load8<T>(w + d0, wv);
         if (a) {
             load8<T>(a + row * h + d0, av);
 #pragma unroll
@@ -217,6 +236,8 @@ struct KvParams {
 template <typename T>
 __device__ void kv_append_impl(T* __restrict__ cache, const T* __restrict__ k, const T* __restrict__ v, const KvParams& p) {
     const unsigned j = blockIdx.x, b = blockIdx.y;
+    pdl_wait();
+    pdl_launch_dependents();
     const unsigned past = p.len_ptr ? *reinterpret_cast<const unsigned*>(p.len_ptr) - p.t : p.past;
     const unsigned pos = past + j;
     if (pos >= p.cap) return;
@@ -251,6 +272,12 @@ KV_APPEND(kv_append_f16, __half)
 #define ATT_HG 4
 // With len_ptr set, len = *len_ptr and start = len - window (window > 0, len > window) or 0;
 // the host's len and start are ignored.
+// With knew set (the KV append folded in, one token per sequence): knew / vnew hold this
+// token's k and v ([B, 1, nkv*hd] at batch strides ksb, vsb); each block rotates its kv head's k
+// into shared memory and attends to position len - 1 from there (and v likewise), and the first
+// block of each kv head writes both into the cache, exactly as kv_append would (k rounded once
+// after RoPE, v copied), unless len is past the capacity (then nothing is written, as there).
+// Blocks never read the cache at len - 1, so no block waits for another's write.
 struct AttnParams {
     RopeParams rope;
     unsigned B, nh, nkv, hd, cap, len, start;
@@ -258,6 +285,7 @@ struct AttnParams {
     unsigned long long qsb;
     unsigned window;
     unsigned long long len_ptr;
+    unsigned long long knew, vnew, ksb, vsb;
 };
 
 // One position's score and online-softmax update for the ATT_HG heads of a lane's row slot.
@@ -287,6 +315,23 @@ __device__ __forceinline__ void attn_update(const float (&qr)[ATT_HG][8], const 
     }
 }
 
+// A lane's 8 elements of position j's K and V rows: from the cache, from shared memory (the
+// fresh token), or zeros (not attended / outside the head).
+template <typename T>
+__device__ __forceinline__ void row_kv(const T* kbase, const T* vbase, const float* ks, const float* vs, unsigned j,
+                                       unsigned hd, bool ok, bool from_smem, float* kf, float* vf) {
+    if (ok && from_smem) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) { kf[i] = ks[i]; vf[i] = vs[i]; }
+    } else if (ok) {
+        load8<T>(kbase + (size_t)j * hd, kf);
+        load8<T>(vbase + (size_t)j * hd, vf);
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++) kf[i] = vf[i] = 0.f;
+    }
+}
+
 template <typename T>
 __device__ void decode_attn_impl(const T* __restrict__ q, const T* __restrict__ cache, T* __restrict__ out, const AttnParams& p) {
     extern __shared__ float4 attn_smem4[];
@@ -296,9 +341,14 @@ __device__ void decode_attn_impl(const T* __restrict__ q, const T* __restrict__ 
     const unsigned nhg = min((unsigned)ATT_HG, kvh * rep + rep - h0), b = blockIdx.y;
     const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     unsigned len = p.len, start = p.start;
+    pdl_wait();
+    pdl_launch_dependents();
+    bool fresh = p.knew != 0 && len <= p.cap;  // the host checked len <= cap for a host length
     if (p.len_ptr) {
-        len = min(*reinterpret_cast<const unsigned*>(p.len_ptr), p.cap);
+        const unsigned raw = *reinterpret_cast<const unsigned*>(p.len_ptr);
+        len = min(raw, p.cap);
         start = (p.window > 0 && len > p.window) ? len - p.window : 0;
+        fresh = p.knew != 0 && raw <= p.cap;
     }
     T* o = out + ((size_t)b * p.nh + h0) * hd;
     if (len == 0) {
@@ -308,10 +358,27 @@ __device__ void decode_attn_impl(const T* __restrict__ q, const T* __restrict__ 
     const unsigned pos = len - 1;
     float* qs = smem;                  // [ATT_HG][hd]: q rotated
     float* red = smem + ATT_HG * hd;   // [nw][ATT_HG][hd + 2]: each warp's output, max, sum
+    float* kvs = red + nw * ATT_HG * (hd + 2);  // [2][hd]: this token's k (rotated) and v (fresh)
     const T* qb = q + b * p.qsb + (size_t)h0 * hd;
     for (unsigned e = threadIdx.x; e < nhg * hd; e += blockDim.x) {
         const unsigned g = e / hd;
         qs[e] = rope_at<T>(qb + g * hd, e - g * hd, pos, p.rope);
+    }
+    if (fresh) {
+        const T* kr = reinterpret_cast<const T*>(p.knew) + b * p.ksb + (size_t)kvh * hd;
+        const T* vr = reinterpret_cast<const T*>(p.vnew) + b * p.vsb + (size_t)kvh * hd;
+        const bool writer = blockIdx.x % ngroups == 0;
+        const size_t at = (((size_t)b * p.nkv + kvh) * p.cap + pos) * hd;
+        const size_t plane = (size_t)p.B * p.nkv * p.cap * hd;
+        for (unsigned d = threadIdx.x; d < hd; d += blockDim.x) {
+            const float kd = rope_at<T>(kr, d, pos, p.rope);
+            kvs[d] = kd;
+            kvs[hd + d] = to_f32<T>(vr[d]);
+            if (writer) {
+                const_cast<T*>(cache)[at + d] = from_f32<T>(kd);
+                const_cast<T*>(cache)[plane + at + d] = vr[d];
+            }
+        }
     }
     __syncthreads();
     const unsigned L = hd >> 3;
@@ -340,16 +407,8 @@ __device__ void decode_attn_impl(const T* __restrict__ q, const T* __restrict__ 
         const unsigned ja = jw + r, jb = ja + stride;
         const bool oka = ja < len, okb = jb < len;
         float ka[8], va[8], kb[8], vb[8];
-        if (oka && has) { load8<T>(kbase + (size_t)ja * hd, ka); load8<T>(vbase + (size_t)ja * hd, va); }
-        else {
-#pragma unroll
-            for (int i = 0; i < 8; i++) ka[i] = va[i] = 0.f;
-        }
-        if (okb && has) { load8<T>(kbase + (size_t)jb * hd, kb); load8<T>(vbase + (size_t)jb * hd, vb); }
-        else {
-#pragma unroll
-            for (int i = 0; i < 8; i++) kb[i] = vb[i] = 0.f;
-        }
+        row_kv<T>(kbase, vbase, kvs + d0, kvs + hd + d0, ja, hd, oka && has, fresh && ja == pos, ka, va);
+        row_kv<T>(kbase, vbase, kvs + d0, kvs + hd + d0, jb, hd, okb && has, fresh && jb == pos, kb, vb);
         attn_update<T>(qr, ka, va, oka, Lp, nhg, scale_t, m, l, acc);
         attn_update<T>(qr, kb, vb, okb, Lp, nhg, scale_t, m, l, acc);
     }

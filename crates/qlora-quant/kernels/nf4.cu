@@ -166,6 +166,20 @@ template <int M> struct Tile {
     static constexpr int U = M <= 2 ? 4 : 2;
 };
 
+// Programmatic dependent launch (src/cuda/pdl.rs): wait until the previous kernel of the stream
+// has completed and its writes are visible (a no-op when launched without PDL or before sm_90),
+// and let the next kernel be scheduled.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ uint32_t ld_stream32(const uint8_t* p) {
     uint32_t r;
     asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(r) : "l"(p));
@@ -223,6 +237,9 @@ __device__ __forceinline__ void fill_row_scales(const Nf4Seg& s, unsigned lrow, 
 // Block-wide: the dot products of the NR rows with the M rows of x into res[m * NR + r]
 // (shared; every thread may read it after the call). s_scale[r * (k >> 5) + block] and s_code
 // must be filled and synchronized by the caller.
+// (Issuing the first weight loads before the block scales are resolved was measured slower on
+// an H100: 72 registers instead of 64 for the GLU, one block less per SM, Mistral-7B NF4 decode
+// 245 tok/s against 260-268 with this order.)
 template <typename T, int M, int NR, int U>
 __device__ __forceinline__ void dot_rows(const RowRef (&rows)[NR], const float* s_scale, const float* s_code,
                                          const T* __restrict__ x, unsigned k, float* res) {
@@ -331,6 +348,9 @@ __device__ void gemv_multi_impl(const Nf4Multi& p, const T* __restrict__ x, T* _
         rows[r] = RowRef{s.packed + (size_t)lr * (k >> 1), s.bs_log2};
         fill_row_scales(s, lr, k, p.tables + 16, s_scale + r * stride);
     }
+    // The scales and tables are constant during a step: resolved before the wait.
+    pdl_wait();
+    pdl_launch_dependents();
     __syncthreads();
     dot_rows<T, M, R, Tile<M>::U>(rows, s_scale, s_code, x, k, s_res);
     if (threadIdx.x < M * R) {
@@ -371,6 +391,9 @@ __device__ void gemv_glu_impl(const Nf4Seg& gate, const Nf4Seg& up, const float*
         fill_row_scales(gate, row, k, tables + 16, s_scale + r * stride);
         fill_row_scales(up, row, k, tables + 16, s_scale + (R + r) * stride);
     }
+    // As gemv_multi_impl: the constant scales first, then the wait for x.
+    pdl_wait();
+    pdl_launch_dependents();
     __syncthreads();
     dot_rows<T, M, NR, Tile<M>::U>(rows, s_scale, s_code, x, k, s_res);
     if (threadIdx.x < M * R) {
@@ -381,6 +404,99 @@ __device__ void gemv_glu_impl(const Nf4Seg& gate, const Nf4Seg& up, const float*
         }
     }
 }
+
+// ---------------------------------------------------------------- GEMV + residual add + RMSNorm
+// A single-weight GEMV (o_proj, down_proj) whose output a feeds the next residual add and
+// RMSNorm: out[0 .. M*n) = s = rnd(resid + a), out[M*n ..) = norm(s) (Llama: rnd(rnd(s * r) * w),
+// Gemma's one_plus: rnd(s * r * (1 + w)), r = 1 / sqrt(mean(s^2) + eps)), as kernels/infer.cu's
+// add_rms_norm computes them. The norm needs the whole row of a, which every block only has a
+// piece of: each block writes its outputs to `a`, and the last block to finish (a device-wide
+// counter, reset by that block for the next launch) computes the M rows' norms. That replaces
+// a kernel launch, and its wait for this one to drain, by a tail in one block.
+// Measured slower on an H100 (the engine keeps it off by default, model/fast.rs): the tail's
+// loop issues each iteration's loads after the previous iteration's store (resid and out may
+// alias), about one L2 round trip per 128 elements; it needs the row loaded into registers
+// first, all loads in flight, before any store.
+struct NormTail {
+    const void* resid;  // T[M, n]
+    const void* w;      // T[n]
+    void* out;          // T[2, M, n]
+    unsigned* counter;  // zero before the launch; zero again after it
+    float eps;
+    int one_plus;
+};
+
+__device__ __forceinline__ float block_sum_f(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float r = lane < nw ? scratch[lane] : 0.f;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) r += __shfl_xor_sync(0xffffffffu, r, o);
+    return r;
+}
+
+template <typename T>
+__device__ __forceinline__ float ld_cg(const T* p);
+template <> __device__ __forceinline__ float ld_cg<float>(const float* p) { return __ldcg(p); }
+template <> __device__ __forceinline__ float ld_cg<__nv_bfloat16>(const __nv_bfloat16* p) {
+    return __uint_as_float((uint32_t)__ldcg(reinterpret_cast<const unsigned short*>(p)) << 16);
+}
+template <> __device__ __forceinline__ float ld_cg<__half>(const __half* p) {
+    return __half2float(__ushort_as_half(__ldcg(reinterpret_cast<const unsigned short*>(p))));
+}
+
+template <typename T, int M>
+__device__ void gemv_norm_impl(const Nf4Multi& p, const T* __restrict__ x, T* __restrict__ a, unsigned k, const NormTail& t) {
+    gemv_multi_impl<T, M>(p, x, a, k);
+    __shared__ unsigned s_last;
+    __shared__ float s_scratch[32];
+    __threadfence();  // this block's outputs are visible device-wide before it counts itself
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(t.counter, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    const unsigned n = p.ntotal;
+    const T* resid = reinterpret_cast<const T*>(t.resid);
+    const T* w = reinterpret_cast<const T*>(t.w);
+    T* sum_out = reinterpret_cast<T*>(t.out);
+    T* norm_out = sum_out + (size_t)M * n;
+    for (int m = 0; m < M; m++) {
+        float ss = 0.f;
+        for (unsigned i = threadIdx.x; i < n; i += blockDim.x) {
+            const size_t at = (size_t)m * n + i;
+            const float v = round_t<T>(__fadd_rn(to_f32<T>(resid[at]), ld_cg<T>(a + at)));
+            sum_out[at] = from_f32<T>(v);
+            ss = __fmaf_rn(v, v, ss);
+        }
+        ss = block_sum_f(ss, s_scratch);
+        const float var = __fdiv_rn(ss, (float)n);
+        const float r = __frcp_rn(__fsqrt_rn(__fadd_rn(var, t.eps)));
+        for (unsigned i = threadIdx.x; i < n; i += blockDim.x) {
+            const size_t at = (size_t)m * n + i;
+            const float nv = __fmul_rn(to_f32<T>(sum_out[at]), r);
+            const float wv = to_f32<T>(w[i]);
+            norm_out[at] = from_f32<T>(t.one_plus ? __fmul_rn(nv, __fadd_rn(wv, 1.f)) : __fmul_rn(round_t<T>(nv), wv));
+        }
+    }
+    if (threadIdx.x == 0) *t.counter = 0u;
+}
+
+#define GEMV_NORM(T, SUFFIX, M)                                                                      \
+    extern "C" __global__ void __launch_bounds__(GW * 32) nf4_gemv_norm_##SUFFIX##_m##M(             \
+        Nf4Multi p, const T* x, T* a, unsigned k, NormTail t) {                                      \
+        gemv_norm_impl<T, M>(p, x, a, k, t);                                                         \
+    }
+#define GEMV_NORM_ALL_M(T, SUFFIX) \
+    GEMV_NORM(T, SUFFIX, 1) GEMV_NORM(T, SUFFIX, 2) GEMV_NORM(T, SUFFIX, 3) GEMV_NORM(T, SUFFIX, 4) \
+    GEMV_NORM(T, SUFFIX, 5) GEMV_NORM(T, SUFFIX, 6) GEMV_NORM(T, SUFFIX, 7) GEMV_NORM(T, SUFFIX, 8)
+GEMV_NORM_ALL_M(float, f32)
+GEMV_NORM_ALL_M(__nv_bfloat16, bf16)
+GEMV_NORM_ALL_M(__half, f16)
 
 #define GEMV_FUSED(T, SUFFIX, M)                                                                      \
     extern "C" __global__ void __launch_bounds__(GW * 32) nf4_gemv_multi_##SUFFIX##_m##M(             \

@@ -8,7 +8,13 @@
 //! * [`gemv_glu`]: `act(x Gᵀ + b_g) * (x Uᵀ + b_u)` for a gated MLP (SwiGLU, GeGLU): one block
 //!   reads rows r.. of both weights and writes their values.
 //!
-//! One inner loop serves both (kernels/nf4.cu `dot_rows`): a block of 4 warps reads a few
+//! * [`gemv_add_rms_norm`]: one weight's GEMV whose output goes straight into the next
+//!   residual add and RMSNorm (o_proj → post-attention norm, down_proj → the next layer's input
+//!   norm): the last block to finish computes the norm, one launch instead of two. Correct
+//!   (tests/gpu_kernels.rs) but measured slower than the two launches in a decode step (its
+//!   serial tail; see `fast.rs`), so the engine uses it only with `QLORA_FUSED_NORM=1`.
+//!
+//! One inner loop serves all (kernels/nf4.cu `dot_rows`): a block of 4 warps reads a few
 //! weight rows, splitting k between the warps in coalesced 128-byte steps, each piece of x
 //! loaded once for all the rows, block scales resolved once per block into shared memory.
 //!
@@ -18,12 +24,15 @@
 //! kernels reproduce (each product rounded to x's dtype before the bias, the activation and the
 //! gate-up product).
 
+use super::pdl::{self, arg};
 use super::{gemv, gemv_unsupported, scale_params, tables, MODULE, PTX};
 use crate::nf4::{Absmax, Nf4Tensor};
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::{CudaDType, WrapErr};
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// One projection of a fused launch: an NF4 weight `[out, in]` and its optional bias `[out]`
 /// (in x's dtype).
@@ -265,18 +274,16 @@ impl MultiOp {
         // One table for all: the shared NF4 code and the nested code of the double-quantized ones.
         let tables = tables(&dev, table_source(&self.projs))?;
         let tp = tables.device_ptr(tables.stream()).0;
-        let multi = Multi { seg: segs, tables: tp, nseg: self.projs.len() as u32, ntotal: col };
-        let func = dev.get_or_load_custom_func(&format!("nf4_gemv_multi_{sfx}_m{m}"), MODULE, PTX)?;
-        let mut y = unsafe { dev.alloc::<T>(m * col as usize)? };
-        let xp = x_ptr::<T>(s, l)?;
-        let k32 = k as u32;
+        let mut multi = Multi { seg: segs, tables: tp, nseg: self.projs.len() as u32, ntotal: col };
+        let y = unsafe { dev.alloc::<T>(m * col as usize)? };
+        let mut xp = x_ptr::<T>(s, l)?;
+        let mut yp = y.device_ptr(y.stream()).0;
+        let mut k32 = k as u32;
         let cfg = launch_cfg(col, m, rows_per_block(m), k);
-        let mut b = func.builder();
-        b.arg(&multi);
-        b.arg(&xp);
-        b.arg(&mut y);
-        b.arg(&k32);
-        unsafe { b.launch(cfg) }.w()?;
+        let mut args = [arg(&mut multi), arg(&mut xp), arg(&mut yp), arg(&mut k32)];
+        // SAFETY: the arguments are the kernel's, in order; it waits before reading x or writing y
+        // and reads only constant weights, scales and tables before that.
+        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("nf4_gemv_multi_{sfx}_m{m}"), cfg, &mut args)? };
         Ok(CudaStorage::wrap_cuda_slice(y, dev))
     }
 }
@@ -310,24 +317,18 @@ impl GluOp {
             candle_core::bail!("fused nf4 glu: gate {:?} and up {:?} differ in shape", self.gate.w.shape(), self.up.w.shape())
         }
         let dev = s.device().clone();
-        let (g, u) = (seg::<T>(&self.gate, 0)?, seg::<T>(&self.up, 0)?);
-        let n = g.rows;
+        let (mut g, mut u) = (seg::<T>(&self.gate, 0)?, seg::<T>(&self.up, 0)?);
+        let mut n = g.rows;
         let tables = tables(&dev, table_source(&projs))?;
-        let func = dev.get_or_load_custom_func(&format!("nf4_gemv_glu_{sfx}_m{m}"), MODULE, PTX)?;
-        let mut y = unsafe { dev.alloc::<T>(m * n as usize)? };
-        let xp = x_ptr::<T>(s, l)?;
-        let (act, k32) = (self.act as i32, k as u32);
+        let mut tp = tables.device_ptr(tables.stream()).0;
+        let y = unsafe { dev.alloc::<T>(m * n as usize)? };
+        let mut xp = x_ptr::<T>(s, l)?;
+        let mut yp = y.device_ptr(y.stream()).0;
+        let (mut act, mut k32) = (self.act as i32, k as u32);
         let cfg = launch_cfg(n, m, 2 * rows_per_block(m), k);
-        let mut b = func.builder();
-        b.arg(&g);
-        b.arg(&u);
-        b.arg(tables.as_ref());
-        b.arg(&act);
-        b.arg(&xp);
-        b.arg(&mut y);
-        b.arg(&n);
-        b.arg(&k32);
-        unsafe { b.launch(cfg) }.w()?;
+        let mut args = [arg(&mut g), arg(&mut u), arg(&mut tp), arg(&mut act), arg(&mut xp), arg(&mut yp), arg(&mut n), arg(&mut k32)];
+        // SAFETY: as in MultiOp::launch.
+        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("nf4_gemv_glu_{sfx}_m{m}"), cfg, &mut args)? };
         Ok(CudaStorage::wrap_cuda_slice(y, dev))
     }
 }
@@ -350,5 +351,131 @@ impl CustomOp1 for GluOp {
             other => candle_core::bail!("fused nf4: x must be f32, f16 or bf16, got {other:?}"),
         };
         Ok((y, out_shape(l, n)))
+    }
+}
+
+// ------------------------------------------------------------------ GEMV + residual add + RMSNorm
+
+/// Mirrors `NormTail` in kernels/nf4.cu.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct NormTail {
+    resid: u64,
+    w: u64,
+    out: u64,
+    counter: u64,
+    eps: f32,
+    one_plus: i32,
+}
+unsafe impl DeviceRepr for NormTail {}
+
+/// The device's counter of finished blocks for [`gemv_add_rms_norm`] (zero between launches:
+/// the last block resets it; launches on one device's stream never overlap).
+fn block_counter(dev: &CudaDevice) -> Result<u64> {
+    type Cache = HashMap<DeviceId, Arc<CudaSlice<u32>>>;
+    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
+    let mut cache = CACHE.get_or_init(Default::default).lock().map_err(|_| candle_core::Error::Msg("fused nf4: counter cache poisoned".into()))?;
+    let c = match cache.get(&dev.id()) {
+        Some(c) => c.clone(),
+        None => {
+            let c = Arc::new(dev.alloc_zeros::<u32>(1)?);
+            cache.insert(dev.id(), c.clone());
+            c
+        }
+    };
+    Ok(c.device_ptr(c.stream()).0)
+}
+
+/// `(s, norm(s))` with `s = resid + (x Wᵀ + b)`, RMSNorm with `weight` and `eps` (Gemma's
+/// `1 + weight` when `one_plus`), all `[.., out]` in x's dtype: the same values as
+/// [`gemv_multi`] of the one projection followed by `infer::add_rms_norm`, in one launch on
+/// CUDA (the norm's sum of squares is added in another order: equal within float rounding).
+/// On the CPU, that composition of the twins.
+pub fn gemv_add_rms_norm(x: &Tensor, proj: &Nf4Proj, resid: &Tensor, weight: &Tensor, eps: f64, one_plus: bool) -> Result<(Tensor, Tensor)> {
+    if !x.device().is_cuda() {
+        return norm_twin(&gemv_multi(x, std::slice::from_ref(proj))?, resid, weight, eps, one_plus);
+    }
+    let op = GemvNormOp { proj: proj.clone(), eps: eps as f32, one_plus };
+    let both = x.contiguous()?.apply_op3_no_bwd(&resid.contiguous()?, &weight.contiguous()?, &op)?;
+    Ok((both.get(0)?, both.get(1)?))
+}
+
+/// The CPU twin of the residual add and RMSNorm, rounding as the kernels do.
+fn norm_twin(a: &Tensor, resid: &Tensor, weight: &Tensor, eps: f64, one_plus: bool) -> Result<(Tensor, Tensor)> {
+    let dt = a.dtype();
+    let s = (resid + a)?;
+    let sf = s.to_dtype(DType::F32)?;
+    let r = (sf.sqr()?.mean_keepdim(candle_core::D::Minus1)? + eps)?.sqrt()?.recip()?;
+    let n = sf.broadcast_mul(&r)?;
+    let w = weight.to_dtype(DType::F32)?;
+    let out = if one_plus { n.broadcast_mul(&(w + 1.0)?)?.to_dtype(dt)? } else { n.to_dtype(dt)?.broadcast_mul(weight)? };
+    Ok((s, out))
+}
+
+struct GemvNormOp {
+    proj: Nf4Proj,
+    eps: f32,
+    one_plus: bool,
+}
+
+impl GemvNormOp {
+    fn launch<T: CudaDType + DeviceRepr>(&self, x: (&CudaStorage, &Layout), r: (&CudaStorage, &Layout), w: (&CudaStorage, &Layout), sfx: &str) -> Result<CudaStorage> {
+        let projs = std::slice::from_ref(&self.proj);
+        let (m, k) = rows_and_k(projs, x.1, x.0.dtype())?;
+        let n = self.proj.w.shape().dims()[0];
+        if r.1.shape().elem_count() != m * n || r.0.dtype() != x.0.dtype() || w.1.shape().elem_count() != n || w.0.dtype() != x.0.dtype() {
+            candle_core::bail!("fused nf4 norm: residual {:?} and norm weight {:?} do not fit {m} rows of {n} {:?}", r.1.dims(), w.1.dims(), x.0.dtype())
+        }
+        let dev = x.0.device().clone();
+        let mut multi = Multi { seg: [seg::<T>(&self.proj, 0)?, Seg::default(), Seg::default()], tables: 0, nseg: 1, ntotal: n as u32 };
+        let tables = tables(&dev, &self.proj.w)?;
+        multi.tables = tables.device_ptr(tables.stream()).0;
+        let a = unsafe { dev.alloc::<T>(m * n)? };
+        let out = unsafe { dev.alloc::<T>(2 * m * n)? };
+        let ptr = |s: &CudaStorage, l: &Layout| -> Result<u64> {
+            let Some((o, _)) = l.contiguous_offsets() else { candle_core::bail!("fused nf4 norm: an input is not contiguous") };
+            let c = s.as_cuda_slice::<T>()?;
+            Ok(c.device_ptr(c.stream()).0 + (o * std::mem::size_of::<T>()) as u64)
+        };
+        let mut tail = NormTail {
+            resid: ptr(r.0, r.1)?,
+            w: ptr(w.0, w.1)?,
+            out: out.device_ptr(out.stream()).0,
+            counter: block_counter(&dev)?,
+            eps: self.eps,
+            one_plus: i32::from(self.one_plus),
+        };
+        let mut xp = x_ptr::<T>(x.0, x.1)?;
+        let mut ap = a.device_ptr(a.stream()).0;
+        let mut k32 = k as u32;
+        let cfg = launch_cfg(n as u32, m, rows_per_block(m), k);
+        let mut args = [arg(&mut multi), arg(&mut xp), arg(&mut ap), arg(&mut k32), arg(&mut tail)];
+        // SAFETY: the arguments are the kernel's, in order; as MultiOp::launch for PDL.
+        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("nf4_gemv_norm_{sfx}_m{m}"), cfg, &mut args)? };
+        drop(a); // stream-ordered free, after the kernel
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+}
+
+impl CustomOp3 for GemvNormOp {
+    fn name(&self) -> &'static str {
+        "nf4-gemv-add-rms-norm"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("nf4-gemv-add-rms-norm runs on CUDA; on the CPU call gemv_add_rms_norm, which composes the CPU twins")
+    }
+
+    fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout, r: &CudaStorage, rl: &Layout, w: &CudaStorage, wl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let n = self.proj.w.shape().dims()[0];
+        let y = match x.dtype() {
+            DType::F32 => self.launch::<f32>((x, xl), (r, rl), (w, wl), "f32")?,
+            DType::BF16 => self.launch::<half::bf16>((x, xl), (r, rl), (w, wl), "bf16")?,
+            DType::F16 => self.launch::<half::f16>((x, xl), (r, rl), (w, wl), "f16")?,
+            other => candle_core::bail!("fused nf4: x must be f32, f16 or bf16, got {other:?}"),
+        };
+        let mut dims = out_shape(xl, n).dims().to_vec();
+        dims.insert(0, 2);
+        Ok((y, Shape::from(dims)))
     }
 }

@@ -27,6 +27,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, InplaceOp1, InplaceOp3, Layout, Result, Shape, Storage, Tensor};
+use super::pdl::{self, arg};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/infer.ptx"));
 const MODULE: &str = "qlora_quant_infer";
@@ -150,20 +151,13 @@ impl RmsNormOp {
         // size of the target models), else the element-wise form.
         let vec = h.is_multiple_of(8) && h <= 8 * 1024 && [xp, ap, wp, op].iter().all(|p| p % 16 == 0);
         let name = if vec { "add_rms_norm_vec" } else { "add_rms_norm" };
-        let func = dev.get_or_load_custom_func(&format!("{name}_{}", suffix(dt)?), MODULE, PTX)?;
-        let (rows32, h32, one_plus) = (rows as u32, h as u32, i32::from(self.one_plus));
+        let (mut rows32, mut h32, mut one_plus) = (rows as u32, h as u32, i32::from(self.one_plus));
         let threads = (h.div_ceil(8).next_multiple_of(32)).clamp(32, 1024) as u32;
         let cfg = LaunchConfig { grid_dim: (rows32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
-        let mut b = func.builder();
-        b.arg(&xp);
-        b.arg(&ap);
-        b.arg(&wp);
-        b.arg(&op);
-        b.arg(&rows32);
-        b.arg(&h32);
-        b.arg(&self.eps);
-        b.arg(&one_plus);
-        unsafe { b.launch(cfg) }.w()?;
+        let (mut xp, mut ap, mut wp, mut op2, mut eps) = (xp, ap, wp, op, self.eps);
+        let mut args = [arg(&mut xp), arg(&mut ap), arg(&mut wp), arg(&mut op2), arg(&mut rows32), arg(&mut h32), arg(&mut eps), arg(&mut one_plus)];
+        // SAFETY: the arguments are the kernel's, in order; the kernel waits before reading x and a.
+        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("{name}_{}", suffix(dt)?), cfg, &mut args)? };
         let mut dims = x.1.dims().to_vec();
         if a.is_some() {
             dims.insert(0, 2);
@@ -365,15 +359,12 @@ impl InplaceOp3 for KvAppend {
         };
         let dev = c.device().clone();
         let (cp, kp, vp) = (ptr_of(c, 0)?, ptr_of(k, ko)?, ptr_of(v, vo)?);
-        let func = dev.get_or_load_custom_func(&format!("kv_append_{}", suffix(dt)?), MODULE, PTX)?;
         let threads = ((nkv * hd).next_multiple_of(32)).min(512) as u32;
         let cfg = LaunchConfig { grid_dim: (t as u32, b as u32, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
-        let mut bld = func.builder();
-        bld.arg(&cp);
-        bld.arg(&kp);
-        bld.arg(&vp);
-        bld.arg(&p);
-        unsafe { bld.launch(cfg) }.w()?;
+        let (mut cp, mut kp, mut vp, mut p) = (cp, kp, vp, p);
+        let mut args = [arg(&mut cp), arg(&mut kp), arg(&mut vp), arg(&mut p)];
+        // SAFETY: the arguments are the kernel's, in order; the kernel waits before any access.
+        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("kv_append_{}", suffix(dt)?), cfg, &mut args)? };
         Ok(())
     }
 }
@@ -396,6 +387,10 @@ struct AttnParams {
     qsb: u64,
     window: u32,
     len_ptr: u64,
+    knew: u64,
+    vnew: u64,
+    ksb: u64,
+    vsb: u64,
 }
 unsafe impl DeviceRepr for AttnParams {}
 
@@ -423,7 +418,57 @@ pub fn decode_attention_at(q: &Tensor, cache: &Tensor, len: CacheLen, window: Op
     }
     let start = window.map_or(0, |w| len.saturating_sub(w));
     let window = u32::try_from(window.unwrap_or(0)).unwrap_or(u32::MAX);
-    q.apply_op2_no_bwd(cache, &DecodeAttn { len, start, window, len_ptr, scale: scale as f32, rope: rope_params(inv_freq)? })
+    q.apply_op2_no_bwd(cache, &DecodeAttn { len, start, window, len_ptr, scale: scale as f32, rope: rope_params(inv_freq)?, fresh: None })
+}
+
+/// [`kv_append_at`] and [`decode_attention_at`] of one token per sequence in one launch: `k`
+/// and `v` `[B, 1, kv_heads * head_dim]` (unrotated; batch rows may be strided, as narrowed
+/// from a fused q/k/v output) go into the cache at position `len - 1` (k rotated) and the token
+/// attends to the cache with them. Same values as the two calls, bit for bit; one kernel less
+/// per layer of a decode step. With `CacheLen::Host`, `len` counts the token's own position.
+pub fn decode_attention_append_at(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cache: &Tensor,
+    len: CacheLen,
+    window: Option<usize>,
+    scale: f64,
+    inv_freq: &[f32],
+) -> Result<Tensor> {
+    let (_, b, nkv, _, hd) = cache.dims5()?;
+    let fresh_ptr = |t: &Tensor, what: &str| -> Result<(u64, u64)> {
+        if t.dims() != [b, 1, nkv * hd] || t.dtype() != cache.dtype() || !t.device().same_device(cache.device()) {
+            candle_core::bail!("decode_attention_append: {what} {:?} {:?} does not fit the cache {:?}", t.dims(), t.dtype(), cache.dims())
+        }
+        let (st, l) = t.storage_and_layout();
+        let Storage::Cuda(c) = &*st else { candle_core::bail!("decode_attention_append: the {what} is not on a CUDA device") };
+        let sb = match l.stride() {
+            [sb, _, 1] => *sb as u64,
+            s => candle_core::bail!("decode_attention_append: {what} needs contiguous features, got strides {s:?}"),
+        };
+        Ok((ptr_of(c, l.start_offset())?, sb))
+    };
+    let (knew, ksb) = fresh_ptr(k, "k")?;
+    let (vnew, vsb) = fresh_ptr(v, "v")?;
+    let (_, t, _) = q.dims3()?;
+    let (hlen, len_ptr) = match len {
+        CacheLen::Host(len) => (len, 0),
+        CacheLen::Device(l) => (1, len_ptr(l)?),
+    };
+    let cap = cache.dim(3)?;
+    if t != 1 || hlen == 0 || hlen > cap {
+        candle_core::bail!("decode_attention_append: q {:?} with {hlen} cached positions does not fit the cache {:?}", q.dims(), cache.dims())
+    }
+    if let Some(why) = attention_unsupported(hd, inv_freq.len(), q.dim(2)? / hd, nkv) {
+        candle_core::bail!("decode_attention_append: {why}")
+    }
+    let start = window.map_or(0, |w| hlen.saturating_sub(w));
+    let window = u32::try_from(window.unwrap_or(0)).unwrap_or(u32::MAX);
+    let rope = rope_params(inv_freq)?;
+    let op = DecodeAttn { len: hlen, start, window, len_ptr, scale: scale as f32, rope, fresh: Some([knew, vnew, ksb, vsb]) };
+    // k and v stay borrowed (alive) until the launch inside this call has been enqueued.
+    q.apply_op2_no_bwd(cache, &op)
 }
 
 struct DecodeAttn {
@@ -433,6 +478,8 @@ struct DecodeAttn {
     len_ptr: u64,
     scale: f32,
     rope: RopeParams,
+    /// The folded KV append: device addresses of k and v and their batch strides.
+    fresh: Option<[u64; 4]>,
 }
 
 impl CustomOp2 for DecodeAttn {
@@ -467,18 +514,19 @@ impl CustomOp2 for DecodeAttn {
             qsb,
             window: self.window,
             len_ptr: self.len_ptr,
+            knew: self.fresh.map_or(0, |f| f[0]),
+            vnew: self.fresh.map_or(0, |f| f[1]),
+            ksb: self.fresh.map_or(0, |f| f[2]),
+            vsb: self.fresh.map_or(0, |f| f[3]),
         };
         let dev = q.device().clone();
         let (qp, cp) = (ptr_of(q, ql.start_offset())?, ptr_of(c, 0)?);
         let (out, op) = alloc_out(&dev, dt, b * qn)?;
-        let func = dev.get_or_load_custom_func(&format!("decode_attn_{}", suffix(dt)?), MODULE, PTX)?;
         let cfg = attention_launch(b, nh, nkv, hd);
-        let mut bld = func.builder();
-        bld.arg(&qp);
-        bld.arg(&cp);
-        bld.arg(&op);
-        bld.arg(&p);
-        unsafe { bld.launch(cfg) }.w()?;
+        let (mut qp, mut cp, mut op, mut p) = (qp, cp, op, p);
+        let mut args = [arg(&mut qp), arg(&mut cp), arg(&mut op), arg(&mut p)];
+        // SAFETY: the arguments are the kernel's, in order; the kernel waits before any access.
+        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("decode_attn_{}", suffix(dt)?), cfg, &mut args)? };
         Ok((out, Shape::from((b, 1, qn))))
     }
 }
@@ -492,7 +540,8 @@ const ATT_HEADS_PER_BLOCK: usize = 4;
 fn attention_launch(b: usize, nh: usize, nkv: usize, hd: usize) -> LaunchConfig {
     let groups = (nh / nkv).div_ceil(ATT_HEADS_PER_BLOCK);
     let warps = if hd > 128 { 8 } else { 16 };
-    let floats = ATT_HEADS_PER_BLOCK * hd + warps * ATT_HEADS_PER_BLOCK * (hd + 2);
+    // q rotated, each warp's partial output, and the fresh token's k and v.
+    let floats = ATT_HEADS_PER_BLOCK * hd + warps * ATT_HEADS_PER_BLOCK * (hd + 2) + 2 * hd;
     LaunchConfig {
         grid_dim: ((nkv * groups) as u32, b as u32, 1),
         block_dim: (32 * warps as u32, 1, 1),
