@@ -7,10 +7,16 @@
 //! 2. q, k, v as one NF4 GEMV when all three are plain NF4 (else their own forwards);
 //! 3. k rotated and written with v into a preallocated KV cache, in place (no `Tensor::cat`);
 //! 4. attention: one token against the cache in one kernel (RoPE on q, grouped heads read in
-//!    place, online softmax); a prompt (several tokens) through cuBLAS with grouped heads
-//!    batched without `repeat_kv` copies and the causal mask made inside the softmax kernel;
+//!    place, online softmax; for one token, step 3 happens inside the same launch); a prompt
+//!    (several tokens) through cuBLAS with grouped heads batched without `repeat_kv` copies
+//!    and the causal mask made inside the softmax kernel;
 //! 5. o_proj; 6. residual add + RMSNorm; 7. gate and up in one NF4 GEMV with the activation;
 //! 8. down_proj.
+//!
+//! For one token (decode), 3 happens inside 4 (seven launches a layer). With
+//! `QLORA_FUSED_NORM=1`, 5 + 6 and 8 + the next layer's step 1 are one launch each when the
+//! projection is plain NF4 and the norm an RMSNorm ([`fused::gemv_add_rms_norm`]: the GEMV's
+//! last block adds and normalises); off by default, measured slower ([`fused_norm_on`]).
 //!
 //! The position of a step reaches the kernels either as a launch parameter or, for a decode step
 //! replayed as a CUDA graph (`decode_graph.rs`), from a u32 on the device ([`FastStep::dev_len`]).
@@ -65,15 +71,56 @@ impl Model {
         let inv_freq = self.rope.inv_freq(past + t);
         let tables = if t > 1 { Some(self.rope_tables(past, t)?) } else { None };
         let step = FastStep { tables: tables.as_ref(), past, inv_freq: &inv_freq, dev_len };
-        let mut x = self.embed(ids)?;
-        let mut pending: Option<Tensor> = None;
+        let mut carry = Carry::Pending(self.embed(ids)?, None);
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = &mut cache.fused[i];
             let capacity = cache.capacity;
-            (x, pending) = layer.forward_fast(&x, pending.as_ref(), &step, slot, capacity)?;
+            let next_norm = self.layers.get(i + 1).map_or(&self.norm, |l| &l.input_norm);
+            carry = layer.forward_fast(carry, next_norm, &step, slot, capacity)?;
         }
-        Ok(self.norm.add_forward(&x, pending.as_ref())?.1)
+        match carry {
+            Carry::Pending(x, pending) => Ok(self.norm.add_forward(&x, pending.as_ref())?.1),
+            Carry::Normed(_, h) => Ok(h),
+        }
     }
+}
+
+/// What a layer hands the next one (or the final norm).
+pub(super) enum Carry {
+    /// The residual stream and the block output still to be added to it (the next norm adds it).
+    Pending(Tensor, Option<Tensor>),
+    /// The residual stream with everything added, and the next norm already applied to it (the
+    /// last projection's GEMV did the add and the norm: [`fused::gemv_add_rms_norm`]).
+    Normed(Tensor, Tensor),
+}
+
+/// Whether a projection's GEMV does the following residual add + RMSNorm in its launch: **off
+/// by default**, `QLORA_FUSED_NORM=1` turns it on. Measured on an H100 (session 4, same binary,
+/// same machine; bench/gpu/results/h100-2026-11-27-s4-decode-*) it made the NF4 decode step
+/// slower, TinyLlama 593 vs 828 tok/s and Mistral-7B 199 vs 271 at batch 1: the last block's
+/// norm walks the row 128 elements at a time, each iteration's loads issued only after the
+/// previous iteration's store (the residual and output pointers may alias), about 10 µs a
+/// fold at 2048 wide and 21 µs at 4096, far more than the launch it saves. Loading the whole
+/// row into registers first (all loads in flight, then the stores) is what it needs.
+fn fused_norm_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| matches!(std::env::var("QLORA_FUSED_NORM").as_deref(), Ok("1" | "true" | "on")))
+}
+
+/// `(resid + x Wᵀ, norm(..))` in one launch when `l` is plain NF4, `x` has few rows and `norm`
+/// is an RMSNorm, else `None` (the caller runs the projection and the norm apart).
+fn proj_add_norm(x: &Tensor, l: &ArcLinear, resid: &Tensor, norm: &Norm) -> Result<Option<(Tensor, Tensor)>> {
+    let one_plus = match norm.kind {
+        NormKind::Rms => false,
+        NormKind::RmsOnePlus => true,
+        NormKind::LayerNorm => return Ok(None),
+    };
+    if !fused_norm_on() {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let Some(p) = fused_projs(&x, &[l]) else { return Ok(None) };
+    Ok(Some(fused::gemv_add_rms_norm(&x, &p[0], resid, &norm.weight, norm.eps, one_plus)?))
 }
 
 /// What one fused forward shares across its layers.
@@ -108,28 +155,32 @@ impl Norm {
 }
 
 impl DecoderLayer {
-    /// One layer on the fused path: returns the residual stream and the block output still to
-    /// be added to it (the next norm adds it).
+    /// One layer on the fused path. `next_norm` is the norm that follows the layer (the next
+    /// layer's input norm or the model's final norm): the layer's last GEMV applies it when it
+    /// can ([`Carry::Normed`]), else the output is left pending for it.
     pub(super) fn forward_fast(
         &self,
-        x: &Tensor,
-        pending: Option<&Tensor>,
+        carry: Carry,
+        next_norm: &Norm,
         step: &FastStep,
         cache: &mut Option<Tensor>,
         capacity: usize,
-    ) -> Result<(Tensor, Option<Tensor>)> {
-        let (x, h) = self.input_norm.add_forward(x, pending)?;
-        let a = self.attn.forward_fast(&h, step, cache, capacity)?;
-        match &self.post_attention_norm {
-            None => {
-                let m = self.mlp.forward_fast(&h)?;
-                Ok(((x + a)?, Some(m)))
-            }
-            Some(norm) => {
-                let (x, h2) = norm.add_forward(&x, Some(&a))?;
-                Ok((x, Some(self.mlp.forward_fast(&h2)?)))
-            }
-        }
+    ) -> Result<Carry> {
+        let (x, h) = match carry {
+            Carry::Pending(x, pending) => self.input_norm.add_forward(&x, pending.as_ref())?,
+            Carry::Normed(x, h) => (x, h),
+        };
+        let o_in = self.attn.forward_fast(&h, step, cache, capacity)?;
+        let Some(norm) = &self.post_attention_norm else {
+            // Attention and MLP side by side on the same normed input (Phi).
+            let a = self.attn.o_proj.forward(&o_in)?;
+            return self.mlp.forward_fast(&h, (x + a)?, None);
+        };
+        let (x, h2) = match proj_add_norm(&o_in, &self.attn.o_proj, &x, norm)? {
+            Some(both) => both,
+            None => norm.add_forward(&x, Some(&self.attn.o_proj.forward(&o_in)?))?,
+        };
+        self.mlp.forward_fast(&h2, x, Some(next_norm))
     }
 }
 
@@ -188,20 +239,23 @@ impl Attention {
             Some(l) => (CacheLen::Device(l), CacheLen::Device(l)),
             None => (CacheLen::Host(step.past), CacheLen::Host(len)),
         };
-        infer::kv_append_at(&cache, &k, &v, at, inv)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let out = if t == 1 {
-            infer::decode_attention_at(&q, &cache, attn_len, self.sliding_window, scale, inv)?
+        if t == 1 {
+            // The KV append folded into the attention launch: one kernel less per layer.
+            infer::decode_attention_append_at(&q, &k, &v, &cache, attn_len, self.sliding_window, scale, inv)
         } else {
+            infer::kv_append_at(&cache, &k, &v, at, inv)?;
             let Some((cos, sin)) = step.tables else { candle_core::bail!("rotary tables were not computed for this prompt") };
-            super::prefill::attention(self, &q, &cache, (cos, sin), step.past)?
-        };
-        self.o_proj.forward(&out)
+            super::prefill::attention(self, &q, &cache, (cos, sin), step.past)
+        }
     }
 }
 
 impl Mlp {
-    fn forward_fast(&self, x: &Tensor) -> Result<Tensor> {
+    /// The MLP of `x` to be added to the residual stream `resid`: left pending, or, with
+    /// `then = Some(norm)`, added and normed by the down projection's GEMV when it can
+    /// ([`proj_add_norm`]).
+    fn forward_fast(&self, x: &Tensor, resid: Tensor, then: Option<&Norm>) -> Result<Carry> {
         if let Mlp::Gated { gate, up, down, act } = self {
             let x = x.contiguous()?;
             if let Some(p) = fused_projs(&x, &[gate, up]) {
@@ -210,9 +264,15 @@ impl Mlp {
                     Activation::GeluTanh => GluAct::GeluTanh,
                     Activation::Gelu => GluAct::GeluErf,
                 };
-                return down.forward(&fused::gemv_glu(&x, &p[0], &p[1], act)?);
+                let g = fused::gemv_glu(&x, &p[0], &p[1], act)?;
+                if let Some(norm) = then
+                    && let Some((s, h)) = proj_add_norm(&g, down, &resid, norm)?
+                {
+                    return Ok(Carry::Normed(s, h));
+                }
+                return Ok(Carry::Pending(resid, Some(down.forward(&g)?)));
             }
         }
-        super::prefill::mlp(self, x)
+        Ok(Carry::Pending(resid, Some(super::prefill::mlp(self, x)?)))
     }
 }
