@@ -208,6 +208,44 @@ fn fused_projections_match_the_cpu_composition() {
     }
 }
 
+/// One projection's GEMV with the residual add and RMSNorm in its last block
+/// (`gemv_add_rms_norm`) against the two launches it replaces (`gemv_multi`, then
+/// `infer::add_rms_norm`) on CUDA, and against its CPU composition: the sum bit for bit, the
+/// norm within rounding (its sum of squares is added in another order); 1..8 rows, Llama's and
+/// Gemma's norm, a weight with a bias, one block and many, and three launches in a row (the
+/// block counter goes back to zero after each).
+#[test]
+fn gemv_with_the_add_and_norm_folded_in_matches_the_two_launches() {
+    use qlora_studio::quant::cuda::fused::gemv_add_rms_norm;
+    for (dt, tol) in [(DType::F32, 1e-6), (DType::BF16, 5e-3), (DType::F16, 2e-3)] {
+        for (n, k, bias) in [(4usize, 256usize, false), (2048, 1024, false), (1000, 2048, true)] {
+            let p = proj(n, k, 7 + n as u64, true, bias, dt);
+            let gp = on_gpu(&p);
+            let w = (randn(&[n], DType::F32) * 0.1).unwrap().to_dtype(dt).unwrap();
+            for m in [1usize, 3, 8] {
+                let (x, resid) = (randn(&[1, m, k], dt), randn(&[1, m, n], dt));
+                let g = |t: &Tensor| t.to_device(&gpu()).unwrap();
+                for one_plus in [false, true] {
+                    let a = gemv_multi(&g(&x), std::slice::from_ref(&gp)).unwrap();
+                    let (s2, n2) = infer::add_rms_norm(&g(&resid), Some(&a), &g(&w), 1e-5, one_plus).unwrap();
+                    let (sc, nc) = gemv_add_rms_norm(&x, &p, &resid, &w, 1e-5, one_plus).unwrap();
+                    for rep in 0..3 {
+                        let (s1, n1) = gemv_add_rms_norm(&g(&x), &gp, &g(&resid), &g(&w), 1e-5, one_plus).unwrap();
+                        let case = format!("n {n} k {k} m {m} one_plus {one_plus} {dt:?} launch {rep}");
+                        assert_eq!(s1.dims(), &[1, m, n], "{case}");
+                        assert!(bits(&s1.to_device(&Device::Cpu).unwrap()) == bits(&s2.to_device(&Device::Cpu).unwrap()), "{case}: sum differs");
+                        let err = rel_err(&n1, &n2);
+                        assert!(err < tol, "{case}: norm against the two launches, relative error {err:.2e}");
+                        let err = rel_err(&n1, &nc);
+                        assert!(err < 4.0 * tol + 2e-5, "{case}: norm against the CPU composition, relative error {err:.2e}");
+                        assert!(rel_err(&s1, &sc) < 4.0 * tol + 2e-5, "{case}: sum against the CPU composition");
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// RMSNorm with the residual add (Llama's and Gemma's) against `ops::rms_norm` on the CPU.
 #[test]
 fn add_rms_norm_matches_the_unfused_ops() {
@@ -289,6 +327,58 @@ fn kv_append_and_decode_attention_match_the_cpu() {
             assert_eq!(got.dims(), &[b, 1, nh * hd]);
             let err = rel_err(&got, &want);
             assert!(err < tol, "decode attention heads {nh}/{nkv} hd {hd} rot {rot} len {len} window {window:?} {dt:?}: relative error {err:.2e}");
+        }
+    }
+}
+
+/// The KV append folded into the decode attention (`decode_attention_append_at`) against the
+/// two launches it replaces (`kv_append_at` then `decode_attention_at`), bit for bit: the
+/// attention output and the whole cache afterwards. k and v narrowed from one fused q/k/v row
+/// (strided batch rows), 8 query heads per kv head (two blocks per kv head: only the first
+/// writes), a window, batch 1-3, the length from the host and from the device, f32/bf16/f16.
+#[test]
+fn decode_attention_with_the_append_folded_in_equals_the_two_launches() {
+    use qlora_studio::quant::cuda::infer::CacheLen;
+    let dev = gpu();
+    // (heads, kv heads, head_dim, rotary dims, cached positions before, window, batch)
+    let cases = [
+        (4usize, 2usize, 16usize, 16usize, 0usize, None, 1usize),
+        (16, 2, 64, 64, 37, None, 2),
+        (32, 4, 64, 64, 130, Some(50), 1),
+        (8, 8, 80, 32, 5, None, 3),
+        (4, 1, 256, 256, 9, Some(4), 2),
+    ];
+    for dt in [DType::F32, DType::BF16, DType::F16] {
+        for (nh, nkv, hd, rot, past, window, b) in cases {
+            let inv: Vec<f32> = (0..rot / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / rot as f32)).collect();
+            let (nq, nk) = (nh * hd, nkv * hd);
+            let prior = randn(&[b, past.max(1), 2 * nk], dt).to_device(&dev).unwrap();
+            let qkv = randn(&[b, 1, nq + 2 * nk], dt).to_device(&dev).unwrap();
+            let (q, k, v) = (qkv.narrow(2, 0, nq).unwrap(), qkv.narrow(2, nq, nk).unwrap(), qkv.narrow(2, nq + nk, nk).unwrap());
+            let scale = 1.0 / (hd as f64).sqrt();
+            let dev_len = Tensor::new(&[(past + 1) as u32], &dev).unwrap();
+            let mut results = Vec::new();
+            for (folded, on_device) in [(false, false), (true, false), (true, true)] {
+                let cache = Tensor::zeros((2, b, nkv, 192, hd), dt, &dev).unwrap();
+                if past > 0 {
+                    let (pk, pv) = (prior.narrow(2, 0, nk).unwrap(), prior.narrow(2, nk, nk).unwrap());
+                    infer::kv_append(&cache, &pk, &pv, 0, &inv).unwrap();
+                }
+                let len = if on_device { CacheLen::Device(&dev_len) } else { CacheLen::Host(past + 1) };
+                let out = if folded {
+                    infer::decode_attention_append_at(&q, &k, &v, &cache, len, window, scale, &inv).unwrap()
+                } else {
+                    infer::kv_append_at(&cache, &k, &v, CacheLen::Host(past), &inv).unwrap();
+                    infer::decode_attention_at(&q, &cache, len, window, scale, &inv).unwrap()
+                };
+                assert_eq!(out.dims(), &[b, 1, nq]);
+                results.push((bits(&out.to_device(&Device::Cpu).unwrap()), bits(&cache.to_device(&Device::Cpu).unwrap())));
+            }
+            let case = format!("heads {nh}/{nkv} hd {hd} rot {rot} past {past} window {window:?} b{b} {dt:?}");
+            for (i, r) in results.iter().enumerate().skip(1) {
+                assert!(r.0 == results[0].0, "{case}: folded attention output differs (variant {i})");
+                assert!(r.1 == results[0].1, "{case}: folded KV append left another cache (variant {i})");
+            }
         }
     }
 }
