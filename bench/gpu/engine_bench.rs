@@ -45,10 +45,12 @@ struct Args {
     workdir: PathBuf,
     batches: Vec<usize>,
     profile: bool,
+    /// Storages measured (`--quants bf16,nf4`, the default; `nf4` alone skips the bf16 runs).
+    quants: Vec<String>,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { config: PathBuf::new(), name: String::new(), out: None, workdir: "/tmp".into(), batches: vec![1, 8], profile: false };
+    let mut a = Args { config: PathBuf::new(), name: String::new(), out: None, workdir: "/tmp".into(), batches: vec![1, 8], profile: false, quants: vec!["bf16".into(), "nf4".into()] };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().with_context(|| format!("{k} needs a value"));
@@ -59,7 +61,8 @@ fn parse_args() -> Result<Args> {
             "--workdir" => a.workdir = v()?.into(),
             "--profile" => a.profile = true,
             "--batches" => a.batches = v()?.split(',').map(|s| s.parse()).collect::<Result<_, _>>()?,
-            _ => bail!("unknown argument {k}: use --config DIR --name NAME [--out FILE] [--workdir DIR] [--batches 1,8] [--profile]"),
+            "--quants" => a.quants = v()?.split(',').map(String::from).collect(),
+            _ => bail!("unknown argument {k}: use --config DIR --name NAME [--out FILE] [--workdir DIR] [--batches 1,8] [--quants bf16,nf4] [--profile]"),
         }
     }
     if a.name.is_empty() || !a.config.join("config.json").is_file() {
@@ -186,7 +189,9 @@ fn main() -> Result<()> {
     common::emit(&a.out, json!({"metric": "mem_after_load", "model": a.name, "quant": "bf16",
         "allocated_GiB": used as f64 / (1u64 << 30) as f64, "load_s": t0.elapsed().as_secs_f64(), "write_s": write_s,
         "weight_bytes": model.weight_bytes(), "how": "cuMemGetInfo used after load minus before (context, cuBLAS)"}))?;
-    bench_model(&a, &model, "bf16", model.weight_bytes() - embed)?;
+    if a.quants.iter().any(|q| q == "bf16") {
+        bench_model(&a, &model, "bf16", model.weight_bytes() - embed)?;
+    }
 
     let t0 = Instant::now();
     for (path, lin) in model.projections() {
@@ -204,6 +209,8 @@ fn main() -> Result<()> {
             common::emit(&a.out, v)
         })?;
     }
-    bench_model(&a, &model, "nf4", model.weight_bytes() - embed)?;
+    if a.quants.iter().any(|q| q == "nf4") {
+        bench_model(&a, &model, "nf4", model.weight_bytes() - embed)?;
+    }
     Ok(())
 }
