@@ -366,7 +366,7 @@ fn decode_attention_with_the_append_folded_in_equals_the_two_launches() {
                 }
                 let len = if on_device { CacheLen::Device(&dev_len) } else { CacheLen::Host(past + 1) };
                 let out = if folded {
-                    infer::decode_attention_append_at(&q, &k, &v, &cache, len, window, scale, &inv).unwrap()
+                    infer::decode_attention_append_at(&q, (&k, &v), &cache, len, window, scale, &inv).unwrap()
                 } else {
                     infer::kv_append_at(&cache, &k, &v, CacheLen::Host(past), &inv).unwrap();
                     infer::decode_attention_at(&q, &cache, len, window, scale, &inv).unwrap()

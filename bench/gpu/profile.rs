@@ -75,7 +75,7 @@ pub fn profile(model: &Model, past: usize, mut emit: impl FnMut(serde_json::Valu
         ("decode_attention", time_us(&dev, || Ok(drop(infer::decode_attention(&xq, &cache, past + 1, None, 0.1, &inv)?)))?),
         (
             "decode_attention_append",
-            time_us(&dev, || Ok(drop(infer::decode_attention_append_at(&xq, &kk, &vv, &cache, infer::CacheLen::Host(past + 1), None, 0.1, &inv)?)))?,
+            time_us(&dev, || Ok(drop(infer::decode_attention_append_at(&xq, (&kk, &vv), &cache, infer::CacheLen::Host(past + 1), None, 0.1, &inv)?)))?,
         ),
         ("o_gemv", time_us(&dev, || Ok(drop(fused::gemv_multi(&xq, std::slice::from_ref(&o))?)))?),
         ("gate_up_glu_gemv", time_us(&dev, || Ok(drop(fused::gemv_glu(&x, &gate, &up, GluAct::Silu)?)))?),

@@ -242,7 +242,7 @@ impl Attention {
         let scale = 1.0 / (hd as f64).sqrt();
         if t == 1 {
             // The KV append folded into the attention launch: one kernel less per layer.
-            infer::decode_attention_append_at(&q, &k, &v, &cache, attn_len, self.sliding_window, scale, inv)
+            infer::decode_attention_append_at(&q, (&k, &v), &cache, attn_len, self.sliding_window, scale, inv)
         } else {
             infer::kv_append_at(&cache, &k, &v, at, inv)?;
             let Some((cos, sin)) = step.tables else { candle_core::bail!("rotary tables were not computed for this prompt") };

@@ -422,14 +422,14 @@ pub fn decode_attention_at(q: &Tensor, cache: &Tensor, len: CacheLen, window: Op
 }
 
 /// [`kv_append_at`] and [`decode_attention_at`] of one token per sequence in one launch: `k`
-/// and `v` `[B, 1, kv_heads * head_dim]` (unrotated; batch rows may be strided, as narrowed
-/// from a fused q/k/v output) go into the cache at position `len - 1` (k rotated) and the token
-/// attends to the cache with them. Same values as the two calls, bit for bit; one kernel less
-/// per layer of a decode step. With `CacheLen::Host`, `len` counts the token's own position.
+/// and `v` (`kv`) `[B, 1, kv_heads * head_dim]` (unrotated; batch rows may be strided, as
+/// narrowed from a fused q/k/v output) go into the cache at position `len - 1` (k rotated) and
+/// the token attends to the cache with them. Same values as the two calls, bit for bit; one
+/// kernel less per layer of a decode step. With `CacheLen::Host`, `len` counts the token's own
+/// position.
 pub fn decode_attention_append_at(
     q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+    (k, v): (&Tensor, &Tensor),
     cache: &Tensor,
     len: CacheLen,
     window: Option<usize>,
