@@ -458,3 +458,51 @@ fn fused_lora_update_and_its_gradients_match_the_cpu() {
         }
     }
 }
+
+/// The in-place helpers of the hand-written backward against their out-of-place forms on the
+/// GPU, bf16: `y += a·bᵀ` (cuBLAS, β = 1) against `y + a·bᵀ` (rounded twice there, so within
+/// bf16 rounding), `acc += dy·W` for an NF4 W in 1 and 4 slabs against `acc + dy·dequantize(W)`,
+/// SwiGLU's backward over its inputs and dropout over its input bit for bit.
+#[test]
+fn in_place_training_helpers_equal_their_out_of_place_forms() {
+    use qlora_studio::quant::cuda::train_gemm::{add_matmul_t, nf4_backward_add_slabs};
+    use qlora_studio::quant::Nf4Tensor;
+    let dev = gpu();
+    let bf = |dims: &[usize], std: f32| Tensor::randn(0f32, std, dims, &dev).unwrap().to_dtype(DType::BF16).unwrap();
+    let max_rel = |a: &Tensor, b: &Tensor| -> f32 {
+        let (a, b) = (cpu_f32(a), cpu_f32(b));
+        let d = (&a - &b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        d / b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    };
+    // y [3, 40, 96] += a [120, 16] · b [96, 16]ᵀ.
+    let (y, a, b) = (bf(&[3, 40, 96], 1.0), bf(&[3, 40, 16], 1.0), bf(&[96, 16], 1.0));
+    let want = (&y + a.reshape((120, 16)).unwrap().matmul(&b.t().unwrap()).unwrap().reshape((3, 40, 96)).unwrap()).unwrap();
+    let y2 = y.copy().unwrap();
+    add_matmul_t(&y2, &a, &b).unwrap();
+    let r = max_rel(&y2, &want);
+    assert!(r < 2e-2, "add_matmul_t: {r}");
+    // acc [2, 30, 256] += dy [60, 512] · W [512, 256] (NF4, double quant).
+    let w = Nf4Tensor::quantize(&Tensor::randn(0f32, 0.05, (512, 256), &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap(), true)
+        .unwrap()
+        .to_device(&dev)
+        .unwrap();
+    let wd = w.dequantize(DType::BF16).unwrap();
+    let (acc, dy) = (bf(&[2, 30, 256], 1.0), bf(&[2, 30, 512], 1.0));
+    let want = (&acc + dy.reshape((60, 512)).unwrap().matmul(&wd).unwrap().reshape((2, 30, 256)).unwrap()).unwrap();
+    for slab in [1 << 30, 128 * 256 * 2] {
+        let acc2 = acc.copy().unwrap();
+        nf4_backward_add_slabs(&acc2, &dy, &w, slab).unwrap();
+        let r = max_rel(&acc2, &want);
+        assert!(r < 2e-2, "nf4_backward_add in slabs of {slab} bytes: {r}");
+    }
+    // SwiGLU's backward and dropout, in place vs out of place: the same kernels' arithmetic.
+    let (g, u, d) = (bf(&[4, 33, 70], 2.0), bf(&[4, 33, 70], 1.0), bf(&[4, 33, 70], 1.0));
+    let (dg, du) = qlora_studio::engine::ops::glu::swiglu_bwd(&g, &u, &d).unwrap();
+    let (dg2, du2) = qlora_studio::engine::ops::glu::swiglu_bwd_in_place(g.copy().unwrap(), u.copy().unwrap(), &d).unwrap();
+    assert_eq!(max_rel(&dg2, &dg), 0.0);
+    assert_eq!(max_rel(&du2, &du), 0.0);
+    let x = bf(&[5, 300], 1.0);
+    let want = dropout::dropout(&x, 77, 0.1).unwrap();
+    let got = dropout::dropout_owned(x.copy().unwrap(), 77, 0.1).unwrap();
+    assert_eq!(max_rel(&got, &want), 0.0);
+}

@@ -251,67 +251,159 @@ fn main() -> Result<()> {
 /// the pool's high-water mark during it.
 type Phase = (String, f64, f64, [u64; 3]);
 
-/// Where one step's time and memory go: the same work as `micro_step` (its autograd layer
-/// path) + `AdamW::step`, phase by phase with a device sync after each (so the phases add up
-/// to a bit more than a step). Each phase also says how long the host took to queue it
-/// (`host_ms`, before the sync): a phase whose host time is close to its total is
-/// launch-bound, the GPU waiting for the host. Memory: the pool's bytes in use when the phase
-/// starts and ends and its `USED_MEM_HIGH` during the phase (reset at each phase's start).
-fn profile(a: &Args, model: &Model, lora: &Attached, b: &Batch, opt: &mut AdamW, mode: Checkpointing) -> Result<()> {
-    let dev = model.device().clone();
-    let p = pool(&dev)?;
-    let used = |attr| pool_attr(p, attr);
-    dev.synchronize()?;
-    reset_peaks(p)?;
-    let mut start = used(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?;
-    let mut t = Instant::now();
-    let mut lap = |what: &str, times: &mut Vec<Phase>| -> Result<()> {
-        let host = t.elapsed().as_secs_f64() * 1e3;
+/// Phase timer: each `lap` syncs the device, records the time since the last lap (and the
+/// host's share of it: time to queue, before the sync) and the pool's bytes, then resets the
+/// pool's high-water mark.
+struct Laps {
+    dev: Device,
+    p: sys::CUmemoryPool,
+    start: u64,
+    t: Instant,
+    times: Vec<Phase>,
+}
+
+impl Laps {
+    fn new(dev: &Device) -> Result<Self> {
+        let p = pool(dev)?;
         dev.synchronize()?;
-        let end = used(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?;
-        let high = used(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?;
-        times.push((what.to_string(), t.elapsed().as_secs_f64() * 1e3, host, [start, end, high]));
         reset_peaks(p)?;
-        start = end;
-        t = Instant::now();
+        let start = pool_attr(p, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?;
+        Ok(Self { dev: dev.clone(), p, start, t: Instant::now(), times: Vec::new() })
+    }
+
+    fn lap(&mut self, what: &str) -> Result<()> {
+        let host = self.t.elapsed().as_secs_f64() * 1e3;
+        self.dev.synchronize()?;
+        let end = pool_attr(self.p, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?;
+        let high = pool_attr(self.p, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?;
+        self.times.push((what.to_string(), self.t.elapsed().as_secs_f64() * 1e3, host, [self.start, end, high]));
+        reset_peaks(self.p)?;
+        self.start = end;
+        self.t = Instant::now();
         Ok(())
-    };
-    let mut times = Vec::new();
+    }
+}
+
+/// Where one step's time and memory go: the same work as `micro_step` (the hand-written
+/// layer path where the engine covers the layer, autograd otherwise) + `AdamW::step`, phase
+/// by phase with a device sync after each (so the phases add up to a bit more than a step).
+/// The last layer's recompute and backward are split into their pieces through the engine's
+/// phase hook (`model::backward::set_phase_hook`). Each phase also says how long the host
+/// took to queue it (`host_ms`): a phase whose host time is close to its total is
+/// launch-bound. Memory: the pool's bytes in use when the phase starts and ends and its
+/// `USED_MEM_HIGH` during the phase. Then each projection of layer 0 alone (NF4 dequantize,
+/// base product, LoRA forward, LoRA backward), 3 repetitions each after one warm-up.
+fn profile(a: &Args, model: &Model, lora: &Attached, b: &Batch, opt: &mut AdamW, mode: Checkpointing) -> Result<()> {
+    use qlora_studio::engine::model::backward::set_phase_hook;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let dev = model.device().clone();
+    let laps = Rc::new(RefCell::new(Laps::new(&dev)?));
+    let lap = |what: &str| laps.borrow_mut().lap(what);
     let (ids, labels, weights) = step::batch_tensors(b, &dev)?;
     let (cos, sin) = model.rope_tables(0, b.seq)?;
-    lap("setup", &mut times)?;
+    lap("setup")?;
     let mut x = model.embed(&ids)?.detach();
     let mut inputs = Stash::new(&dev, model.num_layers(), mode)?;
-    for i in 0..model.num_layers() {
+    let n = model.num_layers();
+    let mut rng_before = Vec::new();
+    for i in 0..n {
         inputs.push(&x)?;
-        x = model.layer_forward(i, &x, &cos, &sin)?.detach();
+        rng_before.push(lora.iter().map(|(_, l)| l.rng_state()).collect::<Vec<_>>());
+        x = match model.layer_forward_no_graph(i, &x, &cos, &sin)? {
+            Some(y) => y,
+            None => model.layer_forward(i, &x, &cos, &sin)?.detach(),
+        };
     }
-    lap("forward (all layers, no graph kept)", &mut times)?;
+    lap("forward (all layers, no graph kept)")?;
     let hidden = model.final_norm(&x)?;
     let (_, gh) = qlora_studio::train::loss::loss_and_hidden_grad(model, &hidden, &labels, &weights, b.target_count() as f64, 1.0)?;
-    lap("loss + its hidden gradient", &mut times)?;
+    lap("loss + its hidden gradient")?;
     let mut g = gh;
-    let n = model.num_layers();
+    let mut sink = ProfileSink::default();
     for i in (0..n).rev() {
-        let input = qlora_studio::engine::candle_core::Var::from_tensor(&inputs.take(i)?)?;
-        let out = model.layer_forward(i, input.as_tensor(), &cos, &sin)?;
-        if i == n - 1 {
-            lap("layer recompute (one layer)", &mut times)?;
+        for (j, (_, l)) in lora.iter().enumerate() {
+            l.set_rng_state(rng_before[i][j]);
         }
-        let store = (out * &g)?.sum_all()?.backward()?;
-        g = store.get(input.as_tensor()).cloned().context("no input gradient")?;
+        let input = inputs.take(i)?;
         if i == n - 1 {
-            lap("layer backward (one layer)", &mut times)?;
+            lap("last layer's input back")?;
+            let l2 = laps.clone();
+            set_phase_hook(Some(Box::new(move |what: &str| {
+                let _ = l2.borrow_mut().lap(&format!("layer {}: {what}", n - 1));
+            })));
+        }
+        if let Some(dx) = model.layer_backward(i, &input, &g, &cos, &sin, &mut sink)? {
+            g = dx;
+        } else {
+            let input = qlora_studio::engine::candle_core::Var::from_tensor(&input)?;
+            let out = model.layer_forward(i, input.as_tensor(), &cos, &sin)?;
+            let store = (out * &g)?.sum_all()?.backward()?;
+            g = store.get(input.as_tensor()).cloned().context("no input gradient")?;
+        }
+        if i == n - 1 {
+            set_phase_hook(None);
+            lap("layer recompute + backward (last layer, rest)")?;
         }
     }
-    lap("recompute + backward, the other layers", &mut times)?;
+    lap("recompute + backward, the other layers")?;
     let grads: Vec<Tensor> = opt.params().iter().map(|p| p.var.as_tensor().zeros_like()).collect::<Result<_, _>>()?;
-    lap("zero grads", &mut times)?;
+    lap("zero grads")?;
     opt.step(&grads, 2e-4)?;
-    lap("AdamW step", &mut times)?;
-    let _ = lora;
+    lap("AdamW step")?;
+    drop((g, grads, sink));
+    projection_profile(a, model, lora, &mut laps.borrow_mut())?;
     let gib = |v: u64| v as f64 / GIB;
+    let times = &laps.borrow().times;
     common::emit(&a.out, json!({"metric": "qlora_train_profile", "model": a.name, "layers": n, "offload_checkpoints": mode == Checkpointing::Offload,
+        "manual_backward": model.layer_has_manual_backward(n - 1, &x),
         "ms": times.iter().map(|(k, v, h, [s, e, hi])| json!({"phase": k, "ms": v, "host_ms": h,
             "used_start_GiB": gib(*s), "used_end_GiB": gib(*e), "used_high_GiB": gib(*hi)})).collect::<Vec<_>>()}))
+}
+
+/// The gradients of the profiled layer backward, dropped (the profile needs only the work).
+#[derive(Default)]
+struct ProfileSink(Vec<Tensor>);
+
+impl qlora_studio::engine::linear::GradSink for ProfileSink {
+    fn add(&mut self, _p: &Tensor, g: Tensor) -> qlora_studio::engine::candle_core::Result<()> {
+        self.0.push(g);
+        if self.0.len() > 14 {
+            self.0.remove(0);
+        }
+        Ok(())
+    }
+}
+
+/// Layer 0's seven projections one by one on `[micro_batch·seq, in]` bf16 rows.
+fn projection_profile(a: &Args, model: &Model, lora: &Attached, laps: &mut Laps) -> Result<()> {
+    use qlora_studio::engine::linear::Linear;
+    let dev = model.device().clone();
+    let rows = a.micro_batch * a.seq;
+    let mut sink = ProfileSink::default();
+    for (path, l) in lora.iter().filter(|(p, _)| p.starts_with("model.layers.0.")) {
+        let name = path.rsplit('.').next().unwrap_or(path);
+        let x = Tensor::randn(0f32, 1.0, (rows, l.in_features()), &dev)?.to_dtype(DType::BF16)?;
+        let dy = Tensor::randn(0f32, 1e-3, (rows, l.out_features()), &dev)?.to_dtype(DType::BF16)?;
+        for rep in 0..4 {
+            let tag = |what: &str| format!("proj {name} [{rows}x{}->{}] {what}{}", l.in_features(), l.out_features(), if rep == 0 { " (warm-up)" } else { "" });
+            laps.lap("proj gap")?;
+            let w = l.base.dense_weight(DType::BF16)?;
+            laps.lap(&tag("dequantize"))?;
+            let y = x.matmul(&w.t()?)?;
+            laps.lap(&tag("x·Wᵀ (dense, candle)"))?;
+            drop((w, y));
+            let (y, _) = l.base.forward_train(&x)?;
+            laps.lap(&tag("base forward (nf4_linear)"))?;
+            drop(y);
+            let (y, r) = l.forward_train(&x)?;
+            laps.lap(&tag("LoRA forward_train"))?;
+            drop(y);
+            let dx = l.backward(x.clone(), &dy, &r, &mut sink)?;
+            laps.lap(&tag("LoRA backward"))?;
+            drop(dx);
+        }
+    }
+    laps.times.retain(|(k, ..)| k != "proj gap" && !k.ends_with("(warm-up)"));
+    Ok(())
 }

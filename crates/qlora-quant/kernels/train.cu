@@ -394,3 +394,32 @@ __device__ void swiglu_bwd_impl(const T* __restrict__ g, const T* __restrict__ u
 SWIGLU(f32, float)
 SWIGLU(bf16, __nv_bfloat16)
 SWIGLU(f16, __half)
+
+// In-place variants for the hand-written backward (no second activation-sized buffer):
+// * swiglu_bwd_inplace_*: g[i], u[i] <- dL/dg, dL/du given dy (same arithmetic as swiglu_bwd_*);
+// * dropout_inplace_*: x[i] <- keep(seed, i) ? x[i] * scale : 0 (same mask as dropout_*).
+template <typename T>
+__device__ void swiglu_bwd_inplace_impl(T* g, T* u, const T* __restrict__ dy, uint64_t n) {
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+        float gv = to_f32(g[i]), dv = to_f32(dy[i]), uv = to_f32(u[i]);
+        float s = 1.0f / (1.0f + expf(-gv));
+        g[i] = from_f32<T>(dv * uv * s * (1.0f + gv * (1.0f - s)));
+        u[i] = from_f32<T>(dv * gv * s);
+    }
+}
+
+template <typename T>
+__device__ void dropout_inplace_impl(T* x, uint64_t n, uint64_t seed, uint32_t threshold, float scale) {
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+        x[i] = from_f32<T>(keep_hash(seed, i) < threshold ? to_f32(x[i]) * scale : 0.0f);
+    }
+}
+
+#define INPLACE(suffix, T) \
+    extern "C" __global__ void swiglu_bwd_inplace_##suffix(T* g, T* u, const T* dy, uint64_t n) { swiglu_bwd_inplace_impl<T>(g, u, dy, n); } \
+    extern "C" __global__ void dropout_inplace_##suffix(T* x, uint64_t n, uint64_t seed, uint32_t threshold, float scale) { \
+        dropout_inplace_impl<T>(x, n, seed, threshold, scale); \
+    }
+INPLACE(f32, float)
+INPLACE(bf16, __nv_bfloat16)
+INPLACE(f16, __half)

@@ -73,6 +73,31 @@ impl TrainLora {
     }
 }
 
+/// Dense copies of an NF4 base weight above this many bytes are made a slab at a time in the
+/// training forward (`qlora_quant::cuda::prefill::nf4_linear_slabs`): Mistral-7B's MLP weights
+/// (117 MB in bf16) then never exist whole, 88 MB less at the recompute's peak, for about 6%
+/// more time in those products (measured on an H100 for the prefill, module docs there).
+#[cfg(feature = "cuda")]
+const FORWARD_SLAB_BYTES: usize = 32 << 20;
+
+impl TrainLora {
+    /// The frozen base's product for [`Linear::forward_train`].
+    fn base_forward(&self, x: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if let Some((w, bias)) = self.base.as_nf4() {
+            let big = w.shape().elem_count() * x.dtype().size_in_bytes() > 2 * FORWARD_SLAB_BYTES;
+            if big && x.device().is_cuda() && matches!(x.dtype(), DType::BF16 | DType::F16) && x.is_contiguous() && x.rank() >= 2 {
+                let y = qlora_quant::cuda::prefill::nf4_linear_slabs(x, w, FORWARD_SLAB_BYTES)?;
+                return match bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                };
+            }
+        }
+        self.base.forward_train(x).map(|(y, _)| y)
+    }
+}
+
 impl Linear for TrainLora {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.base.forward(x)?;
@@ -105,57 +130,80 @@ impl Linear for TrainLora {
     /// x's dtype with A, B cast to it; the replay keeps the seed, the cast A and B, and
     /// `scale · dropout(x) Aᵀ` (`[rows, r]`).
     fn forward_train(&self, x: &Tensor) -> Result<(Tensor, Replay)> {
-        let (y, _) = self.base.forward_train(x)?;
+        let y = self.base_forward(x)?;
         let replay = self.replay_for(x)?;
         let [_, b, us] = replay.saved.as_slice() else { candle_core::bail!("lora forward: replay without A, B, u") };
+        // On CUDA the update is accumulated into the base product's output by one cuBLAS call
+        // (β = 1): no delta tensor and no separate add. `y` is the base's fresh output, held
+        // by nobody else.
+        #[cfg(feature = "cuda")]
+        if y.device().is_cuda() && y.dtype() == us.dtype() && matches!(y.dtype(), DType::BF16 | DType::F16) && y.is_contiguous() {
+            qlora_quant::cuda::train_gemm::add_matmul_t(&y, us, b)?;
+            return Ok((y, replay));
+        }
         let d = us.matmul(&b.t()?)?.reshape(y.shape())?.to_dtype(y.dtype())?;
         Ok(((y + d)?, replay))
     }
 
     fn replay_for(&self, x: &Tensor) -> Result<Replay> {
-        let dt = x.dtype();
-        let seed = (self.dropout > 0.0 && self.train_mode.load(Ordering::Relaxed)).then(|| self.next_seed());
+        let mut replay = self.replay_lazy(x)?;
         let n_in = self.in_features();
         let x2 = x.reshape((x.elem_count() / n_in.max(1), n_in))?;
-        let xd = match seed {
+        let xd = match replay.seed {
             Some(s) => crate::ops::dropout::dropout(&x2, s, self.dropout)?,
             None => x2,
         };
-        let a = self.a.as_tensor().detach().to_dtype(dt)?;
-        let b = self.b.as_tensor().detach().to_dtype(dt)?;
-        let us = (xd.matmul(&a.t()?)? * self.scale)?;
-        Ok(Replay { seed, saved: vec![a, b, us] })
+        let us = (xd.matmul(&replay.saved[0].t()?)? * self.scale)?;
+        replay.saved.push(us);
+        Ok(replay)
     }
 
-    /// With `s = scale`, `xd = dropout(x)` (replayed from the seed) and `us = s·xd Aᵀ` kept by
-    /// the forward: `∂B = dyᵀ us`, `∂u = s·dy B`, `∂A = ∂uᵀ xd`, `∂x = base's + dropout(∂u A)`;
-    /// A's and B's gradients in f32 (their dtype). In an order that holds few `x`-sized
-    /// tensors at once: `x` and `xd` are gone before the base's dense weight is made, and the
-    /// update's input gradient is made after it is gone.
+    /// The seed and the cast A, B only: the backward makes `us` from the dropped input.
+    fn replay_lazy(&self, x: &Tensor) -> Result<Replay> {
+        let dt = x.dtype();
+        let seed = (self.dropout > 0.0 && self.train_mode.load(Ordering::Relaxed)).then(|| self.next_seed());
+        let a = self.a.as_tensor().detach().to_dtype(dt)?;
+        let b = self.b.as_tensor().detach().to_dtype(dt)?;
+        Ok(Replay { seed, saved: vec![a, b] })
+    }
+
+    /// With `s = scale`, `xd = dropout(x)` (replayed from the seed) and `us = s·xd Aᵀ` (kept
+    /// by the forward, or made here after [`Linear::replay_lazy`]): `∂B = dyᵀ us`,
+    /// `∂u = s·dy B`, `∂A = ∂uᵀ xd`, `∂x = dropout(∂u A) + base's`; A's and B's gradients in
+    /// f32 (their dtype). In an order that holds few `x`-sized tensors at once: `x` and `xd`
+    /// are gone before the update's input gradient is made, and the base's `dy·W` is added
+    /// into that gradient (in place on a GPU, `linear::backward_add`).
     fn backward(&self, x: Tensor, dy: &Tensor, replay: &Replay, grads: &mut dyn GradSink) -> Result<Tensor> {
-        let [a, b, us] = replay.saved.as_slice() else {
-            candle_core::bail!("lora backward: the replay was not made by this layer's forward_train")
+        let (a, b, kept_us) = match replay.saved.as_slice() {
+            [a, b] => (a, b, None),
+            [a, b, us] => (a, b, Some(us)),
+            _ => candle_core::bail!("lora backward: the replay was not made by this layer's forward_train"),
         };
         let (n_in, n_out) = (self.in_features(), self.out_features());
         let rows = x.elem_count() / n_in.max(1);
-        let dy2 = dy.to_dtype(a.dtype())?.reshape((rows, n_out))?;
-        grads.add(self.b.as_tensor(), dy2.t()?.matmul(us)?.to_dtype(self.b.dtype())?)?;
-        let gu = (dy2.matmul(b)? * self.scale)?;
-        drop(dy2);
         let shape = x.shape().clone();
         let mut xd = x.reshape((rows, n_in))?;
+        drop(x);
         if let Some(s) = replay.seed {
             xd = crate::ops::dropout::dropout(&xd, s, self.dropout)?;
         }
+        let us = match kept_us {
+            Some(us) => us.clone(),
+            None => (xd.matmul(&a.t()?)? * self.scale)?,
+        };
+        let dy2 = dy.to_dtype(a.dtype())?.reshape((rows, n_out))?;
+        grads.add(self.b.as_tensor(), dy2.t()?.matmul(&us)?.to_dtype(self.b.dtype())?)?;
+        drop(us);
+        let gu = (dy2.matmul(b)? * self.scale)?;
+        drop(dy2);
         grads.add(self.a.as_tensor(), gu.t()?.matmul(&xd)?.to_dtype(self.a.dtype())?)?;
         drop(xd);
-        let dx = self.base.backward(x, dy, &Replay::default(), grads)?;
         let mut gx = gu.matmul(a)?;
         if let Some(s) = replay.seed {
-            gx = crate::ops::dropout::dropout(&gx, s, self.dropout)?;
+            gx = crate::ops::dropout::dropout_owned(gx, s, self.dropout)?;
         }
-        let gx = gx.reshape(shape)?.to_dtype(dx.dtype())?;
-        dx + gx
+        let gx = gx.reshape(shape)?.to_dtype(dy.dtype())?;
+        qlora_engine::linear::backward_add(self.base.as_ref(), dy, gx)
     }
     fn differentiable_by_hand(&self) -> bool {
         self.base.differentiable_by_hand()

@@ -54,6 +54,13 @@ pub trait Linear: Send + Sync + std::fmt::Debug {
     fn replay_for(&self, _x: &Tensor) -> Result<Replay> {
         Ok(Replay::default())
     }
+    /// [`Linear::replay_for`] that may leave work to [`Linear::backward`] (a LoRA keeps only
+    /// its dropout seed and adapter weights; its backward makes the rank-sized product from
+    /// the dropped input it makes anyway): for the last projection of a recompute, whose
+    /// backward comes next. Same dropout draw as `replay_for`.
+    fn replay_lazy(&self, x: &Tensor) -> Result<Replay> {
+        self.replay_for(x)
+    }
     /// `∂L/∂x` of [`Linear::forward_train`]`(x)` given `dy = ∂L/∂y` (`[..., out_features]`),
     /// with the gradients of any trainable parameters (a LoRA's A and B) handed to `grads`.
     /// `x` is given up: it is dropped as soon as it has been read, so that (when the caller
@@ -68,6 +75,26 @@ pub trait Linear: Send + Sync + std::fmt::Debug {
         let w = self.dense_weight(dy.dtype())?;
         dy.reshape((rows, n))?.matmul(&w)?.reshape(shape)
     }
+}
+
+/// `acc + dy · W` (`acc` shaped as the layer's input, `dy` `[..., out_features]`): a frozen
+/// layer's input gradient added to one made elsewhere (a LoRA's), which storages on a GPU
+/// accumulate in place (NF4: a slab of the dense weight at a time) instead of making the
+/// product and the dense weight whole. `acc` is given up.
+pub fn backward_add(layer: &dyn Linear, dy: &Tensor, acc: Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let Some((w, _)) = layer.as_nf4() {
+        if acc.device().is_cuda() && acc.dtype() == dy.dtype() && matches!(acc.dtype(), candle_core::DType::BF16 | candle_core::DType::F16) {
+            let (acc, dy) = (acc.contiguous()?, dy.contiguous()?);
+            qlora_quant::cuda::train_gemm::nf4_backward_add(&acc, &dy, w)?;
+            return Ok(acc);
+        }
+    }
+    let n = layer.out_features();
+    let rows = dy.elem_count() / n.max(1);
+    let w = layer.dense_weight(dy.dtype())?;
+    let shape = acc.shape().clone();
+    acc + dy.reshape((rows, n))?.matmul(&w)?.reshape(shape)?
 }
 
 /// What a layer's [`Linear::forward_train`] leaves for its [`Linear::backward`] besides the

@@ -2,7 +2,7 @@
 //! The forward is qlora-quant's `nf4_linear` custom op, whose backward dequantizes the
 //! weight again rather than keeping a dense copy alive (the QLoRA memory rule).
 
-use super::{ArcLinear, Linear, Storage};
+use super::{ArcLinear, GradSink, Linear, Replay, Storage};
 use crate::error::Result;
 use candle_core::{DType, Tensor};
 use qlora_quant::Nf4Tensor;
@@ -22,6 +22,15 @@ impl Nf4Linear {
 
     pub fn weight(&self) -> &Nf4Tensor {
         &self.weight
+    }
+
+    /// The dense weight for a backward product, dropped after the call.
+    fn backward_weight(&self, dtype: DType) -> candle_core::Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if self.weight.packed().device().is_cuda() && matches!(dtype, DType::BF16 | DType::F16) {
+            return qlora_quant::cuda::prefill::dequantize_prefill(&self.weight, dtype);
+        }
+        self.weight.dequantize(dtype)
     }
 }
 
@@ -59,6 +68,17 @@ impl Linear for Nf4Linear {
 
     fn differentiable_by_hand(&self) -> bool {
         true
+    }
+
+    /// `dy · W` with W dequantized for the call (on CUDA in 16 bits by the prefill product's
+    /// wide kernel: same bits as [`Nf4Tensor::dequantize`], more loads in flight).
+    fn backward(&self, x: Tensor, dy: &Tensor, _replay: &Replay, _grads: &mut dyn GradSink) -> candle_core::Result<Tensor> {
+        let shape = x.shape().clone();
+        drop(x);
+        let n = self.out_features();
+        let rows = dy.elem_count() / n.max(1);
+        let w = self.backward_weight(dy.dtype())?;
+        dy.reshape((rows, n))?.matmul(&w)?.reshape(shape)
     }
 
     fn bias(&self) -> Option<&Tensor> {

@@ -35,6 +35,40 @@ pub fn manual_backward_enabled() -> bool {
 
 static MANUAL_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Whether the recompute before the backward drops the attention probabilities once the
+/// attention output is made, and the attention backward makes them again from q and k
+/// (default; `QLORA_TRAIN_KEEP_PROBS=1` keeps them): one more probabilities kernel a layer,
+/// and `[B, heads, T, T]` (67 MB on Mistral-7B at 4 × 512) less alive through the MLP's
+/// backward, where the layer backward's peak is.
+pub fn recompute_probs() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("QLORA_TRAIN_KEEP_PROBS").map_or(true, |v| v.trim() != "1"))
+}
+
+/// A callback told the name of each piece of the hand-written forward/backward as it has
+/// been queued (profiling: `bench/gpu/train_bench.rs --profile` syncs the device in it and
+/// reads the time and the pool's bytes). Per thread; `None` (the default) costs nothing.
+pub type PhaseHook = Box<dyn FnMut(&str)>;
+
+thread_local! {
+    static PHASE_HOOK: std::cell::RefCell<Option<PhaseHook>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Installs (or with `None` removes) this thread's [`PhaseHook`]; returns the previous one.
+pub fn set_phase_hook(hook: Option<PhaseHook>) -> Option<PhaseHook> {
+    PHASE_HOOK.with(|h| std::mem::replace(&mut *h.borrow_mut(), hook))
+}
+
+fn mark(what: &str) {
+    PHASE_HOOK.with(|h| {
+        if let Ok(mut h) = h.try_borrow_mut() {
+            if let Some(f) = h.as_mut() {
+                f(what)
+            }
+        }
+    })
+}
+
 /// Turns the hand-written backward off (`false`: autograd everywhere) or back on
 /// (process-wide; the environment's `QLORA_TRAIN_MANUAL_BWD=0` still wins): for tests and
 /// benchmarks that compare both in one process.
@@ -54,8 +88,9 @@ struct Saved {
     /// Rotated keys and the values, `[B, kv_heads, T, hd]`.
     k: Tensor,
     v: Tensor,
-    /// Attention probabilities `[B, kv_heads, rep·T, T]`.
-    p: Tensor,
+    /// Attention probabilities `[B, kv_heads, rep·T, T]`; `None` when the attention
+    /// backward remakes them ([`recompute_probs`]).
+    p: Option<Tensor>,
     /// Attention output as rows `[B, T, heads·hd]`: o_proj's input.
     attn: Tensor,
     replay_o: Replay,
@@ -130,22 +165,28 @@ impl DecoderLayer {
             let (v, r) = at.v_proj.forward_train(&h1)?;
             (v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?, r)
         };
+        mark("fwd q/k/v (norm, projections, rotary)");
         let probs = ops::attention::probs(&q, &k, self.mask(t, step.past))?;
         let attn = probs.matmul(&v)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        let probs = if !output && recompute_probs() { None } else { Some(probs) };
+        mark("fwd attention (probabilities, P·V)");
         let (x2, replay_o) = {
             let (o, r) = at.o_proj.forward_train(&attn)?;
             ((x + o)?, r)
         };
+        mark("fwd o_proj + residual");
         let h2 = p.norm2.forward(&x2)?;
         let (gate, replay_gate) = p.gate.forward_train(&h2)?;
         let (up, replay_up) = p.up.forward_train(&h2)?;
+        mark("fwd norm2, gate, up");
         let act = ops::glu::swiglu(&gate, &up)?;
         let (out, replay_down) = if output {
             let (m, replay) = p.down.forward_train(&act)?;
             (Some((&x2 + m)?), replay)
         } else {
-            (None, p.down.replay_for(&act)?)
+            (None, p.down.replay_lazy(&act)?)
         };
+        mark("fwd swiglu, down");
         let saved = Saved {
             h1,
             replay_q,
@@ -190,16 +231,21 @@ impl DecoderLayer {
         let dx2 = self.mlp_backward(&p, dy, &x2, h2, (s.gate, s.up, s.act), (&s.replay_gate, &s.replay_up, &s.replay_down), grads)?;
         drop(x2);
         let d_attn = self.attn.o_proj.backward(attn, &dx2, &replay_o, grads)?;
+        mark("bwd o_proj");
         let (dq, dk, dv) = self.attention_backward(&d_attn, q, k, v, probs, step)?;
         drop(d_attn);
+        mark("bwd attention (probabilities, rotary)");
         let at = &self.attn;
         let mut dh1 = at.q_proj.backward(h1.clone(), &dq, &replay_q, grads)?;
         drop(dq);
+        mark("bwd q_proj");
         dh1 = (dh1 + at.k_proj.backward(h1.clone(), &dk, &replay_k, grads)?)?;
         drop(dk);
         dh1 = (dh1 + at.v_proj.backward(h1, &dv, &replay_v, grads)?)?;
         drop(dv);
+        mark("bwd k_proj, v_proj");
         let dx = ops::fused_rms::rms_norm_bwd(&x, &p.norm1.weight, &dh1, p.norm1.eps)?;
+        mark("bwd norm1 + residual");
         Ok(Some((dx2 + dx)?))
     }
 
@@ -217,23 +263,33 @@ impl DecoderLayer {
     ) -> Result<Tensor> {
         // `act` and `h2` go to their last users: dropped inside once read.
         let d_act = p.down.backward(act, dy, rd, grads)?;
-        let (d_gate, d_up) = ops::glu::swiglu_bwd(&gate, &up, &d_act)?;
-        drop((gate, up, d_act));
+        mark("bwd down");
+        let (d_gate, d_up) = ops::glu::swiglu_bwd_in_place(gate, up, &d_act)?;
+        drop(d_act);
+        mark("bwd swiglu");
         let mut dh2 = p.gate.backward(h2.clone(), &d_gate, rg, grads)?;
         drop(d_gate);
+        mark("bwd gate");
         dh2 = (dh2 + p.up.backward(h2, &d_up, ru, grads)?)?;
         drop(d_up);
-        dy + ops::fused_rms::rms_norm_bwd(x2, &p.norm2.weight, &dh2, p.norm2.eps)?
+        mark("bwd up");
+        let out = dy + ops::fused_rms::rms_norm_bwd(x2, &p.norm2.weight, &dh2, p.norm2.eps)?;
+        mark("bwd norm2 + residual");
+        out
     }
 
     /// From the attention output's gradient (rows `[B, T, heads·hd]`) to the q, k, v
     /// projections' output gradients (rows).
-    fn attention_backward(&self, d_attn: &Tensor, q: Tensor, k: Tensor, v: Tensor, probs: Tensor, step: &Step) -> Result<(Tensor, Tensor, Tensor)> {
+    fn attention_backward(&self, d_attn: &Tensor, q: Tensor, k: Tensor, v: Tensor, probs: Option<Tensor>, step: &Step) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = d_attn.dims3()?;
         let at = &self.attn;
         let (nh, nkv, hd) = (at.num_heads, at.num_kv_heads, at.head_dim);
         let (cos, sin) = step.tables()?;
         let d_o = d_attn.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?.reshape((b, nkv, (nh / nkv) * t, hd))?;
+        let probs = match probs {
+            Some(p) => p,
+            None => ops::attention::probs(&q, &k, self.mask(t, step.past))?,
+        };
         let dp = d_o.matmul(&v.t()?)?;
         let dv = probs.t()?.matmul(&d_o)?;
         drop((d_o, v));

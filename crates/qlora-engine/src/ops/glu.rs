@@ -109,6 +109,51 @@ pub fn swiglu_bwd(gate: &Tensor, up: &Tensor, dy: &Tensor) -> Result<(Tensor, Te
     Ok((both.get(0)?, both.get(1)?))
 }
 
+/// [`swiglu_bwd`] over its inputs, which the caller gives up: on CUDA `gate`'s storage
+/// becomes `∂gate` and `up`'s `∂up` (one kernel, no new buffer: on Mistral-7B's MLP that is
+/// 117 MB less at the layer backward's peak); elsewhere, or for inputs that are not plain
+/// contiguous tensors of one dtype, [`swiglu_bwd`]. `gate` and `up` must be tensors nobody
+/// else holds (the recompute's fresh outputs).
+pub fn swiglu_bwd_in_place(gate: Tensor, up: Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if gate.device().is_cuda()
+        && gate.is_contiguous()
+        && up.is_contiguous()
+        && gate.dtype() == up.dtype()
+        && gate.shape() == up.shape()
+        && gate.shape() == dy.shape()
+    {
+        let dy = dy.to_dtype(gate.dtype())?.contiguous()?;
+        gate.inplace_op3(&up, &dy, &SwiGluBwdInPlace)?;
+        return Ok((gate, up));
+    }
+    swiglu_bwd(&gate, &up, dy)
+}
+
+#[cfg(feature = "cuda")]
+struct SwiGluBwdInPlace;
+
+#[cfg(feature = "cuda")]
+impl candle_core::InplaceOp3 for SwiGluBwdInPlace {
+    fn name(&self) -> &'static str {
+        "swiglu-bwd-in-place"
+    }
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<()> {
+        candle_core::bail!("swiglu-bwd-in-place runs on CUDA; on the CPU call swiglu_bwd")
+    }
+    fn cuda_fwd(
+        &self,
+        g: &mut candle_core::CudaStorage,
+        gl: &Layout,
+        u: &candle_core::CudaStorage,
+        ul: &Layout,
+        dy: &candle_core::CudaStorage,
+        dl: &Layout,
+    ) -> Result<()> {
+        qlora_quant::cuda::train_gemm::swiglu_bwd_in_place(g, gl, u, ul, dy, dl)
+    }
+}
+
 /// `silu(gate) · up`, differentiable in both; same dtype and shape in and out.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)

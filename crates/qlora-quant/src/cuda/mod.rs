@@ -31,6 +31,8 @@ pub mod infer;
 pub(crate) mod pdl;
 /// Training kernels (LoRA dropout, fused cross-entropy), launched by qlora-train.
 pub mod train;
+/// `y += a · bᵀ` in place through cuBLAS (a LoRA update accumulated into the base product).
+pub mod train_gemm;
 /// Tensors parked in pinned host memory on a second stream (checkpointed layer inputs).
 pub mod offload;
 

@@ -80,6 +80,52 @@ pub fn dropout(x: &Tensor, seed: u64, p: f64) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Dropout { seed, p })
 }
 
+/// [`dropout`] of a tensor the caller gives up, written over its own storage (no second
+/// buffer): for a fresh tensor nobody else holds (a product just made). Same mask and values
+/// as [`dropout`]; not differentiable.
+pub fn dropout_owned(x: Tensor, seed: u64, p: f64) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x);
+    }
+    if p >= 1.0 || p.is_nan() || !matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16) || !x.is_contiguous() {
+        return dropout(&x, seed, p);
+    }
+    x.inplace_op1(&InPlace(Dropout { seed, p }))?;
+    Ok(x)
+}
+
+struct InPlace(Dropout);
+
+impl candle_core::InplaceOp1 for InPlace {
+    fn name(&self) -> &'static str {
+        "lora-dropout-in-place"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("lora-dropout-in-place: input is not contiguous") };
+        let (thr, scale) = self.0.keep();
+        let seed = self.0.seed;
+        fn go<T: Copy>(v: &mut [T], seed: u64, thr: u32, scale: f32, to: impl Fn(T) -> f32, from: impl Fn(f32) -> T) {
+            for (i, x) in v.iter_mut().enumerate() {
+                *x = from(if keep_hash(seed, i as u64) < thr { to(*x) * scale } else { 0.0 });
+            }
+        }
+        match s {
+            CpuStorage::F32(v) => go(&mut v[a..b], seed, thr, scale, |x| x, |x| x),
+            CpuStorage::BF16(v) => go(&mut v[a..b], seed, thr, scale, |x| x.to_f32(), half::bf16::from_f32),
+            CpuStorage::F16(v) => go(&mut v[a..b], seed, thr, scale, |x| x.to_f32(), half::f16::from_f32),
+            other => candle_core::bail!("lora-dropout takes f32, bf16 or f16, got {:?}", other.dtype()),
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &mut candle_core::CudaStorage, l: &Layout) -> Result<()> {
+        let (thr, scale) = self.0.keep();
+        qlora_quant::cuda::train_gemm::dropout_in_place(s, l, self.0.seed, thr, scale)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
