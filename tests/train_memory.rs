@@ -48,6 +48,7 @@ fn nf4_base_stays_nf4_sized_during_training() {
         checkpointing: false,
         base: qp::Precision::Nf4Dq,
         dropout: false,
+        offload_checkpoints: true,
     };
     let popts = qp::PlanOptions { context: Some(seq as u64), batch: 1, train: Some(train), ..Default::default() };
     let plan = qp::plan(&meta, &target, &popts, qp::Overheads::builtin().unwrap()).unwrap();

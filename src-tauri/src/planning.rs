@@ -81,6 +81,7 @@ pub fn plan(req: &PlanRequest, hub: qlora_hub::HubClient, device: qlora_engine::
         checkpointing: req.gradient_checkpointing,
         base: Precision::Nf4Dq,
         dropout: false,
+        offload_checkpoints: true,
     });
     let opts = PlanOptions { context: Some(req.context as u64), batch: if req.train { 1 } else { req.batch_size as u64 }, train, ..Default::default() };
     let overheads = qp::Overheads::builtin().map_err(to_app)?;

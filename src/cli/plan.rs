@@ -38,6 +38,10 @@ pub struct Args {
     /// Gradient checkpointing (recompute each layer in backward).
     #[arg(long)]
     pub checkpointing: bool,
+    /// With --checkpointing on a GPU, keep the layer inputs on the GPU instead of pinned host
+    /// memory (the trainer's `offload_checkpoints: false`).
+    #[arg(long)]
+    pub no_offload: bool,
     /// Base weights for training without double quantization (default: nf4 with double quantization).
     #[arg(long)]
     pub no_double_quant: bool,
@@ -84,6 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         checkpointing: args.checkpointing,
         base: if args.no_double_quant { Precision::Nf4 } else { Precision::Nf4Dq },
         dropout: false,
+        offload_checkpoints: !args.no_offload,
     });
     let opts = PlanOptions { context: args.context, batch: args.batch, train, checkpoints: args.checkpoints, merged_export: args.merged };
     let overheads = qp::Overheads::builtin()?;
@@ -161,13 +166,15 @@ pub fn render(p: &Plan) -> String {
             ("AdamW states (2 × f32)", m.optimizer_bytes),
             ("activations", m.activations_bytes),
             ("logits / loss buffer", m.logits_bytes),
-            ("LM head gradient", m.head_grad_bytes),
             ("dequantize scratch", m.dequant_scratch_bytes),
             ("overhead", m.overhead_bytes),
         ] {
             s += &format!("  {name:<24}{:>12}\n", gib(v));
         }
         s += &format!("  {:<24}{:>12}  {}\n", "total", gib(m.total_bytes), fit(t.verdict));
+        if m.host_offload_bytes > 0 {
+            s += &format!("  {:<24}{:>12}  (layer inputs offloaded, pinned host RAM)\n", "host memory", gib(m.host_offload_bytes));
+        }
         if let Some(sug) = &t.suggestion {
             s += &format!("to fit: {} → {} ({})\n", sug.change, gib(sug.total_bytes), fit(sug.fit));
         }

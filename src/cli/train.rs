@@ -91,6 +91,7 @@ fn print_plan(cfg: &TrainConfig) {
             checkpointing: cfg.gradient_checkpointing,
             base,
             dropout: cfg.lora.dropout > 0.0,
+            offload_checkpoints: cfg.offload_checkpoints,
         };
         let opts = qp::PlanOptions { context: Some(cfg.data.max_len as u64), batch: cfg.micro_batch as u64, train: Some(train), ..Default::default() };
         let plan = qp::plan(&meta, &target, &opts, qp::Overheads::builtin()?)?;

@@ -54,6 +54,10 @@ pub struct TrainingOverheads {
     /// (LayerNorm, Gemma's `1 + w` norm, biases) hold more than the formula counts.
     #[serde(default)]
     pub checkpointed_layer_graphs_by_arch: BTreeMap<String, Sourced<f64>>,
+    /// The same for the hand-written layer backward (the Llama family on a GPU), where the
+    /// recompute frees as it goes: usually below one layer's graph.
+    #[serde(default)]
+    pub manual_backward_layer_graphs: Option<Sourced<f64>>,
 }
 
 impl TrainingOverheads {
@@ -62,12 +66,18 @@ impl TrainingOverheads {
     pub fn layer_graphs(&self, arch: &str) -> f64 {
         self.checkpointed_layer_graphs_by_arch.get(arch).unwrap_or(&self.checkpointed_layer_graphs).value
     }
+
+    /// Layers' worth of activations alive at the peak of the hand-written backward (falls back
+    /// to the autograd value when the file has none).
+    pub fn manual_layer_graphs(&self) -> f64 {
+        self.manual_backward_layer_graphs.as_ref().unwrap_or(&self.checkpointed_layer_graphs).value
+    }
 }
 
 impl Default for TrainingOverheads {
     fn default() -> Self {
         let est = |v: f64| Sourced { value: v, source: "estimate, to be measured".into(), note: String::new() };
-        Self { cuda_pool_slack_fraction: est(0.05), checkpointed_layer_graphs: est(2.0), checkpointed_layer_graphs_by_arch: BTreeMap::new() }
+        Self { cuda_pool_slack_fraction: est(0.05), checkpointed_layer_graphs: est(2.0), checkpointed_layer_graphs_by_arch: BTreeMap::new(), manual_backward_layer_graphs: None }
     }
 }
 
@@ -106,6 +116,9 @@ impl Overheads {
         let graphs = std::iter::once(&o.training.checkpointed_layer_graphs).chain(o.training.checkpointed_layer_graphs_by_arch.values());
         if graphs.into_iter().any(|g| !(1.0..=8.0).contains(&g.value)) {
             return Err(PlanError::BadOverheads { reason: "training.checkpointed_layer_graphs must lie between 1 and 8".into() });
+        }
+        if o.training.manual_backward_layer_graphs.as_ref().is_some_and(|g| !(0.1..=8.0).contains(&g.value)) {
+            return Err(PlanError::BadOverheads { reason: "training.manual_backward_layer_graphs must lie between 0.1 and 8".into() });
         }
         if fractions.iter().any(|f| !(0.0..1.0).contains(f)) || !(0.0..=1.0).contains(&o.verdict.tight_fraction.value) {
             return Err(PlanError::BadOverheads { reason: "fractions must lie between 0 and 1".into() });

@@ -28,13 +28,21 @@ pub struct TrainOptions {
     pub base: Precision,
     /// LoRA dropout > 0 keeps an f32 mask and a masked copy of each target's input.
     pub dropout: bool,
+    /// With checkpointing on a GPU, the layer inputs wait in pinned host memory
+    /// (`qlora-train`'s `offload_checkpoints`, on by default): the device keeps two.
+    #[serde(default = "yes")]
+    pub offload_checkpoints: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for TrainOptions {
     /// The configuration the GPU benchmarks measure (issue 7): sequence 512, micro-batch 4,
     /// rank 16 on every projection, gradient checkpointing, NF4 + double quantization.
     fn default() -> Self {
-        Self { seq_len: 512, micro_batch: 4, rank: 16, targets: vec![], checkpointing: true, base: Precision::Nf4Dq, dropout: false }
+        Self { seq_len: 512, micro_batch: 4, rank: 16, targets: vec![], checkpointing: true, base: Precision::Nf4Dq, dropout: false, offload_checkpoints: true }
     }
 }
 
@@ -50,10 +58,8 @@ pub struct TrainingMemory {
     pub master_weights_bytes: u64,
     pub activations_bytes: u64,
     pub logits_bytes: u64,
-    /// Gradient of the frozen, untied LM head that candle's autograd computes during each loss
-    /// chunk's backward (`[vocab, hidden]` in 16-bit, + Phi's head bias); 0 for tied heads,
-    /// whose gradient `qlora_train::loss` writes out analytically.
-    pub head_grad_bytes: u64,
+    /// Pinned host memory holding the offloaded layer inputs (not device memory).
+    pub host_offload_bytes: u64,
     /// Dense copy of the largest projection while its NF4 matmul runs.
     pub dequant_scratch_bytes: u64,
     pub overhead_bytes: u64,
@@ -169,15 +175,21 @@ pub fn logits_bytes(s: &ArchSpec, batch: u64, seq_len: u64, device: DeviceKind) 
     batch * seq_len.min(LOSS_CHUNK) * s.vocab_size * per
 }
 
-/// An untied head's `[vocab, hidden]` 16-bit copy during the loss: on the CPU candle's autograd
-/// builds the frozen head's weight gradient in each chunk's backward; on a GPU the loss reads
-/// `Wᵀ` back once per micro-batch for its closed-form input gradient. 0 for tied heads.
-pub fn head_grad_bytes(s: &ArchSpec) -> u64 {
-    if s.tie_embeddings {
-        return 0;
-    }
-    let bias = if s.arch == crate::arch::Arch::Phi { s.vocab_size } else { 0 };
-    (s.vocab_size * s.hidden_size + bias) * 2
+/// Whether the trainer differentiates the layers by hand (`qlora-engine` `model/backward.rs`):
+/// on a GPU with gradient checkpointing, for the Llama family (RMSNorm, SiLU-gated MLP). Its
+/// recompute keeps only what the backward reads and frees as it goes, so fewer bytes than one
+/// layer's autograd graph are alive at the peak (`training.manual_layer_graphs`).
+pub fn manual_backward(s: &ArchSpec, o: &TrainOptions, device: DeviceKind) -> bool {
+    use crate::arch::Arch;
+    device == DeviceKind::Cuda && o.checkpointing && matches!(s.arch, Arch::Llama | Arch::Mistral | Arch::Qwen2)
+}
+
+/// Dense weight bytes the hand-written path holds at once: a projection's whole bf16 copy up to
+/// 64 MiB; larger ones go through in slabs of at most 32 MiB (`qlora-quant` `cuda/train_gemm.rs`).
+fn manual_dequant_scratch(s: &ArchSpec) -> u64 {
+    const WHOLE: u64 = 64 << 20;
+    const SLAB: u64 = 32 << 20;
+    layer_projections(s).iter().map(|(_, o, i)| o * i * 2).map(|b| if b <= WHOLE { b } else { SLAB }).max().unwrap_or(0)
 }
 
 /// The whole QLoRA estimate.
@@ -201,18 +213,25 @@ pub fn training_memory(
     let c = activation_elem_bytes(device);
     // Embedding output and final norm stay alive in both modes.
     let outside = 2 * b * t * s.hidden_size * c;
+    let input = b * t * s.hidden_size * c;
+    // With offload on a GPU the device keeps the last layer's input and the one being
+    // brought back; the rest wait in pinned host memory.
+    let offload = o.checkpointing && o.offload_checkpoints && device == DeviceKind::Cuda;
+    let on_device_inputs = if offload { s.num_layers.min(2) } else { s.num_layers };
+    let manual = manual_backward(s, o, device);
     let activations = if o.checkpointing {
-        // Every layer's input, one layer recomputed, and its gradients during backward.
-        let graphs = overheads.training.layer_graphs(s.arch.model_type());
-        s.num_layers * b * t * s.hidden_size * c + (layer as f64 * graphs).ceil() as u64 + outside
+        // The kept layer inputs, one layer recomputed, and its gradients during backward.
+        let graphs = if manual { overheads.training.manual_layer_graphs() } else { overheads.training.layer_graphs(s.arch.model_type()) };
+        on_device_inputs * input + (layer as f64 * graphs).ceil() as u64 + outside
     } else {
         (s.num_layers + 1) * layer + outside
     };
+    // Pinned host buffers for every input but the last layer's (which stays on the device).
+    let host_offload = if offload { s.num_layers.saturating_sub(1) * input } else { 0 };
     let base = weights_bytes(s, tensors, o.base);
-    let scratch = largest_projection_numel(s, tensors) * (4 + 2);
+    let scratch = if manual { manual_dequant_scratch(s) } else { largest_projection_numel(s, tensors) * (4 + 2) };
     let logits = logits_bytes(s, b, t, device);
-    let head_grad = head_grad_bytes(s);
-    let working = base + params * 16 + activations + logits + head_grad + scratch;
+    let working = base + params * 16 + activations + logits + scratch;
     let overhead = overheads.training_overhead_bytes(device, working);
     Ok(TrainingMemory {
         lora_parameters: params,
@@ -223,7 +242,7 @@ pub fn training_memory(
         master_weights_bytes: 0,
         activations_bytes: activations,
         logits_bytes: logits,
-        head_grad_bytes: head_grad,
+        host_offload_bytes: host_offload,
         dequant_scratch_bytes: scratch,
         overhead_bytes: overhead,
         total_bytes: working + overhead,
@@ -263,11 +282,6 @@ mod tests {
         assert_eq!(logits_bytes(&s, 4, 512, DeviceKind::Cuda), 4 * 256 * 256_000 * 4);
         assert_eq!(logits_bytes(&s, 1, 512, DeviceKind::Cuda), 256 * 256_000 * 4);
         assert_eq!(logits_bytes(&s, 1, 100, DeviceKind::Cpu), 100 * 256_000 * 28);
-        assert_eq!(head_grad_bytes(&s), 0, "tied: the loss writes the gradient out");
-        // Mistral's untied head: 32000 × 4096 × 2 bytes.
-        assert_eq!(head_grad_bytes(&spec("mistralai--Mistral-7B-v0.1")), 262_144_000);
-        // Phi-2: 51200 × 2560 × 2 + the bias 51200 × 2.
-        assert_eq!(head_grad_bytes(&spec("microsoft--phi-2")), 262_246_400);
     }
 
     #[test]
@@ -279,9 +293,27 @@ mod tests {
         let off = training_memory(&s, &tensors, &TrainOptions { checkpointing: false, ..Default::default() }, DeviceKind::Cuda, ov).unwrap();
         assert!(off.activations_bytes > 5 * on.activations_bytes, "{} vs {}", off.activations_bytes, on.activations_bytes);
         let sum = on.base_weights_bytes + on.lora_weights_bytes + on.lora_grads_bytes + on.optimizer_bytes
-            + on.master_weights_bytes + on.activations_bytes + on.logits_bytes + on.head_grad_bytes + on.dequant_scratch_bytes
+            + on.master_weights_bytes + on.activations_bytes + on.logits_bytes + on.dequant_scratch_bytes
             + on.overhead_bytes;
         assert_eq!(sum, on.total_bytes);
         assert_eq!(on.optimizer_bytes, 2 * on.lora_weights_bytes);
+    }
+
+    /// Offload: on a GPU the device keeps at most 2 of Mistral's 32 layer inputs (4 × 512 ×
+    /// 4096 × 2 bytes each: the last layer's and the one being brought back); pinned host
+    /// buffers hold the 31 below the last. The CPU keeps all of them.
+    #[test]
+    fn offloaded_inputs_move_to_host_memory() {
+        let s = spec("mistralai--Mistral-7B-v0.1");
+        let tensors = crate::tensors::from_arch(&s);
+        let ov = Overheads::builtin().unwrap();
+        let input = 4 * 512 * 4096 * 2;
+        let on = training_memory(&s, &tensors, &TrainOptions::default(), DeviceKind::Cuda, ov).unwrap();
+        let off = training_memory(&s, &tensors, &TrainOptions { offload_checkpoints: false, ..Default::default() }, DeviceKind::Cuda, ov).unwrap();
+        assert_eq!(on.host_offload_bytes, 31 * input);
+        assert_eq!(off.host_offload_bytes, 0);
+        assert_eq!(off.activations_bytes - on.activations_bytes, 30 * input);
+        let cpu = training_memory(&s, &tensors, &TrainOptions::default(), DeviceKind::Cpu, ov).unwrap();
+        assert_eq!(cpu.host_offload_bytes, 0, "the CPU keeps its inputs where they are");
     }
 }
