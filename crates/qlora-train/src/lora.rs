@@ -174,36 +174,11 @@ impl Linear for TrainLora {
     /// are gone before the update's input gradient is made, and the base's `dy·W` is added
     /// into that gradient (in place on a GPU, `linear::backward_add`).
     fn backward(&self, x: Tensor, dy: &Tensor, replay: &Replay, grads: &mut dyn GradSink) -> Result<Tensor> {
-        let (a, b, kept_us) = match replay.saved.as_slice() {
-            [a, b] => (a, b, None),
-            [a, b, us] => (a, b, Some(us)),
-            _ => candle_core::bail!("lora backward: the replay was not made by this layer's forward_train"),
-        };
-        let (n_in, n_out) = (self.in_features(), self.out_features());
-        let rows = x.elem_count() / n_in.max(1);
-        let shape = x.shape().clone();
-        let mut xd = x.reshape((rows, n_in))?;
-        drop(x);
-        if let Some(s) = replay.seed {
-            xd = crate::ops::dropout::dropout(&xd, s, self.dropout)?;
-        }
-        let us = match kept_us {
-            Some(us) => us.clone(),
-            None => (xd.matmul(&a.t()?)? * self.scale)?,
-        };
-        let dy2 = dy.to_dtype(a.dtype())?.reshape((rows, n_out))?;
-        grads.add(self.b.as_tensor(), dy2.t()?.matmul(&us)?.to_dtype(self.b.dtype())?)?;
-        drop(us);
-        let gu = (dy2.matmul(b)? * self.scale)?;
-        drop(dy2);
-        grads.add(self.a.as_tensor(), gu.t()?.matmul(&xd)?.to_dtype(self.a.dtype())?)?;
-        drop(xd);
-        let mut gx = gu.matmul(a)?;
-        if let Some(s) = replay.seed {
-            gx = crate::ops::dropout::dropout_owned(gx, s, self.dropout)?;
-        }
-        let gx = gx.reshape(shape)?.to_dtype(dy.dtype())?;
-        qlora_engine::linear::backward_add(self.base.as_ref(), dy, gx)
+        self.backward_inner(x, dy, replay, grads, false)
+    }
+    /// The dropout applied over `x` itself (nobody else holds it).
+    fn backward_owned(&self, x: Tensor, dy: &Tensor, replay: &Replay, grads: &mut dyn GradSink) -> Result<Tensor> {
+        self.backward_inner(x, dy, replay, grads, true)
     }
     fn differentiable_by_hand(&self) -> bool {
         self.base.differentiable_by_hand()
@@ -226,6 +201,43 @@ impl Linear for TrainLora {
     }
     fn storage_bytes(&self) -> usize {
         self.base.storage_bytes() + (self.a.elem_count() + self.b.elem_count()) * 4
+    }
+}
+
+impl TrainLora {
+    /// [`Linear::backward`]; with `owned` the caller holds no other handle to `x`'s storage
+    /// and the dropout is applied over it in place (same values, no dropped copy).
+    fn backward_inner(&self, x: Tensor, dy: &Tensor, replay: &Replay, grads: &mut dyn GradSink, owned: bool) -> Result<Tensor> {
+        let (a, b, kept_us) = match replay.saved.as_slice() {
+            [a, b] => (a, b, None),
+            [a, b, us] => (a, b, Some(us)),
+            _ => candle_core::bail!("lora backward: the replay was not made by this layer's forward_train"),
+        };
+        let (n_in, n_out) = (self.in_features(), self.out_features());
+        let rows = x.elem_count() / n_in.max(1);
+        let shape = x.shape().clone();
+        let mut xd = x.reshape((rows, n_in))?;
+        drop(x);
+        if let Some(s) = replay.seed {
+            xd = if owned { crate::ops::dropout::dropout_owned(xd, s, self.dropout)? } else { crate::ops::dropout::dropout(&xd, s, self.dropout)? };
+        }
+        let us = match kept_us {
+            Some(us) => us.clone(),
+            None => (xd.matmul(&a.t()?)? * self.scale)?,
+        };
+        let dy2 = dy.to_dtype(a.dtype())?.reshape((rows, n_out))?;
+        grads.add(self.b.as_tensor(), dy2.t()?.matmul(&us)?.to_dtype(self.b.dtype())?)?;
+        drop(us);
+        let gu = (dy2.matmul(b)? * self.scale)?;
+        drop(dy2);
+        grads.add(self.a.as_tensor(), gu.t()?.matmul(&xd)?.to_dtype(self.a.dtype())?)?;
+        drop(xd);
+        let mut gx = gu.matmul(a)?;
+        if let Some(s) = replay.seed {
+            gx = crate::ops::dropout::dropout_owned(gx, s, self.dropout)?;
+        }
+        let gx = gx.reshape(shape)?.to_dtype(dy.dtype())?;
+        qlora_engine::linear::backward_add(self.base.as_ref(), dy, gx)
     }
 }
 

@@ -75,6 +75,13 @@ pub trait Linear: Send + Sync + std::fmt::Debug {
         let w = self.dense_weight(dy.dtype())?;
         dy.reshape((rows, n))?.matmul(&w)?.reshape(shape)
     }
+    /// [`Linear::backward`] for an `x` whose storage nobody else holds (no other handle, no
+    /// view): the layer may overwrite it (a LoRA applies its dropout over it in place instead
+    /// of making a dropped copy, one input-sized buffer less during the call: on Mistral-7B's
+    /// down projection 56 MiB, next to gate and up). Same results. Default: `backward`.
+    fn backward_owned(&self, x: Tensor, dy: &Tensor, replay: &Replay, grads: &mut dyn GradSink) -> Result<Tensor> {
+        self.backward(x, dy, replay, grads)
+    }
 }
 
 /// `acc + dy · W` (`acc` shaped as the layer's input, `dy` `[..., out_features]`): a frozen

@@ -77,9 +77,13 @@ pub fn set_manual_backward(on: bool) {
 }
 
 /// What the backward reads, from the recomputed forward.
+///
+/// The two norms' outputs (the q/k/v and gate/up projections' input, 16 MiB each on
+/// Mistral-7B at 4 × 512) are not kept: the backward makes them again from the layer's input
+/// and `x2` (kept anyway for the norms' backward) right before their projections' backward,
+/// one RMSNorm launch each, so neither is alive at the layer backward's peak (the end of
+/// the recompute, where gate, up and their product are).
 struct Saved {
-    /// Input norm's output: the q/k/v projections' input.
-    h1: Tensor,
     replay_q: Replay,
     replay_k: Replay,
     replay_v: Replay,
@@ -96,8 +100,6 @@ struct Saved {
     replay_o: Replay,
     /// The residual after attention: the second norm's input.
     x2: Tensor,
-    /// Second norm's output: gate/up's input.
-    h2: Tensor,
     replay_gate: Replay,
     replay_up: Replay,
     gate: Tensor,
@@ -165,6 +167,7 @@ impl DecoderLayer {
             let (v, r) = at.v_proj.forward_train(&h1)?;
             (v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?, r)
         };
+        drop(h1);
         mark("fwd q/k/v (norm, projections, rotary)");
         let probs = ops::attention::probs(&q, &k, self.mask(t, step.past))?;
         let attn = probs.matmul(&v)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
@@ -178,6 +181,7 @@ impl DecoderLayer {
         let h2 = p.norm2.forward(&x2)?;
         let (gate, replay_gate) = p.gate.forward_train(&h2)?;
         let (up, replay_up) = p.up.forward_train(&h2)?;
+        drop(h2);
         mark("fwd norm2, gate, up");
         let act = ops::glu::swiglu(&gate, &up)?;
         let (out, replay_down) = if output {
@@ -188,7 +192,6 @@ impl DecoderLayer {
         };
         mark("fwd swiglu, down");
         let saved = Saved {
-            h1,
             replay_q,
             replay_k,
             replay_v,
@@ -199,7 +202,6 @@ impl DecoderLayer {
             attn,
             replay_o,
             x2,
-            h2,
             replay_gate,
             replay_up,
             gate,
@@ -227,8 +229,8 @@ impl DecoderLayer {
         // put one on every gradient made from it, keeping its operands alive.
         let (x, dy) = (x.detach(), &dy.detach());
         let (_, s) = self.forward_saving(&x, step, &p, false)?;
-        let Saved { h1, replay_q, replay_k, replay_v, q, k, v, p: probs, attn, replay_o, x2, h2, .. } = s;
-        let dx2 = self.mlp_backward(&p, dy, &x2, h2, (s.gate, s.up, s.act), (&s.replay_gate, &s.replay_up, &s.replay_down), grads)?;
+        let Saved { replay_q, replay_k, replay_v, q, k, v, p: probs, attn, replay_o, x2, .. } = s;
+        let dx2 = self.mlp_backward(&p, dy, &x2, (s.gate, s.up, s.act), (&s.replay_gate, &s.replay_up, &s.replay_down), grads)?;
         drop(x2);
         let d_attn = self.attn.o_proj.backward(attn, &dx2, &replay_o, grads)?;
         mark("bwd o_proj");
@@ -236,6 +238,7 @@ impl DecoderLayer {
         drop(d_attn);
         mark("bwd attention (probabilities, rotary)");
         let at = &self.attn;
+        let h1 = p.norm1.forward(&x)?;
         let mut dh1 = at.q_proj.backward(h1.clone(), &dq, &replay_q, grads)?;
         drop(dq);
         mark("bwd q_proj");
@@ -256,17 +259,20 @@ impl DecoderLayer {
         p: &Parts,
         dy: &Tensor,
         x2: &Tensor,
-        h2: Tensor,
         (gate, up, act): (Tensor, Tensor, Tensor),
         (rg, ru, rd): (&Replay, &Replay, &Replay),
         grads: &mut dyn GradSink,
     ) -> Result<Tensor> {
-        // `act` and `h2` go to their last users: dropped inside once read.
-        let d_act = p.down.backward(act, dy, rd, grads)?;
+        // `act` and `h2` go to their last users: dropped inside once read. `act` is held by
+        // nobody else, so down's LoRA applies its dropout over it in place (no 4th
+        // `[rows, intermediate]` buffer next to gate and up). `h2` is made again here (not
+        // kept through the recompute's peak, see [`Saved`]).
+        let d_act = p.down.backward_owned(act, dy, rd, grads)?;
         mark("bwd down");
         let (d_gate, d_up) = ops::glu::swiglu_bwd_in_place(gate, up, &d_act)?;
         drop(d_act);
         mark("bwd swiglu");
+        let h2 = p.norm2.forward(x2)?;
         let mut dh2 = p.gate.backward(h2.clone(), &d_gate, rg, grads)?;
         drop(d_gate);
         mark("bwd gate");
