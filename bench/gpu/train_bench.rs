@@ -242,9 +242,70 @@ fn main() -> Result<()> {
         "lora": "r=16 alpha=32 dropout=0.05 all projections; NF4 double quant base, bf16 compute; AdamW lr 2e-4 wd 0.01 (torch default)",
     }))?;
     if a.profile {
+        step_memory(&a, &model, &lora, &batches[0], &mut opt, mode)?;
         profile(&a, &model, &lora, &batches[0], &mut opt, mode)?;
     }
     Ok(())
+}
+
+/// Where a real step's peak is: one `micro_step_pending` + `AdamW::step` exactly as timed
+/// (no device syncs inside, the gradients accumulated), with the engine's phase hook reading
+/// the pool's bytes in use and its high-water mark at every piece of every layer (forward and
+/// recompute + backward) and resetting the mark. Prints the pieces with the highest marks
+/// and the step's overall peak (the timed run's figure, from the same code).
+fn step_memory(a: &Args, model: &Model, lora: &Attached, b: &Batch, opt: &mut AdamW, mode: Checkpointing) -> Result<()> {
+    use qlora_studio::engine::model::backward::set_phase_hook;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let dev = model.device().clone();
+    let p = pool(&dev)?;
+    let n = model.num_layers();
+    let used = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT;
+    let high = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH;
+    dev.synchronize()?;
+    reset_peaks(p)?;
+    let start = pool_attr(p, used)?;
+    // (label, bytes in use at the mark, high-water mark since the previous mark)
+    let log: Rc<RefCell<(usize, Vec<(String, u64, u64)>)>> = Rc::new(RefCell::new((0, Vec::new())));
+    let record = |log: &Rc<RefCell<(usize, Vec<(String, u64, u64)>)>>, what: String| -> Result<()> {
+        let (u, h) = (pool_attr(p, used)?, pool_attr(p, high)?);
+        reset_peaks(p)?;
+        log.borrow_mut().1.push((what, u, h));
+        Ok(())
+    };
+    let l2 = log.clone();
+    set_phase_hook(Some(Box::new(move |what: &str| {
+        let mut g = l2.borrow_mut();
+        if what.starts_with("fwd q/k/v") {
+            g.0 += 1;
+        }
+        let k = g.0.saturating_sub(1);
+        let label = if k < n { format!("forward layer {k}: {what}") } else { format!("backward layer {}: {what}", (2 * n - 1).saturating_sub(k)) };
+        drop(g);
+        let (u, h) = (pool_attr(p, used).unwrap_or(0), pool_attr(p, high).unwrap_or(0));
+        let _ = reset_peaks(p);
+        l2.borrow_mut().1.push((label, u, h));
+    })));
+    let norm = b.target_count() as f64;
+    let r = step::micro_step_pending(model, lora, b, norm, 1.0, mode);
+    set_phase_hook(None);
+    let (loss, grads) = r?;
+    record(&log, "backward's end (last norm1, return)".into())?;
+    opt.step(&grads, 2e-4)?;
+    record(&log, "AdamW step".into())?;
+    drop(grads);
+    loss.read()?;
+    dev.synchronize()?;
+    record(&log, "gradients dropped, synced".into())?;
+    let gib = |v: u64| v as f64 / GIB;
+    let phases = &log.borrow().1;
+    let peak = phases.iter().map(|x| x.2).max().unwrap_or(0);
+    let mut top: Vec<&(String, u64, u64)> = phases.iter().collect();
+    top.sort_by(|x, y| y.2.cmp(&x.2));
+    common::emit(&a.out, json!({"metric": "qlora_train_step_memory", "model": a.name, "layers": n,
+        "start_GiB": gib(start), "step_high_GiB": gib(peak), "pieces": phases.len(),
+        "highest": top.iter().take(16).map(|(k, u, h)| json!({"piece": k, "used_after_GiB": gib(*u), "high_GiB": gib(*h)})).collect::<Vec<_>>(),
+        "tail": phases.iter().rev().take(3).map(|(k, u, h)| json!({"piece": k, "used_after_GiB": gib(*u), "high_GiB": gib(*h)})).collect::<Vec<_>>()}))
 }
 
 /// One phase of [`profile`]: name, ms, host ms, pool bytes in use at its start and end, and
