@@ -221,6 +221,28 @@ fn graph_batch2_and_bf16() {
     assert_eq!((captures, replays), (1, 22));
 }
 
+/// The captured step of a plain NF4 model holds the layers' kernels and no memory node between
+/// them: their outputs live in a workspace allocated before the capture (model/fast.rs), so
+/// the allocation and free nodes left are the embedding's, the final norm's and the head's,
+/// not 14 a layer (each of seven kernels' output allocated and freed), and consecutive kernel
+/// nodes can form programmatic (PDL) edges.
+#[test]
+fn graph_nf4_layers_hold_kernel_nodes_only() {
+    let model = Model::load(&fixture("llama"), &LoadOptions { quant: Quant::Nf4DoubleQuant, dtype: DType::BF16, device: gpu() }).unwrap();
+    let layers = model.config().num_layers;
+    let ids = input_ids("llama");
+    let mut lane = Lane { model: &model, cache: model.new_cache() };
+    lane.step(&ids[..8], 1);
+    for &id in &ids[8..11] {
+        lane.step(&[id], 1);
+    }
+    let s = lane.cache.graph_stats();
+    eprintln!("llama NF4 bf16, {layers} layers: {s:?}");
+    assert_eq!((s.captures, s.replays, s.failures), (1, 2, 0));
+    assert!(s.kernel_nodes >= 7 * layers, "{} kernel nodes for {layers} layers", s.kernel_nodes);
+    assert!(s.memory_nodes < 14, "{} memory nodes: the layers' kernels still allocate inside the graph", s.memory_nodes);
+}
+
 /// Every architecture's one-token steps go through a graph (Gemma's embedding scale, Phi's
 /// LayerNorm and parallel block included): a capture that fails would fall back silently.
 #[test]

@@ -18,10 +18,15 @@
 //! * No host synchronisation or upload during capture (candle's capture guard turns one into an
 //!   error, so the capture fails cleanly instead of recording a dangling host pointer); Gemma's
 //!   embedding scale is made once at load.
-//! * Allocations during capture are stream-ordered (`cuMemAllocAsync`), so they become the
-//!   graph's own memory nodes and every temporary is freed inside the graph; the result is
-//!   copied into an output buffer allocated before capture, and each replay returns a copy of it
-//!   (the caller may keep it past the next step).
+//! * The layers' kernels write into a workspace allocated before the capture and kept with the
+//!   graph (`fast.rs`, `Workspace`), so between the embedding and the head the graph holds
+//!   kernel nodes only: consecutive kernels launched with PDL (`qlora_quant::cuda::pdl`) then
+//!   overlap one's start with the other's end (a memory node between them would prevent it).
+//!   What still allocates during capture (the embedding, the first and final norms, the head)
+//!   is stream-ordered (`cuMemAllocAsync`), so it becomes the graph's own memory nodes, freed
+//!   inside the graph; [`DecodeGraphStats`] counts the node kinds. The result is copied into an
+//!   output buffer allocated before capture, and each replay returns a copy of it (the caller
+//!   may keep it past the next step).
 //! * A graph is keyed by the model's weights ([`Model::revision`]), batch size, the cache's
 //!   tensors (so its capacity), dtype, output kind (hidden states or logits) and inverse
 //!   frequencies; anything else recaptures. The first step of a new key runs eagerly (it loads
@@ -39,6 +44,7 @@
 //! Checked by `tests/gpu_conformance.rs`: greedy ids and logits through the graph equal the eager
 //! fused path across a cache growth, a sliding window and batch 2.
 
+use super::fast::Workspace;
 use super::{DecodeGraphStats, KvCache, Model};
 use candle_core::cuda_backend::cudarc::driver::{CudaGraph, sys};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
@@ -76,6 +82,8 @@ struct Captured {
     len: Tensor,
     /// The step's result, written by the graph.
     out: Tensor,
+    /// The layers' kernel outputs, allocated before the capture (the graph writes into them).
+    _ws: Workspace,
 }
 
 // SAFETY: a CUDA graph may be used from any thread as long as calls on it are serialised
@@ -122,6 +130,37 @@ fn report_failure(e: &candle_core::Error) {
     ONCE.call_once(|| {
         eprintln!("qlora: capturing the decode step as a CUDA graph failed ({e}); decoding without graphs (QLORA_CUDA_GRAPHS=0 turns them off)")
     });
+}
+
+/// Kernel, memory (allocation and free) and other nodes of a captured graph (zeros when the
+/// driver cannot list them).
+fn node_counts(graph: &CudaGraph) -> (usize, usize, usize) {
+    use sys::CUgraphNodeType as N;
+    let g = graph.cu_graph();
+    let mut n = 0usize;
+    // SAFETY: `g` is the live graph `graph` owns; a null array asks for the count only.
+    if unsafe { sys::cuGraphGetNodes(g, std::ptr::null_mut(), &mut n) } != sys::CUresult::CUDA_SUCCESS {
+        return (0, 0, 0);
+    }
+    let mut nodes = vec![std::ptr::null_mut(); n];
+    // SAFETY: `nodes` holds `n` entries, as the driver was told.
+    if unsafe { sys::cuGraphGetNodes(g, nodes.as_mut_ptr(), &mut n) } != sys::CUresult::CUDA_SUCCESS {
+        return (0, 0, 0);
+    }
+    let mut counts = (0, 0, 0);
+    for node in nodes.into_iter().take(n) {
+        let mut ty = N::CU_GRAPH_NODE_TYPE_EMPTY;
+        // SAFETY: `node` is one of the graph's nodes, listed just above.
+        if unsafe { sys::cuGraphNodeGetType(node, &mut ty) } != sys::CUresult::CUDA_SUCCESS {
+            continue;
+        }
+        match ty {
+            N::CU_GRAPH_NODE_TYPE_KERNEL => counts.0 += 1,
+            N::CU_GRAPH_NODE_TYPE_MEM_ALLOC | N::CU_GRAPH_NODE_TYPE_MEM_FREE => counts.1 += 1,
+            _ => counts.2 += 1,
+        }
+    }
+    counts
 }
 
 impl Model {
@@ -175,6 +214,8 @@ impl Model {
                 State::Warm(k) if k == key => match self.capture(dev, &key, cache) {
                     Ok(c) => {
                         inner.stats.captures += 1;
+                        let (kernels, memory, other) = node_counts(&c.graph);
+                        (inner.stats.kernel_nodes, inner.stats.memory_nodes, inner.stats.other_nodes) = (kernels, memory, other);
                         *state = State::Ready(Box::new(c));
                     }
                     Err(e) => {
@@ -208,7 +249,7 @@ impl Model {
     fn warm_step(&self, dev: &CudaDevice, ids: &Tensor, cache: &mut KvCache, output: Output) -> Result<Tensor> {
         let _guard = dev.enable_cuda_graph_htod_cache();
         let out = self.output_buffer(ids.dim(0)?, output)?;
-        self.step_into(ids, None, &out, cache, output)?;
+        self.step_into(ids, None, None, &out, cache, output)?;
         cache.len += 1;
         Ok(out)
     }
@@ -227,11 +268,12 @@ impl Model {
         let ids = Tensor::zeros((b, 1), DType::U32, &self.device)?;
         let len = Tensor::zeros(1, DType::U32, &self.device)?;
         let out = self.output_buffer(b, key.output)?;
+        let ws = Workspace::new(self, b)?;
         let stream = dev.cuda_stream();
         let guard = dev.enable_cuda_graph_htod_cache();
         stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).w()?;
         // Every temporary of the step is dropped inside this call, so its free is captured too.
-        let body = self.step_into(&ids, Some(&len), &out, cache, key.output);
+        let body = self.step_into(&ids, Some(&len), Some(&ws), &out, cache, key.output);
         let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
         drop(guard);
         if body.is_err() || graph.is_err() {
@@ -241,12 +283,12 @@ impl Model {
         body?;
         let graph = graph.w()?.ok_or_else(|| candle_core::Error::Msg("the capture recorded nothing".into()))?;
         graph.upload().w()?;
-        Ok(Captured { key: key.clone(), graph, ids, len, out })
+        Ok(Captured { key: key.clone(), graph, ids, len, out, _ws: ws })
     }
 
     /// One step at `cache.len` (not advanced here), its result copied into `out`.
-    fn step_into(&self, ids: &Tensor, len: Option<&Tensor>, out: &Tensor, cache: &mut KvCache, output: Output) -> Result<()> {
-        let h = self.hidden_fast(ids, cache, len)?;
+    fn step_into(&self, ids: &Tensor, len: Option<&Tensor>, ws: Option<&Workspace>, out: &Tensor, cache: &mut KvCache, output: Output) -> Result<()> {
+        let h = self.hidden_fast(ids, cache, len, ws)?;
         let y = match output {
             Output::Hidden => h,
             Output::Logits => self.logits(&h)?,

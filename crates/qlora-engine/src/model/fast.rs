@@ -19,7 +19,9 @@
 //! last block adds and normalises); off by default, measured slower ([`fused_norm_on`]).
 //!
 //! The position of a step reaches the kernels either as a launch parameter or, for a decode step
-//! replayed as a CUDA graph (`decode_graph.rs`), from a u32 on the device ([`FastStep::dev_len`]).
+//! replayed as a CUDA graph (`decode_graph.rs`), from a u32 on the device ([`FastStep::dev_len`]);
+//! such a step's layer kernels write into a preallocated [`Workspace`] (a graph of kernel nodes
+//! only, where programmatic dependent launch overlaps consecutive kernels).
 //!
 //! Anything the kernels do not cover (LayerNorm, Phi's MLP, LoRA-wrapped or dense projections,
 //! more than 8 rows) runs through the same modules' ordinary forward, so every architecture
@@ -57,20 +59,22 @@ impl Model {
                 &mut scratch
             }
         };
-        let h = self.hidden_fast(ids, cache, None)?;
+        let h = self.hidden_fast(ids, cache, None, None)?;
         cache.len += t;
         Ok(h)
     }
 
     /// Hidden states after the final norm for `ids` at `cache.len` (which the caller advances).
     /// With `dev_len` the kernels read the cache length after this step from it instead of
-    /// taking `cache.len` as a launch parameter (what a CUDA graph capture needs).
-    pub(super) fn hidden_fast(&self, ids: &Tensor, cache: &mut KvCache, dev_len: Option<&Tensor>) -> Result<Tensor> {
+    /// taking `cache.len` as a launch parameter (what a CUDA graph capture needs). With `ws`
+    /// (one-token steps of its batch size only) the layers' kernels write into its buffers.
+    pub(super) fn hidden_fast(&self, ids: &Tensor, cache: &mut KvCache, dev_len: Option<&Tensor>, ws: Option<&Workspace>) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
         let past = cache.len;
         let inv_freq = self.rope.inv_freq(past + t);
         let tables = if t > 1 { Some(self.rope_tables(past, t)?) } else { None };
-        let step = FastStep { tables: tables.as_ref(), past, inv_freq: &inv_freq, dev_len };
+        let ws = ws.filter(|w| t == 1 && w.batch == ids.dim(0).unwrap_or(0) && w.dtype == self.dtype);
+        let step = FastStep { tables: tables.as_ref(), past, inv_freq: &inv_freq, dev_len, ws };
         let mut carry = Carry::Pending(self.embed(ids)?, None);
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = &mut cache.fused[i];
@@ -133,6 +137,75 @@ pub(super) struct FastStep<'a> {
     inv_freq: &'a [f32],
     /// A u32 on the device holding the cache length after this call, read by the kernels.
     dev_len: Option<&'a Tensor>,
+    /// Preallocated outputs for a one-token step's kernels (a CUDA graph capture).
+    ws: Option<&'a Workspace>,
+}
+
+/// The outputs of a one-token step's layer kernels, allocated once (per batch size and dtype)
+/// outside a CUDA graph capture and reused by every layer. Without it each kernel's output is
+/// a `cuMemAllocAsync` and its drop a `cuMemFreeAsync`, which a capture records as memory
+/// nodes between the kernel nodes: a graph of kernel nodes only lets consecutive kernels
+/// overlap through programmatic dependent launch (`cuda/pdl.rs`), and saves the memory nodes'
+/// own cost at every replay. Buffers are reused in stream order: every kernel of the step
+/// waits for its predecessor to complete before it writes (`griddepcontrol.wait` with PDL), so
+/// a buffer is only overwritten after its last reader has finished.
+pub(super) struct Workspace {
+    batch: usize,
+    dtype: DType,
+    /// `[2, B, 1, hidden]` each: `(s, norm(s))` of the input norm (`norm[0]`) and of the
+    /// post-attention norm (`norm[1]`); each reads the other's `s`, so they never alias.
+    norm: [Tensor; 2],
+    /// q, k and v side by side.
+    qkv: Tensor,
+    /// The attention output.
+    attn: Tensor,
+    /// o_proj's and down_proj's output (each read by the next norm before the other writes).
+    proj: Tensor,
+    /// The gated MLP's activation.
+    glu: Tensor,
+}
+
+impl Workspace {
+    pub(super) fn new(model: &Model, batch: usize) -> Result<Self> {
+        let c = &model.cfg;
+        let (dt, dev) = (model.dtype, &model.device);
+        let buf = |n: usize| Tensor::zeros(n, dt, dev);
+        let (nq, nk) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        Ok(Self {
+            batch,
+            dtype: dt,
+            norm: [buf(2 * batch * c.hidden_size)?, buf(2 * batch * c.hidden_size)?],
+            qkv: buf(batch * (nq + 2 * nk))?,
+            attn: buf(batch * nq)?,
+            proj: buf(batch * c.hidden_size)?,
+            glu: buf(batch * c.intermediate_size)?,
+        })
+    }
+}
+
+/// `norm.add_forward(x, pending)`, into `out` when there is one, the residual is pending and
+/// the norm an RMSNorm.
+fn norm_into(norm: &Norm, x: &Tensor, pending: Option<&Tensor>, out: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+    let one_plus = match norm.kind {
+        NormKind::Rms => false,
+        NormKind::RmsOnePlus => true,
+        NormKind::LayerNorm => return norm.add_forward(x, pending),
+    };
+    match (pending, out) {
+        (Some(p), Some(out)) => infer::add_rms_norm_into(x, p, &norm.weight, norm.eps, one_plus, out),
+        _ => norm.add_forward(x, pending),
+    }
+}
+
+/// `l`'s output on `x`: into `out` when there is one and `l` is plain NF4 (the fused GEMV).
+fn proj_into(x: &Tensor, l: &ArcLinear, out: Option<&Tensor>) -> Result<Tensor> {
+    if let Some(out) = out {
+        let x = x.contiguous()?;
+        if let Some(p) = fused_projs(&x, &[l]) {
+            return fused::gemv_multi_into(&x, &p, out);
+        }
+    }
+    l.forward(x)
 }
 
 impl Norm {
@@ -167,20 +240,23 @@ impl DecoderLayer {
         capacity: usize,
     ) -> Result<Carry> {
         let (x, h) = match carry {
-            Carry::Pending(x, pending) => self.input_norm.add_forward(&x, pending.as_ref())?,
+            Carry::Pending(x, pending) => norm_into(&self.input_norm, &x, pending.as_ref(), step.ws.map(|w| &w.norm[0]))?,
             Carry::Normed(x, h) => (x, h),
         };
         let o_in = self.attn.forward_fast(&h, step, cache, capacity)?;
         let Some(norm) = &self.post_attention_norm else {
             // Attention and MLP side by side on the same normed input (Phi).
             let a = self.attn.o_proj.forward(&o_in)?;
-            return self.mlp.forward_fast(&h, (x + a)?, None);
+            return self.mlp.forward_fast(&h, (x + a)?, None, None);
         };
         let (x, h2) = match proj_add_norm(&o_in, &self.attn.o_proj, &x, norm)? {
             Some(both) => both,
-            None => norm.add_forward(&x, Some(&self.attn.o_proj.forward(&o_in)?))?,
+            None => {
+                let o = proj_into(&o_in, &self.attn.o_proj, step.ws.map(|w| &w.proj))?;
+                norm_into(norm, &x, Some(&o), step.ws.map(|w| &w.norm[1]))?
+            }
         };
-        self.mlp.forward_fast(&h2, x, Some(next_norm))
+        self.mlp.forward_fast(&h2, x, Some(next_norm), step.ws)
     }
 }
 
@@ -227,7 +303,10 @@ impl Attention {
         let x = x.contiguous()?;
         let (q, k, v) = match fused_projs(&x, &[&self.q_proj, &self.k_proj, &self.v_proj]) {
             Some(projs) => {
-                let y = fused::gemv_multi(&x, &projs)?;
+                let y = match step.ws {
+                    Some(ws) => fused::gemv_multi_into(&x, &projs, &ws.qkv)?,
+                    None => fused::gemv_multi(&x, &projs)?,
+                };
                 (y.narrow(2, 0, nq)?, y.narrow(2, nq, nk)?, y.narrow(2, nq + nk, nk)?)
             }
             None => (self.q_proj.forward(&x)?, self.k_proj.forward(&x)?, self.v_proj.forward(&x)?),
@@ -242,7 +321,10 @@ impl Attention {
         let scale = 1.0 / (hd as f64).sqrt();
         if t == 1 {
             // The KV append folded into the attention launch: one kernel less per layer.
-            infer::decode_attention_append_at(&q, (&k, &v), &cache, attn_len, self.sliding_window, scale, inv)
+            match step.ws {
+                Some(ws) => infer::decode_attention_append_into(&q, (&k, &v), &cache, attn_len, self.sliding_window, scale, inv, &ws.attn),
+                None => infer::decode_attention_append_at(&q, (&k, &v), &cache, attn_len, self.sliding_window, scale, inv),
+            }
         } else {
             infer::kv_append_at(&cache, &k, &v, at, inv)?;
             let Some((cos, sin)) = step.tables else { candle_core::bail!("rotary tables were not computed for this prompt") };
@@ -255,7 +337,7 @@ impl Mlp {
     /// The MLP of `x` to be added to the residual stream `resid`: left pending, or, with
     /// `then = Some(norm)`, added and normed by the down projection's GEMV when it can
     /// ([`proj_add_norm`]).
-    fn forward_fast(&self, x: &Tensor, resid: Tensor, then: Option<&Norm>) -> Result<Carry> {
+    fn forward_fast(&self, x: &Tensor, resid: Tensor, then: Option<&Norm>, ws: Option<&Workspace>) -> Result<Carry> {
         if let Mlp::Gated { gate, up, down, act } = self {
             let x = x.contiguous()?;
             if let Some(p) = fused_projs(&x, &[gate, up]) {
@@ -264,13 +346,16 @@ impl Mlp {
                     Activation::GeluTanh => GluAct::GeluTanh,
                     Activation::Gelu => GluAct::GeluErf,
                 };
-                let g = fused::gemv_glu(&x, &p[0], &p[1], act)?;
+                let g = match ws {
+                    Some(ws) => fused::gemv_glu_into(&x, &p[0], &p[1], act, &ws.glu)?,
+                    None => fused::gemv_glu(&x, &p[0], &p[1], act)?,
+                };
                 if let Some(norm) = then
                     && let Some((s, h)) = proj_add_norm(&g, down, &resid, norm)?
                 {
                     return Ok(Carry::Normed(s, h));
                 }
-                return Ok(Carry::Pending(resid, Some(down.forward(&g)?)));
+                return Ok(Carry::Pending(resid, Some(proj_into(&g, down, ws.map(|w| &w.proj))?)));
             }
         }
         Ok(Carry::Pending(resid, Some(super::prefill::mlp(self, x)?)))

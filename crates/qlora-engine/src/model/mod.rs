@@ -76,6 +76,12 @@ pub struct DecodeGraphStats {
     pub replays: usize,
     /// Captures that failed; those steps ran eagerly (one line on stderr the first time).
     pub failures: usize,
+    /// The latest captured graph's kernel nodes.
+    pub kernel_nodes: usize,
+    /// The latest captured graph's memory allocation and free nodes.
+    pub memory_nodes: usize,
+    /// The latest captured graph's other nodes (copies, memsets, ...).
+    pub other_nodes: usize,
 }
 
 /// Whether `QLORA_CUDA_GRAPHS` leaves CUDA graphs on (anything but `0`, `false`, `off`).

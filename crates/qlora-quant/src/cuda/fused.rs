@@ -188,6 +188,59 @@ pub fn gemv_glu(x: &Tensor, gate: &Nf4Proj, up: &Nf4Proj, act: GluAct) -> Result
     a * linear_twin(x, up)?
 }
 
+/// [`gemv_multi`] on CUDA written into `out` (`m · Σ out` contiguous elements of x's dtype,
+/// overlapping no input) instead of a fresh tensor, returned with x's leading dimensions: a
+/// decode step captured as a CUDA graph then holds no allocation node between its kernels.
+pub fn gemv_multi_into(x: &Tensor, projs: &[Nf4Proj], out: &Tensor) -> Result<Tensor> {
+    let n = projs.iter().map(|p| p.w.shape().dims()[0]).sum();
+    into(x, n, out, "gemv_multi_into", |s, l, sfx, yp| {
+        let op = MultiOp { projs: projs.to_vec() };
+        match s.dtype() {
+            DType::F32 => op.launch_to::<f32>(s, l, sfx, yp),
+            DType::BF16 => op.launch_to::<half::bf16>(s, l, sfx, yp),
+            _ => op.launch_to::<half::f16>(s, l, sfx, yp),
+        }
+    })
+}
+
+/// [`gemv_glu`] on CUDA written into `out`, as [`gemv_multi_into`].
+pub fn gemv_glu_into(x: &Tensor, gate: &Nf4Proj, up: &Nf4Proj, act: GluAct, out: &Tensor) -> Result<Tensor> {
+    let n = gate.w.shape().dims()[0];
+    into(x, n, out, "gemv_glu_into", |s, l, sfx, yp| {
+        let op = GluOp { gate: gate.clone(), up: up.clone(), act };
+        match s.dtype() {
+            DType::F32 => op.launch_to::<f32>(s, l, sfx, yp),
+            DType::BF16 => op.launch_to::<half::bf16>(s, l, sfx, yp),
+            _ => op.launch_to::<half::f16>(s, l, sfx, yp),
+        }
+    })
+}
+
+/// Checks `out` for `n` outputs per row of `x`, runs `launch` with x's storage and the
+/// output's address, and returns `out` shaped `[.., n]`.
+fn into(x: &Tensor, n: usize, out: &Tensor, what: &str, launch: impl FnOnce(&CudaStorage, &Layout, &str, u64) -> Result<()>) -> Result<Tensor> {
+    let sfx = match x.dtype() {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        other => candle_core::bail!("{what}: x must be f32, f16 or bf16, got {other:?}"),
+    };
+    let x = x.contiguous()?;
+    let k = x.dims().last().copied().unwrap_or(0);
+    let m = x.elem_count() / k.max(1);
+    let yp = super::infer::out_ptr(out, m * n, x.dtype(), &[super::infer::span(&x)?], what)?;
+    {
+        let (st, l) = x.storage_and_layout();
+        let Storage::Cuda(s) = &*st else { candle_core::bail!("{what}: x is not on a CUDA device") };
+        launch(s, l, sfx, yp)?;
+    }
+    let mut dims = x.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = n;
+    }
+    out.reshape(dims)
+}
+
 fn linear_twin(x: &Tensor, p: &Nf4Proj) -> Result<Tensor> {
     let y = gemv(x, &p.w)?;
     match &p.bias {
@@ -263,6 +316,17 @@ struct MultiOp {
 
 impl MultiOp {
     fn launch<T: CudaDType + DeviceRepr>(&self, s: &CudaStorage, l: &Layout, sfx: &str) -> Result<CudaStorage> {
+        let (m, _) = rows_and_k(&self.projs, l, s.dtype())?;
+        let dev = s.device().clone();
+        let col: usize = self.projs.iter().map(|p| p.w.shape().dims()[0]).sum();
+        let y = unsafe { dev.alloc::<T>(m * col)? };
+        let yp = y.device_ptr(y.stream()).0;
+        self.launch_to::<T>(s, l, sfx, yp)?;
+        Ok(CudaStorage::wrap_cuda_slice(y, dev))
+    }
+
+    /// The kernel, writing `[m, Σ out]` at device address `yp`.
+    fn launch_to<T: CudaDType + DeviceRepr>(&self, s: &CudaStorage, l: &Layout, sfx: &str, yp: u64) -> Result<()> {
         let (m, k) = rows_and_k(&self.projs, l, s.dtype())?;
         let dev = s.device().clone();
         let mut segs = [Seg::default(); MAX_SEGS];
@@ -271,20 +335,17 @@ impl MultiOp {
             segs[i] = seg::<T>(p, col)?;
             col += segs[i].rows;
         }
-        // One table for all: the shared NF4 code and the nested code of the double-quantized ones.
         let tables = tables(&dev, table_source(&self.projs))?;
         let tp = tables.device_ptr(tables.stream()).0;
         let mut multi = Multi { seg: segs, tables: tp, nseg: self.projs.len() as u32, ntotal: col };
-        let y = unsafe { dev.alloc::<T>(m * col as usize)? };
+        let mut yp = yp;
         let mut xp = x_ptr::<T>(s, l)?;
-        let mut yp = y.device_ptr(y.stream()).0;
         let mut k32 = k as u32;
         let cfg = launch_cfg(col, m, rows_per_block(m), k);
         let mut args = [arg(&mut multi), arg(&mut xp), arg(&mut yp), arg(&mut k32)];
         // SAFETY: the arguments are the kernel's, in order; it waits before reading x or writing y
         // and reads only constant weights, scales and tables before that.
-        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("nf4_gemv_multi_{sfx}_m{m}"), cfg, &mut args)? };
-        Ok(CudaStorage::wrap_cuda_slice(y, dev))
+        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("nf4_gemv_multi_{sfx}_m{m}"), cfg, &mut args) }
     }
 }
 
@@ -311,6 +372,17 @@ struct GluOp {
 
 impl GluOp {
     fn launch<T: CudaDType + DeviceRepr>(&self, s: &CudaStorage, l: &Layout, sfx: &str) -> Result<CudaStorage> {
+        let (m, _) = rows_and_k(&[self.gate.clone(), self.up.clone()], l, s.dtype())?;
+        let n = self.gate.w.shape().dims()[0];
+        let dev = s.device().clone();
+        let y = unsafe { dev.alloc::<T>(m * n)? };
+        let yp = y.device_ptr(y.stream()).0;
+        self.launch_to::<T>(s, l, sfx, yp)?;
+        Ok(CudaStorage::wrap_cuda_slice(y, dev))
+    }
+
+    /// The kernel, writing `[m, out]` at device address `yp`.
+    fn launch_to<T: CudaDType + DeviceRepr>(&self, s: &CudaStorage, l: &Layout, sfx: &str, yp: u64) -> Result<()> {
         let projs = [self.gate.clone(), self.up.clone()];
         let (m, k) = rows_and_k(&projs, l, s.dtype())?;
         if self.gate.w.shape() != self.up.w.shape() {
@@ -321,15 +393,13 @@ impl GluOp {
         let mut n = g.rows;
         let tables = tables(&dev, table_source(&projs))?;
         let mut tp = tables.device_ptr(tables.stream()).0;
-        let y = unsafe { dev.alloc::<T>(m * n as usize)? };
+        let mut yp = yp;
         let mut xp = x_ptr::<T>(s, l)?;
-        let mut yp = y.device_ptr(y.stream()).0;
         let (mut act, mut k32) = (self.act as i32, k as u32);
         let cfg = launch_cfg(n, m, 2 * rows_per_block(m), k);
         let mut args = [arg(&mut g), arg(&mut u), arg(&mut tp), arg(&mut act), arg(&mut xp), arg(&mut yp), arg(&mut n), arg(&mut k32)];
         // SAFETY: as in MultiOp::launch.
-        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("nf4_gemv_glu_{sfx}_m{m}"), cfg, &mut args)? };
-        Ok(CudaStorage::wrap_cuda_slice(y, dev))
+        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("nf4_gemv_glu_{sfx}_m{m}"), cfg, &mut args) }
     }
 }
 

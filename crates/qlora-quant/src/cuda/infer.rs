@@ -127,6 +127,20 @@ struct RmsNormOp {
 
 impl RmsNormOp {
     fn launch(&self, x: (&CudaStorage, &Layout), a: Option<(&CudaStorage, &Layout)>, w: (&CudaStorage, &Layout)) -> Result<(CudaStorage, Shape)> {
+        let h = x.1.dims().last().copied().unwrap_or(0);
+        let rows = x.1.shape().elem_count() / h.max(1);
+        let n_out = if a.is_some() { 2 * rows * h } else { rows * h };
+        let (out, op) = alloc_out(x.0.device(), x.0.dtype(), n_out)?;
+        self.launch_to(x, a, w, op)?;
+        let mut dims = x.1.dims().to_vec();
+        if a.is_some() {
+            dims.insert(0, 2);
+        }
+        Ok((out, Shape::from(dims)))
+    }
+
+    /// The kernel, writing `s` then `norm(s)` (or only `norm(x)` without `a`) at device address `op`.
+    fn launch_to(&self, x: (&CudaStorage, &Layout), a: Option<(&CudaStorage, &Layout)>, w: (&CudaStorage, &Layout), op: u64) -> Result<()> {
         let dt = x.0.dtype();
         let h = x.1.dims().last().copied().unwrap_or(0);
         if w.1.shape().elem_count() != h || h == 0 || w.0.dtype() != dt {
@@ -145,8 +159,6 @@ impl RmsNormOp {
             }
             None => 0,
         };
-        let n_out = if a.is_some() { 2 * rows * h } else { rows * h };
-        let (out, op) = alloc_out(&dev, dt, n_out)?;
         // 8 elements a thread in one vector access each where the rows allow it (every hidden
         // size of the target models), else the element-wise form.
         let vec = h.is_multiple_of(8) && h <= 8 * 1024 && [xp, ap, wp, op].iter().all(|p| p % 16 == 0);
@@ -157,13 +169,67 @@ impl RmsNormOp {
         let (mut xp, mut ap, mut wp, mut op2, mut eps) = (xp, ap, wp, op, self.eps);
         let mut args = [arg(&mut xp), arg(&mut ap), arg(&mut wp), arg(&mut op2), arg(&mut rows32), arg(&mut h32), arg(&mut eps), arg(&mut one_plus)];
         // SAFETY: the arguments are the kernel's, in order; the kernel waits before reading x and a.
-        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("{name}_{}", suffix(dt)?), cfg, &mut args)? };
-        let mut dims = x.1.dims().to_vec();
-        if a.is_some() {
-            dims.insert(0, 2);
-        }
-        Ok((out, Shape::from(dims)))
+        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("{name}_{}", suffix(dt)?), cfg, &mut args) }
     }
+}
+
+/// [`add_rms_norm`] with a residual, written into `out` (`[2, ..x's shape]`, contiguous, x's
+/// dtype, overlapping neither input) instead of a fresh tensor: `(out[0], out[1])`. A decode
+/// step captured as a CUDA graph writes its temporaries into such preallocated buffers, so the
+/// graph holds kernel nodes only (no allocation node between two kernels).
+pub fn add_rms_norm_into(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f64, one_plus: bool, out: &Tensor) -> Result<(Tensor, Tensor)> {
+    let op = RmsNormOp { eps: eps as f32, one_plus };
+    let (x, a, w) = (x.contiguous()?, residual.contiguous()?, weight.contiguous()?);
+    let inputs = [span(&x)?, span(&a)?];
+    let optr = out_ptr(out, 2 * x.elem_count(), x.dtype(), &inputs, "add_rms_norm_into")?;
+    {
+        let (xs, xl) = x.storage_and_layout();
+        let (as_, al) = a.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (Storage::Cuda(xs), Storage::Cuda(as_), Storage::Cuda(ws)) = (&*xs, &*as_, &*ws) else {
+            candle_core::bail!("add_rms_norm_into: x, the residual and the weight must be on a CUDA device")
+        };
+        op.launch_to((xs, xl), Some((as_, al)), (ws, wl), optr)?;
+    }
+    let mut dims = x.dims().to_vec();
+    dims.insert(0, 2);
+    let both = out.reshape(dims)?;
+    Ok((both.get(0)?, both.get(1)?))
+}
+
+/// Device address and byte length of a tensor's elements on CUDA (`(0, 0)` elsewhere), for
+/// the overlap check of an `_into` output.
+pub(crate) fn span(t: &Tensor) -> Result<(u64, u64)> {
+    let (st, l) = t.storage_and_layout();
+    let Storage::Cuda(c) = &*st else { return Ok((0, 0)) };
+    let esize = t.dtype().size_in_bytes() as u64;
+    let start = ptr_of_any(c, l.start_offset())?;
+    let last = l.dims().iter().zip(l.stride()).map(|(d, s)| (d.saturating_sub(1) * s) as u64).sum::<u64>();
+    Ok((start, (last + 1) * esize))
+}
+
+fn ptr_of_any(s: &CudaStorage, start: usize) -> Result<u64> {
+    match s.dtype() {
+        DType::U8 => ptr_at::<u8>(s, start),
+        DType::U32 => ptr_at::<u32>(s, start),
+        _ => ptr_of(s, start),
+    }
+}
+
+/// The device address of `out`, a preallocated output of `n` elements of `dt`: on CUDA,
+/// contiguous from its storage's start, 16-byte aligned and overlapping none of `inputs`.
+pub(crate) fn out_ptr(out: &Tensor, n: usize, dt: DType, inputs: &[(u64, u64)], what: &str) -> Result<u64> {
+    if out.dtype() != dt || out.elem_count() != n || !out.is_contiguous() {
+        candle_core::bail!("{what}: the output buffer {:?} {:?} is not {n} contiguous elements of {dt:?}", out.dims(), out.dtype())
+    }
+    let (p, bytes) = span(out)?;
+    if p == 0 || p % 16 != 0 {
+        candle_core::bail!("{what}: the output buffer is not a 16-byte aligned CUDA tensor")
+    }
+    if inputs.iter().any(|&(q, qb)| q < p + bytes && p < q + qb) {
+        candle_core::bail!("{what}: the output buffer overlaps an input; give it its own buffer")
+    }
+    Ok(p)
 }
 
 impl CustomOp2 for RmsNormOp {
@@ -429,12 +495,26 @@ pub fn decode_attention_at(q: &Tensor, cache: &Tensor, len: CacheLen, window: Op
 /// position.
 pub fn decode_attention_append_at(
     q: &Tensor,
+    kv: (&Tensor, &Tensor),
+    cache: &Tensor,
+    len: CacheLen,
+    window: Option<usize>,
+    scale: f64,
+    inv_freq: &[f32],
+) -> Result<Tensor> {
+    append_attention(q, kv, cache, len, window, scale, inv_freq, None)
+}
+
+#[allow(clippy::too_many_arguments)] // as decode_attention_append_into
+fn append_attention(
+    q: &Tensor,
     (k, v): (&Tensor, &Tensor),
     cache: &Tensor,
     len: CacheLen,
     window: Option<usize>,
     scale: f64,
     inv_freq: &[f32],
+    out: Option<&Tensor>,
 ) -> Result<Tensor> {
     let (_, b, nkv, _, hd) = cache.dims5()?;
     let fresh_ptr = |t: &Tensor, what: &str| -> Result<(u64, u64)> {
@@ -468,7 +548,40 @@ pub fn decode_attention_append_at(
     let rope = rope_params(inv_freq)?;
     let op = DecodeAttn { len: hlen, start, window, len_ptr, scale: scale as f32, rope, fresh: Some([knew, vnew, ksb, vsb]) };
     // k and v stay borrowed (alive) until the launch inside this call has been enqueued.
-    q.apply_op2_no_bwd(cache, &op)
+    match out {
+        None => q.apply_op2_no_bwd(cache, &op),
+        Some(out) => {
+            let n = b * q.dim(2)?;
+            let optr = out_ptr(out, n, q.dtype(), &[span(q)?, span(k)?, span(v)?, span(cache)?], "decode_attention_append_into")?;
+            {
+                let (qs, ql) = q.storage_and_layout();
+                let (cs, cl) = cache.storage_and_layout();
+                let (Storage::Cuda(qs), Storage::Cuda(cs)) = (&*qs, &*cs) else {
+                    candle_core::bail!("decode_attention_append_into: q and the cache must be on a CUDA device")
+                };
+                op.launch_to(qs, ql, cs, cl, optr)?;
+            }
+            out.reshape((b, 1, q.dim(2)?))
+        }
+    }
+}
+
+/// [`decode_attention_append_at`] written into `out` (`b · heads · head_dim` contiguous
+/// elements of q's dtype, overlapping no input) instead of a fresh tensor, returned as
+/// `[B, 1, heads * head_dim]`: what a decode step captured as a CUDA graph uses, so that no
+/// allocation node sits between its kernels.
+#[allow(clippy::too_many_arguments)] // the attention's seven parameters and the output buffer
+pub fn decode_attention_append_into(
+    q: &Tensor,
+    kv: (&Tensor, &Tensor),
+    cache: &Tensor,
+    len: CacheLen,
+    window: Option<usize>,
+    scale: f64,
+    inv_freq: &[f32],
+    out: &Tensor,
+) -> Result<Tensor> {
+    append_attention(q, kv, cache, len, window, scale, inv_freq, Some(out))
 }
 
 struct DecodeAttn {
@@ -490,6 +603,17 @@ impl CustomOp2 for DecodeAttn {
         Err(cuda_only("decode-attention"))
     }
     fn cuda_fwd(&self, q: &CudaStorage, ql: &Layout, c: &CudaStorage, cl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (_, b, _, _, _) = cl.shape().dims5()?;
+        let (_, _, qn) = ql.shape().dims3()?;
+        let (out, op) = alloc_out(q.device(), q.dtype(), b * qn)?;
+        self.launch_to(q, ql, c, cl, op)?;
+        Ok((out, Shape::from((b, 1, qn))))
+    }
+}
+
+impl DecodeAttn {
+    /// The kernel, writing the `[B, 1, heads * head_dim]` result at device address `op`.
+    fn launch_to(&self, q: &CudaStorage, ql: &Layout, c: &CudaStorage, cl: &Layout, op: u64) -> Result<()> {
         let dt = q.dtype();
         if c.dtype() != dt || contiguous_start(cl, "decode_attention: cache")? != 0 {
             candle_core::bail!("decode_attention: q and the cache must share a dtype and the cache be a whole contiguous tensor")
@@ -521,13 +645,11 @@ impl CustomOp2 for DecodeAttn {
         };
         let dev = q.device().clone();
         let (qp, cp) = (ptr_of(q, ql.start_offset())?, ptr_of(c, 0)?);
-        let (out, op) = alloc_out(&dev, dt, b * qn)?;
         let cfg = attention_launch(b, nh, nkv, hd);
         let (mut qp, mut cp, mut op, mut p) = (qp, cp, op, p);
         let mut args = [arg(&mut qp), arg(&mut cp), arg(&mut op), arg(&mut p)];
         // SAFETY: the arguments are the kernel's, in order; the kernel waits before any access.
-        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("decode_attn_{}", suffix(dt)?), cfg, &mut args)? };
-        Ok((out, Shape::from((b, 1, qn))))
+        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("decode_attn_{}", suffix(dt)?), cfg, &mut args) }
     }
 }
 

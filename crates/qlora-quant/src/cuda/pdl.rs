@@ -15,13 +15,15 @@
 //! scheduled as this one's blocks get going. On a GPU before compute capability 9.0 the same
 //! kernels are launched the ordinary way (their wait is then a no-op).
 //!
-//! **Off by default** (`QLORA_PDL=1` turns it on): measured on an H100 (session 4), the NF4
-//! decode step replayed as a CUDA graph was no faster with it (TinyLlama 795.9 vs 798.9 tok/s,
-//! Mistral-7B 242.7 vs 245.0, same binary and machine). The likely reason: candle allocates
-//! each kernel's output with `cuMemAllocAsync`, so in the captured graph a memory-allocation
-//! node sits between every two kernels, and a programmatic edge only forms between adjacent
-//! kernel nodes. It needs the step's temporaries allocated outside the capture (or the graph's
-//! allocation nodes moved off the kernel chain) before it can pay.
+//! **On by default** (`QLORA_PDL=0` turns it off). It pays only where consecutive kernels are
+//! adjacent: in a captured CUDA graph, a programmatic edge forms only between two kernel
+//! nodes, and while candle allocated each kernel's output with `cuMemAllocAsync` a memory node
+//! sat between every two of them (session 4, first measurement: TinyLlama 795.9 vs 798.9
+//! tok/s, no gain). Since the decode step writes its layer kernels' outputs into a workspace
+//! allocated before the capture (engine `model/fast.rs`, `Workspace`), the graph holds kernel
+//! nodes only between the embedding and the head, and PDL measured on an H100 (same binary and
+//! machine, NF4 b1, bench/gpu/results/h100-2026-11-27-s4-a2-*): TinyLlama 887.1 vs 816.0 tok/s
+//! (1042.7 vs 1160.7 µs a step), Mistral-7B 285.6 vs 272.6 (3379.1 vs 3515.5 µs).
 
 use candle_core::cuda_backend::cudarc::driver::{sys, LaunchConfig};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
@@ -29,10 +31,10 @@ use candle_core::Result;
 use std::ffi::c_void;
 use std::sync::OnceLock;
 
-/// Whether `QLORA_PDL` turns PDL on (off by default; `1`, `true` or `on` turn it on).
+/// Whether PDL is on: yes unless `QLORA_PDL` is `0`, `false` or `off`.
 fn enabled_by_env() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| matches!(std::env::var("QLORA_PDL").as_deref(), Ok("1" | "true" | "on")))
+    *ON.get_or_init(|| !matches!(std::env::var("QLORA_PDL").map(|v| v.trim().to_ascii_lowercase()).as_deref(), Ok("0" | "false" | "off")))
 }
 
 /// Whether `dev` supports PDL (compute capability 9.0 or later).
