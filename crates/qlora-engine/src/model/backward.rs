@@ -37,15 +37,12 @@ static MANUAL_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool
 
 /// Whether the recompute before the backward drops the attention probabilities once the
 /// attention output is made, and the attention backward makes them again from q and k
-/// (`QLORA_TRAIN_KEEP_PROBS=0`): one more probabilities kernel a layer, and `[B, heads, T, T]`
-/// (64 MiB on Mistral-7B at 4 × 512) less alive through the MLP's backward, where the layer
-/// backward's peak is. Default: kept. Measured on an H100 (Mistral-7B, 4 × 512, same call,
-/// bench/gpu/results/h100-2026-11-27-s4-final2-train-*): kept 7,090 tok/s at 4.817 GiB
-/// peak, remade 6,845 tok/s at 4.789 GiB; both under issue 7's 4.90 GiB since the backward
-/// holds less elsewhere, so the faster one is the default.
+/// (default; `QLORA_TRAIN_KEEP_PROBS=1` keeps them): one more probabilities kernel a layer,
+/// and `[B, heads, T, T]` (67 MB on Mistral-7B at 4 × 512) less alive through the MLP's
+/// backward, where the layer backward's peak is.
 pub fn recompute_probs() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("QLORA_TRAIN_KEEP_PROBS").is_ok_and(|v| v.trim() == "0"))
+    *ON.get_or_init(|| std::env::var("QLORA_TRAIN_KEEP_PROBS").map_or(true, |v| v.trim() != "1"))
 }
 
 /// A callback told the name of each piece of the hand-written forward/backward as it has
