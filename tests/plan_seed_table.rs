@@ -55,8 +55,8 @@ fn nf4_dq(n: u64) -> u64 {
 /// 20,971,520; the probabilities alone 4·32·512²·2 = 67,108,864; attn out 16,777,216; MLP
 /// gate, up, SwiGLU 3·2048·5632·2 = 69,206,016; LoRA, one output per target 2048·2·17,920
 /// = 73,400,320). The hand-written backward (Llama family on a GPU, with checkpointing): two
-/// layer inputs on the device (the rest offloaded to host) 2·2048·2048·2 + ⌈0.48 × layer⌉ +
-/// 2·2048·2048·2 = 16,777,216 + 138,915,349 + 16,777,216 = 172,469,781;
+/// layer inputs on the device (the rest offloaded to host) 2·2048·2048·2 + ⌈0.21 × layer⌉ +
+/// 2·2048·2048·2 = 16,777,216 + 60,775,465 + 16,777,216 = 94,329,897;
 /// logits 4·256·32000·4 = 131,072,000 (the untied head needs no copy);
 /// scratch: the largest projection's whole bf16 copy (≤ 64 MiB) 5632·2048·2 = 23,068,672;
 /// base 762,313,960; LoRA+grads+AdamW 12,615,680·16.
@@ -71,7 +71,7 @@ const TINYLLAMA: Row = Row {
     act_int8: 874_512_384 + 115_343_360,
     act_nf4: 874_512_384 + 23_068_672,
     lora_params: 12_615_680,
-    train_working: 762_313_960 + 12_615_680 * 16 + 172_469_781 + 131_072_000 + 23_068_672,
+    train_working: 762_313_960 + 12_615_680 * 16 + 94_329_897 + 131_072_000 + 23_068_672,
     verdicts_2080: [Fit::Fits, Fit::Fits, Fit::Fits, Fit::Fits],
 };
 
@@ -89,8 +89,8 @@ const TINYLLAMA: Row = Row {
 /// (hidden 2048·2560·(16 + 6) = 115,343,360, one composite LayerNorm; q/k/v 2048·2·7680·2 =
 /// 62,914,560; probabilities 4·32·512²·2 = 67,108,864; attn out 20,971,520; MLP
 /// 2·2048·10240·2 = 83,886,080; LoRA 2048·2·23,040 = 94,371,840), with checkpointing (autograd,
-/// inputs offloaded) 2·10,485,760 + ⌈3.58 × layer⌉ 1,591,654,482 (Phi's measured factor) +
-/// 20,971,520 = 1,633,597,522; logits 4·256·51200·4 = 209,715,200; scratch 26,214,400·6.
+/// inputs offloaded) 2·10,485,760 + ⌈2.88 × layer⌉ 1,280,437,126 (Phi's measured factor) +
+/// 20,971,520 = 1,322,380,166; logits 4·256·51200·4 = 209,715,200; scratch 26,214,400·6.
 const PHI2: Row = Row {
     dir: "microsoft--phi-2",
     params: 2_779_683_840,
@@ -102,7 +102,7 @@ const PHI2: Row = Row {
     act_int8: 910_163_968 + 262_144_000,
     act_nf4: 910_163_968 + 52_428_800,
     lora_params: 23_592_960,
-    train_working: 1_824_639_744 + 23_592_960 * 16 + 1_633_597_522 + 209_715_200 + 157_286_400,
+    train_working: 1_824_639_744 + 23_592_960 * 16 + 1_322_380_166 + 209_715_200 + 157_286_400,
     verdicts_2080: [Fit::Tight, Fit::Fits, Fit::Fits, Fit::Fits],
 };
 
@@ -121,8 +121,8 @@ const PHI2: Row = Row {
 /// `1 + w` norm stays composite; q/k/v 20,971,520; probabilities 4·8·512²·2 = 16,777,216;
 /// attn out 16,777,216; MLP (GELU-tanh, composite) 4·2048·16384·2 = 268,435,456; LoRA
 /// 2048·2·39,424 = 161,480,704), with checkpointing (autograd, inputs offloaded)
-/// 2·8,388,608 + ⌈1.93 × layer⌉ 1,242,583,532 (Gemma's measured factor) + 16,777,216 =
-/// 1,276,137,964.
+/// 2·8,388,608 + ⌈1.62 × layer⌉ 1,042,997,576 (Gemma's measured factor) + 16,777,216 =
+/// 1,076,552,008.
 /// LoRA 18·16·(4096·2 + 2304·2 + 18432·3) = 19,611,648.
 const GEMMA2B: Row = Row {
     dir: "google--gemma-2b",
@@ -135,7 +135,7 @@ const GEMMA2B: Row = Row {
     act_int8: 301_989_888 + 335_544_320,
     act_nf4: 301_989_888 + 67_108_864,
     lora_params: 19_611_648,
-    train_working: 2_071_219_064 + 19_611_648 * 16 + 1_276_137_964 + 1_048_576_000 + 201_326_592,
+    train_working: 2_071_219_064 + 19_611_648 * 16 + 1_076_552_008 + 1_048_576_000 + 201_326_592,
     verdicts_2080: [Fit::Fits, Fit::Fits, Fit::Fits, Fit::Fits],
 };
 
@@ -151,8 +151,8 @@ const GEMMA2B: Row = Row {
 /// QLoRA: LoRA 32·16·(8192·2 + 5120·2 + 18432·3) = 41,943,040; per-layer activations
 /// 587,202,560 (hidden 2048·4096·10 = 83,886,080; q/k/v 2048·2·6144·2 = 50,331,648;
 /// probabilities 67,108,864; attn out 33,554,432; MLP 3·2048·14336·2 = 176,160,768; LoRA
-/// 2048·2·43,008 = 176,160,768); the hand-written backward: 2·16,777,216 + ⌈0.48 × layer⌉
-/// 281,857,229 + 33,554,432 = 348,966,093; logits 4·256·32000·4 = 131,072,000; scratch:
+/// 2048·2·43,008 = 176,160,768); the hand-written backward: 2·16,777,216 + ⌈0.21 × layer⌉
+/// 123,312,538 + 33,554,432 = 190,421,402; logits 4·256·32000·4 = 131,072,000; scratch:
 /// q/o whole 4096·4096·2 = 33,554,432, the MLP weights (117,440,512 > 64 MiB) in 32 MiB slabs.
 const MISTRAL7B: Row = Row {
     dir: "mistralai--Mistral-7B-v0.1",
@@ -165,8 +165,8 @@ const MISTRAL7B: Row = Row {
     act_int8: 947_912_704 + 587_202_560,
     act_nf4: 947_912_704 + 117_440_512,
     lora_params: 41_943_040,
-    train_working: 4_125_481_856 + 41_943_040 * 16 + 348_966_093 + 131_072_000 + 33_554_432,
-    // QLoRA: 5,310,163,021 working + 727,855,908 fixed + 1,433,744,016 slack = 6.96 GiB: the
+    train_working: 4_125_481_856 + 41_943_040 * 16 + 190_421_402 + 131_072_000 + 33_554_432,
+    // QLoRA: 5,151,618,330 working + 727,855,908 fixed + 1,545,485,499 slack = 6.92 GiB: the
     // offloaded layer inputs and the hand-written backward bring it under the 2080's 8 GiB.
     verdicts_2080: [Fit::WontFit, Fit::WontFit, Fit::Fits, Fit::Fits],
 };

@@ -97,9 +97,9 @@ fn training_suggestions_prefer_the_cheapest_single_change_then_combine() {
     let t = p.training.unwrap();
     assert_eq!(t.verdict, Fit::WontFit);
     assert!(t.suggestion.as_ref().unwrap().change.starts_with("gradient checkpointing"), "{:?}", t.suggestion);
-    // On 8 GiB at sequence 2048 no single change is enough: the combination, with a shorter
+    // On 8 GiB at sequence 4096 no single change is enough: the combination, with a shorter
     // sequence. (At 512, checkpointing alone fits: the layer inputs wait in host memory.)
-    let long = PlanOptions { train: Some(TrainOptions { checkpointing: false, micro_batch: 4, seq_len: 2048, ..Default::default() }), ..Default::default() };
+    let long = PlanOptions { train: Some(TrainOptions { checkpointing: false, micro_batch: 4, seq_len: 4096, ..Default::default() }), ..Default::default() };
     let p = plan(&meta, &Target::preset("rtx2080").unwrap(), &long, o).unwrap();
     let s = p.training.unwrap().suggestion.unwrap();
     assert!(s.change.contains("(together)") && s.change.contains("--micro-batch 1"), "{}", s.change);
