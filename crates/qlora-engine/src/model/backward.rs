@@ -61,10 +61,10 @@ pub fn set_phase_hook(hook: Option<PhaseHook>) -> Option<PhaseHook> {
 
 fn mark(what: &str) {
     PHASE_HOOK.with(|h| {
-        if let Ok(mut h) = h.try_borrow_mut() {
-            if let Some(f) = h.as_mut() {
-                f(what)
-            }
+        if let Ok(mut h) = h.try_borrow_mut()
+            && let Some(f) = h.as_mut()
+        {
+            f(what)
         }
     })
 }

@@ -220,11 +220,11 @@ impl Trainer {
                 memory: Memory::now(),
             });
             let last = st.step == self.total_steps;
-            if (self.cfg.eval_every > 0 && st.step % self.cfg.eval_every == 0) || last {
-                if let Some(l) = self.eval_loss()? {
-                    entry.eval_loss = Some(l);
-                    sink.emit(TrainEvent::Eval { step: st.step, loss: l });
-                }
+            if ((self.cfg.eval_every > 0 && st.step % self.cfg.eval_every == 0) || last)
+                && let Some(l) = self.eval_loss()?
+            {
+                entry.eval_loss = Some(l);
+                sink.emit(TrainEvent::Eval { step: st.step, loss: l });
             }
             st.log_history.push(entry);
             let stop = cancel.is_cancelled() && !last;
