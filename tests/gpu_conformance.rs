@@ -239,7 +239,9 @@ fn graph_nf4_layers_hold_kernel_nodes_only() {
     let s = lane.cache.graph_stats();
     eprintln!("llama NF4 bf16, {layers} layers: {s:?}");
     assert_eq!((s.captures, s.replays, s.failures), (1, 2, 0));
-    assert!(s.kernel_nodes >= 7 * layers, "{} kernel nodes for {layers} layers", s.kernel_nodes);
+    // Seven launches a layer (five with QLORA_NORM_PROLOGUE=1: the norms in the q/k/v and
+    // gate/up GEMVs' prologue), plus the embedding, the first and final norms and the head.
+    assert!(s.kernel_nodes >= 5 * layers, "{} kernel nodes for {layers} layers", s.kernel_nodes);
     assert!(s.memory_nodes < 14, "{} memory nodes: the layers' kernels still allocate inside the graph", s.memory_nodes);
 }
 

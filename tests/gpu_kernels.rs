@@ -436,3 +436,56 @@ fn heads_to_rows_matches_transpose() {
         }
     }
 }
+
+/// The q/k/v and gate/up GEMVs with the residual add + RMSNorm computed in their prologue
+/// (`norm_gemv_multi_into`, `norm_gemv_glu_into`) against the two launches they replace
+/// (`infer::add_rms_norm`, then `gemv_multi` / `gemv_glu`), bit for bit: the sum `s` and the
+/// GEMV's output. Llama's and Gemma's norm, 1 and 2 rows, hidden sizes with a partial last
+/// warp of the norm kernel (4160 = 520 threads), biases, three weights straddled by blocks,
+/// f32/bf16/f16; and the launches refuse an output that overlaps an input.
+#[test]
+fn gemv_with_the_norm_in_its_prologue_equals_the_two_launches() {
+    use qlora_studio::quant::cuda::fused::{norm_gemv_glu_into, norm_gemv_multi_into, normin_unsupported, NormedInput};
+    let dev = gpu();
+    let g = |t: &Tensor| t.to_device(&dev).unwrap();
+    for dt in [DType::F32, DType::BF16, DType::F16] {
+        for k in [256usize, 2048, 4160] {
+            let projs: Vec<Nf4Proj> = [(130usize, 1u64, true, true), (67, 2, false, false), (67, 3, true, true)]
+                .iter()
+                .map(|&(n, seed, dq, bias)| on_gpu(&proj(n, k, seed + k as u64, dq, bias, dt)))
+                .collect();
+            let (gate, up) = (on_gpu(&proj(203, k, 4, true, false, dt)), on_gpu(&proj(203, k, 5, true, true, dt)));
+            let w = g(&(randn(&[k], DType::F32) * 0.1).unwrap().to_dtype(dt).unwrap());
+            for m in [1usize, 2] {
+                let (x, a) = (g(&randn(&[m, 1, k], dt)), g(&randn(&[m, 1, k], dt)));
+                for one_plus in [false, true] {
+                    let case = format!("k {k} m {m} one_plus {one_plus} {dt:?}");
+                    let n = NormedInput { resid: &x, pending: &a, weight: &w, eps: 1e-5, one_plus };
+                    assert!(normin_unsupported(&n, &projs, 1).is_none(), "{case}: {:?}", normin_unsupported(&n, &projs, 1));
+                    let (s2, h2) = infer::add_rms_norm(&x, Some(&a), &w, 1e-5, one_plus).unwrap();
+                    let want_qkv = gemv_multi(&h2, &projs).unwrap();
+                    let (s_out, y_out) = (Tensor::zeros(m * k, dt, &dev).unwrap(), Tensor::zeros(m * 264, dt, &dev).unwrap());
+                    let (s1, y1) = norm_gemv_multi_into(&n, &projs, &y_out, &s_out).unwrap();
+                    assert_eq!(y1.dims(), &[m, 1, 264], "{case}");
+                    assert!(bits(&s1) == bits(&s2), "{case}: the sum differs from add_rms_norm's");
+                    assert!(bits(&y1) == bits(&want_qkv), "{case}: q/k/v differ from add_rms_norm + gemv_multi");
+                    for act in [GluAct::Silu, GluAct::GeluTanh] {
+                        let want = gemv_glu(&h2, &gate, &up, act).unwrap();
+                        let y_out = Tensor::zeros(m * 203, dt, &dev).unwrap();
+                        let (s1, y1) = norm_gemv_glu_into(&n, &gate, &up, act, &y_out, &s_out).unwrap();
+                        assert!(bits(&s1) == bits(&s2), "{case} {act:?}: the sum differs");
+                        assert!(bits(&y1) == bits(&want), "{case} {act:?}: the GLU differs from add_rms_norm + gemv_glu");
+                    }
+                }
+            }
+        }
+        // An output on top of an input is refused, with a message that says so.
+        let k = 256;
+        let projs = vec![on_gpu(&proj(64, k, 9, true, false, dt))];
+        let (resid, pending, w) = (g(&randn(&[1, 1, k], dt)), g(&randn(&[1, 1, k], dt)), g(&randn(&[k], dt)));
+        let n = NormedInput { resid: &resid, pending: &pending, weight: &w, eps: 1e-5, one_plus: false };
+        let y_out = Tensor::zeros(64, dt, &dev).unwrap();
+        let err = norm_gemv_multi_into(&n, &projs, &y_out, &pending.flatten_all().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("overlaps an input"), "{dt:?}: {err}");
+    }
+}

@@ -87,6 +87,17 @@ pub fn profile(model: &Model, past: usize, mut emit: impl FnMut(serde_json::Valu
     let layer: f64 = parts.iter().filter(|(n, _)| !apart.contains(n)).map(|(_, t)| t).sum::<f64>()
         + parts.iter().find(|(n, _)| *n == "add_rms_norm").map_or(0.0, |(_, t)| *t);
     parts.push(("layer_sum_of_parts", layer));
+    // The q/k/v and gate/up GEMVs with the add + RMSNorm in their prologue (the engine's with
+    // QLORA_NORM_PROLOGUE=1; the norm launch and the GEMV above, apart, are what they replace).
+    {
+        let norm_in = fused::NormedInput { resid: &x, pending: &x, weight: &w, eps: 1e-5, one_plus: false };
+        let s_out = Tensor::zeros(h, DType::BF16, &dev)?;
+        let qkv_out = Tensor::zeros(nq + 2 * nk, DType::BF16, &dev)?;
+        let glu_out = Tensor::zeros(im, DType::BF16, &dev)?;
+        let qkv = [q.clone(), k.clone(), v.clone()];
+        parts.push(("norm_qkv_gemv_prologue", time_us(&dev, || Ok(drop(fused::norm_gemv_multi_into(&norm_in, &qkv, &qkv_out, &s_out)?)))?));
+        parts.push(("norm_glu_gemv_prologue", time_us(&dev, || Ok(drop(fused::norm_gemv_glu_into(&norm_in, &gate, &up, GluAct::Silu, &glu_out, &s_out)?)))?));
+    }
     // The whole step: forward of one token at `past`, with and without reading the id back.
     let mut cache0 = model.new_cache_with_capacity(past + 16);
     let prompt = Tensor::zeros((1, past), DType::U32, &dev)?;

@@ -260,7 +260,7 @@ KV_APPEND(kv_append_f16, __half)
 
 // ---------------------------------------------------------------- decode attention
 // One query token per sequence (position pos = len - 1) against cache positions start .. len-1.
-// Grid (nkv * ceil(rep / ATT_HG), B), blockDim.x = 32 * warps; a block serves up to ATT_HG
+// Grid (nkv * ceil(rep / HG), B), blockDim.x = 32 * warps; a block serves up to HG
 // query heads of one kv head, so each K/V row is read once for all of them. q: [B, 1, nh*hd] at
 // batch stride qsb, RoPE applied here into shared memory. A row of K (and of V) is split over
 // Lp = pow2ceil(hd / 8) lanes, 8 elements each (one 16-byte load in bf16/f16), so a warp reads
@@ -269,7 +269,10 @@ KV_APPEND(kv_append_f16, __half)
 // online softmax (max, sum, 8 output dims per head) for the positions its row slot saw; the row
 // slots of a warp are merged by shuffles, the warps through shared memory. Scores as the
 // unfused path rounds them: rnd(rnd(q·k) * rnd(scale)); out rounded once.
-#define ATT_HG 4
+// HG (1, 2 or 4: ATT_HG below) is a template parameter: one query head a block gives 4-8 times
+// the blocks of 4 (TinyLlama and Mistral-7B have 8 kv-head groups of 4, i.e. 8 blocks on 132
+// SMs, each a long chain of dependent loads), and a lane then keeps 8 accumulators, not 32 (no
+// spills). Every head's arithmetic is the same whatever HG, so the results are bit for bit equal.
 // With len_ptr set, len = *len_ptr and start = len - window (window > 0, len > window) or 0;
 // the host's len and start are ignored.
 // With knew set (the KV append folded in, one token per sequence): knew / vnew hold this
@@ -286,12 +289,38 @@ struct AttnParams {
     unsigned window;
     unsigned long long len_ptr;
     unsigned long long knew, vnew, ksb, vsb;
+    unsigned prefetch;  // prefetch this block's cached K/V rows into L2 before the wait
 };
+
+// The cached K and V rows a block will read (kv head kvh of sequence b, positions start ..
+// len - 1), one 128-byte line a thread per step, into L2: issued before pdl_wait, while the
+// previous kernel (the q/k/v GEMV) still runs. The rows were written by earlier steps (the
+// length comes from the host before the step), and an L2 prefetch never leaves a stale copy
+// on the SM, so the line of the position appended in this step is harmless too.
+template <typename T>
+__device__ __forceinline__ void prefetch_kv(const T* cache, const AttnParams& p, unsigned kvh, unsigned b) {
+    unsigned len = p.len, start = p.start;
+    if (p.len_ptr) {
+        len = min(*reinterpret_cast<const unsigned*>(p.len_ptr), p.cap);
+        start = (p.window > 0 && len > p.window) ? len - p.window : 0;
+    }
+    if (len <= start) return;
+    const unsigned row_bytes = p.hd * sizeof(T), lines = (row_bytes + 127u) >> 7;
+    const size_t plane = (size_t)p.B * p.nkv * p.cap * p.hd;
+    const char* k0 = reinterpret_cast<const char*>(cache + ((size_t)b * p.nkv + kvh) * p.cap * p.hd);
+    const char* v0 = reinterpret_cast<const char*>(cache + plane + ((size_t)b * p.nkv + kvh) * p.cap * p.hd);
+    const unsigned n = (len - start) * lines;
+    for (unsigned i = threadIdx.x; i < 2 * n; i += blockDim.x) {
+        const unsigned e = i < n ? i : i - n;
+        const size_t off = (size_t)(start + e / lines) * row_bytes + (e % lines) * 128u;
+        asm volatile("prefetch.global.L2 [%0];" ::"l"((i < n ? k0 : v0) + off));
+    }
+}
 
 // One position's score and online-softmax update for the ATT_HG heads of a lane's row slot.
 // Every lane calls it (the dot product is summed over the row's Lp lanes by shuffles); `ok`
 // says whether the position is one of the attended ones.
-template <typename T>
+template <typename T, int ATT_HG>
 __device__ __forceinline__ void attn_update(const float (&qr)[ATT_HG][8], const float* kf, const float* vf, bool ok,
                                             unsigned Lp, unsigned nhg, float scale_t, float* m, float* l,
                                             float (&acc)[ATT_HG][8]) {
@@ -332,7 +361,7 @@ __device__ __forceinline__ void row_kv(const T* kbase, const T* vbase, const flo
     }
 }
 
-template <typename T>
+template <typename T, int ATT_HG>
 __device__ void decode_attn_impl(const T* __restrict__ q, const T* __restrict__ cache, T* __restrict__ out, const AttnParams& p) {
     extern __shared__ float4 attn_smem4[];
     float* smem = reinterpret_cast<float*>(attn_smem4);
@@ -341,6 +370,7 @@ __device__ void decode_attn_impl(const T* __restrict__ q, const T* __restrict__ 
     const unsigned nhg = min((unsigned)ATT_HG, kvh * rep + rep - h0), b = blockIdx.y;
     const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     unsigned len = p.len, start = p.start;
+    if (p.prefetch) prefetch_kv<T>(cache, p, kvh, b);
     pdl_wait();
     pdl_launch_dependents();
     bool fresh = p.knew != 0 && len <= p.cap;  // the host checked len <= cap for a host length
@@ -409,8 +439,8 @@ __device__ void decode_attn_impl(const T* __restrict__ q, const T* __restrict__ 
         float ka[8], va[8], kb[8], vb[8];
         row_kv<T>(kbase, vbase, kvs + d0, kvs + hd + d0, ja, hd, oka && has, fresh && ja == pos, ka, va);
         row_kv<T>(kbase, vbase, kvs + d0, kvs + hd + d0, jb, hd, okb && has, fresh && jb == pos, kb, vb);
-        attn_update<T>(qr, ka, va, oka, Lp, nhg, scale_t, m, l, acc);
-        attn_update<T>(qr, kb, vb, okb, Lp, nhg, scale_t, m, l, acc);
+        attn_update<T, ATT_HG>(qr, ka, va, oka, Lp, nhg, scale_t, m, l, acc);
+        attn_update<T, ATT_HG>(qr, kb, vb, okb, Lp, nhg, scale_t, m, l, acc);
     }
     // Merge the row slots of the warp (lanes sub, sub + Lp, ...).
     for (unsigned off = Lp; off < 32; off <<= 1) {
@@ -459,13 +489,15 @@ __device__ void decode_attn_impl(const T* __restrict__ q, const T* __restrict__ 
     }
 }
 
-#define DECODE_ATTN(NAME, T)                                                                              \
-    extern "C" __global__ void __launch_bounds__(512) NAME(const T* q, const T* cache, T* out, AttnParams p) { \
-        decode_attn_impl<T>(q, cache, out, p);                                                            \
+#define DECODE_ATTN(HG, SFX, T)                                                                           \
+    extern "C" __global__ void __launch_bounds__(512) decode_attn_g##HG##_##SFX(const T* q, const T* cache, T* out, \
+                                                                             AttnParams p) {       \
+        decode_attn_impl<T, HG>(q, cache, out, p);                                                        \
     }
-DECODE_ATTN(decode_attn_f32, float)
-DECODE_ATTN(decode_attn_bf16, __nv_bfloat16)
-DECODE_ATTN(decode_attn_f16, __half)
+#define DECODE_ATTN_ALL(SFX, T) DECODE_ATTN(1, SFX, T) DECODE_ATTN(2, SFX, T) DECODE_ATTN(4, SFX, T)
+DECODE_ATTN_ALL(f32, float)
+DECODE_ATTN_ALL(bf16, __nv_bfloat16)
+DECODE_ATTN_ALL(f16, __half)
 
 // ---------------------------------------------------------------- prefill softmax
 // scores: rows of `len` keys, row r is query i = r % t at position past + i (rows grouped as

@@ -155,6 +155,7 @@ struct Nf4Multi {
     const float* tables;
     unsigned nseg;
     unsigned ntotal;
+    unsigned prefetch;  // prefetch the block's weight rows into L2 before the wait (prefetch_rows)
 };
 
 #define GW 4  // warps per block, splitting k
@@ -331,9 +332,147 @@ __device__ __forceinline__ unsigned locate(const Nf4Multi& p, unsigned row, unsi
     return si;
 }
 
-// y[m, ntotal]: row r of the stacked weights goes to column seg.col0 + (r - first row of seg).
+// ---------------------------------------------------------------- RMSNorm in the GEMV's prologue
+// q/k/v and gate/up read the output of a residual add + RMSNorm (kernels/infer.cu
+// add_rms_norm_vec). Here every block computes that norm itself, right after its wait, from
+// the residual x and the pending block output a (M rows of k, from L2 / L1: the same few KB for
+// every block of an SM), into shared memory as T, and its dot products read x from there: the
+// norm's launch (and its wait for the previous kernel to drain) is gone. Block 0 also writes
+// the sum s = x + a for the later residual add. The arithmetic is add_rms_norm_vec's, step for
+// step: thread t of that kernel (8 elements, fmaf chain, warp butterfly, the warp sums added by
+// one more butterfly over 32 lanes) is emulated by lane t % 32 of warp (t / 32) % GW, so the
+// normed x, and therefore the GEMV, equals the unfused pair bit for bit.
+// Needs (host-checked): k % 8 == 0, k <= 8192, x, a, w, s 16-byte aligned, s overlapping neither.
+struct NormIn {
+    const void* x;  // T[M, k]: the residual stream
+    const void* a;  // T[M, k]: the pending block output
+    const void* w;  // T[k]: the norm's weight
+    void* s;        // T[M, k]: x + a, written by block 0
+    float eps;
+    int one_plus;
+    int prefetch;   // prefetch the block's weight rows into L2 before the wait
+};
+
+// The NR weight rows of a block into L2 (one 128-byte line a thread per step): issued before
+// pdl_wait, while the previous kernel still runs, so the rows are on chip when the prologue ends.
+template <int NR>
+__device__ __forceinline__ void prefetch_rows(const RowRef (&rows)[NR], unsigned k) {
+    const unsigned rb = k >> 1;
+#pragma unroll
+    for (int r = 0; r < NR; r++)
+        for (unsigned off = threadIdx.x * 128u; off < rb; off += blockDim.x * 128u)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(rows[r].w + off));
+}
+
+// Loads of the normed x from shared memory in dot_rows (found by argument-dependent lookup: the
+// element type SmemX<T> selects this load_x8 instead of the global __ldg one).
+template <typename T> struct SmemX { T v; };
+template <typename T>
+__device__ __forceinline__ void load_x8(const SmemX<T>* p, float* v) {
+    const uint4 r = *reinterpret_cast<const uint4*>(p);
+    const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+    const T* t = reinterpret_cast<const T*>(w);
+#pragma unroll
+    for (int i = 0; i < 8; i++) v[i] = to_f32<T>(t[i]);
+}
+__device__ __forceinline__ void load_x8(const SmemX<float>* p, float* v) {
+    const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+}
+
+template <typename T>
+__device__ __forceinline__ void ld8(const T* p, float* v) {
+    if constexpr (sizeof(T) == 4) {
+        const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+    } else {
+        const uint4 r = *reinterpret_cast<const uint4*>(p);
+        const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+        const T* t = reinterpret_cast<const T*>(w);
+#pragma unroll
+        for (int i = 0; i < 8; i++) v[i] = to_f32<T>(t[i]);
+    }
+}
+template <typename T>
+__device__ __forceinline__ void st8(T* p, const float* v) { store8(p, v); }
+
+__device__ __forceinline__ float warp_sum_bfly(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// The M normed rows of x into xs[M][k] (shared, as T). Call after pdl_wait, block-wide.
 template <typename T, int M>
-__device__ void gemv_multi_impl(const Nf4Multi& p, const T* __restrict__ x, T* __restrict__ y, unsigned k) {
+__device__ void norm_prologue(const NormIn& n, unsigned k, T* xs) {
+    __shared__ float s_wsum[M * 32];
+    const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    const unsigned nvt = min(1024u, max(32u, ((k >> 3) + 31u) & ~31u)), nvw = nvt >> 5;  // add_rms_norm's block
+    const T* x = reinterpret_cast<const T*>(n.x);
+    const T* a = reinterpret_cast<const T*>(n.a);
+    T* s = blockIdx.x == 0 ? reinterpret_cast<T*>(n.s) : nullptr;
+    for (int m = 0; m < M; m++) {
+        // Two of the norm kernel's warps at a time, both loads issued before either is used.
+        for (unsigned vw0 = warp; vw0 < nvw; vw0 += 2 * GW) {  // uniform over the warp
+            float v[2][8], av[2][8], ss[2];
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                const unsigned d0 = ((vw0 + j * GW) * 32u + lane) * 8u;
+                if (vw0 + j * GW < nvw && d0 < k) {
+                    ld8<T>(x + (size_t)m * k + d0, v[j]);
+                    ld8<T>(a + (size_t)m * k + d0, av[j]);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                const unsigned vw = vw0 + j * GW, d0 = (vw * 32u + lane) * 8u;
+                ss[j] = 0.f;
+                if (vw < nvw && d0 < k) {
+                    const size_t at = (size_t)m * k + d0;
+#pragma unroll
+                    for (int i = 0; i < 8; i++) v[j][i] = round_t<T>(__fadd_rn(v[j][i], av[j][i]));
+                    st8<T>(xs + at, v[j]);
+                    if (s) st8<T>(s + at, v[j]);
+#pragma unroll
+                    for (int i = 0; i < 8; i++) ss[j] = __fmaf_rn(v[j][i], v[j][i], ss[j]);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                const float t = warp_sum_bfly(ss[j]);
+                if (lane == 0 && vw0 + j * GW < nvw) s_wsum[m * 32 + vw0 + j * GW] = t;
+            }
+        }
+    }
+    __syncthreads();
+    const T* w = reinterpret_cast<const T*>(n.w);
+    for (int m = 0; m < M; m++) {
+        const float ss = warp_sum_bfly(lane < nvw ? s_wsum[m * 32 + lane] : 0.f);
+        const float var = __fdiv_rn(ss, (float)k);
+        const float r = __frcp_rn(__fsqrt_rn(__fadd_rn(var, n.eps)));
+        for (unsigned d0 = threadIdx.x * 8u; d0 < k; d0 += blockDim.x * 8u) {
+            float v[8], wv[8];
+            ld8<T>(xs + (size_t)m * k + d0, v);  // the sums, stored before the barrier
+            ld8<T>(w + d0, wv);
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                const float nv = __fmul_rn(v[i], r);
+                v[i] = n.one_plus ? __fmul_rn(nv, __fadd_rn(wv[i], 1.f)) : __fmul_rn(round_t<T>(nv), wv[i]);
+            }
+            st8<T>(xs + (size_t)m * k + d0, v);
+        }
+    }
+    __syncthreads();
+}
+
+// y[m, ntotal]: row r of the stacked weights goes to column seg.col0 + (r - first row of seg).
+// The byte offset of the normed x after NR rows' block scales in the dynamic shared memory.
+__device__ __forceinline__ unsigned xs_offset(int nr, unsigned k) { return ((unsigned)nr * (k >> 5) * 4u + 15u) & ~15u; }
+
+// With NORM, x is unused: the block computes its input from `nin` (norm_prologue).
+template <typename T, int M, bool NORM = false>
+__device__ void gemv_multi_impl(const Nf4Multi& p, const T* __restrict__ x, T* __restrict__ y, unsigned k,
+                                const NormIn& nin = NormIn{}) {
     constexpr int R = Tile<M>::R;
     __shared__ float s_code[16];
     __shared__ float s_res[M * R];
@@ -349,10 +488,17 @@ __device__ void gemv_multi_impl(const Nf4Multi& p, const T* __restrict__ x, T* _
         fill_row_scales(s, lr, k, p.tables + 16, s_scale + r * stride);
     }
     // The scales and tables are constant during a step: resolved before the wait.
+    if (NORM ? nin.prefetch != 0 : p.prefetch != 0) prefetch_rows<R>(rows, k);
     pdl_wait();
     pdl_launch_dependents();
     __syncthreads();
-    dot_rows<T, M, R, Tile<M>::U>(rows, s_scale, s_code, x, k, s_res);
+    if constexpr (NORM) {
+        T* xs = reinterpret_cast<T*>(reinterpret_cast<char*>(s_scale) + xs_offset(R, k));
+        norm_prologue<T, M>(nin, k, xs);
+        dot_rows<SmemX<T>, M, R, Tile<M>::U>(rows, s_scale, s_code, reinterpret_cast<const SmemX<T>*>(xs), k, s_res);
+    } else {
+        dot_rows<T, M, R, Tile<M>::U>(rows, s_scale, s_code, x, k, s_res);
+    }
     if (threadIdx.x < M * R) {
         const unsigned m = threadIdx.x / R, r = threadIdx.x % R;
         if (row0 + r < p.ntotal) {
@@ -373,9 +519,10 @@ __device__ __forceinline__ float glu_act(float v, int act) {
     return 0.5f * v * (1.f + erff(v * 0.7071067811865476f));
 }
 
-template <typename T, int M>
+template <typename T, int M, bool NORM = false>
 __device__ void gemv_glu_impl(const Nf4Seg& gate, const Nf4Seg& up, const float* tables, int act,
-                              const T* __restrict__ x, T* __restrict__ y, unsigned n, unsigned k) {
+                              const T* __restrict__ x, T* __restrict__ y, unsigned n, unsigned k,
+                              const NormIn& nin = NormIn{}) {
     constexpr int R = Tile<M>::R, NR = 2 * R;
     __shared__ float s_code[16];
     __shared__ float s_res[M * NR];
@@ -392,10 +539,19 @@ __device__ void gemv_glu_impl(const Nf4Seg& gate, const Nf4Seg& up, const float*
         fill_row_scales(up, row, k, tables + 16, s_scale + (R + r) * stride);
     }
     // As gemv_multi_impl: the constant scales first, then the wait for x.
+    if constexpr (NORM) {
+        if (nin.prefetch) prefetch_rows<NR>(rows, k);
+    }
     pdl_wait();
     pdl_launch_dependents();
     __syncthreads();
-    dot_rows<T, M, NR, Tile<M>::U>(rows, s_scale, s_code, x, k, s_res);
+    if constexpr (NORM) {
+        T* xs = reinterpret_cast<T*>(reinterpret_cast<char*>(s_scale) + xs_offset(NR, k));
+        norm_prologue<T, M>(nin, k, xs);
+        dot_rows<SmemX<T>, M, NR, Tile<M>::U>(rows, s_scale, s_code, reinterpret_cast<const SmemX<T>*>(xs), k, s_res);
+    } else {
+        dot_rows<T, M, NR, Tile<M>::U>(rows, s_scale, s_code, x, k, s_res);
+    }
     if (threadIdx.x < M * R) {
         const unsigned m = threadIdx.x / R, r = threadIdx.x % R, row = row0 + r;
         if (row < n) {
@@ -507,6 +663,26 @@ GEMV_NORM_ALL_M(__half, f16)
         Nf4Seg gate, Nf4Seg up, const float* tables, int act, const T* x, T* y, unsigned n, unsigned k) { \
         gemv_glu_impl<T, M>(gate, up, tables, act, x, y, n, k);                                     \
     }
+// The same launches with the RMSNorm prologue (the input is computed from `nin`; x unused).
+// The stacked GEMV is held to 6 blocks an SM (80 registers, as the plain one), where the
+// prologue's two-warps-at-a-time loads would otherwise take 96.
+#define GEMV_NORMIN(T, SUFFIX, M)                                                                     \
+    extern "C" __global__ void __launch_bounds__(GW * 32, 6) nf4_gemv_multi_normin_##SUFFIX##_m##M(      \
+        Nf4Multi p, T* y, unsigned k, NormIn nin) {                                                  \
+        gemv_multi_impl<T, M, true>(p, nullptr, y, k, nin);                                          \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(GW * 32) nf4_gemv_glu_normin_##SUFFIX##_m##M(        \
+        Nf4Seg gate, Nf4Seg up, const float* tables, int act, T* y, unsigned n, unsigned k, NormIn nin) { \
+        gemv_glu_impl<T, M, true>(gate, up, tables, act, nullptr, y, n, k, nin);                     \
+    }
+// Rows of x 1 and 2 only (host: NORMIN_MAX_ROWS in src/cuda/fused.rs): the normed x of more
+// rows takes too much shared memory at Mistral-7B's width in f32, and decode at batch 1-2 is
+// where the launches it saves matter.
+#define GEMV_NORMIN_ALL_M(T, SUFFIX) GEMV_NORMIN(T, SUFFIX, 1) GEMV_NORMIN(T, SUFFIX, 2)
+GEMV_NORMIN_ALL_M(float, f32)
+GEMV_NORMIN_ALL_M(__nv_bfloat16, bf16)
+GEMV_NORMIN_ALL_M(__half, f16)
+
 #define GEMV_FUSED_ALL_M(T, SUFFIX) \
     GEMV_FUSED(T, SUFFIX, 1) GEMV_FUSED(T, SUFFIX, 2) GEMV_FUSED(T, SUFFIX, 3) GEMV_FUSED(T, SUFFIX, 4) \
     GEMV_FUSED(T, SUFFIX, 5) GEMV_FUSED(T, SUFFIX, 6) GEMV_FUSED(T, SUFFIX, 7) GEMV_FUSED(T, SUFFIX, 8)

@@ -14,6 +14,11 @@
 //! 8. down_proj.
 //!
 //! For one token (decode), 3 happens inside 4 (seven launches a layer). With
+//! `QLORA_NORM_PROLOGUE=1` (`qkv`, `glu`: one of them), in a decode step with a [`Workspace`]
+//! (the CUDA graph's), 1 happens inside 2 and 6 inside 7 when the projections are plain NF4 and
+//! the norm an RMSNorm: the GEMV's blocks compute the add and the norm in their prologue
+//! ([`fused::norm_gemv_multi_into`], bit for bit the two launches; five launches a layer); off
+//! by default, measured slower on Mistral-7B ([`fused::norm_prologue_on`]). With
 //! `QLORA_FUSED_NORM=1`, 5 + 6 and 8 + the next layer's step 1 are one launch each when the
 //! projection is plain NF4 and the norm an RMSNorm ([`fused::gemv_add_rms_norm`]: the GEMV's
 //! last block adds and normalises); off by default, measured slower ([`fused_norm_on`]).
@@ -33,7 +38,7 @@ use super::layers::{Attention, DecoderLayer, Mlp, Norm};
 use super::{KvCache, Model};
 use crate::linear::ArcLinear;
 use candle_core::{DType, Device, Result, Tensor};
-use qlora_quant::cuda::fused::{self, GluAct, Nf4Proj};
+use qlora_quant::cuda::fused::{self, GluAct, Nf4Proj, NormedInput};
 use qlora_quant::cuda::infer::{self, CacheLen};
 
 /// Positions a fresh cache holds before it has to grow (rounded up to this).
@@ -239,25 +244,58 @@ impl DecoderLayer {
         cache: &mut Option<Tensor>,
         capacity: usize,
     ) -> Result<Carry> {
-        let (x, h) = match carry {
-            Carry::Pending(x, pending) => norm_into(&self.input_norm, &x, pending.as_ref(), step.ws.map(|w| &w.norm[0]))?,
-            Carry::Normed(x, h) => (x, h),
+        // The input norm inside the q/k/v GEMV's prologue where it can (no norm launch).
+        let pro = match (&carry, step.ws, &self.post_attention_norm) {
+            (Carry::Pending(x, Some(p)), Some(ws), Some(_)) => self.attn.normin_qkv(&self.input_norm, x, p, ws)?,
+            _ => None,
         };
-        let o_in = self.attn.forward_fast(&h, step, cache, capacity)?;
-        let Some(norm) = &self.post_attention_norm else {
-            // Attention and MLP side by side on the same normed input (Phi).
-            let a = self.attn.o_proj.forward(&o_in)?;
-            return self.mlp.forward_fast(&h, (x + a)?, None, None);
-        };
-        let (x, h2) = match proj_add_norm(&o_in, &self.attn.o_proj, &x, norm)? {
-            Some(both) => both,
+        let (x, o_in) = match pro {
+            Some((s, qkv)) => (s, self.attn.attend_fast(&qkv, step, cache, capacity)?),
             None => {
-                let o = proj_into(&o_in, &self.attn.o_proj, step.ws.map(|w| &w.proj))?;
-                norm_into(norm, &x, Some(&o), step.ws.map(|w| &w.norm[1]))?
+                let (x, h) = match carry {
+                    Carry::Pending(x, pending) => norm_into(&self.input_norm, &x, pending.as_ref(), step.ws.map(|w| &w.norm[0]))?,
+                    Carry::Normed(x, h) => (x, h),
+                };
+                let Some(norm) = &self.post_attention_norm else {
+                    // Attention and MLP side by side on the same normed input (Phi).
+                    let o_in = self.attn.forward_fast(&h, step, cache, capacity)?;
+                    let a = self.attn.o_proj.forward(&o_in)?;
+                    return self.mlp.forward_fast(&h, (x + a)?, None, None);
+                };
+                let o_in = self.attn.forward_fast(&h, step, cache, capacity)?;
+                if let Some(both) = proj_add_norm(&o_in, &self.attn.o_proj, &x, norm)? {
+                    return self.mlp.forward_fast(&both.1, both.0, Some(next_norm), step.ws);
+                }
+                (x, o_in)
             }
         };
+        let Some(norm) = &self.post_attention_norm else { candle_core::bail!("the fused path lost the post-attention norm") };
+        let o = proj_into(&o_in, &self.attn.o_proj, step.ws.map(|w| &w.proj))?;
+        // The post-attention norm inside the gate/up GEMV's prologue where it can.
+        if let Some(ws) = step.ws
+            && let Some(carry) = self.mlp.normin_forward(norm, &x, &o, ws)?
+        {
+            return Ok(carry);
+        }
+        let (x, h2) = norm_into(norm, &x, Some(&o), step.ws.map(|w| &w.norm[1]))?;
         self.mlp.forward_fast(&h2, x, Some(next_norm), step.ws)
     }
+}
+
+/// `norm`'s input to the GEMV prologue (`fused::NormedInput`) when it is an RMSNorm and the
+/// prologue is on (`on`: that GEMV's switch of `fused::norm_prologue_on`).
+fn normed_input<'a>(norm: &'a Norm, resid: &'a Tensor, pending: &'a Tensor, on: bool) -> Option<NormedInput<'a>> {
+    let one_plus = match norm.kind {
+        NormKind::Rms => false,
+        NormKind::RmsOnePlus => true,
+        NormKind::LayerNorm => return None,
+    };
+    on.then_some(NormedInput { resid, pending, weight: &norm.weight, eps: norm.eps, one_plus })
+}
+
+/// The first `n` elements of a workspace buffer (the `s` half of a norm buffer).
+fn head_of(buf: &Tensor, n: usize) -> Result<Tensor> {
+    buf.narrow(0, 0, n)
 }
 
 fn nf4_proj(l: &ArcLinear) -> Option<Nf4Proj> {
@@ -296,24 +334,49 @@ fn cache_for(slot: &mut Option<Tensor>, shape: (usize, usize, usize), need: usiz
 }
 
 impl Attention {
+    /// `(s, q|k|v)`: the input norm of `resid + pending` computed by the q/k/v GEMV's blocks
+    /// (`fused::norm_gemv_multi_into`, bit for bit the norm launch and the GEMV), `s` into the
+    /// workspace's first norm buffer; `None` where that launch does not apply.
+    fn normin_qkv(&self, norm: &Norm, resid: &Tensor, pending: &Tensor, ws: &Workspace) -> Result<Option<(Tensor, Tensor)>> {
+        let Some(n) = normed_input(norm, resid, pending, fused::norm_prologue_on().0) else { return Ok(None) };
+        let Some(projs) = [&self.q_proj, &self.k_proj, &self.v_proj].iter().map(|l| nf4_proj(l)).collect::<Option<Vec<_>>>() else { return Ok(None) };
+        if fused::normin_unsupported(&n, &projs, 1).is_some() {
+            return Ok(None);
+        }
+        let s_out = head_of(&ws.norm[0], resid.elem_count())?;
+        let (s, qkv) = fused::norm_gemv_multi_into(&n, &projs, &ws.qkv, &s_out)?;
+        Ok(Some((s, qkv)))
+    }
+
     fn forward_fast(&self, x: &Tensor, step: &FastStep, slot: &mut Option<Tensor>, capacity: usize) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let (hd, nh, nkv) = (self.head_dim, self.num_heads, self.num_kv_heads);
-        let (nq, nk) = (nh * hd, nkv * hd);
         let x = x.contiguous()?;
-        let (q, k, v) = match fused_projs(&x, &[&self.q_proj, &self.k_proj, &self.v_proj]) {
+        match fused_projs(&x, &[&self.q_proj, &self.k_proj, &self.v_proj]) {
             Some(projs) => {
                 let y = match step.ws {
                     Some(ws) => fused::gemv_multi_into(&x, &projs, &ws.qkv)?,
                     None => fused::gemv_multi(&x, &projs)?,
                 };
-                (y.narrow(2, 0, nq)?, y.narrow(2, nq, nk)?, y.narrow(2, nq + nk, nk)?)
+                self.attend_fast(&y, step, slot, capacity)
             }
-            None => (self.q_proj.forward(&x)?, self.k_proj.forward(&x)?, self.v_proj.forward(&x)?),
-        };
+            None => {
+                let qkv = (self.q_proj.forward(&x)?, self.k_proj.forward(&x)?, self.v_proj.forward(&x)?);
+                self.attend_parts(qkv, step, slot, capacity)
+            }
+        }
+    }
+
+    /// The attention of q, k and v side by side in `y` `[B, t, (heads + 2 kv heads) · head_dim]`.
+    fn attend_fast(&self, y: &Tensor, step: &FastStep, slot: &mut Option<Tensor>, capacity: usize) -> Result<Tensor> {
+        let (nq, nk) = (self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim);
+        self.attend_parts((y.narrow(2, 0, nq)?, y.narrow(2, nq, nk)?, y.narrow(2, nq + nk, nk)?), step, slot, capacity)
+    }
+
+    fn attend_parts(&self, (q, k, v): (Tensor, Tensor, Tensor), step: &FastStep, slot: &mut Option<Tensor>, capacity: usize) -> Result<Tensor> {
+        let (b, t, _) = q.dims3()?;
+        let (hd, nkv) = (self.head_dim, self.num_kv_heads);
         let inv = step.inv_freq;
         let len = step.past + t;
-        let cache = cache_for(slot, (b, nkv, hd), len, capacity, x.dtype(), x.device())?;
+        let cache = cache_for(slot, (b, nkv, hd), len, capacity, q.dtype(), q.device())?;
         let (at, attn_len) = match step.dev_len {
             Some(l) => (CacheLen::Device(l), CacheLen::Device(l)),
             None => (CacheLen::Host(step.past), CacheLen::Host(len)),
@@ -334,6 +397,23 @@ impl Attention {
 }
 
 impl Mlp {
+    /// The gated MLP of `norm(resid + pending)` with the norm computed by the gate/up GEMV's
+    /// blocks (`fused::norm_gemv_glu_into`), `s` into the workspace's second norm buffer, the
+    /// down projection's output left pending; `None` where that launch does not apply.
+    fn normin_forward(&self, norm: &Norm, resid: &Tensor, pending: &Tensor, ws: &Workspace) -> Result<Option<Carry>> {
+        let Mlp::Gated { gate, up, down, act } = self else { return Ok(None) };
+        let Some(n) = normed_input(norm, resid, pending, fused::norm_prologue_on().1) else { return Ok(None) };
+        let (Some(g), Some(u)) = (nf4_proj(gate), nf4_proj(up)) else { return Ok(None) };
+        let projs = [g, u];
+        if fused::normin_unsupported(&n, &projs, 2).is_some() {
+            return Ok(None);
+        }
+        let act = glu_act(*act);
+        let s_out = head_of(&ws.norm[1], resid.elem_count())?;
+        let (s, a) = fused::norm_gemv_glu_into(&n, &projs[0], &projs[1], act, &ws.glu, &s_out)?;
+        Ok(Some(Carry::Pending(s, Some(proj_into(&a, down, Some(&ws.proj))?))))
+    }
+
     /// The MLP of `x` to be added to the residual stream `resid`: left pending, or, with
     /// `then = Some(norm)`, added and normed by the down projection's GEMV when it can
     /// ([`proj_add_norm`]).
@@ -341,11 +421,7 @@ impl Mlp {
         if let Mlp::Gated { gate, up, down, act } = self {
             let x = x.contiguous()?;
             if let Some(p) = fused_projs(&x, &[gate, up]) {
-                let act = match act {
-                    Activation::Silu => GluAct::Silu,
-                    Activation::GeluTanh => GluAct::GeluTanh,
-                    Activation::Gelu => GluAct::GeluErf,
-                };
+                let act = glu_act(*act);
                 let g = match ws {
                     Some(ws) => fused::gemv_glu_into(&x, &p[0], &p[1], act, &ws.glu)?,
                     None => fused::gemv_glu(&x, &p[0], &p[1], act)?,
@@ -359,5 +435,13 @@ impl Mlp {
             }
         }
         Ok(Carry::Pending(resid, Some(super::prefill::mlp(self, x)?)))
+    }
+}
+
+fn glu_act(act: Activation) -> GluAct {
+    match act {
+        Activation::Silu => GluAct::Silu,
+        Activation::GeluTanh => GluAct::GeluTanh,
+        Activation::Gelu => GluAct::GeluErf,
     }
 }

@@ -14,6 +14,13 @@
 //!   (tests/gpu_kernels.rs) but measured slower than the two launches in a decode step (its
 //!   serial tail; see `fast.rs`), so the engine uses it only with `QLORA_FUSED_NORM=1`.
 //!
+//! * [`norm_gemv_multi_into`], [`norm_gemv_glu_into`]: the same launches taking their input as
+//!   `norm(resid + pending)`, the residual add and RMSNorm computed by every block in its
+//!   prologue (from L1/L2: a few KB) instead of by a launch of its own before the GEMV; block 0
+//!   writes the sum for the next residual add. Bit for bit the pair of launches they replace.
+//!   Two launches a decode layer fewer (engine `model/fast.rs`), but measured slower than the
+//!   launches they replace on Mistral-7B, so off by default ([`norm_prologue_on`]).
+//!
 //! One inner loop serves all (kernels/nf4.cu `dot_rows`): a block of 4 warps reads a few
 //! weight rows, splitting k between the warps in coalesced 128-byte steps, each piece of x
 //! loaded once for all the rows, block scales resolved once per block into shared memory.
@@ -78,6 +85,7 @@ struct Multi {
     tables: u64,
     nseg: u32,
     ntotal: u32,
+    prefetch: u32,
 }
 unsafe impl DeviceRepr for Multi {}
 
@@ -337,7 +345,7 @@ impl MultiOp {
         }
         let tables = tables(&dev, table_source(&self.projs))?;
         let tp = tables.device_ptr(tables.stream()).0;
-        let mut multi = Multi { seg: segs, tables: tp, nseg: self.projs.len() as u32, ntotal: col };
+        let mut multi = Multi { seg: segs, tables: tp, nseg: self.projs.len() as u32, ntotal: col, prefetch: u32::from(gemv_prefetch_on()) };
         let mut yp = yp;
         let mut xp = x_ptr::<T>(s, l)?;
         let mut k32 = k as u32;
@@ -497,7 +505,7 @@ impl GemvNormOp {
             candle_core::bail!("fused nf4 norm: residual {:?} and norm weight {:?} do not fit {m} rows of {n} {:?}", r.1.dims(), w.1.dims(), x.0.dtype())
         }
         let dev = x.0.device().clone();
-        let mut multi = Multi { seg: [seg::<T>(&self.proj, 0)?, Seg::default(), Seg::default()], tables: 0, nseg: 1, ntotal: n as u32 };
+        let mut multi = Multi { seg: [seg::<T>(&self.proj, 0)?, Seg::default(), Seg::default()], tables: 0, nseg: 1, ntotal: n as u32, prefetch: 0 };
         let tables = tables(&dev, &self.proj.w)?;
         multi.tables = tables.device_ptr(tables.stream()).0;
         let a = unsafe { dev.alloc::<T>(m * n)? };
@@ -548,4 +556,232 @@ impl CustomOp3 for GemvNormOp {
         dims.insert(0, 2);
         Ok((y, Shape::from(dims)))
     }
+}
+
+// ------------------------------------------------------------------ RMSNorm in the GEMV's prologue
+
+/// The input of a GEMV that is the RMSNorm of a residual add, `norm(resid + pending)`
+/// (Llama's `rnd(rnd(s · r) · w)`, Gemma's `one_plus`: `rnd(s · r · (1 + w))`), computed by the
+/// GEMV's own blocks ([`norm_gemv_multi_into`], [`norm_gemv_glu_into`]) instead of by an
+/// `infer::add_rms_norm` launch before it.
+#[derive(Debug, Clone, Copy)]
+pub struct NormedInput<'a> {
+    /// The residual stream `[.., k]`.
+    pub resid: &'a Tensor,
+    /// The block output still to be added to it, same shape.
+    pub pending: &'a Tensor,
+    /// The norm's weight `[k]`.
+    pub weight: &'a Tensor,
+    pub eps: f64,
+    pub one_plus: bool,
+}
+
+/// Rows of x the prologue launches take (`GEMV_NORMIN_ALL_M` in kernels/nf4.cu).
+pub const NORMIN_MAX_ROWS: usize = 2;
+
+/// Mirrors `NormIn` in kernels/nf4.cu.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct NormInArgs {
+    x: u64,
+    a: u64,
+    w: u64,
+    s: u64,
+    eps: f32,
+    one_plus: i32,
+    prefetch: i32,
+}
+unsafe impl DeviceRepr for NormInArgs {}
+
+/// Which of the engine decode step's GEMVs compute the norm in their prologue: `(q/k/v,
+/// gate/up)`. **Neither by default** (the add + RMSNorm launch runs apart); `QLORA_NORM_PROLOGUE`
+/// `1` / `on` turns both on, `qkv` or `glu` that one only. Measured on an H100 (session 5, same
+/// binary and call, NF4 b1, bench/gpu/results/h100-2026-11-27-s5-d1-*): both on, TinyLlama
+/// 954 vs 918 µs a step and Mistral-7B 3796 vs 3538 with q/k/v only (slower: every block pays the
+/// prologue, and gate/up has 1.4-3.5 blocks per resident slot); q/k/v only, TinyLlama 908 vs
+/// 921 µs but Mistral-7B 3537 vs 3402. It needs fewer, longer-lived blocks to pay.
+pub fn norm_prologue_on() -> (bool, bool) {
+    static ON: OnceLock<(bool, bool)> = OnceLock::new();
+    *ON.get_or_init(|| match std::env::var("QLORA_NORM_PROLOGUE").map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        Ok("1" | "true" | "on") => (true, true),
+        Ok("qkv") => (true, false),
+        Ok("glu") => (false, true),
+        _ => (false, false),
+    })
+}
+
+/// Whether the prologue launches prefetch their weight rows into L2 before waiting for the
+/// previous kernel: on unless `QLORA_NORMIN_PREFETCH` is `0`, `false` or `off`.
+fn prefetch_on() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| !matches!(std::env::var("QLORA_NORMIN_PREFETCH").map(|v| v.trim().to_ascii_lowercase()).as_deref(), Ok("0" | "false" | "off")))
+}
+
+/// Whether the plain stacked GEMV ([`gemv_multi`], o_proj and down_proj in a decode step)
+/// prefetches its blocks' weight rows into L2 before waiting for the previous kernel: **off by
+/// default**, `QLORA_GEMV_PREFETCH=1` turns it on (an A/B switch; the prologue launches have
+/// their own, `QLORA_NORMIN_PREFETCH`). Session 5 on an H100: TinyLlama 914 vs 921 µs a step
+/// (noise), Mistral-7B 3434 vs 3402 (slower).
+fn gemv_prefetch_on() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| matches!(std::env::var("QLORA_GEMV_PREFETCH").map(|v| v.trim().to_ascii_lowercase()).as_deref(), Ok("1" | "true" | "on")))
+}
+
+/// Largest shared memory a block may take without opting in (block scales + the normed x).
+const SMEM_LIMIT: usize = 48 * 1024;
+
+/// Why the prologue launch does not apply to `n` and `projs` (`weight_rows` weight rows a
+/// block: 1 for [`norm_gemv_multi_into`]'s tile, 2 for the GLU's), or `None` when it does.
+pub fn normin_unsupported(n: &NormedInput, projs: &[Nf4Proj], weight_rows: usize) -> Option<String> {
+    let (dt, k) = (n.resid.dtype(), n.resid.dims().last().copied().unwrap_or(0));
+    let m = n.resid.elem_count() / k.max(1);
+    if !n.resid.device().is_cuda() {
+        return Some("the residual is not on a CUDA device".into());
+    }
+    if n.pending.dims() != n.resid.dims() || n.pending.dtype() != dt || n.weight.dtype() != dt || n.weight.elem_count() != k {
+        return Some(format!("pending {:?} and norm weight {:?} do not fit the residual {:?} {dt:?}", n.pending.dims(), n.weight.dims(), n.resid.dims()));
+    }
+    if m == 0 || m > NORMIN_MAX_ROWS || !k.is_multiple_of(8) || k > 8192 {
+        return Some(format!("{m} rows of {k} (the prologue takes 1 to {NORMIN_MAX_ROWS} rows of a multiple of 8 up to 8192)"));
+    }
+    if let Some(why) = fused_unsupported(m, k, dt, projs) {
+        return Some(why);
+    }
+    let scales = (weight_rows * rows_per_block(m) as usize * (k / 32) * 4).next_multiple_of(16);
+    if scales + m * k * dt.size_in_bytes() > SMEM_LIMIT {
+        return Some(format!("{m} rows of {k} {dt:?} do not fit a block's shared memory"));
+    }
+    for (t, what) in [(n.resid, "residual"), (n.pending, "pending output"), (n.weight, "norm weight")] {
+        let p = match dt {
+            DType::F32 => device_ptr::<f32>(t, what),
+            DType::BF16 => device_ptr::<half::bf16>(t, what),
+            _ => device_ptr::<half::f16>(t, what),
+        };
+        match p {
+            Ok(p) if p % 16 == 0 => {}
+            Ok(_) => return Some(format!("the {what} is not 16-byte aligned")),
+            Err(e) => return Some(e.to_string()),
+        }
+    }
+    None
+}
+
+/// What both prologue launches need: rows, features, the kernel's `NormIn`, the output's
+/// address, and `s` shaped like the residual.
+struct Prologue {
+    m: usize,
+    k: usize,
+    args: NormInArgs,
+    yp: u64,
+    s: Tensor,
+}
+
+fn prologue<T: CudaDType>(n: &NormedInput, projs: &[Nf4Proj], weight_rows: usize, y: (&Tensor, usize), s: &Tensor, what: &str) -> Result<Prologue> {
+    if let Some(why) = normin_unsupported(n, projs, weight_rows) {
+        candle_core::bail!("{what}: {why}")
+    }
+    let k = n.resid.dims().last().copied().unwrap_or(0);
+    let m = n.resid.elem_count() / k;
+    let inputs = [super::infer::span(n.resid)?, super::infer::span(n.pending)?, super::infer::span(n.weight)?];
+    let sp = super::infer::out_ptr(s, m * k, n.resid.dtype(), &inputs, what)?;
+    let all = [inputs[0], inputs[1], inputs[2], super::infer::span(s)?];
+    let yp = super::infer::out_ptr(y.0, m * y.1, n.resid.dtype(), &all, what)?;
+    let args = NormInArgs {
+        x: device_ptr::<T>(n.resid, "residual")?,
+        a: device_ptr::<T>(n.pending, "pending output")?,
+        w: device_ptr::<T>(n.weight, "norm weight")?,
+        s: sp,
+        eps: n.eps as f32,
+        one_plus: i32::from(n.one_plus),
+        prefetch: i32::from(prefetch_on()),
+    };
+    Ok(Prologue { m, k, args, yp, s: s.reshape(n.resid.dims())? })
+}
+
+/// Grid and block as [`launch_cfg`], plus the normed x's `m · k` elements of `esize` bytes in
+/// the dynamic shared memory after the scales (16-byte aligned: `xs_offset` in kernels/nf4.cu).
+fn prologue_cfg(n: u32, m: usize, weight_rows: u32, k: usize, esize: usize) -> LaunchConfig {
+    let mut cfg = launch_cfg(n, m, weight_rows, k);
+    cfg.shared_mem_bytes = (cfg.shared_mem_bytes as usize).next_multiple_of(16) as u32 + (m * k * esize) as u32;
+    cfg
+}
+
+fn y_shaped(y: &Tensor, resid: &Tensor, n: usize) -> Result<Tensor> {
+    let mut dims = resid.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = n;
+    }
+    y.reshape(dims)
+}
+
+/// `(s, y)` with `s = resid + pending` and `y` = [`gemv_multi`] of `norm(s)` with `projs`,
+/// written into `s_out` and `y_out` (preallocated, contiguous, x's dtype, overlapping no input
+/// nor each other): one launch instead of `infer::add_rms_norm` and the GEMV, equal to that
+/// pair bit for bit (the kernel repeats the norm kernel's arithmetic). Checked by
+/// [`normin_unsupported`] with one weight row a block first.
+pub fn norm_gemv_multi_into(n: &NormedInput, projs: &[Nf4Proj], y_out: &Tensor, s_out: &Tensor) -> Result<(Tensor, Tensor)> {
+    let cols: usize = projs.iter().map(|p| p.w.shape().dims()[0]).sum();
+    match n.resid.dtype() {
+        DType::F32 => normin_multi::<f32>(n, projs, cols, y_out, s_out, "f32"),
+        DType::BF16 => normin_multi::<half::bf16>(n, projs, cols, y_out, s_out, "bf16"),
+        DType::F16 => normin_multi::<half::f16>(n, projs, cols, y_out, s_out, "f16"),
+        other => candle_core::bail!("norm_gemv_multi_into: x must be f32, f16 or bf16, got {other:?}"),
+    }
+}
+
+fn normin_multi<T: CudaDType + DeviceRepr>(n: &NormedInput, projs: &[Nf4Proj], cols: usize, y_out: &Tensor, s_out: &Tensor, sfx: &str) -> Result<(Tensor, Tensor)> {
+    let pro = prologue::<T>(n, projs, 1, (y_out, cols), s_out, "norm_gemv_multi_into")?;
+    let dev = match n.resid.device() {
+        candle_core::Device::Cuda(d) => d.clone(),
+        _ => candle_core::bail!("norm_gemv_multi_into: the residual is not on a CUDA device"),
+    };
+    let mut segs = [Seg::default(); MAX_SEGS];
+    let mut col = 0u32;
+    for (i, p) in projs.iter().enumerate() {
+        segs[i] = seg::<T>(p, col)?;
+        col += segs[i].rows;
+    }
+    let tables = tables(&dev, table_source(projs))?;
+    let mut multi = Multi { seg: segs, tables: tables.device_ptr(tables.stream()).0, nseg: projs.len() as u32, ntotal: col, prefetch: 0 };
+    let (mut yp, mut k32, mut nin) = (pro.yp, pro.k as u32, pro.args);
+    let cfg = prologue_cfg(col, pro.m, rows_per_block(pro.m), pro.k, std::mem::size_of::<T>());
+    let mut args = [arg(&mut multi), arg(&mut yp), arg(&mut k32), arg(&mut nin)];
+    // SAFETY: the arguments are the kernel's, in order; it waits before reading the residual,
+    // the pending output or writing anything, and reads only constant weights, scales and
+    // tables before that.
+    unsafe { pdl::launch(&dev, MODULE, PTX, &format!("nf4_gemv_multi_normin_{sfx}_m{}", pro.m), cfg, &mut args)? };
+    Ok((pro.s, y_shaped(y_out, n.resid, cols)?))
+}
+
+/// `(s, y)` with `s = resid + pending` and `y` = [`gemv_glu`] of `norm(s)`, into `s_out` and
+/// `y_out`, as [`norm_gemv_multi_into`] (bit for bit the norm launch and the GLU GEMV).
+pub fn norm_gemv_glu_into(n: &NormedInput, gate: &Nf4Proj, up: &Nf4Proj, act: GluAct, y_out: &Tensor, s_out: &Tensor) -> Result<(Tensor, Tensor)> {
+    match n.resid.dtype() {
+        DType::F32 => normin_glu::<f32>(n, gate, up, act, y_out, s_out, "f32"),
+        DType::BF16 => normin_glu::<half::bf16>(n, gate, up, act, y_out, s_out, "bf16"),
+        DType::F16 => normin_glu::<half::f16>(n, gate, up, act, y_out, s_out, "f16"),
+        other => candle_core::bail!("norm_gemv_glu_into: x must be f32, f16 or bf16, got {other:?}"),
+    }
+}
+
+fn normin_glu<T: CudaDType + DeviceRepr>(n: &NormedInput, gate: &Nf4Proj, up: &Nf4Proj, act: GluAct, y_out: &Tensor, s_out: &Tensor, sfx: &str) -> Result<(Tensor, Tensor)> {
+    if gate.w.shape() != up.w.shape() {
+        candle_core::bail!("norm_gemv_glu_into: gate {:?} and up {:?} differ in shape", gate.w.shape(), up.w.shape())
+    }
+    let projs = [gate.clone(), up.clone()];
+    let rows = gate.w.shape().dims()[0];
+    let pro = prologue::<T>(n, &projs, 2, (y_out, rows), s_out, "norm_gemv_glu_into")?;
+    let dev = match n.resid.device() {
+        candle_core::Device::Cuda(d) => d.clone(),
+        _ => candle_core::bail!("norm_gemv_glu_into: the residual is not on a CUDA device"),
+    };
+    let (mut g, mut u) = (seg::<T>(gate, 0)?, seg::<T>(up, 0)?);
+    let tables = tables(&dev, table_source(&projs))?;
+    let mut tp = tables.device_ptr(tables.stream()).0;
+    let (mut act, mut yp, mut n32, mut k32, mut nin) = (act as i32, pro.yp, rows as u32, pro.k as u32, pro.args);
+    let cfg = prologue_cfg(n32, pro.m, 2 * rows_per_block(pro.m), pro.k, std::mem::size_of::<T>());
+    let mut args = [arg(&mut g), arg(&mut u), arg(&mut tp), arg(&mut act), arg(&mut yp), arg(&mut n32), arg(&mut k32), arg(&mut nin)];
+    // SAFETY: as in normin_multi.
+    unsafe { pdl::launch(&dev, MODULE, PTX, &format!("nf4_gemv_glu_normin_{sfx}_m{}", pro.m), cfg, &mut args)? };
+    Ok((pro.s, y_shaped(y_out, n.resid, rows)?))
 }

@@ -6,10 +6,11 @@
 //! * [`kv_append`]: writes k (rotated) and v of new positions into a preallocated cache
 //!   `[2, B, kv_heads, capacity, head_dim]`, in place.
 //! * [`decode_attention`]: one query token per sequence against the cache (RoPE on q, grouped
-//!   heads read in place, sliding window, online softmax). A block per kv head and group of up
-//!   to 4 of its query heads reads each K/V row once for all of them, in 16-byte pieces, the
-//!   positions spread over 16 warps and merged in the block: the former block per query head
-//!   walked the positions 32 keys at a time in 4 warps, latency-bound.
+//!   heads read in place, sliding window, online softmax). A block per query head (or per group
+//!   of 2 or 4 query heads of one kv head, `QLORA_ATT_HG`) reads K/V rows in 16-byte pieces,
+//!   the positions spread over 16 warps and merged in the block. Grouping 4 heads a block (each
+//!   K/V row read once for all of them) left 8 blocks on the target models: a few SMs each
+//!   walking a long chain of dependent loads.
 //! * [`masked_softmax`]: the prefill softmax with the causal / window mask made in the kernel.
 //! * [`write_u32`]: a few u32 values from the host into a device tensor (a decode step's
 //!   position and token ids before a CUDA graph replays it).
@@ -28,6 +29,7 @@ use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DeviceRepr, LaunchCon
 use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, InplaceOp1, InplaceOp3, Layout, Result, Shape, Storage, Tensor};
 use super::pdl::{self, arg};
+use std::sync::OnceLock;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/infer.ptx"));
 const MODULE: &str = "qlora_quant_infer";
@@ -457,6 +459,7 @@ struct AttnParams {
     vnew: u64,
     ksb: u64,
     vsb: u64,
+    prefetch: u32,
 }
 unsafe impl DeviceRepr for AttnParams {}
 
@@ -642,33 +645,57 @@ impl DecodeAttn {
             vnew: self.fresh.map_or(0, |f| f[1]),
             ksb: self.fresh.map_or(0, |f| f[2]),
             vsb: self.fresh.map_or(0, |f| f[3]),
+            prefetch: u32::from(attention_prefetch_on()),
         };
         let dev = q.device().clone();
         let (qp, cp) = (ptr_of(q, ql.start_offset())?, ptr_of(c, 0)?);
-        let cfg = attention_launch(b, nh, nkv, hd);
+        let (cfg, hg) = attention_launch(b, nh, nkv, hd);
         let (mut qp, mut cp, mut op, mut p) = (qp, cp, op, p);
         let mut args = [arg(&mut qp), arg(&mut cp), arg(&mut op), arg(&mut p)];
         // SAFETY: the arguments are the kernel's, in order; the kernel waits before any access.
-        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("decode_attn_{}", suffix(dt)?), cfg, &mut args) }
+        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("decode_attn_g{hg}_{}", suffix(dt)?), cfg, &mut args) }
     }
 }
 
-/// Query heads of one kv head a decode-attention block serves (`ATT_HG` in kernels/infer.cu).
-const ATT_HEADS_PER_BLOCK: usize = 4;
+/// The decode attention's shape: query heads a block serves (`HG` of kernels/infer.cu: 1, 2
+/// or 4) and warps a block. Default one head and 16 warps (8 above head size 128): on the target
+/// models a kv head has 4-8 query heads, so 4 heads a block left 8 blocks for 132 SMs, each a
+/// long chain of dependent loads (session 4: ~10 µs TinyLlama, ~14 µs Mistral-7B at ~100
+/// positions). `QLORA_ATT_HG` and `QLORA_ATT_WARPS` (4, 8 or 16) override them for A/B runs;
+/// any choice gives the same values bit for bit.
+fn attention_shape(hd: usize) -> (usize, usize) {
+    static ENV: OnceLock<(Option<usize>, Option<usize>)> = OnceLock::new();
+    let (hg, warps) = *ENV.get_or_init(|| {
+        let get = |name: &str, ok: &[usize]| std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).filter(|v| ok.contains(v));
+        (get("QLORA_ATT_HG", &[1, 2, 4]), get("QLORA_ATT_WARPS", &[4, 8, 16]))
+    });
+    let max_warps = if hd > 128 { 8 } else { 16 };
+    (hg.unwrap_or(1), warps.unwrap_or(max_warps).min(max_warps))
+}
 
-/// Grid, block and shared memory of the decode attention: a block per (kv head, group of up to
-/// 4 of its query heads, sequence), 16 warps striding over the positions (8 above head size
-/// 128, to keep the per-warp partial outputs within 48 KB of shared memory).
-fn attention_launch(b: usize, nh: usize, nkv: usize, hd: usize) -> LaunchConfig {
-    let groups = (nh / nkv).div_ceil(ATT_HEADS_PER_BLOCK);
-    let warps = if hd > 128 { 8 } else { 16 };
+/// Whether the decode attention prefetches its block's cached K/V rows into L2 before waiting
+/// for the previous kernel (the cache of a step is in DRAM by then: the weights streamed
+/// through L2 since the last step): on unless `QLORA_ATT_PREFETCH` is `0`, `false` or `off`.
+fn attention_prefetch_on() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| !matches!(std::env::var("QLORA_ATT_PREFETCH").map(|v| v.trim().to_ascii_lowercase()).as_deref(), Ok("0" | "false" | "off")))
+}
+
+/// Grid, block and shared memory of the decode attention, and its kernel's head-group size: a
+/// block per (kv head, group of `hg` of its query heads, sequence), its warps striding over the
+/// positions (at most 8 above head size 128, to keep the per-warp partial outputs within 48 KB
+/// of shared memory).
+fn attention_launch(b: usize, nh: usize, nkv: usize, hd: usize) -> (LaunchConfig, usize) {
+    let (hg, warps) = attention_shape(hd);
+    let groups = (nh / nkv).div_ceil(hg);
     // q rotated, each warp's partial output, and the fresh token's k and v.
-    let floats = ATT_HEADS_PER_BLOCK * hd + warps * ATT_HEADS_PER_BLOCK * (hd + 2) + 2 * hd;
-    LaunchConfig {
+    let floats = hg * hd + warps * hg * (hd + 2) + 2 * hd;
+    let cfg = LaunchConfig {
         grid_dim: ((nkv * groups) as u32, b as u32, 1),
         block_dim: (32 * warps as u32, 1, 1),
         shared_mem_bytes: (floats * std::mem::size_of::<f32>()) as u32,
-    }
+    };
+    (cfg, hg)
 }
 
 // ------------------------------------------------------------------ prefill softmax
