@@ -463,6 +463,15 @@ fn projection_profile(a: &Args, model: &Model, lora: &Attached, laps: &mut Laps)
             let dx = l.backward(x.clone(), &dy, &r, &mut sink)?;
             laps.lap(&tag("LoRA backward"))?;
             drop(dx);
+            // The LoRA's own parts: its forward's replay (dropout, x·Aᵀ) and the base's
+            // `acc += dy·W` alone (LoRA backward minus this is the adapter's share).
+            let acc = x.zeros_like()?;
+            laps.lap("proj gap")?;
+            let r = l.replay_for(&x)?;
+            laps.lap(&tag("LoRA replay_for (dropout + scaled x·Aᵀ)"))?;
+            let dx = qlora_studio::engine::linear::backward_add(l.base.as_ref(), &dy, acc)?;
+            laps.lap(&tag("base backward_add alone"))?;
+            drop((dx, r));
         }
     }
     laps.times.retain(|(k, ..)| k != "proj gap" && !k.ends_with("(warm-up)"));

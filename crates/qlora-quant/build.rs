@@ -5,7 +5,7 @@
 
 use std::{env, path::PathBuf, process::Command};
 
-const KERNELS: &[&str] = &["nf4", "train", "infer"];
+const KERNELS: &[&str] = &["nf4", "train", "infer", "optim"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

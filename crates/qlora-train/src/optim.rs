@@ -38,6 +38,8 @@ pub struct AdamW {
     m: Vec<Tensor>,
     v: Vec<Tensor>,
     step: u64,
+    /// One launch for all parameters on CUDA (`QLORA_FUSED_ADAMW=0` turns it off).
+    fused: bool,
 }
 
 impl AdamW {
@@ -45,7 +47,13 @@ impl AdamW {
         let zeros = |p: &Param| p.var.as_tensor().to_dtype(DType::F32)?.zeros_like();
         let m = params.iter().map(zeros).collect::<Result<Vec<_>>>()?;
         let v = params.iter().map(zeros).collect::<Result<Vec<_>>>()?;
-        Ok(Self { params, hp, m, v, step: 0 })
+        Ok(Self { params, hp, m, v, step: 0, fused: adamw::fused_by_default() })
+    }
+
+    /// Whether a step on CUDA takes the multi-tensor kernel (default: on unless
+    /// `QLORA_FUSED_ADAMW=0`) or three kernels per parameter. Same result either way.
+    pub fn set_fused(&mut self, on: bool) {
+        self.fused = on;
     }
 
     pub fn params(&self) -> &[Param] {
@@ -57,18 +65,35 @@ impl AdamW {
         self.step
     }
 
-    /// One update with `grads[i]` for `params[i]` (already averaged and clipped): three
-    /// in-place kernels per parameter ([`crate::ops::adamw`]); a parameter not kept in f32 is
-    /// updated through an f32 copy.
+    /// One update with `grads[i]` for `params[i]` (already averaged and clipped). On a CUDA
+    /// device with every parameter in f32, one launch for all of them
+    /// ([`adamw::step_multi`]; `QLORA_FUSED_ADAMW=0` goes back to the per-parameter kernels);
+    /// otherwise three in-place kernels per parameter ([`crate::ops::adamw`]), and a parameter
+    /// not kept in f32 is updated through an f32 copy. The same result to the bit either way.
     pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
+        self.step_scaled(grads, lr, None)
+    }
+
+    /// [`AdamW::step`] with every gradient first multiplied by `grad_scale` (the clipping
+    /// factor of [`clip_factor`]), as `g * grad_scale` would (the fused kernel does it while
+    /// reading the gradient: no scaled copies).
+    pub fn step_scaled(&mut self, grads: &[Tensor], lr: f64, grad_scale: Option<f64>) -> Result<()> {
         if grads.len() != self.params.len() {
             candle_core::bail!("AdamW: {} gradients for {} parameters", grads.len(), self.params.len())
         }
         self.step += 1;
         let AdamWParams { beta1: b1, beta2: b2, eps, weight_decay: wd } = self.hp;
         let c = adamw::Consts::new(b1, b2, eps, wd, lr, self.step);
+        let ws: Vec<&Tensor> = self.params.iter().map(|p| p.var.as_tensor()).collect();
+        if self.fused && adamw::multi_applies(&ws) {
+            return adamw::step_multi(&ws, &self.m, &self.v, grads, c, grad_scale);
+        }
         for (i, p) in self.params.iter().enumerate() {
             let g = grads[i].to_dtype(DType::F32)?.contiguous()?;
+            let g = match grad_scale {
+                Some(s) => (g * s)?,
+                None => g,
+            };
             if p.var.dtype() == DType::F32 && p.var.as_tensor().is_contiguous() {
                 adamw::step(p.var.as_tensor(), &self.m[i], &self.v[i], &g, c)?;
             } else {
@@ -110,11 +135,16 @@ impl AdamW {
     }
 }
 
-/// The global L2 norm of all gradients: each tensor's sum of squares in f32, summed in f64 on
-/// the gradients' device and read back once (one device sync per step, not one per tensor).
+/// The global L2 norm of all gradients, read back once (one device sync per step, not one per
+/// tensor). On a CUDA device with the fused optimizer on, two launches for all tensors
+/// (squares summed in f64, [`adamw::sum_squares_multi`]); otherwise each tensor's sum of
+/// squares in f32, summed in f64 on the gradients' device.
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
     if grads.is_empty() {
         return Ok(0.0);
+    }
+    if let Some(sum) = adamw::sum_squares_multi(grads)? {
+        return Ok(sum.sqrt());
     }
     let parts = grads.iter().map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all()).collect::<Result<Vec<_>>>()?;
     let sum = Tensor::stack(&parts, 0)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
@@ -126,13 +156,20 @@ pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
 /// before clipping.
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
     let norm = global_norm(grads)?;
-    let coef = max_norm / (norm + 1e-6);
-    if coef < 1.0 {
+    if let Some(coef) = clip_factor(norm, max_norm) {
         for g in grads.iter_mut() {
             *g = (&*g * coef)?;
         }
     }
     Ok(norm)
+}
+
+/// The factor [`clip_grad_norm`] multiplies the gradients by at global norm `norm`
+/// (`max_norm / (norm + 1e-6)`), or `None` when it would not scale them (the factor is not
+/// below 1, or not a number). For [`AdamW::step_scaled`].
+pub fn clip_factor(norm: f64, max_norm: f64) -> Option<f64> {
+    let coef = max_norm / (norm + 1e-6);
+    (coef < 1.0).then_some(coef)
 }
 
 #[cfg(test)]

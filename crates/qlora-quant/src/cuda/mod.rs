@@ -35,6 +35,10 @@ pub mod train;
 pub mod train_gemm;
 /// Tensors parked in pinned host memory on a second stream (checkpointed layer inputs).
 pub mod offload;
+/// Multi-tensor AdamW and gradient norm: one launch over every LoRA tensor (`kernels/optim.cu`).
+pub mod optim;
+/// `alpha · op(a) · op(b)` in one cuBLAS call, 16-bit operands into 16-bit or f32 (LoRA training).
+pub mod lora_gemm;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/nf4.ptx"));
 const MODULE: &str = "qlora_quant_nf4";

@@ -7,6 +7,8 @@
 //! launches, host-bound. The arithmetic is the composite's operation for operation (each
 //! product and sum rounded to f32 on its own, the f64 hyper-parameters rounded to f32 as
 //! candle's `affine` rounds them), so the result is the same to the bit on both devices.
+//! [`step_multi`] runs the same arithmetic for every parameter of a model in one launch (448
+//! LoRA tensors on Mistral-7B: ~1,350 launches and 10 ms of an H100 step before, 0.7 ms now).
 
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
 
@@ -134,4 +136,73 @@ pub fn step(w: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, c: Consts) -> Result
     m.inplace_op2(g, &Moment { beta: c.b1, c: c.c1, square: false })?;
     v.inplace_op2(g, &Moment { beta: c.b2, c: c.c2, square: true })?;
     w.inplace_op3(m, v, &Update(c))
+}
+
+/// `QLORA_FUSED_ADAMW` unset or not `0`: the multi-tensor kernels on CUDA.
+pub fn fused_by_default() -> bool {
+    std::env::var("QLORA_FUSED_ADAMW").map_or(true, |v| v.trim() != "0")
+}
+
+/// Whether [`step_multi`] takes these parameters: all f32, contiguous, on one CUDA device
+/// (always false without the `cuda` feature).
+pub fn multi_applies(ws: &[&Tensor]) -> bool {
+    cfg!(feature = "cuda")
+        && !ws.is_empty()
+        && ws.iter().all(|w| w.device().is_cuda() && w.dtype() == candle_core::DType::F32 && w.is_contiguous())
+        && ws.iter().all(|w| w.device().same_device(ws[0].device()))
+}
+
+/// One AdamW step over all parameters `ws` with moments `m`, `v` and gradients `grads` (any
+/// float dtype; cast to f32 where they are not) in one launch (`adamw_multi_f32` in
+/// `qlora-quant/kernels/optim.cu`), each gradient first multiplied by `grad_scale` if given.
+/// The same arithmetic as [`step`] for each parameter, so the same bits.
+pub fn step_multi(ws: &[&Tensor], m: &[Tensor], v: &[Tensor], grads: &[Tensor], c: Consts, grad_scale: Option<f64>) -> Result<()> {
+    if m.len() != ws.len() || v.len() != ws.len() || grads.len() != ws.len() {
+        candle_core::bail!("AdamW: {} parameters with {} / {} moments and {} gradients", ws.len(), m.len(), v.len(), grads.len())
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use qlora_quant::cuda::optim::{adamw_multi, AdamWConsts, AdamWSlot};
+        let gs = grads.iter().map(|g| g.to_dtype(candle_core::DType::F32)?.contiguous()).collect::<Result<Vec<_>>>()?;
+        let slots: Vec<AdamWSlot> =
+            (0..ws.len()).map(|i| AdamWSlot { w: ws[i], m: &m[i], v: &v[i], g: &gs[i], shadow: None }).collect();
+        let k = AdamWConsts {
+            b1: c.b1,
+            c1: c.c1,
+            b2: c.b2,
+            c2: c.c2,
+            inv_bc2: c.inv_bc2,
+            eps: c.eps,
+            step_size: c.step_size,
+            decay: c.decay,
+            gscale: grad_scale.unwrap_or(1.0) as f32,
+            wd_on: c.weight_decay as u32,
+            gscale_on: grad_scale.is_some() as u32,
+            shadow_kind: 0,
+        };
+        adamw_multi(&slots, &k)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (c, grad_scale);
+        candle_core::bail!("AdamW: the multi-tensor step runs on CUDA (build with the cuda feature)")
+    }
+}
+
+/// The sum of squares of all `grads` by the multi-tensor kernels (f64, one read back), or
+/// `None` where they do not apply (not all on one CUDA device, or `QLORA_FUSED_ADAMW=0`).
+pub fn sum_squares_multi(grads: &[Tensor]) -> Result<Option<f64>> {
+    let refs: Vec<&Tensor> = grads.iter().collect();
+    let on_cuda = !refs.is_empty() && refs.iter().all(|g| g.device().is_cuda() && g.device().same_device(refs[0].device()));
+    if !cfg!(feature = "cuda") || !on_cuda || !fused_by_default() || grads.iter().all(|g| g.elem_count() == 0) {
+        return Ok(None);
+    }
+    #[cfg(feature = "cuda")]
+    {
+        let gs = grads.iter().map(|g| g.to_dtype(candle_core::DType::F32)?.contiguous()).collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&Tensor> = gs.iter().collect();
+        return Ok(Some(qlora_quant::cuda::optim::sum_squares(&refs)?.to_scalar::<f64>()?));
+    }
+    #[allow(unreachable_code)]
+    Ok(None)
 }

@@ -9,7 +9,8 @@
 //! - [`lora_delta`]: the LoRA update `scale · dropout(x) Aᵀ Bᵀ` as one op with its backward
 //!   written out (the training path on a GPU).
 //! - [`adamw`]: AdamW's update in place, three kernels per parameter instead of ~15 candle
-//!   ops, bit-identical to the composite.
+//!   ops, bit-identical to the composite; on CUDA one launch for all parameters
+//!   ([`adamw::step_multi`], `qlora-quant/kernels/optim.cu`), the same bits again.
 
 pub mod adamw;
 pub mod cross_entropy;

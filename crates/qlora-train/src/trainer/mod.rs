@@ -316,10 +316,10 @@ impl Trainer {
         if scale != 1.0 {
             grads = grads.iter().map(|g| g / scale).collect::<Result<_, _>>()?;
         }
-        let grad_norm = match self.cfg.grad_clip {
-            Some(c) => optim::clip_grad_norm(&mut grads, c)?,
-            None => optim::global_norm(&grads)?,
-        };
+        // Clipping as torch's clip_grad_norm_, the factor applied by the optimizer while it
+        // reads the gradients (no scaled copies).
+        let grad_norm = optim::global_norm(&grads)?;
+        let clip = self.cfg.grad_clip.and_then(|c| optim::clip_factor(grad_norm, c));
         // The norm was read from the device: the losses are ready, reading them waits no more.
         let mut loss = 0.0;
         for l in &losses {
@@ -339,7 +339,7 @@ impl Trainer {
                 return Err(nonfinite("gradient norm", grad_norm));
             }
         } else {
-            opt.step(&grads, lr)?;
+            opt.step_scaled(&grads, lr, clip)?;
             st.good_steps += 1;
             if f16 && self.cfg.loss_scale == LossScale::Dynamic && st.good_steps.is_multiple_of(2000) {
                 st.loss_scale *= 2.0;
