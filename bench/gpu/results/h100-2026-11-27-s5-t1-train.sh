@@ -3,7 +3,8 @@
 # one-call LoRA products and the training paths they touch (gpu_train_optim, gpu_train,
 # gpu_train_offload), then qlora-gpu-train-bench, ours only, same binary, A/B by switches:
 # old = QLORA_FUSED_ADAMW=0 QLORA_LORA_GEMM=0 (per-tensor AdamW, matmul + scale + cast),
-# adamw = QLORA_LORA_GEMM=0 (fused AdamW only), new = defaults; Mistral-7B in the order
+# adamw = QLORA_LORA_GEMM=0 (fused AdamW only), new = both on (the defaults of the binary that
+# ran; since 7323489 the LoRA products need QLORA_LORA_GEMM=1, passed below); Mistral-7B in the order
 # old, new, adamw, new, old (to see the drift), TinyLlama old, new; then one --profile run.
 set -uo pipefail
 cd "$(dirname "$0")/../../.."
@@ -23,13 +24,13 @@ bench() { # model variant env...
 }
 OLD=(QLORA_FUSED_ADAMW=0 QLORA_LORA_GEMM=0)
 echo "== A/B mistral7b $(date +%T)"
-bench mistral7b old "${OLD[@]}"; bench mistral7b new X=1; bench mistral7b adamw-only QLORA_LORA_GEMM=0; bench mistral7b new X=1; bench mistral7b old "${OLD[@]}"
+bench mistral7b old "${OLD[@]}"; bench mistral7b new QLORA_LORA_GEMM=1; bench mistral7b adamw-only QLORA_LORA_GEMM=0; bench mistral7b new QLORA_LORA_GEMM=1; bench mistral7b old "${OLD[@]}"
 rm -rf /tmp/ours_train_mistral7b
 echo "== A/B tinyllama $(date +%T)"
-bench tinyllama old "${OLD[@]}"; bench tinyllama new X=1
+bench tinyllama old "${OLD[@]}"; bench tinyllama new QLORA_LORA_GEMM=1
 rm -rf /tmp/ours_train_tinyllama
 echo "== profile mistral7b $(date +%T)"
-$B --config bench/gpu/configs/mistral7b --name mistral7b --out $OUT/profile.jsonl --workdir /tmp --profile > /dev/null 2>>$OUT/ab.err
+QLORA_LORA_GEMM=1 $B --config bench/gpu/configs/mistral7b --name mistral7b --out $OUT/profile.jsonl --workdir /tmp --profile > /dev/null 2>>$OUT/ab.err
 python3 - <<'P'
 import json,os
 O=os.environ['OUT']
