@@ -17,7 +17,9 @@
 //!   cross-entropy's loss and logits gradient to float rounding, the fused attention softmax
 //!   and RMSNorm with their gradients against the composite CPU ops, the training attention's
 //!   masked probabilities (grouped heads, causal and sliding window, f32 and bf16) with their
-//!   q and k gradients against their CPU twins, and the fused rotary (transpose to heads
+//!   q and k gradients against their CPU twins, the warp-per-row attention softmax (the
+//!   default for rows of up to 1024 keys) against the one-block-per-row kernels and the CPU
+//!   twin, and the fused rotary (transpose to heads
 //!   folded in), SwiGLU and the LoRA update with their gradients against their CPU twins, the
 //!   in-place AdamW kernels bit for bit.
 #![cfg(feature = "cuda")]
@@ -350,6 +352,50 @@ fn fused_attention_probs_and_their_gradients_match_the_cpu() {
             for (what, a, c, tol) in [("probs", &pg, &pc, tp), ("softmax", &sg, &sc, tp), ("dq", &qg, &qc, tg), ("dk", &kg, &kc, tg)] {
                 assert!(rel(a, c) < tol, "{dt:?} window {window:?}: {what} differs by {}", rel(a, c));
             }
+        }
+    }
+}
+
+/// The warp-per-row attention softmax (the default for rows of at most 1024 keys) against
+/// the one-block-per-row kernels it replaced and against the CPU twin, forward and backward:
+/// row lengths on both sides of each per-lane size and past the warp kernels' 1024, cached
+/// keys, a sliding window, f32 / bf16 / f16. Only the order of each row's sums differs.
+#[test]
+fn warp_attention_softmax_equals_the_block_kernels() {
+    use qlora_studio::engine::ops::attention::{masked_softmax, softmax_bwd, AttnMask};
+    use qlora_studio::quant::cuda::train::set_attn_softmax_warp;
+    for (t, past, window) in [(37, 5, None), (100, 28, Some(40)), (512, 0, None), (250, 7, Some(64)), (700, 324, None), (1300, 0, Some(900))] {
+        let m = AttnMask { t, past, window, scale: 1.0 / 128f64.sqrt() };
+        let s = Tensor::randn(0f32, 4.0, (2, 3 * t, past + t), &Device::Cpu).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (2, 3 * t, past + t), &Device::Cpu).unwrap();
+        for dt in [DType::F32, DType::BF16, DType::F16] {
+            let (sd, gd) = (s.to_dtype(dt).unwrap(), g.to_dtype(dt).unwrap());
+            let run = |dev: &Device, warp: bool| {
+                set_attn_softmax_warp(warp);
+                let p = masked_softmax(&sd.to_device(dev).unwrap(), m).unwrap();
+                let ds = softmax_bwd(&p, &gd.to_device(dev).unwrap(), m).unwrap();
+                set_attn_softmax_warp(true);
+                (cpu_f32(&p), cpu_f32(&ds))
+            };
+            let (pw, dw) = run(&gpu(), true);
+            let (pb, db) = run(&gpu(), false);
+            let (pc, dc) = run(&Device::Cpu, true);
+            // One rounding of the result (a probability one unit off moves its gradient too).
+            let tol = match dt {
+                DType::F32 => 1e-5,
+                DType::BF16 => 8e-3,
+                _ => 1e-3,
+            };
+            for (what, a, b, tol) in [("probs vs block", &pw, &pb, tol), ("probs vs cpu", &pw, &pc, tol), ("grad vs block", &dw, &db, 2.0 * tol), ("grad vs cpu", &dw, &dc, 2.0 * tol)] {
+                assert!(rel(a, b) < tol, "{dt:?} t {t} past {past} window {window:?}: {what} differs by {}", rel(a, b));
+            }
+            // Masked keys are exact zeros in both directions.
+            let masked = |x: &Tensor| -> f32 {
+                let v: Vec<Vec<f32>> = x.flatten_to(1).unwrap().to_vec2().unwrap();
+                v.iter().enumerate().map(|(r, row)| row.iter().skip(past + r % t + 1).map(|x| x.abs()).sum::<f32>()).sum()
+            };
+            assert_eq!(masked(&pw), 0.0, "{dt:?} t {t}: a probability above the diagonal");
+            assert_eq!(masked(&dw), 0.0, "{dt:?} t {t}: a gradient above the diagonal");
         }
     }
 }

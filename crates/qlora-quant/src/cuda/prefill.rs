@@ -14,7 +14,7 @@
 //! 66.0 ms. Smaller products lose more to cuBLAS than the L2 saves. Kept, tested, for the
 //! measurement; the two-stream overlap of `prefill/overlap.rs` measured slower as well.
 
-use super::dequant_into;
+use super::{dequant_into, DequantKernel};
 use crate::nf4::Nf4Tensor;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cublas::{result::gemm_ex, sys};
@@ -164,7 +164,7 @@ fn slabs<T: CudaDType + DeviceRepr>(
     let xv = x.slice(x_start..x_start + m * k);
     for r0 in (0..n).step_by(rows) {
         let nc = rows.min(n - r0);
-        dequant_into(dev, kernel_for(dt), w, packed, packed_start, (r0 * k, nc * k), &mut scratch)?;
+        dequant_into(dev, DequantKernel::plain(kernel_for(dt)), w, packed, packed_start, (r0 * k, nc * k), &mut scratch)?;
         gemm_slab(dev, &scratch, &xv, &mut y, (r0, nc), (m, n, k), dt)?;
     }
     Ok(y)

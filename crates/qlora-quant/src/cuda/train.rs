@@ -8,6 +8,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
 use candle_core::{CudaStorage, DType, Layout, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/train.ptx"));
 const MODULE: &str = "qlora_quant_train";
@@ -243,6 +245,35 @@ pub struct AttnMask {
     pub scale: f32,
 }
 
+/// Rows a block of the warp-per-row attention softmax takes (one warp each).
+const WARP_ROWS: usize = 8;
+
+/// Whether [`attn_softmax`] runs its rows of at most 1024 keys one warp per row (default;
+/// `QLORA_ATTN_SOFTMAX_WARP=0` or [`set_attn_softmax_warp`]`(false)` takes the earlier
+/// one-block-per-row kernels, for side-by-side measurements and tests).
+pub fn attn_softmax_warp() -> bool {
+    static ENV: OnceLock<bool> = OnceLock::new();
+    let env = *ENV.get_or_init(|| std::env::var("QLORA_ATTN_SOFTMAX_WARP").map_or(true, |v| v.trim() != "0"));
+    env && !WARP_OFF.load(Ordering::Relaxed)
+}
+
+static WARP_OFF: AtomicBool = AtomicBool::new(false);
+
+/// Turns the warp-per-row attention softmax off (`false`) or back on, process-wide (the
+/// environment's `QLORA_ATTN_SOFTMAX_WARP=0` still wins): tests compare both kernels.
+pub fn set_attn_softmax_warp(on: bool) {
+    WARP_OFF.store(!on, Ordering::Relaxed)
+}
+
+/// Elements per lane of the warp kernel for rows of `len` keys (`attn_softmax*_warp{E}_*`),
+/// `None` for the block kernels (longer rows, or the warp kernels turned off).
+fn warp_elems(len: usize) -> Option<usize> {
+    if !attn_softmax_warp() {
+        return None;
+    }
+    [4, 8, 16, 32].into_iter().find(|e| len <= 32 * e)
+}
+
 /// `softmax(scale · s)` over each row's kept keys, 0 elsewhere (`bwd` = `None`), or the scores'
 /// gradient `scale · p · (dp − Σ p·dp)` from the probabilities `p` (`x`) and their gradient
 /// (`bwd`). Contiguous, f32/bf16/f16, the result in the same dtype.
@@ -266,22 +297,34 @@ pub fn attn_softmax(x: (&CudaStorage, &Layout), bwd: Option<(&CudaStorage, &Layo
             }
             None => None,
         };
-        let name = format!("attn_softmax{}_{}", if bwd.is_some() { "_bwd" } else { "" }, suffix(x.0.dtype())?);
+        let per_lane = warp_elems(len);
+        let bwd_tag = if bwd.is_some() { "_bwd" } else { "" };
+        let name = match per_lane {
+            Some(e) => format!("attn_softmax{bwd_tag}_warp{e}_{}", suffix(x.0.dtype())?),
+            None => format!("attn_softmax{bwd_tag}_{}", suffix(x.0.dtype())?),
+        };
         let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
         let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(x2 - x1)? };
-        let len32 = len as u32;
+        let (len32, rows64) = (len as u32, rows as u64);
         let mut b = func.builder();
         b.arg(&xs);
         if let Some(gs) = &gs {
             b.arg(gs);
         }
         b.arg(&mut out);
+        if per_lane.is_some() {
+            b.arg(&rows64);
+        }
         b.arg(&m.t);
         b.arg(&len32);
         b.arg(&m.past);
         b.arg(&m.window);
         b.arg(&m.scale);
-        unsafe { b.launch(softmax_cfg(rows, len)) }.w()?;
+        let cfg = match per_lane {
+            Some(_) => LaunchConfig { grid_dim: (rows.div_ceil(WARP_ROWS) as u32, 1, 1), block_dim: (32 * WARP_ROWS as u32, 1, 1), shared_mem_bytes: 0 },
+            None => softmax_cfg(rows, len),
+        };
+        unsafe { b.launch(cfg) }.w()?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }
     match x.0.dtype() {

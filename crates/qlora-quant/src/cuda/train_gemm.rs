@@ -15,7 +15,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cublas::{result::gemm_ex, sys};
 use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
-use super::{push_scales, scale_params, tables, with_scales};
+use super::{dequant_into, DequantKernel};
 use crate::nf4::Nf4Tensor;
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::{CpuStorage, CudaStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Storage, Tensor};
@@ -122,7 +122,18 @@ pub const BACKWARD_SLAB_BYTES: usize = 32 << 20;
 /// accumulated into `acc` by cuBLAS (β = 1). `acc` and `dy` bf16 or f16 (the same),
 /// contiguous; `acc` owned by nobody else.
 pub fn nf4_backward_add(acc: &Tensor, dy: &Tensor, w: &Nf4Tensor) -> Result<()> {
-    nf4_backward_add_slabs(acc, dy, w, BACKWARD_SLAB_BYTES)
+    nf4_backward_add_slabs(acc, dy, w, backward_slab_bytes())
+}
+
+/// The slab size [`nf4_backward_add`] uses: [`BACKWARD_SLAB_BYTES`], or
+/// `QLORA_TRAIN_BWD_SLAB_MIB` MiB when set (read once; for measuring speed against the peak:
+/// the slabs run over `dy·W`'s reduction dimension, so each slab's product reads and writes
+/// all of `acc` again, 58 MB per slab for Mistral-7B's down projection at 2048 rows).
+pub fn backward_slab_bytes() -> usize {
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        std::env::var("QLORA_TRAIN_BWD_SLAB_MIB").ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|&m| m > 0).map_or(BACKWARD_SLAB_BYTES, |m| m << 20)
+    })
 }
 
 /// [`nf4_backward_add`] with slabs of at most `slab_bytes` of the dense weight (whole NF4
@@ -158,8 +169,8 @@ impl InplaceOp2 for BackwardAdd {
 
     fn cuda_fwd(&self, acc: &mut CudaStorage, al: &Layout, dy: &CudaStorage, dl: &Layout) -> Result<()> {
         match acc.dtype() {
-            DType::BF16 => backward_add::<half::bf16>((&self.w, self.slab_bytes), acc, al, dy, dl, sys::cudaDataType_t::CUDA_R_16BF, "nf4_dequant_wide_bf16"),
-            DType::F16 => backward_add::<half::f16>((&self.w, self.slab_bytes), acc, al, dy, dl, sys::cudaDataType_t::CUDA_R_16F, "nf4_dequant_wide_f16"),
+            DType::BF16 => backward_add::<half::bf16>((&self.w, self.slab_bytes), acc, al, dy, dl, sys::cudaDataType_t::CUDA_R_16BF),
+            DType::F16 => backward_add::<half::f16>((&self.w, self.slab_bytes), acc, al, dy, dl, sys::cudaDataType_t::CUDA_R_16F),
             other => candle_core::bail!("nf4_backward_add takes bf16 or f16, got {other:?}"),
         }
     }
@@ -172,9 +183,9 @@ fn backward_add<T: CudaDType + DeviceRepr>(
     dy: &CudaStorage,
     dl: &Layout,
     dt: sys::cudaDataType_t,
-    kernel: &str,
 ) -> Result<()> {
     let (n, k) = (w.shape().dims()[0], w.shape().dims()[1]);
+    let kernel = DequantKernel::fastest(acc.dtype())?;
     let m = al.shape().elem_count() / k.max(1);
     if m == 0 || n == 0 || k == 0 {
         return Ok(());
@@ -196,7 +207,7 @@ fn backward_add<T: CudaDType + DeviceRepr>(
     let (alpha, beta) = (1f32, 1f32);
     for r0 in (0..n).step_by(rows) {
         let nc = rows.min(n - r0);
-        dequant_wide_into(&dev, kernel, w, (&packed, p1), (r0 * k, nc * k), &mut scratch)?;
+        dequant_into(&dev, kernel, w, &packed, p1, (r0 * k, nc * k), &mut scratch)?;
         // Column-major: accᵀ [k, m] (ld k) += slabᵀ [k, nc] (the slab's rows, ld k) ·
         // dyᵀ[r0 .. r0 + nc, :] [nc, m] (ld n).
         let dslab = dv.slice(r0..);
@@ -232,42 +243,6 @@ fn backward_add<T: CudaDType + DeviceRepr>(
     }
     drop(scratch);
     Ok(())
-}
-
-/// Elements `base .. base + count` of `w` (flattened) into `out[..count]` by the prefill
-/// product's 4-groups-per-thread kernel `nf4_dequant_wide_*` (`kernels/nf4.cu`; same bits as
-/// `nf4_dequant_*`), launched as `prefill/overlap.rs` launches it, on candle's stream.
-fn dequant_wide_into<T: DeviceRepr>(
-    dev: &candle_core::cuda_backend::CudaDevice,
-    kernel: &str,
-    w: &Nf4Tensor,
-    (packed, packed_start): (&candle_core::cuda_backend::cudarc::driver::CudaView<'_, u8>, usize),
-    (base, count): (usize, usize),
-    out: &mut candle_core::cuda_backend::cudarc::driver::CudaSlice<T>,
-) -> Result<()> {
-    let func = dev.get_or_load_custom_func(kernel, super::MODULE, super::PTX)?;
-    let tabs = tables(dev, w)?;
-    let p = scale_params(w);
-    let vec = i32::from(packed_start.is_multiple_of(4) && base.is_multiple_of(8));
-    let (n64, base64) = (count as u64, base as u64);
-    let groups = count.div_ceil(8) as u32;
-    let cfg = LaunchConfig { grid_dim: (groups.div_ceil(4 * 256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    with_scales(w, |scales| {
-        let mut b = func.builder();
-        b.arg(packed);
-        push_scales(&mut b, scales);
-        b.arg(tabs.as_ref());
-        b.arg(&p.offset);
-        b.arg(&p.bs_log2);
-        b.arg(&p.nbs_log2);
-        b.arg(&p.dq);
-        b.arg(&vec);
-        b.arg(&mut *out);
-        b.arg(&n64);
-        b.arg(&base64);
-        unsafe { b.launch(cfg) }.w()?;
-        Ok(())
-    })
 }
 
 fn kernel_suffix(dt: DType) -> Result<&'static str> {

@@ -18,13 +18,13 @@
 //! product of slab i-2 (same buffer); slab i's product waits for its dequantize. The scratch is
 //! freed on candle's stream after the last product, which waited for the last dequantize.
 
-use super::super::{push_scales, scale_params, tables, with_scales, MODULE, PTX};
+use super::super::{dequant_on, tables, MODULE, PTX};
 use super::{gemm_slab, kernel_for};
 use crate::nf4::Nf4Tensor;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cublas::sys;
 use candle_core::cuda_backend::cudarc::driver::{
-    sys as dsys, CudaEvent, CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    sys as dsys, CudaEvent, CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr,
 };
 use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId, WrapErr};
 use candle_core::{CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
@@ -149,7 +149,7 @@ fn run<T: CudaDType + DeviceRepr>(
     let mut y = unsafe { dev.alloc::<T>(m * n)? };
     if rows >= n {
         let mut dense = unsafe { dev.alloc::<T>(n * k)? };
-        dequant_on(&main, (&func, wide), w, (packed, packed_start), &tabs, (0, n * k), &mut dense)?;
+        dequant_on(&main, (&func, per_thread(wide)), w, (packed, packed_start), &tabs, (0, n * k), &mut dense)?;
         gemm_slab(dev, &dense, xv, &mut y, (0, n), (m, n, k), dt)?;
         return Ok(y);
     }
@@ -163,12 +163,17 @@ fn run<T: CudaDType + DeviceRepr>(
         if let Some(e) = freed[b].take() {
             side.wait(&e).w()?;
         }
-        dequant_on(&side, (&func, wide), w, (packed, packed_start), &tabs, (r0 * k, nc * k), &mut bufs[b])?;
+        dequant_on(&side, (&func, per_thread(wide)), w, (packed, packed_start), &tabs, (r0 * k, nc * k), &mut bufs[b])?;
         main.wait(&event(&side)?).w()?;
         gemm_slab(dev, &bufs[b], xv, &mut y, (r0, nc), (m, n, k), dt)?;
         freed[b] = Some(event(&main)?);
     }
     Ok(y)
+}
+
+/// Groups of 8 elements per thread of the wide (4) or plain (1) dequantize kernel.
+fn per_thread(wide: bool) -> u32 {
+    if wide { 4 } else { 1 }
 }
 
 /// The dequantize kernel for `dt`: the wide one when [`wide_dequant`] is on.
@@ -179,41 +184,6 @@ fn load(dev: &CudaDevice, dt: sys::cudaDataType_t, wide: bool) -> Result<CudaFun
         _ => kernel_for(dt),
     };
     Ok(dev.get_or_load_custom_func(name, MODULE, PTX)?.into_cuda_function())
-}
-
-/// `dequant_into` (the parent module's) launched on `stream`, with either kernel (the wide one
-/// covers 4 × 256 groups of 8 elements per block).
-fn dequant_on<T: DeviceRepr>(
-    stream: &CudaStream,
-    (func, wide): (&CudaFunction, bool),
-    w: &Nf4Tensor,
-    (packed, packed_start): (&CudaView<'_, u8>, usize),
-    tabs: &CudaSlice<f32>,
-    (base, count): (usize, usize),
-    out: &mut CudaSlice<T>,
-) -> Result<()> {
-    let p = scale_params(w);
-    let vec = i32::from(packed_start.is_multiple_of(4) && base.is_multiple_of(8));
-    let (n64, base64) = (count as u64, base as u64);
-    let groups = count.div_ceil(8) as u32;
-    let per_block = if wide { 4 * 256 } else { 256 };
-    let cfg = LaunchConfig { grid_dim: (groups.div_ceil(per_block), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    with_scales(w, |scales| {
-        let mut b = stream.launch_builder(func);
-        b.arg(packed);
-        push_scales(&mut b, scales);
-        b.arg(tabs);
-        b.arg(&p.offset);
-        b.arg(&p.bs_log2);
-        b.arg(&p.nbs_log2);
-        b.arg(&p.dq);
-        b.arg(&vec);
-        b.arg(&mut *out);
-        b.arg(&n64);
-        b.arg(&base64);
-        unsafe { b.launch(cfg) }.w()?;
-        Ok(())
-    })
 }
 
 /// `x Wᵀ` for `x` on CUDA with the dequantize overlapped in `slabs` slabs (1: the whole weight,
@@ -278,13 +248,13 @@ impl candle_core::CustomOp1 for Dequant {
             DType::BF16 => {
                 let f = load(&dev, sys::cudaDataType_t::CUDA_R_16BF, wide)?;
                 let mut o = unsafe { dev.alloc::<half::bf16>(n)? };
-                dequant_on(&main, (&f, wide), &self.w, (&packed, p1), &tabs, (0, n), &mut o)?;
+                dequant_on(&main, (&f, per_thread(wide)), &self.w, (&packed, p1), &tabs, (0, n), &mut o)?;
                 CudaStorage::wrap_cuda_slice(o, dev)
             }
             DType::F16 => {
                 let f = load(&dev, sys::cudaDataType_t::CUDA_R_16F, wide)?;
                 let mut o = unsafe { dev.alloc::<half::f16>(n)? };
-                dequant_on(&main, (&f, wide), &self.w, (&packed, p1), &tabs, (0, n), &mut o)?;
+                dequant_on(&main, (&f, per_thread(wide)), &self.w, (&packed, p1), &tabs, (0, n), &mut o)?;
                 CudaStorage::wrap_cuda_slice(o, dev)
             }
             other => candle_core::bail!("nf4-dequantize-prefill: bf16 or f16, not {other:?}"),
