@@ -37,12 +37,15 @@ static MANUAL_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool
 
 /// Whether the recompute before the backward drops the attention probabilities once the
 /// attention output is made, and the attention backward makes them again from q and k
-/// (default; `QLORA_TRAIN_KEEP_PROBS=1` keeps them): one more probabilities kernel a layer,
-/// and `[B, heads, T, T]` (67 MB on Mistral-7B at 4 × 512) less alive through the MLP's
-/// backward, where the layer backward's peak is.
+/// (`QLORA_TRAIN_KEEP_PROBS=0`), or keeps them (the default): remade, one more `q·kᵀ` and
+/// softmax a layer, and `[B, heads, T, T]` (67 MB on Mistral-7B at 4 × 512) less alive
+/// through the MLP's backward, where the layer backward's peak is. Kept measured faster in
+/// the same H100 call (`bench/gpu/results/h100-2026-11-27-s5-t2-*`, with the warp-per-row
+/// softmax): Mistral-7B 7,594 vs 7,448 tok/s (mean of two) at 4.817 vs 4.789 GiB peak,
+/// TinyLlama 26,908 vs 25,548 at 1.133 GiB both; session 4 measured 7,090 vs 6,845.
 pub fn recompute_probs() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("QLORA_TRAIN_KEEP_PROBS").map_or(true, |v| v.trim() != "1"))
+    *ON.get_or_init(|| std::env::var("QLORA_TRAIN_KEEP_PROBS").is_ok_and(|v| v.trim() == "0"))
 }
 
 /// A callback told the name of each piece of the hand-written forward/backward as it has
