@@ -8,7 +8,7 @@
 //! - the 16-bit shadow copies it writes equal `to_dtype` of the new parameters to the bit;
 //! - the global gradient norm from the two-launch sum of squares matches an f64 sum on the CPU;
 //! - a LoRA's training forward and backward with its rank-sized products as one cuBLAS call
-//!   each (`QLORA_LORA_GEMM=1`) against the matmul + scale + cast form and the CPU in f32.
+//!   each (the default; `QLORA_LORA_GEMM=0` turns it off) against the matmul + scale + cast form and the CPU in f32.
 #![cfg(feature = "cuda")]
 
 use qlora_studio::engine::candle_core::{DType, Device, Tensor, Var};
@@ -121,8 +121,8 @@ fn rel(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 /// The LoRA's training forward and backward with its rank-sized products as one cuBLAS call
-/// each (scale as alpha, f32 gradients written directly: `lora::set_fused_products`, off by
-/// default, `QLORA_LORA_GEMM=1`) against candle's matmul + scale + cast, bf16 on the GPU, and both against the CPU
+/// each (scale as alpha, f32 gradients written directly: `lora::set_fused_products`, on by
+/// default, `QLORA_LORA_GEMM=0` turns it off) against candle's matmul + scale + cast, bf16 on the GPU, and both against the CPU
 /// in f32 (the same dropout mask everywhere). A power-of-two scale (2.0) gives the same
 /// rank-sized product; 1.5 one bf16 rounding apart.
 #[test]

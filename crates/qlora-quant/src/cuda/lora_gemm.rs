@@ -9,7 +9,7 @@
 //! pair is one call; the f32 gradients skip the 16-bit rounding in between (closer to the
 //! exact product, not bit-identical to the old pair), and a power-of-two scale gives the
 //! same bits as the scale applied after. Used by `qlora-train`'s `TrainLora` with
-//! `QLORA_LORA_GEMM=1` (off by default until its GPU test has passed).
+//! on by default (`QLORA_LORA_GEMM=0` turns it off).
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cublas::{result::gemm_ex, sys};
