@@ -489,3 +489,46 @@ fn gemv_with_the_norm_in_its_prologue_equals_the_two_launches() {
         assert!(err.contains("overlaps an input"), "{dt:?}: {err}");
     }
 }
+
+// ---------------------------------------------------------------- the GEMV core's lane widths
+
+/// The GEMV core loads 16 bytes a lane from k = 4096 on, 8 bytes from k = 2048, else 4 (1-2
+/// rows of x; more rows keep 4): the single, stacked and gated GEMVs at the decode shapes'
+/// input sizes (TinyLlama 2048 / 5632, Mistral-7B 4096 / 14336 whose rows are no whole number
+/// of 512-byte warp steps), blocksizes 32 / 64 / 128, plain and double-quantized scales,
+/// blocks straddling two weights, against the CPU twins.
+#[test]
+fn wide_lane_gemv_matches_the_cpu_twins() {
+    let dev = gpu();
+    for (n, k, dq, bs) in [(37usize, 4096usize, true, 32usize), (21, 5632, true, 64), (9, 14336, false, 64), (33, 2048, true, 128), (12, 4160, true, 64)] {
+        let opts = Nf4Options { blocksize: bs, double_quant: dq, ..Default::default() };
+        let q = Nf4Tensor::quantize_with(&weight(&[n, k], (n + k) as u64), &opts).unwrap();
+        let qg = q.to_device(&dev).unwrap();
+        for m in [1usize, 2, 3] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+            for (dt, tol) in [(DType::F32, 1e-5), (DType::BF16, 8e-3), (DType::F16, 2e-3)] {
+                let xc = x.to_dtype(dt).unwrap();
+                let want = cuda::gemv(&xc, &q).unwrap();
+                let got = cuda::gemv(&xc.to_device(&dev).unwrap(), &qg).unwrap();
+                let err = rel_err(&got, &want);
+                assert!(err < tol, "gemv n {n} k {k} bs {bs} dq {dq} m {m} {dt:?}: relative error {err:.2e} (tolerance {tol:e})");
+            }
+        }
+    }
+    for (dt, tol) in [(DType::F32, 1e-5), (DType::BF16, 1e-2)] {
+        for k in [2048usize, 4096, 5632] {
+            let projs = [proj(66, k, 11, true, true, dt), proj(7, k, 12, false, false, dt), proj(30, k, 13, true, true, dt)];
+            let gprojs: Vec<Nf4Proj> = projs.iter().map(on_gpu).collect();
+            let (gate, up) = (proj(45, k, 14, true, true, dt), proj(45, k, 15, true, false, dt));
+            for m in [1usize, 2] {
+                let x = randn(&[1, m, k], dt);
+                let xg = x.to_device(&dev).unwrap();
+                let err = rel_err(&gemv_multi(&xg, &gprojs).unwrap(), &gemv_multi(&x, &projs).unwrap());
+                assert!(err < tol, "gemv_multi k {k} m {m} {dt:?}: relative error {err:.2e}");
+                let want = gemv_glu(&x, &gate, &up, GluAct::Silu).unwrap();
+                let err = rel_err(&gemv_glu(&xg, &on_gpu(&gate), &on_gpu(&up), GluAct::Silu).unwrap(), &want);
+                assert!(err < tol, "gemv_glu k {k} m {m} {dt:?}: relative error {err:.2e}");
+            }
+        }
+    }
+}

@@ -227,17 +227,138 @@ __device__ __forceinline__ float seg_scale(const Nf4Seg& s, size_t blk, const fl
     return __fadd_rn(__fmul_rn(__ldg(nested_code + __ldg(s.q + blk)), __ldg(s.nested + (blk >> s.nbs_log2))), s.offset);
 }
 
+// Build-time switch (off): fill_row_scales first asks L2 for the row's packed bytes. Measured on
+// an H100 (session 5, same call, NF4 b1 us a step, wide core): TinyLlama 926.8 with vs 963.2
+// without, Mistral-7B 3476.8 vs 3103.4 (its o and down GEMVs slower): off until a rule picks
+// the small GEMVs only.
+#ifndef QLORA_GEMV_BULK_PREFETCH
+#define QLORA_GEMV_BULK_PREFETCH 0
+#endif
+
+// Asks L2 for `bytes` (a multiple of 16) at p (16-byte aligned): one bulk prefetch on sm_90,
+// no registers held and nothing waited for.
+__device__ __forceinline__ void prefetch_l2(const uint8_t* p, unsigned bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes));
+#else
+    for (unsigned o = 0; o < bytes; o += 128u) asm volatile("prefetch.global.L2 [%0];" ::"l"(p + o));
+#endif
+}
+
 // The block scales of row `lrow` of s into dst[0 .. k >> bs_log2) (block-wide loop).
+// The GEMV wrappers call it before pdl_wait (the weights do not depend on the previous kernel);
+// with QLORA_GEMV_BULK_PREFETCH it first asks L2 for the row's packed bytes (thread 0, one bulk
+// prefetch per row), so DRAM streams them while the scales resolve and the previous kernel drains.
 __device__ __forceinline__ void fill_row_scales(const Nf4Seg& s, unsigned lrow, unsigned k,
                                                 const float* __restrict__ nested_code, float* dst) {
+#if QLORA_GEMV_BULK_PREFETCH
+    if (threadIdx.x == 0) prefetch_l2(s.packed + (size_t)lrow * (k >> 1), k >> 1);
+#endif
     const unsigned kb = k >> s.bs_log2;
     const size_t blk0 = (size_t)lrow * kb;
     for (unsigned b = threadIdx.x; b < kb; b += blockDim.x) dst[b] = seg_scale(s, blk0 + b, nested_code);
 }
 
+// Packed weight words of one lane: W consecutive 32-bit words (4 * W bytes, 8 * W weights),
+// streamed past L1 (read once per step).
+template <int W> __device__ __forceinline__ void ld_stream(const uint8_t* p, uint32_t (&w)[W]);
+template <> __device__ __forceinline__ void ld_stream<1>(const uint8_t* p, uint32_t (&w)[1]) { w[0] = ld_stream32(p); }
+template <> __device__ __forceinline__ void ld_stream<2>(const uint8_t* p, uint32_t (&w)[2]) {
+    asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(w[0]), "=r"(w[1]) : "l"(p));
+}
+template <> __device__ __forceinline__ void ld_stream<4>(const uint8_t* p, uint32_t (&w)[4]) {
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3]) : "l"(p));
+}
+
+// The widest lane load the GEMV core uses, in 32-bit words (1, 2 or 4), and the weight bytes a
+// thread of the wide core keeps in flight (its steps in flight follow from the rows). Build-time
+// switches for A/B runs (nvcc -DQLORA_GEMV_WMAX=1 is the session-4 core).
+#ifndef QLORA_GEMV_WMAX
+#define QLORA_GEMV_WMAX 4
+#endif
+#ifndef QLORA_GEMV_INFLIGHT
+#define QLORA_GEMV_INFLIGHT 64
+#endif
+// Steps in flight for NR rows of W-word lane loads.
+__host__ __device__ constexpr int steps_in_flight(int nr, int w) {
+    return QLORA_GEMV_INFLIGHT / (nr * 4 * w) > 0 ? QLORA_GEMV_INFLIGHT / (nr * 4 * w) : 1;
+}
+
+// One width of the core: acc[m][r] += the dot products over the steps this warp takes. A warp's
+// step is 128 * W contiguous bytes of each row (lane l: words l * W .. l * W + W - 1, 8 * W
+// weights, all in one scale block since blocksize >= 8 * W), its U steps' loads issued
+// together; each 8 weights multiply the matching 8 values of x (loaded once for the NR rows),
+// the sum over the lane's 8 * W weights times the block scale goes into the accumulator.
+template <typename T, int M, int NR, int U, int W>
+__device__ __forceinline__ void dot_rows_w(const RowRef (&rows)[NR], const float* s_scale, const float* s_code,
+                                           const T* __restrict__ x, unsigned k, float (&acc)[M][NR]) {
+    constexpr unsigned SB = 128u * W;  // bytes of one warp step
+    const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    const unsigned rb = k >> 1, stride = k >> 5, steps = (rb + SB - 1u) / SB;
+    for (unsigned s0 = warp; s0 < steps; s0 += GW * U) {
+        uint32_t wv[U][NR][W];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const unsigned off = (s0 + u * GW) * SB + 4u * W * lane;
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                if (off < rb) ld_stream<W>(rows[r].w + off, wv[u][r]);
+                else {
+#pragma unroll
+                    for (int j = 0; j < W; j++) wv[u][r][j] = 0u;
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const unsigned off = (s0 + u * GW) * SB + 4u * W * lane;
+            if (off >= rb) break;  // later steps lie further out
+            const unsigned e = off * 2u;
+            float p[M][NR];
+#pragma unroll
+            for (int m = 0; m < M; m++)
+#pragma unroll
+                for (int r = 0; r < NR; r++) p[m][r] = 0.f;
+#pragma unroll
+            for (int j = 0; j < W; j++) {
+                float xv[M][8];
+#pragma unroll
+                for (int m = 0; m < M; m++) load_x8(x + (size_t)m * k + e + 8u * j, xv[m]);
+#pragma unroll
+                for (int r = 0; r < NR; r++) {
+                    const uint32_t w = wv[u][r][j];
+                    const uint32_t hi = (w >> 2) & 0x3c3c3c3cu, lo = (w << 2) & 0x3c3c3c3cu;
+                    float wf[8];
+#pragma unroll
+                    for (int b = 0; b < 4; b++) {
+                        wf[2 * b] = code_at(s_code, __byte_perm(hi, 0u, 0x4440u + b));
+                        wf[2 * b + 1] = code_at(s_code, __byte_perm(lo, 0u, 0x4440u + b));
+                    }
+#pragma unroll
+                    for (int m = 0; m < M; m++)
+#pragma unroll
+                        for (int i = 0; i < 8; i++) p[m][r] = fmaf(wf[i], xv[m][i], p[m][r]);
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                const float sc = s_scale[r * stride + (e >> rows[r].bs_log2)];
+#pragma unroll
+                for (int m = 0; m < M; m++) acc[m][r] = fmaf(sc, p[m][r], acc[m][r]);
+            }
+        }
+    }
+}
+
 // Block-wide: the dot products of the NR rows with the M rows of x into res[m * NR + r]
 // (shared; every thread may read it after the call). s_scale[r * (k >> 5) + block] and s_code
 // must be filled and synchronized by the caller.
+// The lane load is as wide as the rows allow: 16 bytes (32 weights) when every warp gets at
+// least one 512-byte step of each row (k >= 4096), 8 bytes from k >= 2048, else 4 bytes; the
+// blocksize must hold a lane's weights (>= 32 for 16 bytes). The wider loads cut the load and
+// address instructions and the scale lookups per weight 4-fold, keeping the bytes in flight.
+// Measured on an H100 (session 5, same call, NF4 b1 decode, us a step, vs the 4-byte core):
+// Mistral-7B 3103.4 vs 3177.1, TinyLlama 963.2 vs 960.6 (its GEMVs are latency-bound).
 // (Issuing the first weight loads before the block scales are resolved was measured slower on
 // an H100: 72 registers instead of 64 for the GLU, one block less per SM, Mistral-7B NF4 decode
 // 245 tok/s against 260-268 with this order.)
@@ -246,49 +367,23 @@ __device__ __forceinline__ void dot_rows(const RowRef (&rows)[NR], const float* 
                                          const T* __restrict__ x, unsigned k, float* res) {
     __shared__ float s_red[GW * M * NR];
     const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
-    const unsigned rb = k >> 1, stride = k >> 5, steps = (rb + 127u) >> 7;
     float acc[M][NR];
 #pragma unroll
     for (int m = 0; m < M; m++)
 #pragma unroll
         for (int r = 0; r < NR; r++) acc[m][r] = 0.f;
-    for (unsigned s0 = warp; s0 < steps; s0 += GW * U) {
-        uint32_t wv[U][NR];
+    unsigned bs_min = rows[0].bs_log2;
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            const unsigned off = (s0 + u * GW) * 128u + 4u * lane;
-#pragma unroll
-            for (int r = 0; r < NR; r++) wv[u][r] = off < rb ? ld_stream32(rows[r].w + off) : 0u;
-        }
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const unsigned off = (s0 + u * GW) * 128u + 4u * lane;
-            if (off >= rb) break;  // later steps lie further out
-            const unsigned e = off * 2u;
-            float xv[M][8];
-#pragma unroll
-            for (int m = 0; m < M; m++) load_x8(x + (size_t)m * k + e, xv[m]);
-#pragma unroll
-            for (int r = 0; r < NR; r++) {
-                const uint32_t w = wv[u][r];
-                const uint32_t hi = (w >> 2) & 0x3c3c3c3cu, lo = (w << 2) & 0x3c3c3c3cu;
-                float wf[8];
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    wf[2 * j] = code_at(s_code, __byte_perm(hi, 0u, 0x4440u + j));
-                    wf[2 * j + 1] = code_at(s_code, __byte_perm(lo, 0u, 0x4440u + j));
-                }
-                const float sc = s_scale[r * stride + (e >> rows[r].bs_log2)];
-#pragma unroll
-                for (int m = 0; m < M; m++) {
-                    float p = 0.f;
-#pragma unroll
-                    for (int i = 0; i < 8; i++) p = fmaf(wf[i], xv[m][i], p);
-                    acc[m][r] = fmaf(sc, p, acc[m][r]);
-                }
-            }
-        }
-    }
+    for (int r = 1; r < NR; r++) bs_min = min(bs_min, rows[r].bs_log2);
+    const unsigned rb = k >> 1;
+    // Wide loads for 1-2 rows of x; with more, the 4-byte core (more registers for x and the sums).
+    constexpr int WM = M <= 2 ? QLORA_GEMV_WMAX : 1;
+    if (WM >= 4 && rb >= GW * 512u && bs_min >= 5)
+        dot_rows_w<T, M, NR, steps_in_flight(NR, 4), 4>(rows, s_scale, s_code, x, k, acc);
+    else if (WM >= 2 && rb >= GW * 256u && bs_min >= 4)
+        dot_rows_w<T, M, NR, steps_in_flight(NR, 2), 2>(rows, s_scale, s_code, x, k, acc);
+    else
+        dot_rows_w<T, M, NR, U, 1>(rows, s_scale, s_code, x, k, acc);
 #pragma unroll
     for (int m = 0; m < M; m++)
 #pragma unroll
