@@ -147,7 +147,6 @@ struct Nf4Seg {
     int dq;
     unsigned rows;
     unsigned col0;  // first output column of this weight (multi) / unused (glu)
-    unsigned l2_prefetch;  // fill_row_scales first asks L2 for the row's packed bytes
 };
 
 #define MAX_SEGS 3
@@ -228,11 +227,16 @@ __device__ __forceinline__ float seg_scale(const Nf4Seg& s, size_t blk, const fl
     return __fadd_rn(__fmul_rn(__ldg(nested_code + __ldg(s.q + blk)), __ldg(s.nested + (blk >> s.nbs_log2))), s.offset);
 }
 
-// Nf4Seg::l2_prefetch (set by src/cuda/fused.rs for k <= QLORA_GEMV_BULK_PREFETCH_KMAX, 2048 by
-// default): fill_row_scales first asks L2 for the row's packed bytes. Measured on an H100
-// (session 5, same call, NF4 b1 us a step, wide core, on for every GEMV): TinyLlama 926.8 with
-// vs 963.2 without, Mistral-7B 3476.8 vs 3103.4 (its o and down GEMVs slower); hence only the
-// short rows (k <= 2048: TinyLlama's q/k/v, o and gate/up; none of Mistral-7B's).
+// Build-time switch (off): fill_row_scales first asks L2 for the row's packed bytes. Measured on
+// an H100 (session 5, same call, NF4 b1 us a step, wide core): TinyLlama 926.8 with vs 963.2
+// without, Mistral-7B 3476.8 vs 3103.4 (its o and down GEMVs slower): off until a rule picks
+// the small GEMVs only. A runtime rule (a per-weight flag read in fill_row_scales, 5dbd32d,
+// reverted) took the single-weight GEMV from 64 to 80 registers (ptxas -v, sm_90: 6 blocks a SM
+// instead of 8) and the Mistral-7B step from 3095 to 3565 us on an H100, same call: such a rule
+// must keep the multi kernel at 64 registers.
+#ifndef QLORA_GEMV_BULK_PREFETCH
+#define QLORA_GEMV_BULK_PREFETCH 0
+#endif
 
 // Asks L2 for `bytes` (a multiple of 16) at p (16-byte aligned): one bulk prefetch on sm_90,
 // no registers held and nothing waited for.
@@ -246,11 +250,13 @@ __device__ __forceinline__ void prefetch_l2(const uint8_t* p, unsigned bytes) {
 
 // The block scales of row `lrow` of s into dst[0 .. k >> bs_log2) (block-wide loop).
 // The GEMV wrappers call it before pdl_wait (the weights do not depend on the previous kernel);
-// with s.l2_prefetch it first asks L2 for the row's packed bytes (thread 0, one bulk
+// with QLORA_GEMV_BULK_PREFETCH it first asks L2 for the row's packed bytes (thread 0, one bulk
 // prefetch per row), so DRAM streams them while the scales resolve and the previous kernel drains.
 __device__ __forceinline__ void fill_row_scales(const Nf4Seg& s, unsigned lrow, unsigned k,
                                                 const float* __restrict__ nested_code, float* dst) {
-    if (s.l2_prefetch && threadIdx.x == 0) prefetch_l2(s.packed + (size_t)lrow * (k >> 1), k >> 1);
+#if QLORA_GEMV_BULK_PREFETCH
+    if (threadIdx.x == 0) prefetch_l2(s.packed + (size_t)lrow * (k >> 1), k >> 1);
+#endif
     const unsigned kb = k >> s.bs_log2;
     const size_t blk0 = (size_t)lrow * kb;
     for (unsigned b = threadIdx.x; b < kb; b += blockDim.x) dst[b] = seg_scale(s, blk0 + b, nested_code);

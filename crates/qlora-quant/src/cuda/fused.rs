@@ -72,19 +72,8 @@ struct Seg {
     dq: i32,
     rows: u32,
     col0: u32,
-    l2_prefetch: u32,
 }
 unsafe impl DeviceRepr for Seg {}
-
-/// Whether a GEMV over rows of `k` weights first asks L2 for each block's rows (one bulk
-/// prefetch a row before the PDL wait, `fill_row_scales` in kernels/nf4.cu): for `k` up to
-/// `QLORA_GEMV_BULK_PREFETCH_KMAX` (default 2048; 0 turns it off). Session 5 on an H100, on for
-/// every GEMV: TinyLlama 926.8 vs 963.2 µs a step, Mistral-7B 3476.8 vs 3103.4 (slower): the
-/// short rows gain, the long ones lose.
-fn bulk_prefetch(k: usize) -> bool {
-    static KMAX: OnceLock<usize> = OnceLock::new();
-    k <= *KMAX.get_or_init(|| std::env::var("QLORA_GEMV_BULK_PREFETCH_KMAX").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(2048))
-}
 
 const MAX_SEGS: usize = 3;
 
@@ -181,7 +170,6 @@ fn seg<T: CudaDType>(p: &Nf4Proj, col0: u32) -> Result<Seg> {
         dq: sp.dq,
         rows: p.w.shape().dims()[0] as u32,
         col0,
-        l2_prefetch: u32::from(bulk_prefetch(p.w.shape().dims()[1])),
     })
 }
 
