@@ -8,9 +8,12 @@
 //!   QLoRA memory rule).
 //! * [`bnb_format`]: reading bitsandbytes pre-quantized checkpoints (`weight`, `weight.absmax`,
 //!   `weight.quant_map`, nested state and the `quant_state.bitsandbytes__nf4` JSON).
+//! * [`adamw`]: AdamW's per-step constants, laid out as the optimizer kernels take them (here
+//!   rather than under `cuda` so that `qlora-train`'s CPU twin reads the same type).
 //!
 //! No dependency on the engine: the engine wraps these types in its `Linear` implementations.
 
+pub mod adamw;
 pub mod bnb_format;
 pub mod codebook;
 /// CUDA kernels (NF4 dequantize, fused decode GEMV) with CPU twins; `cuda` feature only.

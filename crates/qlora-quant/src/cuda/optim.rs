@@ -22,25 +22,7 @@ const MODULE: &str = "qlora_quant_optim";
 const CHUNK: usize = 4096;
 const THREADS: u32 = 256;
 
-/// One step's constants, laid out as `AdamWConsts` in `optim.cu`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AdamWConsts {
-    pub b1: f32,
-    pub c1: f32,
-    pub b2: f32,
-    pub c2: f32,
-    pub inv_bc2: f32,
-    pub eps: f32,
-    pub step_size: f32,
-    pub decay: f32,
-    /// The factor the gradients are multiplied by first (clipping); used when `gscale_on`.
-    pub gscale: f32,
-    pub wd_on: u32,
-    pub gscale_on: u32,
-    /// Set by [`adamw_multi`] from the shadows' dtype (1 bf16, 2 f16, 0 none).
-    pub shadow_kind: u32,
-}
+pub use crate::adamw::AdamWConsts;
 
 // SAFETY: a plain `repr(C)` struct of 4-byte fields, passed by value as the kernel expects.
 unsafe impl DeviceRepr for AdamWConsts {}

@@ -12,38 +12,9 @@
 
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
 
-/// One step's constants, from the f64 hyper-parameters.
-#[derive(Debug, Clone, Copy)]
-pub struct Consts {
-    pub b1: f32,
-    pub c1: f32,
-    pub b2: f32,
-    pub c2: f32,
-    pub inv_bc2: f32,
-    pub eps: f32,
-    pub step_size: f32,
-    pub decay: f32,
-    pub weight_decay: bool,
-}
-
-impl Consts {
-    /// For step `t` (1-based) at learning rate `lr`.
-    pub fn new(b1: f64, b2: f64, eps: f64, wd: f64, lr: f64, t: u64) -> Self {
-        let bc1 = 1.0 - b1.powi(t as i32);
-        let bc2_sqrt = (1.0 - b2.powi(t as i32)).sqrt();
-        Consts {
-            b1: b1 as f32,
-            c1: (1.0 - b1) as f32,
-            b2: b2 as f32,
-            c2: (1.0 - b2) as f32,
-            inv_bc2: (1.0 / bc2_sqrt) as f32,
-            eps: eps as f32,
-            step_size: (lr / bc1) as f32,
-            decay: (1.0 - lr * wd) as f32,
-            weight_decay: wd != 0.0,
-        }
-    }
-}
+/// One step's constants, from the f64 hyper-parameters ([`Consts::new`]): the type the CUDA
+/// kernels read, so that every path of the update takes the same rounded values.
+pub use qlora_quant::adamw::AdamWConsts as Consts;
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("AdamW: the {what} is not contiguous") };
@@ -102,7 +73,7 @@ impl InplaceOp3 for Update {
             candle_core::bail!("AdamW: moments of {} and {} floats for a parameter of {}", m.len(), v.len(), w.len())
         }
         for ((w, m), v) in w.iter_mut().zip(m).zip(v) {
-            let wi = if c.weight_decay { *w * c.decay } else { *w };
+            let wi = if c.wd_on != 0 { *w * c.decay } else { *w };
             let denom = v.sqrt() * c.inv_bc2 + c.eps;
             *w = wi - (m / denom) * c.step_size;
         }
@@ -124,7 +95,7 @@ impl InplaceOp3 for Update {
             eps: c.eps,
             step_size: c.step_size,
             decay: c.decay,
-            weight_decay: c.weight_decay,
+            weight_decay: c.wd_on != 0,
         };
         qlora_quant::cuda::train::adamw_update((s1, l1), (s2, l2), (s3, l3), &k)
     }
@@ -162,24 +133,11 @@ pub fn step_multi(ws: &[&Tensor], m: &[Tensor], v: &[Tensor], grads: &[Tensor], 
     }
     #[cfg(feature = "cuda")]
     {
-        use qlora_quant::cuda::optim::{adamw_multi, AdamWConsts, AdamWSlot};
+        use qlora_quant::cuda::optim::{adamw_multi, AdamWSlot};
         let gs = grads.iter().map(|g| g.to_dtype(candle_core::DType::F32)?.contiguous()).collect::<Result<Vec<_>>>()?;
         let slots: Vec<AdamWSlot> =
             (0..ws.len()).map(|i| AdamWSlot { w: ws[i], m: &m[i], v: &v[i], g: &gs[i], shadow: None }).collect();
-        let k = AdamWConsts {
-            b1: c.b1,
-            c1: c.c1,
-            b2: c.b2,
-            c2: c.c2,
-            inv_bc2: c.inv_bc2,
-            eps: c.eps,
-            step_size: c.step_size,
-            decay: c.decay,
-            gscale: grad_scale.unwrap_or(1.0) as f32,
-            wd_on: c.weight_decay as u32,
-            gscale_on: grad_scale.is_some() as u32,
-            shadow_kind: 0,
-        };
+        let k = Consts { gscale: grad_scale.unwrap_or(1.0) as f32, gscale_on: grad_scale.is_some() as u32, shadow_kind: 0, ..c };
         adamw_multi(&slots, &k)
     }
     #[cfg(not(feature = "cuda"))]
