@@ -11,10 +11,11 @@
 //! same bits as the scale applied after. Used by `qlora-train`'s `TrainLora` with
 //! on by default (`QLORA_LORA_GEMM=0` turns it off).
 
+use super::gemm::{gemm_f32, ColMajor};
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::cublas::{result::gemm_ex, sys};
+use candle_core::cuda_backend::cudarc::cublas::sys;
 use candle_core::cuda_backend::cudarc::driver::DevicePtr;
-use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice, WrapErr};
+use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice};
 use candle_core::op::BackpropOp;
 use candle_core::{CudaStorage, DType, Result, Shape, Storage, Tensor};
 
@@ -80,34 +81,20 @@ pub fn matmul(a: &Tensor, ta: bool, b: &Tensor, tb: bool, alpha: f32, out: DType
     // column-major [c, r] one with leading dimension c.
     let op = |t: bool| if t { sys::cublasOperation_t::CUBLAS_OP_T } else { sys::cublasOperation_t::CUBLAS_OP_N };
     let (op_b, ldb, op_a, lda) = (op(tb), bc, op(ta), ac);
-    let beta = 0f32;
     let blas = dev.cublas_handle();
     // SAFETY: a, b hold ar·ac and br·bc elements of `dt`, c m·n of `ct` (checked and
     // allocated above), all on candle's stream, which the product is queued on.
     unsafe {
-        gemm_ex(
-            *blas.handle(),
-            op_b,
-            op_a,
-            n as i32,
-            m as i32,
-            k as i32,
-            (&alpha) as *const f32 as *const _,
-            bp as *const _,
-            dt,
-            ldb as i32,
-            ap as *const _,
-            dt,
-            lda as i32,
-            (&beta) as *const f32 as *const _,
-            cp as *mut _,
-            ct,
-            n as i32,
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+        gemm_f32(
+            &blas,
+            (op_b, op_a),
+            (n, m, k),
+            (alpha, 0.0),
+            ColMajor { ptr: bp, dt, ld: ldb },
+            ColMajor { ptr: ap, dt, ld: lda },
+            ColMajor { ptr: cp, dt: ct, ld: n },
         )
-    }
-    .w()?;
+    }?;
     let st = CudaStorage { slice, device: dev.clone() };
     Ok(Tensor::from_storage(Storage::Cuda(st), Shape::from((m, n)), BackpropOp::none(), false))
 }

@@ -41,6 +41,8 @@ pub mod offload;
 pub mod optim;
 /// `alpha · op(a) · op(b)` in one cuBLAS call, 16-bit operands into 16-bit or f32 (LoRA training).
 pub mod lora_gemm;
+/// The one `gemm_ex` call (f32 scalars and accumulation) of `lora_gemm` and `train_gemm`.
+mod gemm;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/nf4.ptx"));
 const MODULE: &str = "qlora_quant_nf4";

@@ -12,7 +12,8 @@
 //! the delta to bf16 first): not bit-identical to `y + d`, a little closer to the exact sum.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::cublas::{result::gemm_ex, sys};
+use super::gemm::{gemm_f32, ColMajor};
+use candle_core::cuda_backend::cudarc::cublas::sys;
 use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use super::{dequant_into, DequantKernel};
@@ -87,29 +88,16 @@ fn go<T: CudaDType + DeviceRepr>(y: &mut CudaStorage, yl: &Layout, a: &CudaStora
     // SAFETY: the three buffers hold m·n, m·r and n·r elements of `dt` (checked above), on
     // candle's stream, which the product is queued on.
     unsafe {
-        gemm_ex(
-            *blas.handle(),
-            sys::cublasOperation_t::CUBLAS_OP_T,
-            sys::cublasOperation_t::CUBLAS_OP_N,
-            n as i32,
-            m as i32,
-            r as i32,
-            (&alpha) as *const f32 as *const _,
-            bp as *const _,
-            dt,
-            r as i32,
-            ap as *const _,
-            dt,
-            r as i32,
-            (&beta) as *const f32 as *const _,
-            yp as *mut _,
-            dt,
-            n as i32,
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+        gemm_f32(
+            &blas,
+            (sys::cublasOperation_t::CUBLAS_OP_T, sys::cublasOperation_t::CUBLAS_OP_N),
+            (n, m, r),
+            (alpha, beta),
+            ColMajor { ptr: bp, dt, ld: r },
+            ColMajor { ptr: ap, dt, ld: r },
+            ColMajor { ptr: yp, dt, ld: n },
         )
-    }
-    .w()?;
+    }?;
     Ok(())
 }
 
@@ -217,29 +205,16 @@ fn backward_add<T: CudaDType + DeviceRepr>(
         // SAFETY: scratch holds nc·k elements, dy m·n from offset r0 read with ld n, acc m·k;
         // all on candle's stream.
         unsafe {
-            gemm_ex(
-                *blas.handle(),
-                sys::cublasOperation_t::CUBLAS_OP_N,
-                sys::cublasOperation_t::CUBLAS_OP_N,
-                k as i32,
-                m as i32,
-                nc as i32,
-                (&alpha) as *const f32 as *const _,
-                ap as *const _,
-                dt,
-                k as i32,
-                bp as *const _,
-                dt,
-                n as i32,
-                (&beta) as *const f32 as *const _,
-                cp as *mut _,
-                dt,
-                k as i32,
-                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+            gemm_f32(
+                &blas,
+                (sys::cublasOperation_t::CUBLAS_OP_N, sys::cublasOperation_t::CUBLAS_OP_N),
+                (k, m, nc),
+                (alpha, beta),
+                ColMajor { ptr: ap, dt, ld: k },
+                ColMajor { ptr: bp, dt, ld: n },
+                ColMajor { ptr: cp, dt, ld: k },
             )
-        }
-        .w()?;
+        }?;
     }
     drop(scratch);
     Ok(())
