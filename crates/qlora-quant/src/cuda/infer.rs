@@ -475,19 +475,12 @@ pub fn decode_attention(q: &Tensor, cache: &Tensor, len: usize, window: Option<u
 pub fn decode_attention_at(q: &Tensor, cache: &Tensor, len: CacheLen, window: Option<usize>, scale: f64, inv_freq: &[f32]) -> Result<Tensor> {
     let (_, b, nkv, cap, hd) = cache.dims5()?;
     let (qb, t, qn) = q.dims3()?;
-    let (len, len_ptr) = match len {
-        CacheLen::Host(len) => (len, 0),
-        CacheLen::Device(l) => (1, len_ptr(l)?),
-    };
+    let (len, len_ptr) = attention_len(len)?;
     if qb != b || t != 1 || qn % hd != 0 || len == 0 || len > cap {
         candle_core::bail!("decode_attention: q {:?} with {len} cached positions does not fit the cache {:?}", q.dims(), cache.dims())
     }
-    if let Some(why) = attention_unsupported(hd, inv_freq.len(), qn / hd, nkv) {
-        candle_core::bail!("decode_attention: {why}")
-    }
-    let start = window.map_or(0, |w| len.saturating_sub(w));
-    let window = u32::try_from(window.unwrap_or(0)).unwrap_or(u32::MAX);
-    q.apply_op2_no_bwd(cache, &DecodeAttn { len, start, window, len_ptr, scale: scale as f32, rope: rope_params(inv_freq)?, fresh: None })
+    let op = DecodeAttn::new("decode_attention", (len, len_ptr), (hd, qn / hd, nkv), window, scale, inv_freq, None)?;
+    q.apply_op2_no_bwd(cache, &op)
 }
 
 /// [`kv_append_at`] and [`decode_attention_at`] of one token per sequence in one launch: `k`
@@ -535,21 +528,13 @@ fn append_attention(
     let (knew, ksb) = fresh_ptr(k, "k")?;
     let (vnew, vsb) = fresh_ptr(v, "v")?;
     let (_, t, _) = q.dims3()?;
-    let (hlen, len_ptr) = match len {
-        CacheLen::Host(len) => (len, 0),
-        CacheLen::Device(l) => (1, len_ptr(l)?),
-    };
+    let (hlen, len_ptr) = attention_len(len)?;
     let cap = cache.dim(3)?;
     if t != 1 || hlen == 0 || hlen > cap {
         candle_core::bail!("decode_attention_append: q {:?} with {hlen} cached positions does not fit the cache {:?}", q.dims(), cache.dims())
     }
-    if let Some(why) = attention_unsupported(hd, inv_freq.len(), q.dim(2)? / hd, nkv) {
-        candle_core::bail!("decode_attention_append: {why}")
-    }
-    let start = window.map_or(0, |w| hlen.saturating_sub(w));
-    let window = u32::try_from(window.unwrap_or(0)).unwrap_or(u32::MAX);
-    let rope = rope_params(inv_freq)?;
-    let op = DecodeAttn { len: hlen, start, window, len_ptr, scale: scale as f32, rope, fresh: Some([knew, vnew, ksb, vsb]) };
+    let heads = (hd, q.dim(2)? / hd, nkv);
+    let op = DecodeAttn::new("decode_attention_append", (hlen, len_ptr), heads, window, scale, inv_freq, Some([knew, vnew, ksb, vsb]))?;
     // k and v stay borrowed (alive) until the launch inside this call has been enqueued.
     match out {
         None => q.apply_op2_no_bwd(cache, &op),
@@ -614,7 +599,37 @@ impl CustomOp2 for DecodeAttn {
     }
 }
 
+/// The decode attention's cache length as its kernel takes it: the host count (the token's
+/// own position included) and no address, or 1 and the device counter's address.
+fn attention_len(len: CacheLen) -> Result<(usize, u64)> {
+    Ok(match len {
+        CacheLen::Host(len) => (len, 0),
+        CacheLen::Device(l) => (1, len_ptr(l)?),
+    })
+}
+
 impl DecodeAttn {
+    /// The op of both entry points once the caller has checked its shapes and `len` (from
+    /// [`attention_len`]) against the cache: `(head_dim, heads, kv_heads)` checked against
+    /// what the kernel supports (an error naming `what`), the window's first position, the
+    /// rotary table.
+    fn new(
+        what: &str,
+        (len, len_ptr): (usize, u64),
+        (hd, nh, nkv): (usize, usize, usize),
+        window: Option<usize>,
+        scale: f64,
+        inv_freq: &[f32],
+        fresh: Option<[u64; 4]>,
+    ) -> Result<Self> {
+        if let Some(why) = attention_unsupported(hd, inv_freq.len(), nh, nkv) {
+            candle_core::bail!("{what}: {why}")
+        }
+        let start = window.map_or(0, |w| len.saturating_sub(w));
+        let window = u32::try_from(window.unwrap_or(0)).unwrap_or(u32::MAX);
+        Ok(DecodeAttn { len, start, window, len_ptr, scale: scale as f32, rope: rope_params(inv_freq)?, fresh })
+    }
+
     /// The kernel, writing the `[B, 1, heads * head_dim]` result at device address `op`.
     fn launch_to(&self, q: &CudaStorage, ql: &Layout, c: &CudaStorage, cl: &Layout, op: u64) -> Result<()> {
         let dt = q.dtype();
