@@ -213,12 +213,13 @@ fn fused_projections_match_the_cpu_composition() {
 /// `infer::add_rms_norm`) on CUDA, and against its CPU composition: the sum bit for bit, the
 /// norm within rounding (its sum of squares is added in another order); 1..8 rows, Llama's and
 /// Gemma's norm, a weight with a bias, one block and many, and three launches in a row (the
-/// block counter goes back to zero after each).
+/// block counter goes back to zero after each); its form writing into caller buffers
+/// (`gemv_add_rms_norm_into`, the decode graph's) equal to it bit for bit.
 #[test]
 fn gemv_with_the_add_and_norm_folded_in_matches_the_two_launches() {
-    use qlora_studio::quant::cuda::fused::gemv_add_rms_norm;
+    use qlora_studio::quant::cuda::fused::{gemv_add_rms_norm, gemv_add_rms_norm_into};
     for (dt, tol) in [(DType::F32, 1e-6), (DType::BF16, 5e-3), (DType::F16, 2e-3)] {
-        for (n, k, bias) in [(4usize, 256usize, false), (2048, 1024, false), (1000, 2048, true)] {
+        for (n, k, bias) in [(4usize, 256usize, false), (2048, 1024, false), (1000, 2048, true), (4096, 512, false)] {
             let p = proj(n, k, 7 + n as u64, true, bias, dt);
             let gp = on_gpu(&p);
             let w = (randn(&[n], DType::F32) * 0.1).unwrap().to_dtype(dt).unwrap();
@@ -239,6 +240,11 @@ fn gemv_with_the_add_and_norm_folded_in_matches_the_two_launches() {
                         let err = rel_err(&n1, &nc);
                         assert!(err < 4.0 * tol + 2e-5, "{case}: norm against the CPU composition, relative error {err:.2e}");
                         assert!(rel_err(&s1, &sc) < 4.0 * tol + 2e-5, "{case}: sum against the CPU composition");
+                        let (a_buf, out_buf) = (Tensor::zeros(m * n, dt, &gpu()).unwrap(), Tensor::zeros(2 * m * n, dt, &gpu()).unwrap());
+                        let (s3, n3) = gemv_add_rms_norm_into(&g(&x), &gp, &g(&resid), &g(&w), (1e-5, one_plus), &a_buf, &out_buf).unwrap();
+                        assert_eq!((s3.dims(), n3.dims()), (s1.dims(), n1.dims()), "{case}: into");
+                        assert!(bits(&s3.to_device(&Device::Cpu).unwrap()) == bits(&s1.to_device(&Device::Cpu).unwrap()), "{case}: into, sum differs");
+                        assert!(bits(&n3.to_device(&Device::Cpu).unwrap()) == bits(&n1.to_device(&Device::Cpu).unwrap()), "{case}: into, norm differs");
                     }
                 }
             }

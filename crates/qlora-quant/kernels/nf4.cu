@@ -10,6 +10,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
+#include <type_traits>
 
 #define TABLE_LEN 272
 
@@ -227,13 +228,14 @@ __device__ __forceinline__ float seg_scale(const Nf4Seg& s, size_t blk, const fl
     return __fadd_rn(__fmul_rn(__ldg(nested_code + __ldg(s.q + blk)), __ldg(s.nested + (blk >> s.nbs_log2))), s.offset);
 }
 
-// Build-time switch (off): fill_row_scales first asks L2 for the row's packed bytes. Measured on
-// an H100 (session 5, same call, NF4 b1 us a step, wide core): TinyLlama 926.8 with vs 963.2
-// without, Mistral-7B 3476.8 vs 3103.4 (its o and down GEMVs slower): off until a rule picks
-// the small GEMVs only. A runtime rule (a per-weight flag read in fill_row_scales, 5dbd32d,
+// fill_row_scales<true> first asks L2 for the row's packed bytes. Measured on an H100 (session
+// 5, same call, NF4 b1 us a step, wide core, on for every GEMV): TinyLlama 926.8 with vs 963.2
+// without, Mistral-7B 3476.8 vs 3103.4 (its o and down GEMVs slower). So it is a kernel of its
+// own (the `_pf` GEMVs, picked by the host for short rows: `bulk_prefetch` in
+// src/cuda/fused.rs), not a runtime flag: a per-weight flag read in fill_row_scales (5dbd32d,
 // reverted) took the single-weight GEMV from 64 to 80 registers (ptxas -v, sm_90: 6 blocks a SM
-// instead of 8) and the Mistral-7B step from 3095 to 3565 us on an H100, same call: such a rule
-// must keep the multi kernel at 64 registers.
+// instead of 8) and the Mistral-7B step from 3095 to 3565 us on an H100, same call. The build
+// switch below turns it on in every GEMV (for A/B runs).
 #ifndef QLORA_GEMV_BULK_PREFETCH
 #define QLORA_GEMV_BULK_PREFETCH 0
 #endif
@@ -252,11 +254,10 @@ __device__ __forceinline__ void prefetch_l2(const uint8_t* p, unsigned bytes) {
 // The GEMV wrappers call it before pdl_wait (the weights do not depend on the previous kernel);
 // with QLORA_GEMV_BULK_PREFETCH it first asks L2 for the row's packed bytes (thread 0, one bulk
 // prefetch per row), so DRAM streams them while the scales resolve and the previous kernel drains.
+template <bool PF = QLORA_GEMV_BULK_PREFETCH != 0>
 __device__ __forceinline__ void fill_row_scales(const Nf4Seg& s, unsigned lrow, unsigned k,
                                                 const float* __restrict__ nested_code, float* dst) {
-#if QLORA_GEMV_BULK_PREFETCH
-    if (threadIdx.x == 0) prefetch_l2(s.packed + (size_t)lrow * (k >> 1), k >> 1);
-#endif
+    if (PF && threadIdx.x == 0) prefetch_l2(s.packed + (size_t)lrow * (k >> 1), k >> 1);
     const unsigned kb = k >> s.bs_log2;
     const size_t blk0 = (size_t)lrow * kb;
     for (unsigned b = threadIdx.x; b < kb; b += blockDim.x) dst[b] = seg_scale(s, blk0 + b, nested_code);
@@ -568,7 +569,7 @@ __device__ void norm_prologue(const NormIn& n, unsigned k, T* xs) {
 __device__ __forceinline__ unsigned xs_offset(int nr, unsigned k) { return ((unsigned)nr * (k >> 5) * 4u + 15u) & ~15u; }
 
 // With NORM, x is unused: the block computes its input from `nin` (norm_prologue).
-template <typename T, int M, bool NORM = false>
+template <typename T, int M, bool NORM = false, bool PF = QLORA_GEMV_BULK_PREFETCH != 0>
 __device__ void gemv_multi_impl(const Nf4Multi& p, const T* __restrict__ x, T* __restrict__ y, unsigned k,
                                 const NormIn& nin = NormIn{}) {
     constexpr int R = Tile<M>::R;
@@ -583,7 +584,7 @@ __device__ void gemv_multi_impl(const Nf4Multi& p, const T* __restrict__ x, T* _
         unsigned lr;
         const Nf4Seg& s = p.seg[locate(p, min(row0 + r, p.ntotal - 1), &lr)];
         rows[r] = RowRef{s.packed + (size_t)lr * (k >> 1), s.bs_log2};
-        fill_row_scales(s, lr, k, p.tables + 16, s_scale + r * stride);
+        fill_row_scales<PF>(s, lr, k, p.tables + 16, s_scale + r * stride);
     }
     // The scales and tables are constant during a step: resolved before the wait.
     if (NORM ? nin.prefetch != 0 : p.prefetch != 0) prefetch_rows<R>(rows, k);
@@ -617,7 +618,7 @@ __device__ __forceinline__ float glu_act(float v, int act) {
     return 0.5f * v * (1.f + erff(v * 0.7071067811865476f));
 }
 
-template <typename T, int M, bool NORM = false>
+template <typename T, int M, bool NORM = false, bool PF = QLORA_GEMV_BULK_PREFETCH != 0>
 __device__ void gemv_glu_impl(const Nf4Seg& gate, const Nf4Seg& up, const float* tables, int act,
                               const T* __restrict__ x, T* __restrict__ y, unsigned n, unsigned k,
                               const NormIn& nin = NormIn{}) {
@@ -633,8 +634,8 @@ __device__ void gemv_glu_impl(const Nf4Seg& gate, const Nf4Seg& up, const float*
         const unsigned row = min(row0 + r, n - 1);
         rows[r] = RowRef{gate.packed + (size_t)row * (k >> 1), gate.bs_log2};
         rows[R + r] = RowRef{up.packed + (size_t)row * (k >> 1), up.bs_log2};
-        fill_row_scales(gate, row, k, tables + 16, s_scale + r * stride);
-        fill_row_scales(up, row, k, tables + 16, s_scale + (R + r) * stride);
+        fill_row_scales<PF>(gate, row, k, tables + 16, s_scale + r * stride);
+        fill_row_scales<PF>(up, row, k, tables + 16, s_scale + (R + r) * stride);
     }
     // As gemv_multi_impl: the constant scales first, then the wait for x.
     if constexpr (NORM) {
@@ -703,22 +704,110 @@ template <> __device__ __forceinline__ float ld_cg<__half>(const __half* p) {
     return __half2float(__ushort_as_half(__ldcg(reinterpret_cast<const unsigned short*>(p))));
 }
 
+// 8 values of a 16-byte load of a 16-bit T as f32.
+template <typename T>
+__device__ __forceinline__ void unpack8(const uint4& r, float* v) {
+    const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        if constexpr (sizeof(T) == 2 && std::is_same<T, __half>::value) {
+            const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+            v[2 * i] = f.x; v[2 * i + 1] = f.y;
+        } else {
+            v[2 * i] = __uint_as_float(w[i] << 16);
+            v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+        }
+    }
+}
+
+// The tail's add and norm with every load of a pass issued before any is used (16-bit T, n a
+// multiple of 8, at most 8 * NT_CH * blockDim.x): each thread holds NT_CH chunks of 8 of the
+// row in registers between the sum, the block reduction and the norm. Same rounding as the
+// scalar form; the sum of squares is reduced in another order.
+#define NT_CH 4
+template <typename T, int M>
+__device__ void norm_tail_vec(const T* resid, const T* a, const T* w, T* sum_out, T* norm_out, unsigned n, float eps,
+                              int one_plus, float* scratch) {
+    for (int m = 0; m < M; m++) {
+        uint4 rr[NT_CH], ra[NT_CH];
+#pragma unroll
+        for (int c = 0; c < NT_CH; c++) {
+            const unsigned i = (threadIdx.x + c * blockDim.x) * 8u;
+            if (i < n) {
+                rr[c] = __ldg(reinterpret_cast<const uint4*>(resid + (size_t)m * n + i));
+                ra[c] = __ldcg(reinterpret_cast<const uint4*>(a + (size_t)m * n + i));
+            }
+        }
+        float v[NT_CH][8], ss = 0.f;
+#pragma unroll
+        for (int c = 0; c < NT_CH; c++) {
+            const unsigned i = (threadIdx.x + c * blockDim.x) * 8u;
+            if (i < n) {
+                float av[8];
+                unpack8<T>(rr[c], v[c]);
+                unpack8<T>(ra[c], av);
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    v[c][j] = round_t<T>(__fadd_rn(v[c][j], av[j]));
+                    ss = __fmaf_rn(v[c][j], v[c][j], ss);
+                }
+                store8(sum_out + (size_t)m * n + i, v[c]);
+            }
+        }
+        ss = block_sum_f(ss, scratch);
+        const float var = __fdiv_rn(ss, (float)n);
+        const float r = __frcp_rn(__fsqrt_rn(__fadd_rn(var, eps)));
+        uint4 rw[NT_CH];
+#pragma unroll
+        for (int c = 0; c < NT_CH; c++) {
+            const unsigned i = (threadIdx.x + c * blockDim.x) * 8u;
+            if (i < n) rw[c] = __ldg(reinterpret_cast<const uint4*>(w + i));
+        }
+#pragma unroll
+        for (int c = 0; c < NT_CH; c++) {
+            const unsigned i = (threadIdx.x + c * blockDim.x) * 8u;
+            if (i < n) {
+                float wv[8];
+                unpack8<T>(rw[c], wv);
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    const float nv = __fmul_rn(v[c][j], r);
+                    v[c][j] = one_plus ? __fmul_rn(nv, __fadd_rn(wv[j], 1.f)) : __fmul_rn(round_t<T>(nv), wv[j]);
+                }
+                store8(norm_out + (size_t)m * n + i, v[c]);
+            }
+        }
+    }
+}
+
 template <typename T, int M>
 __device__ void gemv_norm_impl(const Nf4Multi& p, const T* __restrict__ x, T* __restrict__ a, unsigned k, const NormTail& t) {
     gemv_multi_impl<T, M>(p, x, a, k);
     __shared__ unsigned s_last;
     __shared__ float s_scratch[32];
-    __threadfence();  // this block's outputs are visible device-wide before it counts itself
+    // The block's outputs, then its count: the barrier orders every thread's stores before
+    // thread 0's release (cumulative), and the last block's acquire sees all blocks' outputs (a
+    // fence.sc in every block, as __threadfence compiles to, cost each block about a microsecond).
     __syncthreads();
-    if (threadIdx.x == 0) s_last = atomicAdd(t.counter, 1u) == gridDim.x - 1;
+    if (threadIdx.x == 0) {
+        unsigned prev;
+        asm volatile("atom.add.acq_rel.gpu.u32 %0, [%1], 1;" : "=r"(prev) : "l"(t.counter) : "memory");
+        s_last = prev == gridDim.x - 1;
+    }
     __syncthreads();
     if (!s_last) return;
-    __threadfence();
     const unsigned n = p.ntotal;
     const T* resid = reinterpret_cast<const T*>(t.resid);
     const T* w = reinterpret_cast<const T*>(t.w);
     T* sum_out = reinterpret_cast<T*>(t.out);
     T* norm_out = sum_out + (size_t)M * n;
+    if constexpr (sizeof(T) == 2 && M == 1) {  // more rows of x: the scalar tail (registers)
+        if (n % 8 == 0 && n <= 8u * NT_CH * blockDim.x) {
+            norm_tail_vec<T, M>(resid, a, w, sum_out, norm_out, n, t.eps, t.one_plus, s_scratch);
+            if (threadIdx.x == 0) *t.counter = 0u;
+            return;
+        }
+    }
     for (int m = 0; m < M; m++) {
         float ss = 0.f;
         for (unsigned i = threadIdx.x; i < n; i += blockDim.x) {
@@ -740,14 +829,16 @@ __device__ void gemv_norm_impl(const Nf4Multi& p, const T* __restrict__ x, T* __
     if (threadIdx.x == 0) *t.counter = 0u;
 }
 
-#define GEMV_NORM(T, SUFFIX, M)                                                                      \
-    extern "C" __global__ void __launch_bounds__(GW * 32) nf4_gemv_norm_##SUFFIX##_m##M(             \
+// M = 1 is held to 8 blocks an SM (64 registers, as the plain GEMV); its vector tail would take 80.
+#define GEMV_NORM_LB(T, SUFFIX, M, LB)                                                               \
+    extern "C" __global__ void LB nf4_gemv_norm_##SUFFIX##_m##M(                                     \
         Nf4Multi p, const T* x, T* a, unsigned k, NormTail t) {                                      \
         gemv_norm_impl<T, M>(p, x, a, k, t);                                                         \
     }
+#define GEMV_NORM(T, SUFFIX, M) GEMV_NORM_LB(T, SUFFIX, M, __launch_bounds__(GW * 32))
 #define GEMV_NORM_ALL_M(T, SUFFIX) \
-    GEMV_NORM(T, SUFFIX, 1) GEMV_NORM(T, SUFFIX, 2) GEMV_NORM(T, SUFFIX, 3) GEMV_NORM(T, SUFFIX, 4) \
-    GEMV_NORM(T, SUFFIX, 5) GEMV_NORM(T, SUFFIX, 6) GEMV_NORM(T, SUFFIX, 7) GEMV_NORM(T, SUFFIX, 8)
+    GEMV_NORM_LB(T, SUFFIX, 1, __launch_bounds__(GW * 32, 8)) GEMV_NORM(T, SUFFIX, 2) GEMV_NORM(T, SUFFIX, 3) \
+    GEMV_NORM(T, SUFFIX, 4) GEMV_NORM(T, SUFFIX, 5) GEMV_NORM(T, SUFFIX, 6) GEMV_NORM(T, SUFFIX, 7) GEMV_NORM(T, SUFFIX, 8)
 GEMV_NORM_ALL_M(float, f32)
 GEMV_NORM_ALL_M(__nv_bfloat16, bf16)
 GEMV_NORM_ALL_M(__half, f16)
@@ -780,6 +871,21 @@ GEMV_NORM_ALL_M(__half, f16)
 GEMV_NORMIN_ALL_M(float, f32)
 GEMV_NORMIN_ALL_M(__nv_bfloat16, bf16)
 GEMV_NORMIN_ALL_M(__half, f16)
+
+// The same with each block's rows asked of L2 before the wait (fill_row_scales<true>), for
+// short rows at 1-2 rows of x (host: `bulk_prefetch` in src/cuda/fused.rs).
+#define GEMV_FUSED_PF(T, SUFFIX, M)                                                                   \
+    extern "C" __global__ void __launch_bounds__(GW * 32) nf4_gemv_multi_pf_##SUFFIX##_m##M(          \
+        Nf4Multi p, const T* x, T* y, unsigned k) {                                                  \
+        gemv_multi_impl<T, M, false, true>(p, x, y, k);                                              \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(GW * 32) nf4_gemv_glu_pf_##SUFFIX##_m##M(            \
+        Nf4Seg gate, Nf4Seg up, const float* tables, int act, const T* x, T* y, unsigned n, unsigned k) { \
+        gemv_glu_impl<T, M, false, true>(gate, up, tables, act, x, y, n, k);                        \
+    }
+GEMV_FUSED_PF(float, f32, 1) GEMV_FUSED_PF(float, f32, 2)
+GEMV_FUSED_PF(__nv_bfloat16, bf16, 1) GEMV_FUSED_PF(__nv_bfloat16, bf16, 2)
+GEMV_FUSED_PF(__half, f16, 1) GEMV_FUSED_PF(__half, f16, 2)
 
 #define GEMV_FUSED_ALL_M(T, SUFFIX) \
     GEMV_FUSED(T, SUFFIX, 1) GEMV_FUSED(T, SUFFIX, 2) GEMV_FUSED(T, SUFFIX, 3) GEMV_FUSED(T, SUFFIX, 4) \

@@ -18,10 +18,11 @@
 //! (the CUDA graph's), 1 happens inside 2 and 6 inside 7 when the projections are plain NF4 and
 //! the norm an RMSNorm: the GEMV's blocks compute the add and the norm in their prologue
 //! ([`fused::norm_gemv_multi_into`], bit for bit the two launches; five launches a layer); off
-//! by default, measured slower on Mistral-7B ([`fused::norm_prologue_on`]). With
-//! `QLORA_FUSED_NORM=1`, 5 + 6 and 8 + the next layer's step 1 are one launch each when the
-//! projection is plain NF4 and the norm an RMSNorm ([`fused::gemv_add_rms_norm`]: the GEMV's
-//! last block adds and normalises); off by default, measured slower ([`fused_norm_on`]).
+//! by default, measured slower on Mistral-7B ([`fused::norm_prologue_on`]). By default
+//! (`QLORA_FUSED_NORM=0` turns it off), 5 + 6 and 8 + the next layer's step 1 are one launch
+//! each when the projection is plain NF4 and the norm an RMSNorm
+//! ([`fused::gemv_add_rms_norm_into`]: the GEMV's last block adds and normalises; five launches
+//! a layer, [`fused_norm_on`]), which leaves the prologue nothing to fold.
 //!
 //! The position of a step reaches the kernels either as a launch parameter or, for a decode step
 //! replayed as a CUDA graph (`decode_graph.rs`), from a u32 on the device ([`FastStep::dev_len`]);
@@ -103,22 +104,24 @@ pub(super) enum Carry {
     Normed(Tensor, Tensor),
 }
 
-/// Whether a projection's GEMV does the following residual add + RMSNorm in its launch: **off
-/// by default**, `QLORA_FUSED_NORM=1` turns it on. Measured on an H100 (session 4, same binary,
-/// same machine; bench/gpu/results/h100-2026-11-27-s4-decode-*) it made the NF4 decode step
-/// slower, TinyLlama 593 vs 828 tok/s and Mistral-7B 199 vs 271 at batch 1: the last block's
-/// norm walks the row 128 elements at a time, each iteration's loads issued only after the
-/// previous iteration's store (the residual and output pointers may alias), about 10 µs a
-/// fold at 2048 wide and 21 µs at 4096, far more than the launch it saves. Loading the whole
-/// row into registers first (all loads in flight, then the stores) is what it needs.
+/// Whether a projection's GEMV does the following residual add + RMSNorm in its launch (the
+/// last block to finish adds and normalises the row): **on by default**, `QLORA_FUSED_NORM=0`
+/// turns it off. Session 4 measured it slower (its tail walked the row 128 elements at a time,
+/// each load after the previous store, about 10 µs a fold; and it allocated inside the decode
+/// graph). Session 6 loads the row with every load in flight first (16-bit T, one row of x),
+/// counts the blocks with an acquire-release atomic instead of a fence in every block, and
+/// writes into the workspace (`fused::gemv_add_rms_norm_into`): on an H100, same call, NF4 b1,
+/// TinyLlama 887.2 / 878.9 µs a step against 939.7 / 931.3 without, Mistral-7B 3139.9 /
+/// 3113.8 against 3160.0 / 3107.0 (bench/gpu/results/h100-2026-11-27-s6-ab-*).
 fn fused_norm_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| matches!(std::env::var("QLORA_FUSED_NORM").as_deref(), Ok("1" | "true" | "on")))
+    *ON.get_or_init(|| !matches!(std::env::var("QLORA_FUSED_NORM").map(|v| v.trim().to_ascii_lowercase()).as_deref(), Ok("0" | "false" | "off")))
 }
 
 /// `(resid + x Wᵀ, norm(..))` in one launch when `l` is plain NF4, `x` has few rows and `norm`
-/// is an RMSNorm, else `None` (the caller runs the projection and the norm apart).
-fn proj_add_norm(x: &Tensor, l: &ArcLinear, resid: &Tensor, norm: &Norm) -> Result<Option<(Tensor, Tensor)>> {
+/// is an RMSNorm, else `None` (the caller runs the projection and the norm apart). With `into`
+/// (a workspace's projection and norm buffers) the launch writes there and allocates nothing.
+fn proj_add_norm(x: &Tensor, l: &ArcLinear, resid: &Tensor, norm: &Norm, into: Option<(&Tensor, &Tensor)>) -> Result<Option<(Tensor, Tensor)>> {
     let one_plus = match norm.kind {
         NormKind::Rms => false,
         NormKind::RmsOnePlus => true,
@@ -129,7 +132,10 @@ fn proj_add_norm(x: &Tensor, l: &ArcLinear, resid: &Tensor, norm: &Norm) -> Resu
     }
     let x = x.contiguous()?;
     let Some(p) = fused_projs(&x, &[l]) else { return Ok(None) };
-    Ok(Some(fused::gemv_add_rms_norm(&x, &p[0], resid, &norm.weight, norm.eps, one_plus)?))
+    Ok(Some(match into {
+        Some((a, out)) => fused::gemv_add_rms_norm_into(&x, &p[0], resid, &norm.weight, (norm.eps, one_plus), a, out)?,
+        None => fused::gemv_add_rms_norm(&x, &p[0], resid, &norm.weight, norm.eps, one_plus)?,
+    }))
 }
 
 /// What one fused forward shares across its layers.
@@ -263,7 +269,8 @@ impl DecoderLayer {
                     return self.mlp.forward_fast(&h, (x + a)?, None, None);
                 };
                 let o_in = self.attn.forward_fast(&h, step, cache, capacity)?;
-                if let Some(both) = proj_add_norm(&o_in, &self.attn.o_proj, &x, norm)? {
+                // x is in the first norm buffer (or not in the workspace): the sum goes to the second.
+                if let Some(both) = proj_add_norm(&o_in, &self.attn.o_proj, &x, norm, step.ws.map(|w| (&w.proj, &w.norm[1])))? {
                     return self.mlp.forward_fast(&both.1, both.0, Some(next_norm), step.ws);
                 }
                 (x, o_in)
@@ -427,7 +434,7 @@ impl Mlp {
                     None => fused::gemv_glu(&x, &p[0], &p[1], act)?,
                 };
                 if let Some(norm) = then
-                    && let Some((s, h)) = proj_add_norm(&g, down, &resid, norm)?
+                    && let Some((s, h)) = proj_add_norm(&g, down, &resid, norm, ws.map(|w| (&w.proj, &w.norm[0])))?
                 {
                     return Ok(Carry::Normed(s, h));
                 }

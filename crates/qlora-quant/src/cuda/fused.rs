@@ -77,6 +77,23 @@ unsafe impl DeviceRepr for Seg {}
 
 const MAX_SEGS: usize = 3;
 
+/// Whether a GEMV over rows of `k` weights at `m` rows of x runs the `_pf` kernel, whose blocks
+/// first ask L2 for their rows (one bulk prefetch a row before the PDL wait, `fill_row_scales`
+/// in kernels/nf4.cu): at 1-2 rows of x for `k` up to `QLORA_GEMV_BULK_PREFETCH_KMAX` (default
+/// 2048; 0 turns it off), i.e. TinyLlama's q/k/v, o and gate/up and none of Mistral-7B's. On
+/// for every GEMV (session 5, H100, same call): TinyLlama 926.8 vs 963.2 µs a step, Mistral-7B
+/// 3476.8 vs 3103.4: the short rows gain, the long ones lose.
+fn bulk_prefetch(m: usize, k: usize) -> bool {
+    static KMAX: OnceLock<usize> = OnceLock::new();
+    m <= 2 && k <= *KMAX.get_or_init(|| std::env::var("QLORA_GEMV_BULK_PREFETCH_KMAX").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(2048))
+}
+
+/// The name of the stacked (`multi`) or gated (`glu`) GEMV kernel for `m` rows of x of `k`.
+fn gemv_kernel(kind: &str, sfx: &str, m: usize, k: usize) -> String {
+    let pf = if bulk_prefetch(m, k) { "pf_" } else { "" };
+    format!("nf4_gemv_{kind}_{pf}{sfx}_m{m}")
+}
+
 /// Mirrors `Nf4Multi` in kernels/nf4.cu.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -353,7 +370,7 @@ impl MultiOp {
         let mut args = [arg(&mut multi), arg(&mut xp), arg(&mut yp), arg(&mut k32)];
         // SAFETY: the arguments are the kernel's, in order; it waits before reading x or writing y
         // and reads only constant weights, scales and tables before that.
-        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("nf4_gemv_multi_{sfx}_m{m}"), cfg, &mut args) }
+        unsafe { pdl::launch(&dev, MODULE, PTX, &gemv_kernel("multi", sfx, m, k), cfg, &mut args) }
     }
 }
 
@@ -407,7 +424,7 @@ impl GluOp {
         let cfg = launch_cfg(n, m, 2 * rows_per_block(m), k);
         let mut args = [arg(&mut g), arg(&mut u), arg(&mut tp), arg(&mut act), arg(&mut xp), arg(&mut yp), arg(&mut n), arg(&mut k32)];
         // SAFETY: as in MultiOp::launch.
-        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("nf4_gemv_glu_{sfx}_m{m}"), cfg, &mut args) }
+        unsafe { pdl::launch(&dev, MODULE, PTX, &gemv_kernel("glu", sfx, m, k), cfg, &mut args) }
     }
 }
 
@@ -478,6 +495,44 @@ pub fn gemv_add_rms_norm(x: &Tensor, proj: &Nf4Proj, resid: &Tensor, weight: &Te
     Ok((both.get(0)?, both.get(1)?))
 }
 
+/// [`gemv_add_rms_norm`] on CUDA into caller buffers (a decode step captured as a CUDA graph
+/// then holds no allocation between its kernels): `a` (`m · n` elements of x's dtype) takes the
+/// GEMV's own output, `out` (`2 · m · n`) the sum and then the norm, both returned shaped as
+/// `resid`. Neither may overlap an input or the other.
+pub fn gemv_add_rms_norm_into(
+    x: &Tensor,
+    proj: &Nf4Proj,
+    resid: &Tensor,
+    weight: &Tensor,
+    (eps, one_plus): (f64, bool),
+    a: &Tensor,
+    out: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let (x, resid, weight) = (x.contiguous()?, resid.contiguous()?, weight.contiguous()?);
+    let n = proj.w.shape().dims()[0];
+    let m = resid.elem_count() / n.max(1);
+    let what = "gemv_add_rms_norm_into";
+    let inputs = [super::infer::span(&x)?, super::infer::span(&resid)?, super::infer::span(&weight)?];
+    let ap = super::infer::out_ptr(a, m * n, x.dtype(), &inputs, what)?;
+    let op_ = super::infer::out_ptr(out, 2 * m * n, x.dtype(), &[inputs[0], inputs[1], inputs[2], super::infer::span(a)?], what)?;
+    let op = GemvNormOp { proj: proj.clone(), eps: eps as f32, one_plus };
+    {
+        let (xs, xl) = x.storage_and_layout();
+        let (rs, rl) = resid.storage_and_layout();
+        let (ws, wl) = weight.storage_and_layout();
+        let (Storage::Cuda(xs), Storage::Cuda(rs), Storage::Cuda(ws)) = (&*xs, &*rs, &*ws) else {
+            candle_core::bail!("{what}: x, the residual and the norm weight must be on a CUDA device")
+        };
+        match x.dtype() {
+            DType::F32 => op.launch_to::<f32>((xs, xl), (rs, rl), (ws, wl), "f32", ap, op_)?,
+            DType::BF16 => op.launch_to::<half::bf16>((xs, xl), (rs, rl), (ws, wl), "bf16", ap, op_)?,
+            DType::F16 => op.launch_to::<half::f16>((xs, xl), (rs, rl), (ws, wl), "f16", ap, op_)?,
+            other => candle_core::bail!("{what}: x must be f32, f16 or bf16, got {other:?}"),
+        }
+    }
+    Ok((out.narrow(0, 0, m * n)?.reshape(resid.dims())?, out.narrow(0, m * n, m * n)?.reshape(resid.dims())?))
+}
+
 /// The CPU twin of the residual add and RMSNorm, rounding as the kernels do.
 fn norm_twin(a: &Tensor, resid: &Tensor, weight: &Tensor, eps: f64, one_plus: bool) -> Result<(Tensor, Tensor)> {
     let dt = a.dtype();
@@ -498,6 +553,26 @@ struct GemvNormOp {
 
 impl GemvNormOp {
     fn launch<T: CudaDType + DeviceRepr>(&self, x: (&CudaStorage, &Layout), r: (&CudaStorage, &Layout), w: (&CudaStorage, &Layout), sfx: &str) -> Result<CudaStorage> {
+        let (m, _) = rows_and_k(std::slice::from_ref(&self.proj), x.1, x.0.dtype())?;
+        let n = self.proj.w.shape().dims()[0];
+        let dev = x.0.device().clone();
+        let a = unsafe { dev.alloc::<T>(m * n)? };
+        let out = unsafe { dev.alloc::<T>(2 * m * n)? };
+        self.launch_to::<T>(x, r, w, sfx, a.device_ptr(a.stream()).0, out.device_ptr(out.stream()).0)?;
+        drop(a); // stream-ordered free, after the kernel
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+
+    /// The kernel, its GEMV output at device address `ap` (`m · n`), the sum and the norm at `op` (`2 · m · n`).
+    fn launch_to<T: CudaDType + DeviceRepr>(
+        &self,
+        x: (&CudaStorage, &Layout),
+        r: (&CudaStorage, &Layout),
+        w: (&CudaStorage, &Layout),
+        sfx: &str,
+        ap: u64,
+        op: u64,
+    ) -> Result<()> {
         let projs = std::slice::from_ref(&self.proj);
         let (m, k) = rows_and_k(projs, x.1, x.0.dtype())?;
         let n = self.proj.w.shape().dims()[0];
@@ -508,8 +583,6 @@ impl GemvNormOp {
         let mut multi = Multi { seg: [seg::<T>(&self.proj, 0)?, Seg::default(), Seg::default()], tables: 0, nseg: 1, ntotal: n as u32, prefetch: 0 };
         let tables = tables(&dev, &self.proj.w)?;
         multi.tables = tables.device_ptr(tables.stream()).0;
-        let a = unsafe { dev.alloc::<T>(m * n)? };
-        let out = unsafe { dev.alloc::<T>(2 * m * n)? };
         let ptr = |s: &CudaStorage, l: &Layout| -> Result<u64> {
             let Some((o, _)) = l.contiguous_offsets() else { candle_core::bail!("fused nf4 norm: an input is not contiguous") };
             let c = s.as_cuda_slice::<T>()?;
@@ -518,20 +591,18 @@ impl GemvNormOp {
         let mut tail = NormTail {
             resid: ptr(r.0, r.1)?,
             w: ptr(w.0, w.1)?,
-            out: out.device_ptr(out.stream()).0,
+            out: op,
             counter: block_counter(&dev)?,
             eps: self.eps,
             one_plus: i32::from(self.one_plus),
         };
         let mut xp = x_ptr::<T>(x.0, x.1)?;
-        let mut ap = a.device_ptr(a.stream()).0;
+        let mut ap = ap;
         let mut k32 = k as u32;
         let cfg = launch_cfg(n as u32, m, rows_per_block(m), k);
         let mut args = [arg(&mut multi), arg(&mut xp), arg(&mut ap), arg(&mut k32), arg(&mut tail)];
         // SAFETY: the arguments are the kernel's, in order; as MultiOp::launch for PDL.
-        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("nf4_gemv_norm_{sfx}_m{m}"), cfg, &mut args)? };
-        drop(a); // stream-ordered free, after the kernel
-        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("nf4_gemv_norm_{sfx}_m{m}"), cfg, &mut args) }
     }
 }
 
