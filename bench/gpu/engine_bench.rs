@@ -115,6 +115,32 @@ fn generate(model: &Model, prompt: &Tensor, new: usize) -> Result<(f64, serde_js
     Ok((t0.elapsed().as_secs_f64(), serde_json::to_value(cache.graph_stats())?))
 }
 
+/// Where one generation's time goes, in ms (each part synchronized, so the parts add up to a
+/// little more than an unsynchronized generation): the 32-token prompt's forward with its token
+/// read back, the first one-token step (eager), the second (captured as a CUDA graph), and the
+/// remaining `new - 3` steps (graph replays).
+fn generation_parts(model: &Model, prompt: &Tensor, new: usize) -> Result<serde_json::Value> {
+    let dev = model.device().clone();
+    let b = prompt.dim(0)?;
+    dev.synchronize()?;
+    let mut parts = Vec::new();
+    let mut t0 = Instant::now();
+    let mut cache = model.new_cache_with_capacity(prompt.dim(1)? + new);
+    let mut input = prompt.clone();
+    for i in 0..new {
+        let logits = model.forward(&input, Some(&mut cache))?;
+        let last = logits.i((.., logits.dim(1)? - 1))?;
+        let next: Vec<u32> = last.argmax(D::Minus1)?.to_vec1()?;
+        input = Tensor::from_vec(next, (b, 1), &dev)?;
+        if i < 3 || i == new - 1 {
+            dev.synchronize()?;
+            parts.push(t0.elapsed().as_secs_f64() * 1e3);
+            t0 = Instant::now();
+        }
+    }
+    Ok(json!({"prompt_ms": parts[0], "eager_step_ms": parts[1], "capture_step_ms": parts[2], "replays_ms": parts[3], "replays": new - 3}))
+}
+
 /// Microseconds of each one-token step of one generation after a 32-token prompt (id read back).
 fn step_times(model: &Model, prompt: &Tensor, steps: usize) -> Result<Vec<f64>> {
     let dev = model.device().clone();
@@ -149,6 +175,8 @@ fn bench_model(a: &Args, model: &Model, quant: &str, wbytes: usize) -> Result<()
             "value": (b * 128) as f64 / med, "new_tokens": 128, "prompt_len": 32, "runs_s": runs,
             "ms_per_step": 1e3 * med / 128.0, "warmup_s": tw, "weight_bytes_per_token": wbytes,
             "cuda_graphs": graphs}))?;
+        common::emit(&a.out, json!({"metric": "generation_parts_ms", "model": a.name, "quant": quant, "batch": b,
+            "new_tokens": 128, "prompt_len": 32, "value": generation_parts(model, &prompt, 128)?}))?;
         if b == 1 {
             let t = step_times(model, &prompt, 103)?;
             common::emit(&a.out, json!({"metric": "decode_step_us", "model": a.name, "quant": quant, "batch": 1,
