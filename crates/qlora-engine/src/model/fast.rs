@@ -127,11 +127,19 @@ fn proj_add_norm(x: &Tensor, l: &ArcLinear, resid: &Tensor, norm: &Norm, into: O
         NormKind::RmsOnePlus => true,
         NormKind::LayerNorm => return Ok(None),
     };
-    if !fused_norm_on() {
+    // One row of x in a 16-bit dtype, rows of 8k <= 4096 elements: the last block's vector tail
+    // (kernels/nf4.cu norm_tail_vec). Otherwise its scalar tail walks the row 128 elements at a
+    // time: session 6's final H100 run had it at 8 rows, the NF4 b8 step 3.98 ms on TinyLlama
+    // and 14.6 ms on Mistral-7B against 1.92 / 8.55 ms with the norm's own launch (session 5).
+    if !fused_norm_on() || x.elem_count() != x.dims().last().copied().unwrap_or(0) || x.dtype() == DType::F32 {
         return Ok(None);
     }
     let x = x.contiguous()?;
     let Some(p) = fused_projs(&x, &[l]) else { return Ok(None) };
+    let n = p[0].w.shape().dims()[0];
+    if !n.is_multiple_of(8) || n > 4096 {
+        return Ok(None);
+    }
     Ok(Some(match into {
         Some((a, out)) => fused::gemv_add_rms_norm_into(&x, &p[0], resid, &norm.weight, (norm.eps, one_plus), a, out)?,
         None => fused::gemv_add_rms_norm(&x, &p[0], resid, &norm.weight, norm.eps, one_plus)?,
