@@ -118,8 +118,8 @@ fn fused_norm_on() -> bool {
     *ON.get_or_init(|| !matches!(std::env::var("QLORA_FUSED_NORM").map(|v| v.trim().to_ascii_lowercase()).as_deref(), Ok("0" | "false" | "off")))
 }
 
-/// `(resid + x Wᵀ, norm(..))` in one launch when `l` is plain NF4, `x` has few rows and `norm`
-/// is an RMSNorm, else `None` (the caller runs the projection and the norm apart). With `into`
+/// `(resid + x Wᵀ, norm(..))` in one launch when `l` is plain NF4, `x` is one row of a 16-bit
+/// dtype and `norm` an RMSNorm, else `None` (the caller runs the projection and the norm apart). With `into`
 /// (a workspace's projection and norm buffers) the launch writes there and allocates nothing.
 fn proj_add_norm(x: &Tensor, l: &ArcLinear, resid: &Tensor, norm: &Norm, into: Option<(&Tensor, &Tensor)>) -> Result<Option<(Tensor, Tensor)>> {
     let one_plus = match norm.kind {

@@ -8,11 +8,11 @@
 //! * [`gemv_glu`]: `act(x Gᵀ + b_g) * (x Uᵀ + b_u)` for a gated MLP (SwiGLU, GeGLU): one block
 //!   reads rows r.. of both weights and writes their values.
 //!
-//! * [`gemv_add_rms_norm`]: one weight's GEMV whose output goes straight into the next
-//!   residual add and RMSNorm (o_proj → post-attention norm, down_proj → the next layer's input
-//!   norm): the last block to finish computes the norm, one launch instead of two. Correct
-//!   (tests/gpu_kernels.rs) but measured slower than the two launches in a decode step (its
-//!   serial tail; see `fast.rs`), so the engine uses it only with `QLORA_FUSED_NORM=1`.
+//! * [`gemv_add_rms_norm`] ([`gemv_add_rms_norm_into`] into caller buffers): one weight's GEMV
+//!   whose output goes straight into the next residual add and RMSNorm (o_proj → post-attention
+//!   norm, down_proj → the next layer's input norm): the last block to finish computes the norm,
+//!   one launch instead of two. The engine's decode step uses it at one row of x (its tail then
+//!   loads the row with every load in flight; `fast.rs`, `QLORA_FUSED_NORM=0` turns it off).
 //!
 //! * [`norm_gemv_multi_into`], [`norm_gemv_glu_into`]: the same launches taking their input as
 //!   `norm(resid + pending)`, the residual add and RMSNorm computed by every block in its
