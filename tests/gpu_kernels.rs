@@ -538,3 +538,40 @@ fn wide_lane_gemv_matches_the_cpu_twins() {
         }
     }
 }
+
+/// The greedy pick on the GPU (`infer::argmax_rows` / `argmax_into`) against candle's CPU argmax
+/// (the first index of the largest value): 32,000- and 32,001-wide rows (16-byte and
+/// element-wise loads), rows whose largest value repeats (ties) or sits at either end, a row of
+/// -inf, in f32, bf16 and f16; and `argmax_into` adding one to a device length.
+#[test]
+fn argmax_rows_match_the_cpu() {
+    let dev = gpu();
+    for (n, dt) in [(32_000usize, DType::BF16), (32_001, DType::BF16), (32_000, DType::F32), (4_099, DType::F16), (1, DType::F32)] {
+        let rows = 6usize;
+        let mut v: Vec<f32> = Tensor::randn(0f32, 1f32, (rows, n), &Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        if n > 8 {
+            v[n - 1] = 9.0; // row 0: the largest at the end
+            v[n] = 9.0; // row 1: at the start
+            for j in [17, 300, n - 2] {
+                v[2 * n + j] = 7.5; // row 2: three equal largest values
+            }
+            for x in &mut v[3 * n..4 * n] {
+                *x = f32::NEG_INFINITY; // row 3: nothing but -inf
+            }
+        }
+        let x = Tensor::from_vec(v, (rows, n), &Device::Cpu).unwrap().to_dtype(dt).unwrap();
+        let want: Vec<u32> = x.to_dtype(DType::F32).unwrap().argmax(qlora_studio::engine::candle_core::D::Minus1).unwrap().to_vec1().unwrap();
+        let got: Vec<u32> = infer::argmax_rows(&x.to_device(&dev).unwrap()).unwrap().to_vec1().unwrap();
+        assert_eq!(got, want, "argmax of {rows} rows of {n} {dt:?}");
+        if n > 8 {
+            assert_eq!(&got[..4], &[n as u32 - 1, 0, 17, 0]);
+        }
+    }
+    let x = Tensor::randn(0f32, 1f32, (2, 1000), &dev).unwrap();
+    let ids = Tensor::zeros(2, DType::U32, &dev).unwrap();
+    let len = Tensor::new(&[41u32], &dev).unwrap();
+    infer::argmax_into(&x, &ids, Some(&len)).unwrap();
+    assert_eq!(len.to_vec1::<u32>().unwrap(), [42]);
+    assert_eq!(ids.to_vec1::<u32>().unwrap(), x.to_device(&Device::Cpu).unwrap().argmax(qlora_studio::engine::candle_core::D::Minus1).unwrap().to_vec1::<u32>().unwrap());
+    assert!(infer::argmax_into(&x, &Tensor::zeros(3, DType::U32, &dev).unwrap(), None).is_err(), "ids of the wrong length were taken");
+}

@@ -602,3 +602,64 @@ extern "C" __global__ void heads_to_rows_16b(const uint4* __restrict__ in, uint4
     const unsigned long long b = r / t;
     out[idx] = in[((b * h + hh) * t + i) * pieces + d];
 }
+
+// ------------------------------------------------------------------ greedy pick
+// ids[b] = the index of the largest value of row b of x (n values, rows `ld` apart): the first
+// one on ties, as candle's CPU argmax and torch.argmax (NaN never wins here; a row of -inf or
+// NaN gives 0). A block of 1024 threads a row, 16-byte loads where the row allows. With `len`,
+// block 0 then adds one to *len: a decode step captured with its pick (model/decode_graph.rs)
+// writes the next step's token ids and cache length itself, so the host can queue the next
+// replay before reading this one's ids.
+__device__ __forceinline__ void argmax_pair(float& v, unsigned& i, float ov, unsigned oi) {
+    if (ov > v || (ov == v && oi < i)) { v = ov; i = oi; }
+}
+template <typename T>
+__device__ void argmax_rows_impl(const T* __restrict__ x, unsigned n, unsigned ld, uint32_t* ids, uint32_t* len) {
+    __shared__ float s_v[32];
+    __shared__ unsigned s_i[32];
+    // No launch_dependents: a greedy step's last kernel, followed by the copy of its ids to the
+    // host, not by a kernel that could start early.
+    pdl_wait();
+    const T* r = x + (size_t)blockIdx.x * ld;
+    float best = -INFINITY;
+    unsigned bi = 0xffffffffu;
+    if (n % 8 == 0 && reinterpret_cast<uintptr_t>(r) % 16 == 0) {
+#pragma unroll 4
+        for (unsigned i = threadIdx.x * 8; i < n; i += blockDim.x * 8) {
+            float v[8];
+            load8<T>(r + i, v);
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+                if (v[j] > best) { best = v[j]; bi = i + j; }
+        }
+    } else {
+        for (unsigned i = threadIdx.x; i < n; i += blockDim.x) {
+            const float v = to_f32<T>(r[i]);
+            if (v > best) { best = v; bi = i; }
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) argmax_pair(best, bi, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, bi, o));
+    const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    if (lane == 0) { s_v[warp] = best; s_i[warp] = bi; }
+    __syncthreads();
+    if (warp == 0) {
+        const unsigned nw = blockDim.x >> 5;
+        best = lane < nw ? s_v[lane] : -INFINITY;
+        bi = lane < nw ? s_i[lane] : 0xffffffffu;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) argmax_pair(best, bi, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, bi, o));
+        if (lane == 0) {
+            ids[blockIdx.x] = bi == 0xffffffffu ? 0u : bi;
+            if (len && blockIdx.x == 0) *len += 1u;
+        }
+    }
+}
+#define ARGMAX_ROWS(SFX, T)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(1024) argmax_rows_##SFX(const T* x, unsigned n, unsigned ld, \
+                                                                        uint32_t* ids, uint32_t* len) {       \
+        argmax_rows_impl<T>(x, n, ld, ids, len);                                                             \
+    }
+ARGMAX_ROWS(f32, float)
+ARGMAX_ROWS(bf16, __nv_bfloat16)
+ARGMAX_ROWS(f16, __half)
