@@ -91,6 +91,28 @@ fn check_dir(name: &str, dir: &Path) {
     assert_eq!(ids, r.greedy_ids, "{name}: greedy ids with the KV cache differ");
     let step = max_abs_diff(&step_logits, &r.greedy_logits);
     assert!(step <= 1e-4, "{name}: cached decode logits differ by {step}");
+    // `Model::greedy_decode` (a greedy chat's path) gives the same ids, stopped half-way by its
+    // callback and resumed on the same cache.
+    let n = r.greedy_ids.len();
+    let mut cache = model.new_cache();
+    let prompt = Tensor::new(&r.input_ids[..8], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let mut got = argmax(&model.forward_last(&prompt, &mut cache).unwrap());
+    let half = n / 2;
+    let first = Tensor::new(&[[got[0]]], &Device::Cpu).unwrap();
+    let ran = model
+        .greedy_decode(&first, &mut cache, n, |ids| {
+            got.extend_from_slice(ids);
+            Ok(got.len() < half)
+        })
+        .unwrap();
+    assert_eq!((ran, cache.len()), (half - 1, 8 + half - 1), "{name}: greedy_decode did not stop where its callback said");
+    let resume = Tensor::new(&[[*got.last().unwrap()]], &Device::Cpu).unwrap();
+    let more = n - got.len();
+    assert_eq!(model.greedy_decode(&resume, &mut cache, more, |ids| {
+        got.extend_from_slice(ids);
+        Ok(true)
+    }).unwrap(), more);
+    assert_eq!(got, r.greedy_ids, "{name}: greedy_decode's ids differ from transformers' greedy ids");
     eprintln!("{name}: max |logit diff| {all:.2e}, mean NLL {nll:.6} (transformers {:.6}), cached step diff {step:.2e}", r.mean_nll);
 }
 

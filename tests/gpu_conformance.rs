@@ -195,6 +195,58 @@ fn graph_vs_eager(name: &str, quant: Quant, dtype: DType, b: usize, steps: usize
     (stats.captures, stats.replays)
 }
 
+/// `Model::greedy_decode` on CUDA (the pick on the GPU; after the warm-up and capture steps the
+/// greedy graph's replays pipelined, each writing the next ids and length itself) gives the ids
+/// of the eager path picked on the host, step for step: stopped by its callback at step
+/// `stop` (one queued step past it dropped from the cache) and resumed on the same cache.
+fn greedy_vs_eager(name: &str, quant: Quant, dtype: DType, b: usize, steps: usize, stop: usize) {
+    let ids = input_ids(name);
+    let model = Model::load(&fixture(name), &LoadOptions { quant, dtype, device: gpu() }).unwrap();
+    let vocab = model.config().vocab_size as u32;
+    let prompt: Vec<u32> = (0..b).flat_map(|r| ids[..8].iter().map(move |&x| (x + 7 * r as u32) % vocab)).collect();
+    let mut eager = Lane { model: &model, cache: model.new_cache() };
+    eager.cache.set_cuda_graphs(false);
+    let mut want = vec![argmax(&eager.step(&prompt, b))];
+    for _ in 1..steps {
+        let next = argmax(&eager.step(want.last().unwrap(), b));
+        want.push(next);
+    }
+    let mut cache = model.new_cache();
+    let input = Tensor::from_vec(prompt.clone(), (b, 8), model.device()).unwrap();
+    let l = model.forward(&input, Some(&mut cache)).unwrap();
+    let mut got = vec![argmax(&l.i((.., 7)).unwrap())];
+    let as_input = |row: &Vec<u32>| Tensor::from_vec(row.clone(), (b, 1), model.device()).unwrap();
+    let ran = model
+        .greedy_decode(&as_input(&got[0]), &mut cache, steps, |row| {
+            got.push(row.to_vec());
+            Ok(got.len() < stop)
+        })
+        .unwrap();
+    assert_eq!((ran, cache.len()), (stop - 1, 8 + stop - 1), "{name} b{b}: greedy_decode did not stop where its callback said");
+    let more = steps - got.len();
+    let resume = as_input(got.last().unwrap());
+    let ran = model.greedy_decode(&resume, &mut cache, more, |row| {
+        got.push(row.to_vec());
+        Ok(true)
+    }).unwrap();
+    assert_eq!((ran, cache.len()), (more, 8 + steps - 1));
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "{name} {quant:?} {dtype:?} b{b}: greedy_decode's ids differ from the eager path's at step {i}");
+    }
+    let stats = cache.graph_stats();
+    eprintln!("{name} {quant:?} {dtype:?} b{b}: greedy_decode {steps} steps, {stats:?}");
+    assert_eq!(stats.failures, 0, "{name}: a capture failed");
+    assert!(stats.replays >= steps - 4, "{name}: only {} of {steps} steps replayed the greedy graph", stats.replays);
+}
+
+#[test]
+fn greedy_decode_pipelined_matches_the_eager_path() {
+    greedy_vs_eager("llama", Quant::Nf4DoubleQuant, DType::F32, 1, 40, 17);
+    greedy_vs_eager("llama", Quant::Nf4DoubleQuant, DType::BF16, 1, 40, 23);
+    greedy_vs_eager("qwen2", Quant::Nf4DoubleQuant, DType::F32, 2, 24, 9);
+    greedy_vs_eager("mistral", Quant::None, DType::F32, 1, 30, 12);
+}
+
 /// 300 steps: the cache (256 positions first) grows once, so the graph is captured again.
 #[test]
 fn graph_llama_across_cache_growth() {

@@ -106,36 +106,60 @@ impl<'a> Generator<'a> {
         let device = self.model.device();
         let mut cache = self.model.new_cache_with_capacity(prompt.len() + opts.max_new_tokens);
         let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
-        let mut history: Vec<u32> = prompt.to_vec();
-        let mut ids = Vec::new();
-        let mut decoder = StreamDecoder::new();
-        let mut stops = StopMatcher::new(&opts.stop_strings);
-        let mut input = Tensor::new(prompt, device)?.unsqueeze(0)?;
+        let mut out = Accepted { ids: Vec::new(), history: prompt.to_vec(), decoder: StreamDecoder::new(), stops: StopMatcher::new(&opts.stop_strings) };
+        let input = Tensor::new(prompt, device)?.unsqueeze(0)?;
         let mut reason = StopReason::MaxTokens;
-        for _ in 0..opts.max_new_tokens {
+        'run: {
+            if opts.max_new_tokens == 0 {
+                break 'run;
+            }
             if cancel.is_cancelled() {
                 reason = StopReason::Cancelled;
-                break;
+                break 'run;
             }
             // Only the last position's logits (a prompt's full [T, vocab] logits were the
-            // largest tensor of a long prefill); one token at a time replays a CUDA graph.
+            // largest tensor of a long prefill).
             let last = self.model.forward_last(&input, &mut cache)?.i(0)?.to_dtype(DType::F32)?;
-            let next = pick(&last, &history, opts, &mut rng)?;
-            if self.tokenizer.eos_ids().contains(&next) {
-                reason = StopReason::Eos;
-                break;
+            let mut next = pick(&last, &out.history, opts, &mut rng)?;
+            if let Some(r) = out.accept(self.tokenizer, sink, next)? {
+                reason = r;
+                break 'run;
             }
-            ids.push(next);
-            history.push(next);
-            let piece = decoder.push(self.tokenizer, next)?;
-            let (out, hit) = stops.push(&piece);
-            sink.emit(GenerateEvent::Token { id: next, text: out });
-            if hit {
-                reason = StopReason::StopString;
-                break;
+            if opts.temperature <= 0.0 && opts.repetition_penalty == 1.0 {
+                // Greedy: `Model::greedy_decode` picks on the device and, on CUDA, replays the
+                // step's graph pipelined (the next step queued before this one's id is read).
+                self.model.greedy_decode(&Tensor::new(&[[next]], device)?, &mut cache, opts.max_new_tokens - 1, |row| {
+                    if cancel.is_cancelled() {
+                        reason = StopReason::Cancelled;
+                        return Ok(false);
+                    }
+                    Ok(match out.accept(self.tokenizer, sink, row[0])? {
+                        Some(r) => {
+                            reason = r;
+                            false
+                        }
+                        None => true,
+                    })
+                })?;
+                break 'run;
             }
-            input = Tensor::new(&[[next]], device)?;
+            // Sampling (or a repetition penalty): one token at a time, each one-token step
+            // through `Model::forward` (a CUDA graph replay on CUDA).
+            for _ in 1..opts.max_new_tokens {
+                if cancel.is_cancelled() {
+                    reason = StopReason::Cancelled;
+                    break;
+                }
+                let input = Tensor::new(&[[next]], device)?;
+                let last = self.model.forward_last(&input, &mut cache)?.i(0)?.to_dtype(DType::F32)?;
+                next = pick(&last, &out.history, opts, &mut rng)?;
+                if let Some(r) = out.accept(self.tokenizer, sink, next)? {
+                    reason = r;
+                    break;
+                }
+            }
         }
+        let Accepted { ids, mut stops, .. } = out;
         if reason != StopReason::StopString {
             let rest = stops.flush();
             if !rest.is_empty() {
@@ -145,6 +169,31 @@ impl<'a> Generator<'a> {
         sink.emit(GenerateEvent::Done { reason, new_tokens: ids.len() });
         let text = stops.text().to_string();
         Ok(Generation { text, ids, prompt_tokens: prompt.len(), reason })
+    }
+}
+
+/// What a generation has accepted so far: its ids, the ids the repetition penalty sees, and
+/// the text decoder and stop strings the tokens go through.
+struct Accepted {
+    ids: Vec<u32>,
+    history: Vec<u32>,
+    decoder: StreamDecoder,
+    stops: StopMatcher,
+}
+
+impl Accepted {
+    /// Takes a picked token: `Some(reason)` when the generation ends with it (an end-of-sequence
+    /// id, not kept, or a stop string, kept), after emitting its text.
+    fn accept(&mut self, tokenizer: &Tokenizer, sink: &dyn ProgressSink<GenerateEvent>, next: u32) -> Result<Option<StopReason>> {
+        if tokenizer.eos_ids().contains(&next) {
+            return Ok(Some(StopReason::Eos));
+        }
+        self.ids.push(next);
+        self.history.push(next);
+        let piece = self.decoder.push(tokenizer, next)?;
+        let (text, hit) = self.stops.push(&piece);
+        sink.emit(GenerateEvent::Token { id: next, text });
+        Ok(hit.then_some(StopReason::StopString))
     }
 }
 

@@ -59,6 +59,10 @@ pub(super) enum Output {
     Hidden = 0,
     /// Logits, `[B, 1, vocab]` ([`Model::forward`]).
     Logits = 1,
+    /// The greedy pick, `[B, 1]` u32 ([`Model::greedy_decode`]): the captured step ends with
+    /// the argmax writing the next ids into the graph's own id buffer and adding one to its
+    /// length, so a replay can be queued before the previous one's ids are read.
+    Greedy = 2,
 }
 
 /// Everything a captured graph depends on besides the values in its input buffers.
@@ -103,7 +107,7 @@ enum State {
 
 #[derive(Default)]
 struct Inner {
-    states: [State; 2],
+    states: [State; 3],
     stats: DecodeGraphStats,
 }
 
@@ -258,6 +262,7 @@ impl Model {
         let n = match output {
             Output::Hidden => self.cfg.hidden_size,
             Output::Logits => self.cfg.vocab_size,
+            Output::Greedy => return Tensor::zeros((b, 1), DType::U32, &self.device),
         };
         Tensor::zeros((b, 1, n), self.dtype, &self.device)
     }
@@ -267,7 +272,8 @@ impl Model {
         let b = key.batch;
         let ids = Tensor::zeros((b, 1), DType::U32, &self.device)?;
         let len = Tensor::zeros(1, DType::U32, &self.device)?;
-        let out = self.output_buffer(b, key.output)?;
+        // The greedy step writes its pick over its own input ids (read at its start).
+        let out = if key.output == Output::Greedy { ids.clone() } else { self.output_buffer(b, key.output)? };
         let ws = Workspace::new(self, b)?;
         let stream = dev.cuda_stream();
         let guard = dev.enable_cuda_graph_htod_cache();
@@ -292,7 +298,81 @@ impl Model {
         let y = match output {
             Output::Hidden => h,
             Output::Logits => self.logits(&h)?,
+            Output::Greedy => {
+                let l = self.logits(&h)?;
+                let (b, t, v) = l.dims3()?;
+                return infer::argmax_into(&l.reshape((b * t, v))?, out, len);
+            }
         };
         out.slice_set(&y.contiguous()?, 2, 0)
+    }
+
+    /// Greedy steps through the cache's greedy graph, pipelined (see [`Model::greedy_decode`]):
+    /// `Ok(None)` when that graph is not ready for this step (the caller runs a step through
+    /// [`Model::graph_step`] or eagerly, which warms and captures it), else the number of steps
+    /// run. Each replay's ids are copied to pinned host memory behind it; the next replay is
+    /// queued before they are read, so the GPU does not wait for the host between steps.
+    pub(super) fn greedy_pipelined(
+        &self,
+        ids: &Tensor,
+        cache: &mut KvCache,
+        max: usize,
+        emit: &mut dyn FnMut(&[u32]) -> crate::error::Result<bool>,
+    ) -> crate::error::Result<Option<usize>> {
+        let Some(key) = self.graph_key(ids, cache, Output::Greedy)? else { return Ok(None) };
+        let Device::Cuda(dev) = &self.device else { return Ok(None) };
+        let slot = cache.graph.0.clone();
+        let mut inner = slot.lock().map_err(|_| candle_core::Error::Msg("decode graph: lock poisoned".into()))?;
+        let inner = &mut *inner;
+        let State::Ready(c) = &inner.states[Output::Greedy as usize] else { return Ok(None) };
+        if c.key != key {
+            return Ok(None);
+        }
+        // The key holds for every step up to the capacity (the same inverse frequencies: dynamic
+        // NTK scaling changes them past the context, so stop one short of that as well).
+        let cap = key.capacity;
+        let mut n = max.min(cap - cache.len);
+        while n > 0 && self.rope.inv_freq(cache.len + n).iter().map(|f| f.to_bits()).ne(key.inv_freq.iter().copied()) {
+            n -= 1;
+        }
+        if n == 0 {
+            return Ok(None);
+        }
+        let b = key.batch;
+        let stream = dev.cuda_stream();
+        let ctx = stream.context().clone();
+        // SAFETY: u32 is valid for any bits; flags 0 (not write-combined: the host reads it).
+        let mut host = [unsafe { ctx.alloc_pinned_with_flags::<u32>(b, 0) }.w()?, unsafe { ctx.alloc_pinned_with_flags::<u32>(b, 0) }.w()?];
+        // Our own events: cudarc records a pinned buffer's event only when it manages stream
+        // synchronisation, which candle turns off, so its `as_slice` would not wait for the copy.
+        let done = [ctx.new_event(None).w()?, ctx.new_event(None).w()?];
+        infer::write_u32(&c.len, &[(cache.len + 1) as u32])?;
+        c.ids.slice_set(ids, 0, 0)?;
+        let (st, l) = c.ids.storage_and_layout();
+        let candle_core::Storage::Cuda(cs) = &*st else { return Err(candle_core::Error::Msg("decode graph: ids not on CUDA".into()).into()) };
+        let src = cs.as_cuda_slice::<u32>()?.slice(l.start_offset()..l.start_offset() + b);
+        let (mut launched, mut consumed) = (0usize, 0usize);
+        let mut row = vec![0u32; b];
+        while consumed < n {
+            if launched < n && launched - consumed < 2 {
+                c.graph.launch().w()?;
+                stream.memcpy_dtoh(&src, &mut host[launched % 2]).w()?;
+                done[launched % 2].record(&stream).w()?;
+                cache.len += 1;
+                inner.stats.replays += 1;
+                launched += 1;
+                continue;
+            }
+            done[consumed % 2].synchronize().w()?;
+            row.copy_from_slice(host[consumed % 2].as_slice().w()?);
+            consumed += 1;
+            if !emit(&row)? {
+                break;
+            }
+        }
+        // Steps queued past the one that stopped: not part of the sequence.
+        stream.synchronize().w()?;
+        cache.len -= launched - consumed;
+        Ok(Some(consumed))
     }
 }

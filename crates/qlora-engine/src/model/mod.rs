@@ -367,6 +367,64 @@ impl Model {
         self.logits(&h)
     }
 
+    /// Greedy decoding: feeds `ids` (`[B, 1]` u32: the last picked tokens, not yet in the
+    /// cache), then each step's pick, for up to `max` steps, handing each step's `B` picks to
+    /// `emit` in order; `emit` returning `false` ends the decoding after that step. Returns the
+    /// steps run; the cache then holds exactly the ids fed. The pick is the argmax of the
+    /// step's logits, the first index on ties, as candle's argmax.
+    ///
+    /// On CUDA the pick runs on the GPU (`qlora_quant::cuda::infer::argmax_into`), and once the
+    /// step's greedy CUDA graph is captured (a new shape's first two steps warm and capture it)
+    /// the steps are replayed pipelined: each replay writes the next ids and cache length into
+    /// the graph's own buffers, and the next replay is queued before the host reads this one's
+    /// ids, so the GPU does not wait for the host between steps (one step past a stop is
+    /// computed and dropped). Elsewhere each step is [`Model::forward`] and an argmax.
+    pub fn greedy_decode(&self, ids: &Tensor, cache: &mut KvCache, max: usize, mut emit: impl FnMut(&[u32]) -> Result<bool>) -> Result<usize> {
+        let mut cur = ids.clone();
+        let mut done = 0;
+        while done < max {
+            #[cfg(feature = "cuda")]
+            if self.fast_path() {
+                let (mut last, mut stopped) = (Vec::new(), false);
+                let mut track = |row: &[u32]| -> Result<bool> {
+                    last = row.to_vec();
+                    let go = emit(row)?;
+                    stopped = !go;
+                    Ok(go)
+                };
+                if let Some(n) = self.greedy_pipelined(&cur, cache, max - done, &mut track)? {
+                    done += n;
+                    if stopped || done == max {
+                        break;
+                    }
+                    cur = Tensor::from_vec(last, cur.dims(), &self.device)?;
+                    continue;
+                }
+            }
+            let next = self.greedy_step(&cur, cache)?;
+            done += 1;
+            if !emit(&next.flatten_all()?.to_vec1::<u32>()?)? {
+                break;
+            }
+            cur = next;
+        }
+        Ok(done)
+    }
+
+    /// One greedy step of [`Model::greedy_decode`] without the pipeline: the next ids `[B, 1]`.
+    fn greedy_step(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if self.fast_path() {
+            if let Some(next) = self.graph_step(ids, cache, decode_graph::Output::Greedy)? {
+                return Ok(next);
+            }
+            let logits = self.forward_hidden_eager(ids, Some(cache)).and_then(|h| self.logits(&h))?;
+            return Ok(qlora_quant::cuda::infer::argmax_rows(&logits)?);
+        }
+        let logits = self.forward(ids, Some(cache))?;
+        Ok(logits.argmax(candle_core::D::Minus1)?)
+    }
+
     /// Logits of the last position only, `[B, vocab]`, advancing `cache` by `T`: a prompt's
     /// full `[T, vocab]` logits are never made (for Gemma's 256k vocabulary at 2k tokens they
     /// were the largest tensor of a prefill), and a one-token step goes through [`Model::forward`]
