@@ -17,11 +17,15 @@
 //! line on stdout and appended to `--out`, with peer_bench's metric names. `--profile` adds the
 //! breakdown of one NF4 decode step (`profile.rs`).
 //!
-//! One-token steps replay a CUDA graph (`crates/qlora-engine/src/model/decode_graph.rs`): each
-//! generation pays one eager warm-up step and one capture, as a chat does (`cuda_graphs` in a
-//! decode line counts the last run's captures and replays; `QLORA_CUDA_GRAPHS=0` measures
-//! without). At batch 1, `decode_step_us` splits a generation's steps: the first three one by one
-//! (eager warm-up, capture + replay, replay) and the median of the next 100, id read back each.
+//! A generation is the prompt's forward and pick, then `Model::greedy_decode` as a greedy chat
+//! runs it (generate.rs): one-token steps replay a CUDA graph that ends with the pick on the GPU
+//! (`crates/qlora-engine/src/model/decode_graph.rs`), each replay queued before the previous
+//! one's ids reach the host; each generation pays one eager warm-up step and one capture
+//! (`cuda_graphs` in a decode line counts the last run's captures and replays;
+//! `QLORA_CUDA_GRAPHS=0` measures without; `QLORA_PIPELINE=0` runs the session-6 loop instead:
+//! a forward, candle's argmax and the ids read back a step). At batch 1, `decode_step_us` and
+//! `generation_parts_ms` time that per-step loop: the first three steps one by one (eager
+//! warm-up, capture + replay, replay) and the median of the next 100, id read back each.
 
 #[path = "common.rs"]
 mod common;
@@ -104,12 +108,26 @@ fn generate(model: &Model, prompt: &Tensor, new: usize) -> Result<(f64, serde_js
     dev.synchronize()?;
     let t0 = Instant::now();
     let mut cache = model.new_cache_with_capacity(prompt.dim(1)? + new);
-    let mut input = prompt.clone();
-    for _ in 0..new {
-        let logits = model.forward(&input, Some(&mut cache))?;
-        let last = logits.i((.., logits.dim(1)? - 1))?;
-        let next: Vec<u32> = last.argmax(D::Minus1)?.to_vec1()?; // to the host, as a chat does
-        input = Tensor::from_vec(next, (b, 1), &dev)?;
+    if std::env::var("QLORA_PIPELINE").as_deref() != Ok("0") {
+        // As a greedy chat does (generate.rs): the prompt, then `Model::greedy_decode` (the
+        // pick on the GPU, replays pipelined), every step's ids handed to the host.
+        let logits = model.forward(prompt, Some(&mut cache))?;
+        let first: Vec<u32> = logits.i((.., logits.dim(1)? - 1))?.argmax(D::Minus1)?.to_vec1()?;
+        let mut n = 1;
+        model.greedy_decode(&Tensor::from_vec(first, (b, 1), &dev)?, &mut cache, new - 1, |ids| {
+            n += usize::from(!ids.is_empty());
+            Ok(true)
+        })?;
+        anyhow::ensure!(n == new, "greedy_decode ran {n} of {new} steps");
+    } else {
+        // QLORA_PIPELINE=0: a forward and an argmax a step, the ids read back before the next.
+        let mut input = prompt.clone();
+        for _ in 0..new {
+            let logits = model.forward(&input, Some(&mut cache))?;
+            let last = logits.i((.., logits.dim(1)? - 1))?;
+            let next: Vec<u32> = last.argmax(D::Minus1)?.to_vec1()?; // to the host, as a chat does
+            input = Tensor::from_vec(next, (b, 1), &dev)?;
+        }
     }
     dev.synchronize()?;
     Ok((t0.elapsed().as_secs_f64(), serde_json::to_value(cache.graph_stats())?))
