@@ -23,11 +23,16 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
+#define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); exit(1); } } while (0)
+#ifdef GM_PC  // the warp-stall profile (run.sh build-pc): CUPTI PC sampling
+#include "pcsample.cuh"
+#endif
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
-
-#define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); exit(1); } } while (0)
 
 __global__ void fill_rand(uint8_t* p, size_t n, uint32_t seed) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
@@ -193,6 +198,9 @@ int main(int argc, char** argv) {
     if (getenv("WS_BPS")) g_bps = atoi(getenv("WS_BPS"));
     if (getenv("WS_STAGES")) g_stages = atoi(getenv("WS_STAGES"));
     g_pf = getenv("GM_PF") && atoi(getenv("GM_PF")) != 0;
+#ifdef GM_PC
+    if (getenv("GM_PCSAMPLE")) pc_init();  // before any module is loaded
+#endif
     const char* tag = getenv("GM_TAG") ? getenv("GM_TAG") : "";
     CK(cudaDeviceGetAttribute(&g_nsm, cudaDevAttrMultiProcessorCount, 0));
     std::vector<Part> parts;
@@ -282,6 +290,20 @@ int main(int argc, char** argv) {
             printf("{\"model\":\"%s\",\"part\":\"%s\",\"kernel\":\"stream%s\",\"us\":%.3f,\"gbps\":%.1f}\n", model, parts[pi].name.c_str(), tag, us, bytes / us / 1e3);
         }
     }
+#ifdef GM_PC
+    // The profile: each part's reg GEMVs over every layer, launched directly (no graph), sampled.
+    if (getenv("GM_PCSAMPLE")) {
+        for (size_t pi = 0; pi < parts.size(); pi++) {
+            for (unsigned l = 0; l < L; l++) run_part(0, parts[pi], W[l][pi], x, y[l & 1], st);
+            CK(cudaStreamSynchronize(st));
+            pc_begin();
+            for (int r = 0; r < 10; r++) for (unsigned l = 0; l < L; l++) run_part(0, parts[pi], W[l][pi], x, y[l & 1], st);
+            CK(cudaStreamSynchronize(st));
+            pc_end(std::string(model) + "/" + parts[pi].name + tag);
+        }
+        return 0;
+    }
+#endif
     const char* kinds[2] = {"reg", "ws"};
     for (int kind = 0; kind < GM_KINDS; kind++) {
         double sum = 0;
