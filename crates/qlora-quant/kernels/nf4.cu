@@ -297,6 +297,11 @@ template <typename T, int M, int NR, int U, int W>
 __device__ __forceinline__ void dot_rows_w(const RowRef (&rows)[NR], const float* s_scale, const float* s_code,
                                            const T* __restrict__ x, unsigned k, float (&acc)[M][NR]) {
     constexpr unsigned SB = 128u * W;  // bytes of one warp step
+    // The GLU's 8 rows (gate and up, one row of x): loads without a branch each, which ptxas
+    // then issues together (with the branches it issued 3 of 8 before the arithmetic; Mistral-7B
+    // gate/up 40.2 -> 37.4 us, bench/gpu/results/h100-2026-11-27-s7-micro-clamp.jsonl). Not for
+    // the single-weight GEMV's 4 rows: there it took 64 registers to 72 and was slower.
+    constexpr bool CLAMP = NR >= 8;
     const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
     const unsigned rb = k >> 1, stride = k >> 5, steps = (rb + SB - 1u) / SB;
     for (unsigned s0 = warp; s0 < steps; s0 += GW * U) {
@@ -306,7 +311,13 @@ __device__ __forceinline__ void dot_rows_w(const RowRef (&rows)[NR], const float
             const unsigned off = (s0 + u * GW) * SB + 4u * W * lane;
 #pragma unroll
             for (int r = 0; r < NR; r++) {
-                if (off < rb) ld_stream<W>(rows[r].w + off, wv[u][r]);
+                if (CLAMP) {
+                    // One load a row whatever the offset (past the row's end: its start, zeroed
+                    // after), so no branch stands between the NR loads.
+                    ld_stream<W>(rows[r].w + (off < rb ? off : 0u), wv[u][r]);
+#pragma unroll
+                    for (int j = 0; j < W; j++) wv[u][r][j] = off < rb ? wv[u][r][j] : 0u;
+                } else if (off < rb) ld_stream<W>(rows[r].w + off, wv[u][r]);
                 else {
 #pragma unroll
                     for (int j = 0; j < W; j++) wv[u][r][j] = 0u;
@@ -843,12 +854,24 @@ GEMV_NORM_ALL_M(float, f32)
 GEMV_NORM_ALL_M(__nv_bfloat16, bf16)
 GEMV_NORM_ALL_M(__half, f16)
 
+// The GLU at one row of x asks for 7 blocks an SM (72 registers, its budget in build.rs): with
+// its 8 loads issued together, the default placement took 64 and was slower on Mistral-7B
+// (38.1 against 37.4 us, h100-2026-11-27-s7-micro-clamp.jsonl).
+// (A minimum of 1 block for the others would change their register choice: 127 at M = 2.)
+#define GLU_LB_1 __launch_bounds__(GW * 32, 7)
+#define GLU_LB_2 __launch_bounds__(GW * 32)
+#define GLU_LB_3 __launch_bounds__(GW * 32)
+#define GLU_LB_4 __launch_bounds__(GW * 32)
+#define GLU_LB_5 __launch_bounds__(GW * 32)
+#define GLU_LB_6 __launch_bounds__(GW * 32)
+#define GLU_LB_7 __launch_bounds__(GW * 32)
+#define GLU_LB_8 __launch_bounds__(GW * 32)
 #define GEMV_FUSED(T, SUFFIX, M)                                                                      \
     extern "C" __global__ void __launch_bounds__(GW * 32) nf4_gemv_multi_##SUFFIX##_m##M(             \
         Nf4Multi p, const T* x, T* y, unsigned k) {                                                  \
         gemv_multi_impl<T, M>(p, x, y, k);                                                           \
     }                                                                                                \
-    extern "C" __global__ void __launch_bounds__(GW * 32) nf4_gemv_glu_##SUFFIX##_m##M(               \
+    extern "C" __global__ void GLU_LB_##M nf4_gemv_glu_##SUFFIX##_m##M(                                 \
         Nf4Seg gate, Nf4Seg up, const float* tables, int act, const T* x, T* y, unsigned n, unsigned k) { \
         gemv_glu_impl<T, M>(gate, up, tables, act, x, y, n, k);                                     \
     }
