@@ -79,3 +79,31 @@ export function progressBar(done: number, total: number, testId?: string): HTMLE
   const p = h("progress", { max: Math.max(1, total), value: Math.min(done, total), "data-testid": testId });
   return p;
 }
+
+/** What a live view shows: `live` is rebuilt on every redraw; `controls` only when `key` changes. */
+export interface LiveParts {
+  key: string;
+  live: Child[];
+  controls: () => Child[];
+}
+
+/** A view redrawn on every store change (download progress, training steps) whose buttons
+ *  survive the redraws. A button replaced between the press and the release of a click gets no
+ *  click event, so rebuilding Cancel on each progress event (several a second) ate clicks.
+ *  Returns the redraw function. */
+export function liveView(box: HTMLElement, parts: () => LiveParts): () => void {
+  const live = h("div", { class: "live" });
+  const controls = h("div", { class: "controls" });
+  box.append(live, controls);
+  let key: string | null = null;
+  return () => {
+    const p = parts();
+    clear(live);
+    append(live, ...p.live);
+    if (p.key !== key) {
+      key = p.key;
+      clear(controls);
+      append(controls, ...p.controls());
+    }
+  };
+}

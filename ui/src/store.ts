@@ -2,7 +2,7 @@
 // training run. A tiny subscribe/notify store; pages re-render their own parts on change.
 import type { AppError, Settings, SystemInfo } from "./bindings";
 import { call, onEvent } from "./api";
-import { reduceDownload, reduceTrain, blankTrain, type Downloads, type TrainState } from "./lib/reducers";
+import { reduceDownload, reduceTrain, blankTrain, resumedTrain, type Downloads, type TrainState } from "./lib/reducers";
 
 export interface State {
   settings: Settings | null;
@@ -41,8 +41,9 @@ export async function loadSystem(): Promise<void> {
   notify();
 }
 
-export function startTraining(job: number): void {
-  state.training = blankTrain(job);
+/** A new training job; `resume` carries the current run's curves over (the same output folder). */
+export function startTraining(job: number, resume = false): void {
+  state.training = resume ? resumedTrain(state.training, job) : blankTrain(job);
   notify();
 }
 

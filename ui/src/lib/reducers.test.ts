@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { blankChat, blankTrain, reduceChat, reduceDownload, reduceTrain, type Downloads } from "./reducers";
+import { blankChat, blankTrain, reduceChat, reduceDownload, reduceTrain, resumedTrain, type Downloads } from "./reducers";
 import type { DownloadEvent, TrainEvent } from "../bindings";
 
 describe("download events", () => {
@@ -62,6 +62,30 @@ describe("training events", () => {
     s = reduceTrain(s, { kind: "step", job: 1, step: 2, loss: 2.4, lr: 0, tokens_per_sec: 0, eta_secs: null, memory_bytes: null });
     expect(s.loss).toEqual([{ x: 1, y: 3 }, { x: 2, y: 2.4 }]);
     expect(s.status).toBe("running");
+  });
+});
+
+describe("a resumed run", () => {
+  const step = (job: number, n: number, loss: number): TrainEvent => ({ kind: "step", job, step: n, loss, lr: 0, tokens_per_sec: 0, eta_secs: null, memory_bytes: null });
+  it("keeps the curve up to the checkpoint it resumes from, under the new job", () => {
+    let s = [step(1, 1, 3), step(1, 2, 2.5), { kind: "eval", job: 1, step: 2, loss: 2.7 } as TrainEvent, step(1, 3, 2.2), step(1, 4, 2.0),
+      { kind: "cancelled", job: 1, step: 4 } as TrainEvent].reduce(reduceTrain, blankTrain(1));
+    s = resumedTrain(s, 2);
+    expect(s).toMatchObject({ job: 2, status: "running", step: 0 });
+    // Events of the old job no longer apply.
+    expect(reduceTrain(s, step(1, 5, 1))).toBe(s);
+    // It resumes from the checkpoint at step 2: steps 3 and 4 are trained again.
+    s = reduceTrain(s, { kind: "started", job: 2, total_steps: 6, resumed_from: 2 });
+    expect(s.loss).toEqual([{ x: 1, y: 3 }, { x: 2, y: 2.5 }]);
+    expect(s.evalLoss).toEqual([{ x: 2, y: 2.7 }]);
+    s = [step(2, 3, 2.1), step(2, 4, 1.9)].reduce(reduceTrain, s);
+    expect(s.loss.map((p) => p.x)).toEqual([1, 2, 3, 4]);
+    expect(s.loss[2].y).toBe(2.1);
+  });
+  it("starts an empty curve when there is no checkpoint to resume from", () => {
+    let s = [step(1, 1, 3)].reduce(reduceTrain, blankTrain(1));
+    s = reduceTrain(resumedTrain(s, 2), { kind: "started", job: 2, total_steps: 6, resumed_from: 0 });
+    expect(s.loss).toEqual([]);
   });
 });
 

@@ -74,12 +74,22 @@ export function blankTrain(job: number): TrainState {
   return { job, status: "running", totalSteps: 0, resumedFrom: 0, step: 0, loss: [], evalLoss: [], lr: 0, tokensPerSec: 0, etaSecs: null, memoryBytes: null, lastCheckpoint: null, adapterDir: null, samplesStatus: "none", samples: [], samplesError: null, error: null };
 }
 
+/** The state of a resumed run (a new job on the same output folder): the curves so far carry
+ *  over, so the chart shows the whole run, not only what the resumed job trains. */
+export function resumedTrain(prev: TrainState | null, job: number): TrainState {
+  return { ...blankTrain(job), loss: prev?.loss ?? [], evalLoss: prev?.evalLoss ?? [] };
+}
+
 /** Applies one training event. Events of another job are ignored. */
 export function reduceTrain(s: TrainState, ev: TrainEvent): TrainState {
   if (ev.job !== s.job) return s;
   switch (ev.kind) {
-    case "started":
-      return { ...s, status: "running", totalSteps: ev.total_steps, resumedFrom: ev.resumed_from, step: ev.resumed_from };
+    case "started": {
+      // Points past the checkpoint it resumes from are trained again: they go.
+      const kept = (p: Point) => p.x <= ev.resumed_from;
+      return { ...s, status: "running", totalSteps: ev.total_steps, resumedFrom: ev.resumed_from, step: ev.resumed_from,
+        loss: s.loss.filter(kept), evalLoss: s.evalLoss.filter(kept) };
+    }
     case "step": {
       // A resumed run replays no steps; a repeated step replaces the old point.
       const loss = s.loss.filter((p) => p.x < ev.step).concat({ x: ev.step, y: ev.loss });

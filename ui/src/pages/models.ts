@@ -3,7 +3,7 @@
 import { call } from "../api";
 import type { AppError, CuratedModel, LocalModel, ModelDetail, PlanReport } from "../bindings";
 import { detailFacts, hitLine, orderFiles, summaryText } from "../lib/models";
-import { h, append, clear, errorBox, notice, progressBar, textInput } from "../dom";
+import { h, append, clear, errorBox, liveView, notice, progressBar, textInput } from "../dom";
 import { formatBytes, formatEta, formatParams, formatPercent, formatRate } from "../lib/format";
 import { checkModelRef } from "../lib/validate";
 import { go } from "../nav";
@@ -29,25 +29,29 @@ async function checkFit(model: string, into: HTMLElement): Promise<void> {
 
 function downloadPanel(model: string): HTMLElement {
   const box = h("div", { class: "download", "data-testid": "download-panel" });
-  const draw = () => {
-    clear(box);
+  const draw = liveView(box, () => {
     const jobs = Object.values(state.downloads).filter((d) => d.model === model);
     const d = jobs[jobs.length - 1];
-    if (!d) return;
-    append(box,
-      h("div", { class: "row" }, progressBar(d.done, d.total, "download-progress"),
-        h("span", { "data-testid": "download-status" }, `${d.status} · ${formatPercent(d.done, d.total)} · ${formatBytes(d.done)} of ${formatBytes(d.total)} · ${formatRate(d.bytesPerSec)} · ETA ${formatEta(d.etaSecs)}`)),
-      d.file ? h("small", { class: "muted" }, d.file) : null,
-      d.error ? errorBox(d.error, "download-error") : null,
-      d.status === "running"
-        ? h("button", { "data-testid": "download-cancel", onclick: () => call("cancel_download", { job: d.job }).catch(() => {}) }, "Cancel")
-        : d.status !== "finished"
-          ? h("button", { "data-testid": "download-resume", onclick: () => startDownload(model, box) }, "Resume")
-          : h("span", { class: "actions" }, h("span", { class: "chip verdict-fits", "data-testid": "downloaded" }, "downloaded"),
-              h("button", { "data-testid": "chat-downloaded", onclick: () => go("chat", { model: d.path ?? "" }) }, "Chat"),
-              h("button", { onclick: () => go("train", { model: d.path ?? "" }) }, "Train")),
-    );
-  };
+    if (!d) return { key: "none", live: [], controls: () => [] };
+    return {
+      key: `${d.job} ${d.status} ${d.error ? "error" : ""}`,
+      live: [
+        h("div", { class: "row" }, progressBar(d.done, d.total, "download-progress"),
+          h("span", { "data-testid": "download-status" }, `${d.status} · ${formatPercent(d.done, d.total)} · ${formatBytes(d.done)} of ${formatBytes(d.total)} · ${formatRate(d.bytesPerSec)} · ETA ${formatEta(d.etaSecs)}`)),
+        d.file ? h("small", { class: "muted" }, d.file) : null,
+      ],
+      controls: () => [
+        d.error ? errorBox(d.error, "download-error") : null,
+        d.status === "running"
+          ? h("button", { "data-testid": "download-cancel", onclick: () => call("cancel_download", { job: d.job }).catch(() => {}) }, "Cancel")
+          : d.status !== "finished"
+            ? h("button", { "data-testid": "download-resume", onclick: () => startDownload(model, box) }, "Resume")
+            : h("span", { class: "actions" }, h("span", { class: "chip verdict-fits", "data-testid": "downloaded" }, "downloaded"),
+                h("button", { "data-testid": "chat-downloaded", onclick: () => go("chat", { model: d.path ?? "" }) }, "Chat"),
+                h("button", { onclick: () => go("train", { model: d.path ?? "" }) }, "Train")),
+      ],
+    };
+  });
   const un = subscribe(draw);
   (box as HTMLElement & { cleanup?: () => void }).cleanup = () => void un();
   draw();

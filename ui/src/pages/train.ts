@@ -5,7 +5,7 @@ import { call } from "../api";
 import type { AppError, LocalModel, TrainRequest } from "../bindings";
 import { open } from "@tauri-apps/plugin-dialog";
 import { lineChart } from "../charts";
-import { h, append, clear, errorBox, field, notice, numberInput, textInput } from "../dom";
+import { h, append, clear, errorBox, field, liveView, notice, numberInput, textInput } from "../dom";
 import { formatBytes, formatEta, formatLoss } from "../lib/format";
 import { validateTrain, type TrainForm } from "../lib/validate";
 import { go } from "../nav";
@@ -131,25 +131,30 @@ function chooseKnobs(body: HTMLElement, next: () => void): () => void {
 }
 
 function runView(body: HTMLElement, next: () => void): () => void {
-  const draw = () => {
-    clear(body);
+  const draw = liveView(body, () => {
     const t = state.training;
-    if (!t) return void body.append(notice("No run in progress."));
-    append(body,
-      h("div", { class: "stats", "data-testid": "train-stats" },
-        h("span", {}, `step ${t.step}/${t.totalSteps}`), h("span", {}, `loss ${t.loss.length ? formatLoss(t.loss[t.loss.length - 1].y) : "–"}`),
-        h("span", {}, `LR ${t.lr.toExponential(2)}`), h("span", {}, `${t.tokensPerSec.toFixed(0)} tokens/s`), h("span", {}, `ETA ${formatEta(t.etaSecs)}`),
-        h("span", {}, `memory ${t.memoryBytes != null ? formatBytes(t.memoryBytes) : "–"}`)),
-      lineChart([{ name: "loss", points: t.loss, cls: "loss" }, { name: "eval", points: t.evalLoss, cls: "eval" }], 640, 240, "loss-chart"),
-      t.error ? errorBox(t.error, "train-error") : null,
-      t.status === "running" ? h("button", { class: "danger", "data-testid": "train-cancel", onclick: () => call("cancel_training", { job: t.job }).catch(() => {}) }, "Cancel") : null,
-      t.status === "cancelled" || t.status === "failed" ? h("button", { "data-testid": "train-resume", onclick: async () => {
-        try {
-          startTraining(await call("start_training", { request: request(true) }));
-        } catch (e) { body.append(errorBox(e as AppError, "train-error")); }
-      } }, "Resume") : null,
-      t.status === "finished" ? h("button", { class: "primary", "data-testid": "wizard-next", onclick: next }, "See the result") : null);
-  };
+    if (!t) return { key: "none", live: [notice("No run in progress.")], controls: () => [] };
+    return {
+      key: `${t.job} ${t.status} ${t.error ? "error" : ""}`,
+      live: [
+        h("div", { class: "stats", "data-testid": "train-stats" },
+          h("span", {}, `step ${t.step}/${t.totalSteps}`), h("span", {}, `loss ${t.loss.length ? formatLoss(t.loss[t.loss.length - 1].y) : "–"}`),
+          h("span", {}, `LR ${t.lr.toExponential(2)}`), h("span", {}, `${t.tokensPerSec.toFixed(0)} tokens/s`), h("span", {}, `ETA ${formatEta(t.etaSecs)}`),
+          h("span", {}, `memory ${t.memoryBytes != null ? formatBytes(t.memoryBytes) : "–"}`)),
+        lineChart([{ name: "loss", points: t.loss, cls: "loss" }, { name: "eval", points: t.evalLoss, cls: "eval" }], 640, 240, "loss-chart"),
+      ],
+      controls: () => [
+        t.error ? errorBox(t.error, "train-error") : null,
+        t.status === "running" ? h("button", { class: "danger", "data-testid": "train-cancel", onclick: () => call("cancel_training", { job: t.job }).catch(() => {}) }, "Cancel") : null,
+        t.status === "cancelled" || t.status === "failed" ? h("button", { "data-testid": "train-resume", onclick: async () => {
+          try {
+            startTraining(await call("start_training", { request: request(true) }), true);
+          } catch (e) { body.append(errorBox(e as AppError, "train-error")); }
+        } }, "Resume") : null,
+        t.status === "finished" ? h("button", { class: "primary", "data-testid": "wizard-next", onclick: next }, "See the result") : null,
+      ],
+    };
+  });
   draw();
   return subscribe(draw);
 }
