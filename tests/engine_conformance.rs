@@ -257,3 +257,62 @@ fn gradients_reach_the_first_layer_in_training_mode() {
         }
     }
 }
+
+/// A SentencePiece GGUF as llama.cpp writes TinyLlama and Mistral (tokens + scores + types,
+/// no merges; q/k rows permuted; Q8_0, F16 and F32 tensors), imported and checked against
+/// transformers' own reading of the same file (tests/fixtures/gguf_spm, make_fixtures.py):
+/// the merges recovered from the scores, token ids with and without BOS, decoded text, the
+/// chat prompt, the last-position logits, and streaming decode through byte-fallback tokens.
+#[test]
+fn sentencepiece_gguf_import_matches_transformers() {
+    use qlora_studio::engine::chat_template::ChatMessage;
+    use qlora_studio::engine::tokenizer::StreamDecoder;
+    use qlora_studio::engine::{Quant, TextModel};
+
+    let dir = fixture("../gguf_spm");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let as_ids = |v: &serde_json::Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("tiny-llama-spm");
+    let report = qlora_studio::engine::gguf::import_gguf(&dir.join("tiny-llama-spm.gguf"), &out).unwrap();
+    assert_eq!((report.num_layers, report.vocab_size, report.tied_embeddings), (2, 400, false));
+
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer.json")).unwrap()).unwrap();
+    let merges: Vec<String> = written["model"]["merges"]
+        .as_array().unwrap().iter()
+        .map(|m| format!("{} {}", m[0].as_str().unwrap(), m[1].as_str().unwrap()))
+        .collect();
+    let want_merges: Vec<String> = r["merges"].as_array().unwrap().iter().map(|m| m.as_str().unwrap().to_string()).collect();
+    assert_eq!(merges, want_merges, "merges recovered from the scores");
+
+    let tm = TextModel::load(&out, &LoadOptions { dtype: DType::F32, quant: Quant::None, device: Device::Cpu }).unwrap();
+    for t in r["texts"].as_array().unwrap() {
+        let text = t["text"].as_str().unwrap();
+        let with_bos = tm.tokenizer.encode(text, true).unwrap();
+        assert_eq!(with_bos, as_ids(&t["ids"]), "ids of {text:?}");
+        assert_eq!(tm.tokenizer.encode(text, false).unwrap(), as_ids(&t["ids_no_special"]), "ids of {text:?} without BOS");
+        assert_eq!(tm.tokenizer.decode(&with_bos, true).unwrap(), t["decoded"].as_str().unwrap(), "decoded {text:?}");
+        // Token by token, as a chat streams it: nothing lost or doubled across byte-fallback
+        // tokens of one character.
+        let mut stream = StreamDecoder::new();
+        let mut streamed = String::new();
+        for id in &with_bos[1..] {
+            streamed += &stream.push(&tm.tokenizer, *id).unwrap();
+        }
+        assert_eq!(streamed, tm.tokenizer.decode(&with_bos[1..], true).unwrap(), "streamed {text:?}");
+    }
+
+    let chat: Vec<ChatMessage> = r["chat"]
+        .as_array().unwrap().iter()
+        .map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    let chat_ids = tm.chat_ids(&chat).unwrap();
+    assert_eq!(chat_ids, as_ids(&r["chat_ids"]), "chat prompt (template + tokenizer)");
+    assert!(tm.tokenizer.eos_ids().contains(&2), "</s> ends generation: {:?}", tm.tokenizer.eos_ids());
+
+    let input = Tensor::new(chat_ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let last = tm.model.forward(&input, None).unwrap().i((0, chat_ids.len() - 1)).unwrap();
+    let want: Vec<f32> = r["logits_last"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    let diff = max_abs_diff(&last, &Tensor::new(want.as_slice(), &Device::Cpu).unwrap());
+    assert!(diff < 1e-4, "last-position logits differ from transformers by {diff}");
+}
