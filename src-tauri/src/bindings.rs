@@ -37,6 +37,7 @@ pub fn commands(cfg: &Config) -> Vec<CommandSig> {
         sig("search_models", vec![("query", n("string"))], format!("{}[]", ModelHit::name(cfg))),
         sig("model_info", vec![("id", n("string"))], ModelDetail::name(cfg)),
         sig("list_local_models", vec![], format!("{}[]", LocalModel::name(cfg))),
+        sig("import_gguf", vec![("path", n("string"))], LocalModel::name(cfg)),
         sig("gpu_presets", vec![], format!("{}[]", GpuPresetView::name(cfg))),
         sig("plan_model", vec![("request", PlanRequest::name(cfg))], PlanReport::name(cfg)),
         sig("start_download", vec![("model", n("string"))], n("number")),

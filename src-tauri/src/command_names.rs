@@ -12,6 +12,7 @@ pub const COMMAND_NAMES: &[&str] = &[
     "search_models",
     "model_info",
     "list_local_models",
+    "import_gguf",
     "gpu_presets",
     "plan_model",
     "start_download",

@@ -47,6 +47,7 @@ pub fn run() {
             commands::models::search_models,
             commands::models::model_info,
             commands::models::list_local_models,
+            commands::models::import_gguf,
             commands::app::gpu_presets,
             commands::models::plan_model,
             commands::jobs::start_download,

@@ -1,7 +1,9 @@
 //! Local model folders: Hub-style folders (config.json, tokenizer.json, *.safetensors) found
 //! in the folders listed in Settings. This is how the starter model (SmolLM2-135M-Instruct,
-//! imported from GGUF by `scripts/fetch-test-model.sh`) shows up as ready without the Hub.
+//! imported from GGUF by `scripts/fetch-test-model.sh`) shows up as ready without the Hub,
+//! and GGUF files the user imports (into the app's `models/` folder).
 
+use crate::error::{AppError, CmdResult, ErrorCode};
 use serde::Serialize;
 use std::path::Path;
 use ts_rs::TS;
@@ -75,9 +77,124 @@ fn inspect(dir: &Path) -> LocalModel {
     }
 }
 
+/// The folder name an imported GGUF gets: the file name without `.gguf`, with anything but
+/// letters, digits, `.`, `-` and `_` replaced by `-`.
+fn folder_name(file: &Path) -> CmdResult<String> {
+    let stem = file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let name: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect();
+    let name = name.trim_start_matches('.').to_string();
+    if name.is_empty() {
+        return Err(AppError::invalid(format!("'{}' has no usable file name: rename it, e.g. my-model.gguf", file.display())));
+    }
+    Ok(name)
+}
+
+/// Refuses an import that would not fit: `need` bytes into `dir` with `free` available, with
+/// 1% or 64 MiB kept spare.
+fn check_disk(need: u64, free: u64, dir: &Path) -> CmdResult<()> {
+    let spare = (free / 100).max(64 << 20);
+    if need.saturating_add(spare) > free {
+        return Err(AppError::new(
+            ErrorCode::DoesNotFit,
+            format!(
+                "importing writes {} of f32 weights to {}, which has {} free: free some space there, or move the app's folder (QLORA_STUDIO_HOME) to a larger disk",
+                qlora_hub::human(need),
+                dir.display(),
+                qlora_hub::human(free)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Imports a GGUF file (what llama.cpp, LM Studio and Ollama keep models in) as a Hub-style
+/// folder `models_dir/<file name>` that chat and training load like a download: the free disk
+/// checked first, written to a temporary folder and renamed into place (an interrupted
+/// import leaves nothing behind).
+pub fn import_gguf(models_dir: &Path, file: &str) -> CmdResult<LocalModel> {
+    let file = file.trim();
+    if file.is_empty() {
+        return Err(AppError::invalid("choose a .gguf file to import"));
+    }
+    let path = Path::new(file);
+    if !path.is_file() {
+        return Err(AppError::new(
+            ErrorCode::NotFound,
+            format!("'{file}' is not a file: choose a .gguf file (llama.cpp, LM Studio and Ollama models are GGUF files)"),
+        ));
+    }
+    let name = folder_name(path)?;
+    let out = models_dir.join(&name);
+    if out.exists() {
+        return Err(AppError::invalid(format!(
+            "a model named '{name}' is already imported at {}: it is in the list; delete that folder to import the file again",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(models_dir)
+        .map_err(|e| AppError::new(ErrorCode::Io, format!("cannot create {}: {e}", models_dir.display())))?;
+    let bad = |e: qlora_engine::Error| AppError::new(ErrorCode::BadFormat, e.to_string());
+    let need = qlora_engine::gguf::import_bytes(path).map_err(bad)?;
+    if let Ok(d) = qlora_gpu::disk_space(models_dir) {
+        check_disk(need, d.available_bytes, models_dir)?;
+    }
+    qlora_engine::gguf::import_gguf(path, &out).map_err(bad)?;
+    Ok(inspect(&out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fixture_gguf() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gguf_spm/tiny-llama-spm.gguf")
+    }
+
+    #[test]
+    fn imports_a_gguf_into_a_ready_folder_once() {
+        let home = tempfile::tempdir().unwrap();
+        let models = home.path().join("models");
+        let m = import_gguf(&models, &format!("  {}  ", fixture_gguf().display())).unwrap();
+        assert_eq!((m.name.as_str(), m.ready), ("tiny-llama-spm", true), "{m:?}");
+        assert_eq!(scan(&[models.to_string_lossy().to_string()]).len(), 1);
+        let again = import_gguf(&models, fixture_gguf().to_str().unwrap()).unwrap_err();
+        assert_eq!(again.code, ErrorCode::InvalidInput);
+        assert!(again.message.contains("already imported"), "{}", again.message);
+        // Only the model folder: no temporary folder left behind.
+        assert_eq!(std::fs::read_dir(&models).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn bad_imports_say_what_to_do_and_write_nothing() {
+        let home = tempfile::tempdir().unwrap();
+        let models = home.path().join("models");
+        let e = import_gguf(&models, "").unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidInput);
+        let e = import_gguf(&models, "/no/such/model.gguf").unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotFound);
+        assert!(e.message.contains("/no/such/model.gguf") && e.message.contains(".gguf file"), "{}", e.message);
+        let fake = home.path().join("notes.gguf");
+        std::fs::write(&fake, b"this is not a GGUF file").unwrap();
+        let e = import_gguf(&models, fake.to_str().unwrap()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadFormat);
+        assert!(e.message.contains("notes.gguf") && e.message.contains("not a readable GGUF"), "{}", e.message);
+        assert!(scan(&[models.to_string_lossy().to_string()]).is_empty());
+        assert!(!models.exists() || std::fs::read_dir(&models).unwrap().count() == 0);
+    }
+
+    #[test]
+    fn an_import_that_does_not_fit_the_disk_is_refused_first() {
+        let need = qlora_engine::gguf::import_bytes(&fixture_gguf()).unwrap();
+        // 400 x 64 embeddings and lm_head, 2 layers of attention and MLP, norms: all f32.
+        assert_eq!(need, 4 * (2 * 400 * 64 + 2 * (64 * 64 * 2 + 32 * 64 * 2 + 3 * 64 * 128 + 2 * 64) + 64));
+        let e = check_disk(need, 10 << 20, Path::new("/models")).unwrap_err();
+        assert_eq!(e.code, ErrorCode::DoesNotFit);
+        assert!(e.message.contains("/models") && e.message.contains("free"), "{}", e.message);
+        check_disk(need, 1 << 30, Path::new("/models")).unwrap();
+        assert_eq!(folder_name(Path::new("/x/Mistral 7B (v0.2).Q4_K_M.gguf")).unwrap(), "Mistral-7B--v0.2-.Q4_K_M");
+        assert_eq!(folder_name(Path::new("/x/.gguf")).unwrap(), "gguf");
+        assert!(folder_name(Path::new("/")).is_err());
+    }
 
     #[test]
     fn finds_ready_and_incomplete_model_folders() {

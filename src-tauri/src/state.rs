@@ -35,6 +35,11 @@ impl AppState {
         Ok(Self { home: home.to_path_buf(), settings: Mutex::new(settings), jobs: Mutex::default(), chat_model: Default::default() })
     }
 
+    /// Where imported GGUF models go (`<home>/models`); always listed with the local models.
+    pub fn models_dir(&self) -> PathBuf {
+        self.home.join("models")
+    }
+
     fn settings_path(home: &Path) -> PathBuf {
         home.join("settings.json")
     }

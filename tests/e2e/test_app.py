@@ -536,6 +536,31 @@ def test_chat_with_the_downloaded_model(d):
     d.wait(lambda: not d.exists("[data-testid=answer].streaming"), 300, "the answer to finish")
 
 
+def test_import_a_gguf_and_chat_with_it(d):
+    page(d, "models")
+    # Not a file: a clear message naming it.
+    d.type("[data-testid=gguf-path]", "/no/such/model.gguf")
+    d.click("[data-testid=gguf-import]")
+    d.wait_text("[data-testid=gguf-error]", "/no/such/model.gguf", timeout=30)
+    assert "is not a file" in d.text("[data-testid=gguf-error]")
+    # A SentencePiece GGUF as llama.cpp writes TinyLlama (tests/fixtures/gguf_spm).
+    gguf = os.path.join(REPO, "tests", "fixtures", "gguf_spm", "tiny-llama-spm.gguf")
+    d.type("[data-testid=gguf-path]", gguf)
+    d.click("[data-testid=gguf-import]")
+    d.wait_text("[data-testid=gguf-imported]", "Imported tiny-llama-spm", timeout=120)
+    card = "[data-testid='local-tiny-llama-spm']"
+    d.find(f"{card} [data-testid=ready]", timeout=15)
+    shot(d, "models-import-gguf.png", card)
+    # Once: importing it again says where it already is.
+    d.click("[data-testid=gguf-import]")
+    d.wait_text("[data-testid=gguf-error]", "already imported", timeout=30)
+    # Ready for chat: its own chat template and tokenizer, streamed.
+    d.click(f"{card} [data-testid=chat-local]")
+    d.wait(lambda: "tiny-llama-spm" in d.js("return document.querySelector('[data-testid=chat-model-path]').value"), 10, "the imported model to be picked")
+    send_and_wait(d, "Hello there.", "[data-testid=answer]")
+    assert "tokens/s" in answer_text(d), answer_text(d)
+
+
 def test_library_lists_verifies_and_dry_runs_a_delete(d):
     page(d, "library")
     row = f"[data-testid='repo-{LocalHub.REPO}']"

@@ -252,6 +252,7 @@ export interface Commands {
   search_models: { args: { query: string }; result: ModelHit[] };
   model_info: { args: { id: string }; result: ModelDetail };
   list_local_models: { args: {  }; result: LocalModel[] };
+  import_gguf: { args: { path: string }; result: LocalModel };
   gpu_presets: { args: {  }; result: GpuPresetView[] };
   plan_model: { args: { request: PlanRequest }; result: PlanReport };
   start_download: { args: { model: string }; result: number };

@@ -14,7 +14,19 @@ pub fn curated_models() -> Vec<CuratedModel> {
 
 #[tauri::command]
 pub fn list_local_models(state: State<'_, AppState>) -> Vec<LocalModel> {
-    local_models::scan(&state.settings().local_model_dirs)
+    let mut dirs = state.settings().local_model_dirs;
+    let imported = state.models_dir().to_string_lossy().to_string();
+    if !dirs.contains(&imported) {
+        dirs.push(imported);
+    }
+    local_models::scan(&dirs)
+}
+
+/// Imports a GGUF file into the app's models folder; the new folder is listed from then on.
+#[tauri::command]
+pub async fn import_gguf(state: State<'_, AppState>, path: String) -> CmdResult<LocalModel> {
+    let models = state.models_dir();
+    super::app::run_blocking(move || local_models::import_gguf(&models, &path)).await
 }
 
 /// Checks the shape of a Hub model id (`org/name`) before anything goes to the network.

@@ -3,7 +3,8 @@
 import { call } from "../api";
 import type { AppError, CuratedModel, LocalModel, ModelDetail, PlanReport } from "../bindings";
 import { detailFacts, hitLine, orderFiles, summaryText } from "../lib/models";
-import { h, append, clear, errorBox, liveView, notice, progressBar, textInput } from "../dom";
+import { h, append, clear, errorBox, field, liveView, notice, progressBar, textInput } from "../dom";
+import { open } from "@tauri-apps/plugin-dialog";
 import { formatBytes, formatEta, formatParams, formatPercent, formatRate } from "../lib/format";
 import { checkModelRef } from "../lib/validate";
 import { go } from "../nav";
@@ -143,16 +144,42 @@ export function modelsPage(root: HTMLElement): () => void {
       results.append(errorBox(e as AppError, "search-error"));
     }
   };
+  const ggufPath = textInput("gguf-path", "", "/path/to/model.gguf (llama.cpp, LM Studio, Ollama)");
+  const ggufOut = h("div", { "data-testid": "gguf-out" });
+  const importGguf = async () => {
+    clear(ggufOut);
+    ggufOut.append(h("span", { class: "muted", "data-testid": "gguf-importing" }, "importing… (the weights are written out in f32; a 7B model takes a few minutes)"));
+    try {
+      const m = await call("import_gguf", { path: ggufPath.value });
+      clear(ggufOut);
+      ggufOut.append(notice(`Imported ${m.name} into ${m.path} (${formatBytes(m.bytes)}).`, "ok", "gguf-imported"));
+      listLocal();
+    } catch (e) {
+      clear(ggufOut);
+      ggufOut.append(errorBox(e as AppError, "gguf-error"));
+    }
+  };
+  const pickGguf = async () => {
+    const f = await open({ multiple: false, directory: false, filters: [{ name: "GGUF models", extensions: ["gguf"] }] });
+    if (typeof f === "string") ggufPath.value = f;
+  };
+  const listLocal = () => call("list_local_models", {}).then((ms) => {
+    clear(local);
+    if (ms.length === 0) local.append(notice("No local models yet. Import a GGUF file, add a folder in Settings, or download one below.", "info", "no-local"));
+    for (const m of ms) local.append(localCard(m));
+  }).catch((e) => local.append(errorBox(e as AppError)));
   root.append(
     h("h1", {}, "Models"),
     h("form", { class: "search", onsubmit: (e: Event) => { e.preventDefault(); void doSearch(); } }, query, h("button", { type: "submit", "data-testid": "search-go" }, "Search")),
     results,
     h("h2", {}, "Ready on this machine"), local,
+    h("form", { class: "row import", onsubmit: (e: Event) => { e.preventDefault(); void importGguf(); } },
+      field("Import a GGUF file", ggufPath, undefined, "a Llama-architecture .gguf (TinyLlama, Mistral, SmolLM, Llama 2 and 3) becomes a model folder here, ready for chat and training"),
+      h("button", { type: "button", onclick: () => void pickGguf() }, "Browse…"),
+      h("button", { type: "submit", "data-testid": "gguf-import" }, "Import")),
+    ggufOut,
     h("h2", {}, "Curated"), curated);
-  call("list_local_models", {}).then((ms) => {
-    if (ms.length === 0) local.append(notice("No local models yet. Add a folder in Settings, or download one below.", "info", "no-local"));
-    for (const m of ms) local.append(localCard(m));
-  }).catch((e) => local.append(errorBox(e as AppError)));
+  void listLocal();
   call("curated_models", {}).then((ms: CuratedModel[]) => {
     for (const m of ms) curated.append(modelCard(m.id, m.name, `${formatParams(m.params_b)} parameters · ${m.license}${m.gated ? " · gated" : ""}`, m.note, cleanups));
   }).catch((e) => curated.append(errorBox(e as AppError)));
