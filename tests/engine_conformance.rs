@@ -258,24 +258,22 @@ fn gradients_reach_the_first_layer_in_training_mode() {
     }
 }
 
-/// A SentencePiece GGUF as llama.cpp writes TinyLlama and Mistral (tokens + scores + types,
-/// no merges; q/k rows permuted; Q8_0, F16 and F32 tensors), imported and checked against
-/// transformers' own reading of the same file (tests/fixtures/gguf_spm, make_fixtures.py):
-/// the merges recovered from the scores, token ids with and without BOS, decoded text, the
-/// chat prompt, the last-position logits, and streaming decode through byte-fallback tokens.
-#[test]
-fn sentencepiece_gguf_import_matches_transformers() {
+/// A GGUF as llama.cpp writes it, imported and checked against transformers' own reading of
+/// the same file (`tests/fixtures/<group>`, make_fixtures.py): the merges (recovered from the
+/// scores for SentencePiece), token ids with and without BOS, decoded text, the chat prompt,
+/// the last-position logits, and streaming decode through multi-token characters.
+fn check_gguf_import(group: &str, file: &str, shape: (usize, usize, bool)) {
     use qlora_studio::engine::chat_template::ChatMessage;
     use qlora_studio::engine::tokenizer::StreamDecoder;
     use qlora_studio::engine::{Quant, TextModel};
 
-    let dir = fixture("../gguf_spm");
+    let dir = fixture(&format!("../{group}"));
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     let as_ids = |v: &serde_json::Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("tiny-llama-spm");
-    let report = qlora_studio::engine::gguf::import_gguf(&dir.join("tiny-llama-spm.gguf"), &out).unwrap();
-    assert_eq!((report.num_layers, report.vocab_size, report.tied_embeddings), (2, 400, false));
+    let out = tmp.path().join(group);
+    let report = qlora_studio::engine::gguf::import_gguf(&dir.join(file), &out).unwrap();
+    assert_eq!((report.num_layers, report.vocab_size, report.tied_embeddings), shape);
 
     let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer.json")).unwrap()).unwrap();
     let merges: Vec<String> = written["model"]["merges"]
@@ -283,23 +281,24 @@ fn sentencepiece_gguf_import_matches_transformers() {
         .map(|m| format!("{} {}", m[0].as_str().unwrap(), m[1].as_str().unwrap()))
         .collect();
     let want_merges: Vec<String> = r["merges"].as_array().unwrap().iter().map(|m| m.as_str().unwrap().to_string()).collect();
-    assert_eq!(merges, want_merges, "merges recovered from the scores");
+    assert_eq!(merges, want_merges, "{group}: merges");
 
     let tm = TextModel::load(&out, &LoadOptions { dtype: DType::F32, quant: Quant::None, device: Device::Cpu }).unwrap();
     for t in r["texts"].as_array().unwrap() {
         let text = t["text"].as_str().unwrap();
-        let with_bos = tm.tokenizer.encode(text, true).unwrap();
-        assert_eq!(with_bos, as_ids(&t["ids"]), "ids of {text:?}");
-        assert_eq!(tm.tokenizer.encode(text, false).unwrap(), as_ids(&t["ids_no_special"]), "ids of {text:?} without BOS");
-        assert_eq!(tm.tokenizer.decode(&with_bos, true).unwrap(), t["decoded"].as_str().unwrap(), "decoded {text:?}");
-        // Token by token, as a chat streams it: nothing lost or doubled across byte-fallback
-        // tokens of one character.
+        let with_special = tm.tokenizer.encode(text, true).unwrap();
+        assert_eq!(with_special, as_ids(&t["ids"]), "{group}: ids of {text:?}");
+        let plain = tm.tokenizer.encode(text, false).unwrap();
+        assert_eq!(plain, as_ids(&t["ids_no_special"]), "{group}: ids of {text:?} without special tokens");
+        assert_eq!(tm.tokenizer.decode(&with_special, true).unwrap(), t["decoded"].as_str().unwrap(), "{group}: decoded {text:?}");
+        // Token by token, as a chat streams it: nothing lost or doubled across the tokens of
+        // one character.
         let mut stream = StreamDecoder::new();
         let mut streamed = String::new();
-        for id in &with_bos[1..] {
+        for id in &plain {
             streamed += &stream.push(&tm.tokenizer, *id).unwrap();
         }
-        assert_eq!(streamed, tm.tokenizer.decode(&with_bos[1..], true).unwrap(), "streamed {text:?}");
+        assert_eq!(streamed, tm.tokenizer.decode(&plain, true).unwrap(), "{group}: streamed {text:?}");
     }
 
     let chat: Vec<ChatMessage> = r["chat"]
@@ -307,12 +306,36 @@ fn sentencepiece_gguf_import_matches_transformers() {
         .map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
         .collect();
     let chat_ids = tm.chat_ids(&chat).unwrap();
-    assert_eq!(chat_ids, as_ids(&r["chat_ids"]), "chat prompt (template + tokenizer)");
-    assert!(tm.tokenizer.eos_ids().contains(&2), "</s> ends generation: {:?}", tm.tokenizer.eos_ids());
+    assert_eq!(chat_ids, as_ids(&r["chat_ids"]), "{group}: chat prompt (template + tokenizer)");
 
     let input = Tensor::new(chat_ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let last = tm.model.forward(&input, None).unwrap().i((0, chat_ids.len() - 1)).unwrap();
     let want: Vec<f32> = r["logits_last"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
     let diff = max_abs_diff(&last, &Tensor::new(want.as_slice(), &Device::Cpu).unwrap());
-    assert!(diff < 1e-4, "last-position logits differ from transformers by {diff}");
+    assert!(diff < 1e-4, "{group}: last-position logits differ from transformers by {diff}");
+}
+
+/// SentencePiece, as llama.cpp writes TinyLlama and Mistral: tokens + scores + types, no
+/// merges; q/k rows permuted; Q8_0, F16 and F32 tensors.
+#[test]
+fn sentencepiece_gguf_import_matches_transformers() {
+    check_gguf_import("gguf_spm", "tiny-llama-spm.gguf", (2, 400, false));
+    let tmp = tempfile::tempdir().unwrap();
+    let tm = qlora_studio::engine::TextModel::load(
+        &{
+            let out = tmp.path().join("m");
+            qlora_studio::engine::gguf::import_gguf(&fixture("../gguf_spm").join("tiny-llama-spm.gguf"), &out).unwrap();
+            out
+        },
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    assert!(tm.tokenizer.eos_ids().contains(&2), "</s> ends generation: {:?}", tm.tokenizer.eos_ids());
+}
+
+/// Qwen2, as llama.cpp writes Qwen2.5: byte-level BPE with Qwen2's split, ChatML specials,
+/// q/k/v biases, tied embeddings, no permutation.
+#[test]
+fn qwen2_gguf_import_matches_transformers() {
+    check_gguf_import("gguf_qwen2", "tiny-qwen2.gguf", (2, 423, true));
 }

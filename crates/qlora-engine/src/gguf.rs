@@ -1,5 +1,5 @@
-//! GGUF import: turns a Llama-architecture GGUF file (llama.cpp's format; F32, F16, Q8_0,
-//! Q4_0, Q4_1 tensors) into a Hugging Face-style model folder the rest of the engine loads
+//! GGUF import: turns a Llama- or Qwen2-architecture GGUF file (llama.cpp's format; F32, F16,
+//! Q8_0, Q4_0, Q4_1 and the other types candle dequantizes) into a Hugging Face-style model folder the rest of the engine loads
 //! like any Hub download: `model.safetensors` (f32, transformers' Llama tensor names),
 //! `config.json`, `tokenizer.json` rebuilt from the GGUF vocabulary and merges,
 //! `tokenizer_config.json` with the chat template, and `generation_config.json`.
@@ -71,8 +71,27 @@ impl Gguf {
     }
 }
 
-/// The Llama hyper-parameters read from GGUF metadata.
+/// The architectures a GGUF may be imported from, and how each differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GgufArch {
+    /// `llama` (Llama 2 and 3, TinyLlama, Mistral, SmolLM): q/k rows permuted by llama.cpp.
+    Llama,
+    /// `qwen2` (Qwen2, Qwen2.5): q/k/v biases, no permutation.
+    Qwen2,
+}
+
+impl GgufArch {
+    fn key(self) -> &'static str {
+        match self {
+            GgufArch::Llama => "llama",
+            GgufArch::Qwen2 => "qwen2",
+        }
+    }
+}
+
+/// The hyper-parameters read from GGUF metadata.
 struct LlamaParams {
+    arch: GgufArch,
     hidden: usize,
     layers: usize,
     heads: usize,
@@ -85,23 +104,31 @@ struct LlamaParams {
 }
 
 fn read_params(g: &Gguf) -> Result<LlamaParams> {
-    let arch = g.string("general.architecture")?;
-    if arch != "llama" {
-        return Err(g.err(format!("architecture '{arch}' is not supported; only llama GGUF files can be imported")));
-    }
-    let hidden = g.usize("llama.embedding_length")?;
-    let heads = g.usize("llama.attention.head_count")?;
-    let kv_heads = if g.opt("llama.attention.head_count_kv").is_some() { g.usize("llama.attention.head_count_kv")? } else { heads };
-    let head_dim = if g.opt("llama.rope.dimension_count").is_some() { g.usize("llama.rope.dimension_count")? } else { hidden / heads };
+    let name = g.string("general.architecture")?;
+    let arch = match name.as_str() {
+        "llama" => GgufArch::Llama,
+        "qwen2" => GgufArch::Qwen2,
+        _ => {
+            return Err(g.err(format!(
+                "architecture '{name}' is not supported; llama (Llama, TinyLlama, Mistral, SmolLM) and qwen2 (Qwen2, Qwen2.5) GGUF files can be imported"
+            )));
+        }
+    };
+    let k = |key: &str| format!("{}.{key}", arch.key());
+    let hidden = g.usize(&k("embedding_length"))?;
+    let heads = g.usize(&k("attention.head_count"))?;
+    let kv_heads = if g.opt(&k("attention.head_count_kv")).is_some() { g.usize(&k("attention.head_count_kv"))? } else { heads };
+    let head_dim = if g.opt(&k("rope.dimension_count")).is_some() { g.usize(&k("rope.dimension_count"))? } else { hidden / heads };
     Ok(LlamaParams {
+        arch,
         hidden,
-        layers: g.usize("llama.block_count")?,
+        layers: g.usize(&k("block_count"))?,
         heads,
         kv_heads,
-        ffn: g.usize("llama.feed_forward_length")?,
-        context: g.usize("llama.context_length")?,
-        eps: g.f64("llama.attention.layer_norm_rms_epsilon")?,
-        theta: if g.opt("llama.rope.freq_base").is_some() { g.f64("llama.rope.freq_base")? } else { 10000.0 },
+        ffn: g.usize(&k("feed_forward_length"))?,
+        context: g.usize(&k("context_length"))?,
+        eps: g.f64(&k("attention.layer_norm_rms_epsilon"))?,
+        theta: if g.opt(&k("rope.freq_base")).is_some() { g.f64(&k("rope.freq_base"))? } else { 10000.0 },
         head_dim,
     })
 }
@@ -132,6 +159,9 @@ fn hf_name(gguf: &str) -> Option<String> {
         "attn_q.weight" => "self_attn.q_proj.weight",
         "attn_k.weight" => "self_attn.k_proj.weight",
         "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_q.bias" => "self_attn.q_proj.bias",
+        "attn_k.bias" => "self_attn.k_proj.bias",
+        "attn_v.bias" => "self_attn.v_proj.bias",
         "attn_output.weight" => "self_attn.o_proj.weight",
         "ffn_gate.weight" => "mlp.gate_proj.weight",
         "ffn_up.weight" => "mlp.up_proj.weight",
@@ -177,12 +207,12 @@ pub fn import_gguf(file: &Path, out_dir: &Path) -> Result<ImportReport> {
             if name == "rope_freqs.weight" {
                 continue; // llama3 rope factors: recomputed from config, not a weight
             }
-            return Err(g.err(format!("tensor '{name}' has no transformers Llama counterpart")));
+            return Err(g.err(format!("tensor '{name}' has no transformers counterpart in a {} model", p.arch.key())));
         };
         let mut t = g.tensor(name)?;
-        if name.ends_with("attn_q.weight") {
+        if p.arch == GgufArch::Llama && name.ends_with("attn_q.weight") {
             t = unpermute_rows(&t, p.heads)?;
-        } else if name.ends_with("attn_k.weight") {
+        } else if p.arch == GgufArch::Llama && name.ends_with("attn_k.weight") {
             t = unpermute_rows(&t, p.kv_heads)?;
         }
         tensors.insert(hf, t);
@@ -219,8 +249,20 @@ pub fn import_gguf(file: &Path, out_dir: &Path) -> Result<ImportReport> {
 
 fn config_json(p: &LlamaParams, vocab: usize, tied: bool, tok: &crate::gguf_tokenizer::TokenizerFiles) -> serde_json::Value {
     let mut c = Map::new();
-    c.insert("architectures".into(), json!(["LlamaForCausalLM"]));
-    c.insert("model_type".into(), json!("llama"));
+    match p.arch {
+        GgufArch::Llama => {
+            c.insert("architectures".into(), json!(["LlamaForCausalLM"]));
+            c.insert("model_type".into(), json!("llama"));
+            c.insert("attention_bias".into(), json!(false));
+            c.insert("mlp_bias".into(), json!(false));
+        }
+        GgufArch::Qwen2 => {
+            c.insert("architectures".into(), json!(["Qwen2ForCausalLM"]));
+            c.insert("model_type".into(), json!("qwen2"));
+            c.insert("use_sliding_window".into(), json!(false));
+            c.insert("max_window_layers".into(), json!(p.layers));
+        }
+    }
     c.insert("hidden_size".into(), json!(p.hidden));
     c.insert("intermediate_size".into(), json!(p.ffn));
     c.insert("num_hidden_layers".into(), json!(p.layers));
@@ -237,8 +279,6 @@ fn config_json(p: &LlamaParams, vocab: usize, tied: bool, tok: &crate::gguf_toke
     c.insert("eos_token_id".into(), json!(tok.eos_id));
     c.insert("pad_token_id".into(), json!(tok.pad_id));
     c.insert("torch_dtype".into(), json!("float32"));
-    c.insert("attention_bias".into(), json!(false));
-    c.insert("mlp_bias".into(), json!(false));
     serde_json::Value::Object(c)
 }
 

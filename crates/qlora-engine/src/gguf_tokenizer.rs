@@ -55,6 +55,13 @@ fn template_processing(bos: Option<(u32, &String)>, eos: Option<(u32, &String)>)
     json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials})
 }
 
+/// Qwen2's split: Llama 3's, but digits one by one.
+fn qwen2_split() -> serde_json::Value {
+    json!({"type": "Split", "pattern": {"Regex":
+        "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},
+        "behavior": "Isolated", "invert": false})
+}
+
 fn pre_tokenizer(pre: &str) -> Option<serde_json::Value> {
     let byte_level = |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
     Some(match pre {
@@ -62,6 +69,7 @@ fn pre_tokenizer(pre: &str) -> Option<serde_json::Value> {
         "smollm" | "starcoder" | "refact" => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
         "llama3" | "llama-bpe" | "smaug-bpe" => json!({"type": "Sequence", "pretokenizers": [llama3_split(), byte_level(false)]}),
+        "qwen2" | "deepseek-r1-qwen" => json!({"type": "Sequence", "pretokenizers": [qwen2_split(), byte_level(false)]}),
         _ => return None,
     })
 }
@@ -124,7 +132,7 @@ impl TokenizerFiles {
             "gpt2" => {
                 let pre = meta.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).cloned().unwrap_or("default".into());
                 Kind::ByteLevel(pre_tokenizer(&pre).ok_or_else(|| {
-                    err(format!("pre-tokenizer '{pre}' is not supported (supported: default, gpt-2, smollm, starcoder, llama-bpe)"))
+                    err(format!("pre-tokenizer '{pre}' is not supported (supported: default, gpt-2, smollm, starcoder, llama-bpe, qwen2)"))
                 })?)
             }
             "llama" => Kind::SentencePiece,

@@ -174,7 +174,7 @@ export function modelsPage(root: HTMLElement): () => void {
     results,
     h("h2", {}, "Ready on this machine"), local,
     h("form", { class: "row import", onsubmit: (e: Event) => { e.preventDefault(); void importGguf(); } },
-      field("Import a GGUF file", ggufPath, undefined, "a Llama-architecture .gguf (TinyLlama, Mistral, SmolLM, Llama 2 and 3) becomes a model folder here, ready for chat and training"),
+      field("Import a GGUF file", ggufPath, undefined, "a Llama or Qwen2 .gguf (TinyLlama, Mistral, SmolLM, Llama 2 and 3, Qwen2 and 2.5) becomes a model folder here, ready for chat and training"),
       h("button", { type: "button", onclick: () => void pickGguf() }, "Browse…"),
       h("button", { type: "submit", "data-testid": "gguf-import" }, "Import")),
     ggufOut,
