@@ -1,11 +1,12 @@
-//! `qlora import-gguf FILE OUT_DIR`: a Llama-architecture GGUF into a Hugging Face-style folder.
+//! `qlora import-gguf FILE OUT_DIR`: a Llama- or Qwen2-architecture GGUF into a Hugging
+//! Face-style folder (f32 safetensors, config, tokenizer).
 
 use anyhow::Context;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The GGUF file (Llama architecture; F32, F16, Q8_0, Q4_0 or Q4_1 tensors)
+    /// The GGUF file (llama or qwen2 architecture: TinyLlama, Mistral, SmolLM, Llama 2/3, Qwen2/2.5)
     pub file: PathBuf,
     /// Folder to create (must not exist or be empty)
     pub out_dir: PathBuf,
