@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{Device, Tensor};
 use serde_json::{Map, json};
-use std::collections::HashMap;
+use qlora_jobs::CancelToken;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// What an import wrote.
@@ -187,6 +188,18 @@ pub fn import_bytes(file: &Path) -> Result<u64> {
 
 /// Imports `file` into the folder `out_dir` (which must not exist or be empty).
 pub fn import_gguf(file: &Path, out_dir: &Path) -> Result<ImportReport> {
+    import_gguf_with(file, out_dir, &mut |_, _| {}, &CancelToken::new())
+}
+
+/// [`import_gguf`], reporting `(bytes written, bytes in all)` after each tensor and stopping
+/// at the next tensor once `cancel` fires (nothing is left behind). Tensors are dequantized and
+/// written one at a time, so memory holds one tensor, not the model (a 7B model is 28 GB in f32).
+pub fn import_gguf_with(
+    file: &Path,
+    out_dir: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+    cancel: &CancelToken,
+) -> Result<ImportReport> {
     if out_dir.exists() && std::fs::read_dir(out_dir).map_err(|e| Error::io(out_dir, e))?.next().is_some() {
         return Err(Error::InvalidOption(format!(
             "{} already exists and is not empty; remove it or choose another output folder",
@@ -200,28 +213,22 @@ pub fn import_gguf(file: &Path, out_dir: &Path) -> Result<ImportReport> {
     let p = read_params(&g)?;
     let tok = crate::gguf_tokenizer::TokenizerFiles::from_gguf(&g.path, &g.content.metadata, p.context)?;
 
-    let names: Vec<String> = g.content.tensor_infos.keys().cloned().collect();
-    let mut tensors = HashMap::new();
-    for name in &names {
+    // transformers name -> (GGUF name, shape), sorted: the order of the header and the data.
+    let mut plan: BTreeMap<String, (String, Vec<usize>)> = BTreeMap::new();
+    for (name, info) in &g.content.tensor_infos {
         let Some(hf) = hf_name(name) else {
             if name == "rope_freqs.weight" {
                 continue; // llama3 rope factors: recomputed from config, not a weight
             }
             return Err(g.err(format!("tensor '{name}' has no transformers counterpart in a {} model", p.arch.key())));
         };
-        let mut t = g.tensor(name)?;
-        if p.arch == GgufArch::Llama && name.ends_with("attn_q.weight") {
-            t = unpermute_rows(&t, p.heads)?;
-        } else if p.arch == GgufArch::Llama && name.ends_with("attn_k.weight") {
-            t = unpermute_rows(&t, p.kv_heads)?;
-        }
-        tensors.insert(hf, t);
+        plan.insert(hf, (name.clone(), info.shape.dims().to_vec()));
     }
-    let tied = !tensors.contains_key("lm_head.weight");
-    let vocab_size = tensors
+    let tied = !plan.contains_key("lm_head.weight");
+    let vocab_size = plan
         .get("model.embed_tokens.weight")
         .ok_or_else(|| g.err("tensor 'token_embd.weight' is missing"))?
-        .dim(0)?;
+        .1[0];
     let config = config_json(&p, vocab_size, tied, &tok);
 
     let parent = out_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -231,7 +238,19 @@ pub fn import_gguf(file: &Path, out_dir: &Path) -> Result<ImportReport> {
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let written = (|| -> Result<()> {
-        candle_core::safetensors::save(&tensors, tmp.join("model.safetensors"))?;
+        let mut next = |hf: &str| -> Result<Tensor> {
+            cancel.check()?;
+            let name = &plan[hf].0;
+            let mut t = g.tensor(name)?;
+            if p.arch == GgufArch::Llama && name.ends_with("attn_q.weight") {
+                t = unpermute_rows(&t, p.heads)?;
+            } else if p.arch == GgufArch::Llama && name.ends_with("attn_k.weight") {
+                t = unpermute_rows(&t, p.kv_heads)?;
+            }
+            Ok(t)
+        };
+        let shapes: Vec<(String, Vec<usize>)> = plan.iter().map(|(k, (_, s))| (k.clone(), s.clone())).collect();
+        write_f32_safetensors(&tmp.join("model.safetensors"), &shapes, &mut next, progress)?;
         write_json(&tmp.join("config.json"), &config)?;
         tok.write(&tmp)?;
         Ok(())
@@ -244,7 +263,55 @@ pub fn import_gguf(file: &Path, out_dir: &Path) -> Result<ImportReport> {
         std::fs::remove_dir(out_dir).map_err(|e| Error::io(out_dir, e))?;
     }
     std::fs::rename(&tmp, out_dir).map_err(|e| Error::io(out_dir, e))?;
-    Ok(ImportReport { out_dir: out_dir.to_path_buf(), tensors: tensors.len(), vocab_size, num_layers: p.layers, tied_embeddings: tied })
+    Ok(ImportReport { out_dir: out_dir.to_path_buf(), tensors: plan.len(), vocab_size, num_layers: p.layers, tied_embeddings: tied })
+}
+
+/// Writes an f32 safetensors file tensor by tensor: the header from the shapes first, then
+/// each tensor as `produce` makes it, so only one is in memory at a time.
+fn write_f32_safetensors(
+    path: &Path,
+    shapes: &[(String, Vec<usize>)],
+    produce: &mut dyn FnMut(&str) -> Result<Tensor>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    use std::io::Write;
+    let mut header = Map::new();
+    header.insert("__metadata__".into(), json!({"format": "pt"}));
+    let mut offset = 0u64;
+    for (name, shape) in shapes {
+        let bytes = 4 * shape.iter().product::<usize>() as u64;
+        header.insert(name.clone(), json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}));
+        offset += bytes;
+    }
+    let total = offset;
+    let mut text = serde_json::to_string(&header).map_err(|e| Error::InvalidOption(e.to_string()))?;
+    // The data starts 8-byte aligned, as the safetensors library writes it.
+    while (8 + text.len()) % 8 != 0 {
+        text.push(' ');
+    }
+    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let io = |e| Error::io(path, e);
+    w.write_all(&(text.len() as u64).to_le_bytes()).map_err(io)?;
+    w.write_all(text.as_bytes()).map_err(io)?;
+    let mut done = 0u64;
+    for (name, shape) in shapes {
+        let t = produce(name)?.to_dtype(candle_core::DType::F32)?;
+        if t.dims() != shape.as_slice() {
+            return Err(Error::InvalidOption(format!("tensor '{name}' came out as {:?}, expected {shape:?}", t.dims())));
+        }
+        let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
+        let mut bytes = Vec::with_capacity(values.len() * 4);
+        for v in values {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        w.write_all(&bytes).map_err(io)?;
+        done += bytes.len() as u64;
+        progress(done, total);
+    }
+    let file = w.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    Ok(())
 }
 
 fn config_json(p: &LlamaParams, vocab: usize, tied: bool, tok: &crate::gguf_tokenizer::TokenizerFiles) -> serde_json::Value {
@@ -303,6 +370,42 @@ mod tests {
         let back = unpermute_rows(&permuted, n_head).unwrap();
         assert_eq!(back.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
         assert_ne!(permuted.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
+    }
+
+    #[test]
+    fn import_streams_tensor_by_tensor_reports_progress_and_cancels_cleanly() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf_spm/tiny-llama-spm.gguf");
+        let tmp = tempfile::tempdir().unwrap();
+        let mut seen = Vec::new();
+        let out = tmp.path().join("a");
+        let r = import_gguf_with(&file, &out, &mut |d, t| seen.push((d, t)), &CancelToken::new()).unwrap();
+        let total = import_bytes(&file).unwrap();
+        assert_eq!(seen.len(), r.tensors);
+        assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "progress only grows: {seen:?}");
+        assert_eq!(*seen.last().unwrap(), (total, total));
+        // A file safetensors readers take: every tensor as f32 with the right shape.
+        let st = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+        assert_eq!(st.len(), r.tensors);
+        assert_eq!(st["model.embed_tokens.weight"].dims(), &[400, 64]);
+        assert_eq!(st["model.layers.1.self_attn.k_proj.weight"].dims(), &[32, 64]);
+        assert!(st.values().all(|t| t.dtype() == candle_core::DType::F32));
+        let len = std::fs::metadata(out.join("model.safetensors")).unwrap().len();
+        assert!(len > total && (len - total) % 8 == 0, "8-byte aligned data after the header: {len} vs {total}");
+
+        // Cancelled after three tensors: an error, and nothing left behind.
+        let cancel = CancelToken::new();
+        let fire = cancel.clone();
+        let mut n = 0;
+        let e = import_gguf_with(&file, &tmp.path().join("b"), &mut |_, _| {
+            n += 1;
+            if n == 3 {
+                fire.cancel();
+            }
+        }, &cancel)
+        .unwrap_err();
+        assert!(matches!(e, Error::Cancelled(_)), "{e}");
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("a")]);
     }
 
     #[test]
