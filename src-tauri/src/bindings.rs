@@ -37,7 +37,8 @@ pub fn commands(cfg: &Config) -> Vec<CommandSig> {
         sig("search_models", vec![("query", n("string"))], format!("{}[]", ModelHit::name(cfg))),
         sig("model_info", vec![("id", n("string"))], ModelDetail::name(cfg)),
         sig("list_local_models", vec![], format!("{}[]", LocalModel::name(cfg))),
-        sig("import_gguf", vec![("path", n("string"))], LocalModel::name(cfg)),
+        sig("import_gguf", vec![("path", n("string"))], n("number")),
+        sig("cancel_import", vec![("job", n("number"))], n("null")),
         sig("gpu_presets", vec![], format!("{}[]", GpuPresetView::name(cfg))),
         sig("plan_model", vec![("request", PlanRequest::name(cfg))], PlanReport::name(cfg)),
         sig("start_download", vec![("model", n("string"))], n("number")),
@@ -69,7 +70,7 @@ pub fn typescript() -> String {
         GpuView::decl(&cfg), DiskView::decl(&cfg), SystemInfo::decl(&cfg), GpuPresetView::decl(&cfg),
         CuratedModel::decl(&cfg), ModelHit::decl(&cfg), RepoFile::decl(&cfg), ModelDetail::decl(&cfg),
         LocalModel::decl(&cfg), GpuChoice::decl(&cfg), PlanRequest::decl(&cfg), PlanItem::decl(&cfg),
-        Verdict::decl(&cfg), PlanReport::decl(&cfg), DownloadEvent::decl(&cfg), CachedRepo::decl(&cfg),
+        Verdict::decl(&cfg), PlanReport::decl(&cfg), DownloadEvent::decl(&cfg), ImportEvent::decl(&cfg), CachedRepo::decl(&cfg),
         CacheReport::decl(&cfg), DatasetPreview::decl(&cfg), TrainRequest::decl(&cfg),
         TrainDefaults::decl(&cfg), TrainEvent::decl(&cfg), SampleAnswer::decl(&cfg), ChatMessage::decl(&cfg), Sampling::decl(&cfg),
         Conversation::decl(&cfg), ConversationSummary::decl(&cfg), ChatRequest::decl(&cfg),
@@ -86,11 +87,12 @@ pub fn typescript() -> String {
         out.push_str("\n\n");
     }
     out.push_str(&format!(
-        "/** Event names, and the payload each carries. */\nexport const EVENTS = {{ download: \"{}\", train: \"{}\" }} as const;\n",
+        "/** Event names, and the payload each carries. */\nexport const EVENTS = {{ download: \"{}\", train: \"{}\", import: \"{}\" }} as const;\n",
         crate::events::DOWNLOAD_EVENT,
-        crate::events::TRAIN_EVENT
+        crate::events::TRAIN_EVENT,
+        crate::events::IMPORT_EVENT
     ));
-    out.push_str("export interface EventPayloads { download: DownloadEvent; train: TrainEvent }\n\n");
+    out.push_str("export interface EventPayloads { download: DownloadEvent; train: TrainEvent; import: ImportEvent }\n\n");
     out.push_str("/** Every command: its arguments and its result. */\nexport interface Commands {\n");
     for c in commands(&cfg) {
         let args: Vec<String> = c.args.iter().map(|(k, v)| format!("{k}: {v}")).collect();

@@ -13,6 +13,7 @@ pub const COMMAND_NAMES: &[&str] = &[
     "model_info",
     "list_local_models",
     "import_gguf",
+    "cancel_import",
     "gpu_presets",
     "plan_model",
     "start_download",

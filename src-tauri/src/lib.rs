@@ -48,6 +48,7 @@ pub fn run() {
             commands::models::model_info,
             commands::models::list_local_models,
             commands::models::import_gguf,
+            commands::models::cancel_import,
             commands::app::gpu_presets,
             commands::models::plan_model,
             commands::jobs::start_download,

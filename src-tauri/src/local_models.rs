@@ -4,8 +4,9 @@
 //! and GGUF files the user imports (into the app's `models/` folder).
 
 use crate::error::{AppError, CmdResult, ErrorCode};
+use crate::views::ImportEvent;
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use ts_rs::TS;
 
 /// A model folder on disk and whether it has what loading needs.
@@ -107,11 +108,26 @@ fn check_disk(need: u64, free: u64, dir: &Path) -> CmdResult<()> {
     Ok(())
 }
 
-/// Imports a GGUF file (what llama.cpp, LM Studio and Ollama keep models in) as a Hub-style
-/// folder `models_dir/<file name>` that chat and training load like a download: the free disk
-/// checked first, written to a temporary folder and renamed into place (an interrupted
-/// import leaves nothing behind).
-pub fn import_gguf(models_dir: &Path, file: &str) -> CmdResult<LocalModel> {
+/// A GGUF import that passed its checks: where from, where to, how much it writes.
+#[derive(Debug, Clone)]
+pub struct ImportPlan {
+    pub file: PathBuf,
+    pub out: PathBuf,
+    pub name: String,
+    pub bytes: u64,
+}
+
+fn bad_gguf(e: qlora_engine::Error) -> AppError {
+    match e {
+        qlora_engine::Error::Cancelled(_) => AppError::new(ErrorCode::Cancelled, "import cancelled"),
+        e => AppError::new(ErrorCode::BadFormat, e.to_string()),
+    }
+}
+
+/// Checks a GGUF import before it starts: the file (what llama.cpp, LM Studio and Ollama keep
+/// models in) exists and reads as GGUF, its folder name in `models_dir` is free, and the disk
+/// there has room for what the import writes.
+pub fn plan_import(models_dir: &Path, file: &str) -> CmdResult<ImportPlan> {
     let file = file.trim();
     if file.is_empty() {
         return Err(AppError::invalid("choose a .gguf file to import"));
@@ -131,15 +147,31 @@ pub fn import_gguf(models_dir: &Path, file: &str) -> CmdResult<LocalModel> {
             out.display()
         )));
     }
+    let bytes = qlora_engine::gguf::import_bytes(path).map_err(bad_gguf)?;
     std::fs::create_dir_all(models_dir)
         .map_err(|e| AppError::new(ErrorCode::Io, format!("cannot create {}: {e}", models_dir.display())))?;
-    let bad = |e: qlora_engine::Error| AppError::new(ErrorCode::BadFormat, e.to_string());
-    let need = qlora_engine::gguf::import_bytes(path).map_err(bad)?;
     if let Ok(d) = qlora_gpu::disk_space(models_dir) {
-        check_disk(need, d.available_bytes, models_dir)?;
+        check_disk(bytes, d.available_bytes, models_dir)?;
     }
-    qlora_engine::gguf::import_gguf(path, &out).map_err(bad)?;
-    Ok(inspect(&out))
+    Ok(ImportPlan { file: path.to_path_buf(), out, name, bytes })
+}
+
+/// Runs a planned import as job `job`, reporting through `emit`: the engine writes a
+/// temporary folder tensor by tensor and renames it into place, so a cancel or a failure
+/// leaves nothing behind.
+pub fn run_import(job: u64, plan: &ImportPlan, cancel: &qlora_jobs::CancelToken, emit: &dyn Fn(ImportEvent)) {
+    emit(ImportEvent::Started {
+        job,
+        file: plan.file.to_string_lossy().to_string(),
+        name: plan.name.clone(),
+        total_bytes: plan.bytes,
+    });
+    let mut progress = |done_bytes, total_bytes| emit(ImportEvent::Progress { job, done_bytes, total_bytes });
+    match qlora_engine::gguf::import_gguf_with(&plan.file, &plan.out, &mut progress, cancel).map_err(bad_gguf) {
+        Ok(_) => emit(ImportEvent::Finished { job, model: inspect(&plan.out) }),
+        Err(e) if e.code == ErrorCode::Cancelled => emit(ImportEvent::Cancelled { job }),
+        Err(error) => emit(ImportEvent::Failed { job, error }),
+    }
 }
 
 #[cfg(test)]
@@ -150,14 +182,27 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gguf_spm/tiny-llama-spm.gguf")
     }
 
+    fn import(models: &Path, file: &str, cancel: &qlora_jobs::CancelToken) -> CmdResult<Vec<ImportEvent>> {
+        let plan = plan_import(models, file)?;
+        let events = std::sync::Mutex::new(Vec::new());
+        run_import(7, &plan, cancel, &|e| events.lock().unwrap().push(e));
+        Ok(events.into_inner().unwrap())
+    }
+
     #[test]
     fn imports_a_gguf_into_a_ready_folder_once() {
         let home = tempfile::tempdir().unwrap();
         let models = home.path().join("models");
-        let m = import_gguf(&models, &format!("  {}  ", fixture_gguf().display())).unwrap();
-        assert_eq!((m.name.as_str(), m.ready), ("tiny-llama-spm", true), "{m:?}");
+        let events = import(&models, &format!("  {}  ", fixture_gguf().display()), &Default::default()).unwrap();
+        let ImportEvent::Started { name, total_bytes, .. } = &events[0] else { panic!("{events:?}") };
+        assert_eq!(name, "tiny-llama-spm");
+        let progress: Vec<u64> = events.iter().filter_map(|e| match e { ImportEvent::Progress { done_bytes, .. } => Some(*done_bytes), _ => None }).collect();
+        assert_eq!(progress.len(), 21, "one progress event a tensor");
+        assert_eq!(progress.last(), Some(total_bytes));
+        let ImportEvent::Finished { model, .. } = events.last().unwrap() else { panic!("{events:?}") };
+        assert_eq!((model.name.as_str(), model.ready), ("tiny-llama-spm", true), "{model:?}");
         assert_eq!(scan(&[models.to_string_lossy().to_string()]).len(), 1);
-        let again = import_gguf(&models, fixture_gguf().to_str().unwrap()).unwrap_err();
+        let again = plan_import(&models, fixture_gguf().to_str().unwrap()).unwrap_err();
         assert_eq!(again.code, ErrorCode::InvalidInput);
         assert!(again.message.contains("already imported"), "{}", again.message);
         // Only the model folder: no temporary folder left behind.
@@ -165,21 +210,31 @@ mod tests {
     }
 
     #[test]
+    fn a_cancelled_import_says_so_and_leaves_nothing() {
+        let home = tempfile::tempdir().unwrap();
+        let models = home.path().join("models");
+        let cancel = qlora_jobs::CancelToken::new();
+        cancel.cancel();
+        let events = import(&models, fixture_gguf().to_str().unwrap(), &cancel).unwrap();
+        assert!(matches!(events.last(), Some(ImportEvent::Cancelled { job: 7 })), "{events:?}");
+        assert_eq!(std::fs::read_dir(&models).unwrap().count(), 0);
+    }
+
+    #[test]
     fn bad_imports_say_what_to_do_and_write_nothing() {
         let home = tempfile::tempdir().unwrap();
         let models = home.path().join("models");
-        let e = import_gguf(&models, "").unwrap_err();
+        let e = plan_import(&models, "").unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidInput);
-        let e = import_gguf(&models, "/no/such/model.gguf").unwrap_err();
+        let e = plan_import(&models, "/no/such/model.gguf").unwrap_err();
         assert_eq!(e.code, ErrorCode::NotFound);
         assert!(e.message.contains("/no/such/model.gguf") && e.message.contains(".gguf file"), "{}", e.message);
         let fake = home.path().join("notes.gguf");
         std::fs::write(&fake, b"this is not a GGUF file").unwrap();
-        let e = import_gguf(&models, fake.to_str().unwrap()).unwrap_err();
+        let e = plan_import(&models, fake.to_str().unwrap()).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadFormat);
         assert!(e.message.contains("notes.gguf") && e.message.contains("not a readable GGUF"), "{}", e.message);
-        assert!(scan(&[models.to_string_lossy().to_string()]).is_empty());
-        assert!(!models.exists() || std::fs::read_dir(&models).unwrap().count() == 0);
+        assert!(!models.exists(), "nothing is created for a bad file");
     }
 
     #[test]

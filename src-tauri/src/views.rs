@@ -165,6 +165,17 @@ pub enum DownloadEvent {
     Failed { job: u64, error: crate::error::AppError },
 }
 
+/// A GGUF import job's events, sent as the `import` event.
+#[derive(Debug, Clone, Serialize, TS)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ImportEvent {
+    Started { job: u64, file: String, name: String, #[ts(type = "number")] total_bytes: u64 },
+    Progress { job: u64, #[ts(type = "number")] done_bytes: u64, #[ts(type = "number")] total_bytes: u64 },
+    Finished { job: u64, model: crate::local_models::LocalModel },
+    Cancelled { job: u64 },
+    Failed { job: u64, error: crate::error::AppError },
+}
+
 /// A cached repository, as the Library page lists it.
 #[derive(Debug, Clone, Serialize, TS)]
 pub struct CachedRepo {

@@ -158,6 +158,8 @@ suggestion: string | null, notes: Array<string>, };
 
 export type DownloadEvent = { "kind": "started", job: number, model: string, total_bytes: number, resumed_bytes: number, } | { "kind": "progress", job: number, file: string, done_bytes: number, total_bytes: number, bytes_per_sec: number, eta_secs: number | null, } | { "kind": "finished", job: number, path: string, } | { "kind": "cancelled", job: number, done_bytes: number, } | { "kind": "failed", job: number, error: AppError, };
 
+export type ImportEvent = { "kind": "started", job: number, file: string, name: string, total_bytes: number, } | { "kind": "progress", job: number, done_bytes: number, total_bytes: number, } | { "kind": "finished", job: number, model: LocalModel, } | { "kind": "cancelled", job: number, } | { "kind": "failed", job: number, error: AppError, };
+
 export type CachedRepo = { id: string, revisions: Array<string>, size_on_disk: number, 
 /**
  * Bytes shared with other revisions (the same blob).
@@ -240,8 +242,8 @@ modules: number, rank: number, alpha: number,
 base_model: string | null, };
 
 /** Event names, and the payload each carries. */
-export const EVENTS = { download: "download", train: "train" } as const;
-export interface EventPayloads { download: DownloadEvent; train: TrainEvent }
+export const EVENTS = { download: "download", train: "train", import: "import" } as const;
+export interface EventPayloads { download: DownloadEvent; train: TrainEvent; import: ImportEvent }
 
 /** Every command: its arguments and its result. */
 export interface Commands {
@@ -252,7 +254,8 @@ export interface Commands {
   search_models: { args: { query: string }; result: ModelHit[] };
   model_info: { args: { id: string }; result: ModelDetail };
   list_local_models: { args: {  }; result: LocalModel[] };
-  import_gguf: { args: { path: string }; result: LocalModel };
+  import_gguf: { args: { path: string }; result: number };
+  cancel_import: { args: { job: number }; result: null };
   gpu_presets: { args: {  }; result: GpuPresetView[] };
   plan_model: { args: { request: PlanRequest }; result: PlanReport };
   start_download: { args: { model: string }; result: number };

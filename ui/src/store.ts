@@ -2,17 +2,18 @@
 // training run. A tiny subscribe/notify store; pages re-render their own parts on change.
 import type { AppError, Settings, SystemInfo } from "./bindings";
 import { call, onEvent } from "./api";
-import { reduceDownload, reduceTrain, blankTrain, resumedTrain, type Downloads, type TrainState } from "./lib/reducers";
+import { reduceDownload, reduceImport, reduceTrain, blankTrain, resumedTrain, type Downloads, type Imports, type TrainState } from "./lib/reducers";
 
 export interface State {
   settings: Settings | null;
   system: SystemInfo | null;
   systemError: AppError | null;
   downloads: Downloads;
+  imports: Imports;
   training: TrainState | null;
 }
 
-export const state: State = { settings: null, system: null, systemError: null, downloads: {}, training: null };
+export const state: State = { settings: null, system: null, systemError: null, downloads: {}, imports: {}, training: null };
 
 type Listener = () => void;
 const listeners = new Set<Listener>();
@@ -51,6 +52,10 @@ export function startTraining(job: number, resume = false): void {
 export async function listenToJobs(): Promise<void> {
   await onEvent("download", (ev) => {
     state.downloads = reduceDownload(state.downloads, ev);
+    notify();
+  });
+  await onEvent("import", (ev) => {
+    state.imports = reduceImport(state.imports, ev);
     notify();
   });
   await onEvent("train", (ev) => {

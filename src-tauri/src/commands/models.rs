@@ -5,7 +5,7 @@ use super::{AppError, CmdResult};
 use crate::local_models::{self, LocalModel};
 use crate::state::AppState;
 use crate::views::{CacheReport, CachedRepo, CuratedModel, ModelDetail, ModelHit, PlanReport, PlanRequest};
-use tauri::State;
+use tauri::{AppHandle, Manager, State};
 
 #[tauri::command]
 pub fn curated_models() -> Vec<CuratedModel> {
@@ -22,11 +22,24 @@ pub fn list_local_models(state: State<'_, AppState>) -> Vec<LocalModel> {
     local_models::scan(&dirs)
 }
 
-/// Imports a GGUF file into the app's models folder; the new folder is listed from then on.
+/// Starts importing a GGUF file into the app's models folder, as a job with `import` events;
+/// the file, the name and the free disk are checked first, so bad input is an error here.
 #[tauri::command]
-pub async fn import_gguf(state: State<'_, AppState>, path: String) -> CmdResult<LocalModel> {
+pub async fn import_gguf(app: AppHandle, state: State<'_, AppState>, path: String) -> CmdResult<u64> {
     let models = state.models_dir();
-    super::app::run_blocking(move || local_models::import_gguf(&models, &path)).await
+    let plan = super::app::run_blocking(move || local_models::plan_import(&models, &path)).await?;
+    let (job, cancel) = state.start_job();
+    std::thread::spawn(move || {
+        let emit = |e| crate::events::emit_import(&app, e);
+        local_models::run_import(job, &plan, &cancel, &emit);
+        app.state::<AppState>().finish_job(job);
+    });
+    Ok(job)
+}
+
+#[tauri::command]
+pub fn cancel_import(state: State<'_, AppState>, job: u64) -> CmdResult<()> {
+    state.cancel_job(job)
 }
 
 /// Checks the shape of a Hub model id (`org/name`) before anything goes to the network.

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { blankChat, blankTrain, reduceChat, reduceDownload, reduceTrain, resumedTrain, type Downloads } from "./reducers";
-import type { DownloadEvent, TrainEvent } from "../bindings";
+import { blankChat, blankTrain, reduceChat, reduceDownload, reduceImport, reduceTrain, resumedTrain, type Downloads } from "./reducers";
+import type { DownloadEvent, ImportEvent, TrainEvent } from "../bindings";
 
 describe("download events", () => {
   it("start, progress, cancel, resume, finish", () => {
@@ -62,6 +62,28 @@ describe("training events", () => {
     s = reduceTrain(s, { kind: "step", job: 1, step: 2, loss: 2.4, lr: 0, tokens_per_sec: 0, eta_secs: null, memory_bytes: null });
     expect(s.loss).toEqual([{ x: 1, y: 3 }, { x: 2, y: 2.4 }]);
     expect(s.status).toBe("running");
+  });
+});
+
+describe("GGUF import events", () => {
+  const model = { name: "tiny", path: "/m/tiny", bytes: 10, ready: true, missing: [] };
+  it("start, progress, finish; jobs kept apart", () => {
+    const evs: ImportEvent[] = [
+      { kind: "started", job: 3, file: "/x/tiny.gguf", name: "tiny", total_bytes: 1000 },
+      { kind: "progress", job: 3, done_bytes: 400, total_bytes: 1000 },
+      { kind: "started", job: 4, file: "/x/other.gguf", name: "other", total_bytes: 50 },
+      { kind: "progress", job: 3, done_bytes: 1000, total_bytes: 1000 },
+      { kind: "finished", job: 3, model },
+    ];
+    const s = evs.reduce(reduceImport, {});
+    expect(s[3]).toMatchObject({ status: "finished", name: "tiny", done: 1000, total: 1000, model, error: null });
+    expect(s[4]).toMatchObject({ status: "running", name: "other", done: 0, total: 50 });
+  });
+  it("a cancel or a failure ends the job with what happened", () => {
+    const start: ImportEvent = { kind: "started", job: 1, file: "/x/a.gguf", name: "a", total_bytes: 10 };
+    expect(reduceImport(reduceImport({}, start), { kind: "cancelled", job: 1 })[1].status).toBe("cancelled");
+    const failed = reduceImport(reduceImport({}, start), { kind: "failed", job: 1, error: { code: "bad_format", message: "gguf a.gguf: bad" } });
+    expect(failed[1]).toMatchObject({ status: "failed", error: { code: "bad_format" } });
   });
 });
 

@@ -1,5 +1,5 @@
 // Job state from job events: pure functions, so what the pages show is unit-tested.
-import type { ChatChunk, DownloadEvent, SampleAnswer, TrainEvent, AppError } from "../bindings";
+import type { ChatChunk, DownloadEvent, ImportEvent, LocalModel, SampleAnswer, TrainEvent, AppError } from "../bindings";
 import type { Point } from "./chart";
 
 export type JobStatus = "running" | "finished" | "cancelled" | "failed";
@@ -44,6 +44,42 @@ export function reduceDownload(state: Downloads, ev: DownloadEvent): Downloads {
       break;
     case "failed":
       next = { ...cur, status: "failed", error: ev.error, bytesPerSec: 0, etaSecs: null };
+      break;
+  }
+  return { ...state, [ev.job]: next };
+}
+
+export interface ImportState {
+  job: number;
+  status: JobStatus;
+  name: string;
+  done: number;
+  total: number;
+  model: LocalModel | null;
+  error: AppError | null;
+}
+
+export type Imports = Record<number, ImportState>;
+
+/** Applies one GGUF import event; returns a new map (the old one is not changed). */
+export function reduceImport(state: Imports, ev: ImportEvent): Imports {
+  const cur: ImportState = state[ev.job] ?? { job: ev.job, status: "running", name: "", done: 0, total: 0, model: null, error: null };
+  let next: ImportState;
+  switch (ev.kind) {
+    case "started":
+      next = { ...cur, status: "running", name: ev.name, total: ev.total_bytes, done: 0 };
+      break;
+    case "progress":
+      next = { ...cur, done: Math.max(cur.done, ev.done_bytes), total: ev.total_bytes || cur.total };
+      break;
+    case "finished":
+      next = { ...cur, status: "finished", model: ev.model, done: cur.total || cur.done };
+      break;
+    case "cancelled":
+      next = { ...cur, status: "cancelled" };
+      break;
+    case "failed":
+      next = { ...cur, status: "failed", error: ev.error };
       break;
   }
   return { ...state, [ev.job]: next };

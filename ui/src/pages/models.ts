@@ -146,17 +146,36 @@ export function modelsPage(root: HTMLElement): () => void {
   };
   const ggufPath = textInput("gguf-path", "", "/path/to/model.gguf (llama.cpp, LM Studio, Ollama)");
   const ggufOut = h("div", { "data-testid": "gguf-out" });
+  const ggufErr = h("div", {});
+  let importJob: number | null = null;
+  let listedFor: number | null = null;
+  const drawImport = liveView(ggufOut, () => {
+    const d = importJob != null ? state.imports[importJob] : undefined;
+    if (!d) return { key: "none", live: [], controls: () => [] };
+    if (d.status === "finished" && listedFor !== d.job) {
+      listedFor = d.job;
+      void listLocal();
+    }
+    return {
+      key: `${d.job} ${d.status}`,
+      live: d.status === "running" ? [h("div", { class: "row" }, progressBar(d.done, d.total, "gguf-progress"),
+        h("span", { "data-testid": "gguf-status" }, `importing ${d.name} · ${formatPercent(d.done, d.total)} · ${formatBytes(d.done)} of ${formatBytes(d.total)}`))] : [],
+      controls: () => [
+        d.status === "running" ? h("button", { "data-testid": "gguf-cancel", onclick: () => call("cancel_import", { job: d.job }).catch(() => {}) }, "Cancel") : null,
+        d.status === "finished" && d.model ? notice(`Imported ${d.model.name} into ${d.model.path} (${formatBytes(d.model.bytes)}).`, "ok", "gguf-imported") : null,
+        d.status === "cancelled" ? notice("Import cancelled; nothing was written.", "info", "gguf-cancelled") : null,
+        d.error ? errorBox(d.error, "gguf-error") : null,
+      ],
+    };
+  });
+  cleanups.push(subscribe(drawImport) as () => void);
   const importGguf = async () => {
-    clear(ggufOut);
-    ggufOut.append(h("span", { class: "muted", "data-testid": "gguf-importing" }, "importing… (the weights are written out in f32; a 7B model takes a few minutes)"));
+    clear(ggufErr);
     try {
-      const m = await call("import_gguf", { path: ggufPath.value });
-      clear(ggufOut);
-      ggufOut.append(notice(`Imported ${m.name} into ${m.path} (${formatBytes(m.bytes)}).`, "ok", "gguf-imported"));
-      listLocal();
+      importJob = await call("import_gguf", { path: ggufPath.value });
+      drawImport();
     } catch (e) {
-      clear(ggufOut);
-      ggufOut.append(errorBox(e as AppError, "gguf-error"));
+      ggufErr.append(errorBox(e as AppError, "gguf-error"));
     }
   };
   const pickGguf = async () => {
@@ -177,7 +196,7 @@ export function modelsPage(root: HTMLElement): () => void {
       field("Import a GGUF file", ggufPath, undefined, "a Llama or Qwen2 .gguf (TinyLlama, Mistral, SmolLM, Llama 2 and 3, Qwen2 and 2.5) becomes a model folder here, ready for chat and training"),
       h("button", { type: "button", onclick: () => void pickGguf() }, "Browse…"),
       h("button", { type: "submit", "data-testid": "gguf-import" }, "Import")),
-    ggufOut,
+    ggufErr, ggufOut,
     h("h2", {}, "Curated"), curated);
   void listLocal();
   call("curated_models", {}).then((ms: CuratedModel[]) => {
