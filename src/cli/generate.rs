@@ -133,11 +133,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let stdout = std::sync::Mutex::new(std::io::stdout());
     let sink = |e: GenerateEvent| {
-        if let GenerateEvent::Token { text, .. } = e {
-            if let Ok(mut out) = stdout.lock() {
-                let _ = out.write_all(text.as_bytes());
-                let _ = out.flush();
-            }
+        if let GenerateEvent::Token { text, .. } = e
+            && let Ok(mut out) = stdout.lock()
+        {
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
         }
     };
     tm.generator().generate(&ids, &args.sample.options(), &sink, &CancelToken::new())?;

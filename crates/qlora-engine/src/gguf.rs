@@ -390,7 +390,7 @@ mod tests {
         assert_eq!(st["model.layers.1.self_attn.k_proj.weight"].dims(), &[32, 64]);
         assert!(st.values().all(|t| t.dtype() == candle_core::DType::F32));
         let len = std::fs::metadata(out.join("model.safetensors")).unwrap().len();
-        assert!(len > total && (len - total) % 8 == 0, "8-byte aligned data after the header: {len} vs {total}");
+        assert!(len > total && (len - total).is_multiple_of(8), "8-byte aligned data after the header: {len} vs {total}");
 
         // Cancelled after three tensors: an error, and nothing left behind.
         let cancel = CancelToken::new();

@@ -289,7 +289,7 @@ mod tests {
     fn softmax_matches_fused_and_handles_neg_inf() {
         let x = Tensor::new(&[[1f32, 2., f32::NEG_INFINITY], [1000., 1000., 0.]], &Device::Cpu).unwrap();
         let ours = softmax_last_dim(&x).unwrap();
-        close(&ours, &[0.26894142, 0.73105858, 0.0, 0.5, 0.5, 0.0], 1e-6);
+        close(&ours, &[0.268_941_4, 0.731_058_6, 0.0, 0.5, 0.5, 0.0], 1e-6);
     }
 
     #[test]

@@ -263,7 +263,7 @@ mod tests {
         let mut b = AdamW::new(vec![Param { name: "p".into(), var: q.clone() }], hp).unwrap();
         b.load_state(&state, step).unwrap();
         let g = Tensor::new(&[0.5f32, 0.5], &Device::Cpu).unwrap();
-        a.step(&[g.clone()], 0.01).unwrap();
+        a.step(std::slice::from_ref(&g), 0.01).unwrap();
         b.step(&[g], 0.01).unwrap();
         assert_eq!(vals(p.as_tensor()), vals(q.as_tensor()));
         let mut missing = HashMap::new();
