@@ -39,6 +39,7 @@ pub fn commands(cfg: &Config) -> Vec<CommandSig> {
         sig("list_local_models", vec![], format!("{}[]", LocalModel::name(cfg))),
         sig("import_gguf", vec![("path", n("string"))], n("number")),
         sig("cancel_import", vec![("job", n("number"))], n("null")),
+        sig("delete_local_model", vec![("path", n("string"))], n("number")),
         sig("gpu_presets", vec![], format!("{}[]", GpuPresetView::name(cfg))),
         sig("plan_model", vec![("request", PlanRequest::name(cfg))], PlanReport::name(cfg)),
         sig("start_download", vec![("model", n("string"))], n("number")),

@@ -14,6 +14,7 @@ pub const COMMAND_NAMES: &[&str] = &[
     "list_local_models",
     "import_gguf",
     "cancel_import",
+    "delete_local_model",
     "gpu_presets",
     "plan_model",
     "start_download",

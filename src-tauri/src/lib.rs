@@ -49,6 +49,7 @@ pub fn run() {
             commands::models::list_local_models,
             commands::models::import_gguf,
             commands::models::cancel_import,
+            commands::models::delete_local_model,
             commands::app::gpu_presets,
             commands::models::plan_model,
             commands::jobs::start_download,

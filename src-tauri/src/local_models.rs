@@ -22,6 +22,8 @@ pub struct LocalModel {
     pub ready: bool,
     /// What is missing when not ready, e.g. "tokenizer.json".
     pub missing: Vec<String>,
+    /// True for a GGUF imported into the app's models folder: the app may delete it.
+    pub imported: bool,
 }
 
 /// Lists the model folders directly inside each of `dirs` (and each dir itself when it is a
@@ -75,6 +77,7 @@ fn inspect(dir: &Path) -> LocalModel {
         bytes,
         ready: missing.is_empty(),
         missing,
+        imported: false,
     }
 }
 
@@ -106,6 +109,35 @@ fn check_disk(need: u64, free: u64, dir: &Path) -> CmdResult<()> {
         ));
     }
     Ok(())
+}
+
+/// Marks the models that live in the app's models folder (imported GGUF files).
+pub fn mark_imported(models: &mut [LocalModel], models_dir: &Path) {
+    for m in models {
+        m.imported = Path::new(&m.path).parent() == Some(models_dir);
+    }
+}
+
+/// Deletes an imported model's folder; only folders directly in `models_dir` (the app's own
+/// imports) may go, never a folder the user listed in Settings or the Hugging Face cache.
+/// Returns the bytes freed.
+pub fn delete_imported(models_dir: &Path, path: &str) -> CmdResult<u64> {
+    let dir = Path::new(path.trim());
+    let canon = |p: &Path| std::fs::canonicalize(p).ok();
+    let inside = match (canon(dir), canon(models_dir)) {
+        (Some(d), Some(m)) => d.parent() == Some(m.as_path()) && d.join("config.json").is_file(),
+        _ => false,
+    };
+    if !inside {
+        return Err(AppError::invalid(format!(
+            "'{}' is not a model imported into {}: only imported models are deleted here; remove other folders yourself",
+            dir.display(),
+            models_dir.display()
+        )));
+    }
+    let freed = inspect(dir).bytes;
+    std::fs::remove_dir_all(dir).map_err(|e| AppError::new(ErrorCode::Io, format!("cannot delete {}: {e}", dir.display())))?;
+    Ok(freed)
 }
 
 /// A GGUF import that passed its checks: where from, where to, how much it writes.
@@ -207,6 +239,28 @@ mod tests {
         assert!(again.message.contains("already imported"), "{}", again.message);
         // Only the model folder: no temporary folder left behind.
         assert_eq!(std::fs::read_dir(&models).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn only_imported_models_can_be_deleted() {
+        let home = tempfile::tempdir().unwrap();
+        let models = home.path().join("models");
+        import(&models, fixture_gguf().to_str().unwrap(), &Default::default()).unwrap();
+        let other = home.path().join("elsewhere").join("mine");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("config.json"), b"{}").unwrap();
+        let mut found = scan(&[models.to_string_lossy().to_string(), home.path().join("elsewhere").to_string_lossy().to_string()]);
+        mark_imported(&mut found, &models);
+        assert_eq!(found.iter().map(|m| (m.name.as_str(), m.imported)).collect::<Vec<_>>(), vec![("tiny-llama-spm", true), ("mine", false)]);
+        // Not an import, the models folder itself, a path escaping it: refused, nothing deleted.
+        for bad in [other.clone(), models.clone(), models.join("tiny-llama-spm/../../elsewhere/mine"), models.join("nope")] {
+            let e = delete_imported(&models, bad.to_str().unwrap()).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidInput, "{}", bad.display());
+        }
+        assert!(other.join("config.json").is_file());
+        let freed = delete_imported(&models, &found[0].path).unwrap();
+        assert_eq!(freed, found[0].bytes);
+        assert!(scan(&[models.to_string_lossy().to_string()]).is_empty());
     }
 
     #[test]

@@ -559,6 +559,13 @@ def test_import_a_gguf_and_chat_with_it(d):
     d.wait(lambda: "tiny-llama-spm" in d.js("return document.querySelector('[data-testid=chat-model-path]').value"), 10, "the imported model to be picked")
     send_and_wait(d, "Hello there.", "[data-testid=answer]")
     assert "tokens/s" in answer_text(d), answer_text(d)
+    # Imported models can be deleted from the app, in two clicks; the starter model cannot.
+    page(d, "models")
+    assert not d.exists("[data-testid='local-SmolLM2-135M-Instruct'] [data-testid=delete-local]")
+    d.click(f"{card} [data-testid=delete-local]")
+    d.click(f"{card} [data-testid=delete-local-confirm]")
+    d.wait(lambda: not d.exists(card), 15, "the imported model to leave the list")
+    assert not os.path.exists(os.path.join(os.environ["QLORA_STUDIO_HOME"], "models", "tiny-llama-spm"))
 
 
 def test_library_lists_verifies_and_dry_runs_a_delete(d):

@@ -128,7 +128,11 @@ ready: boolean,
 /**
  * What is missing when not ready, e.g. "tokenizer.json".
  */
-missing: Array<string>, };
+missing: Array<string>, 
+/**
+ * True for a GGUF imported into the app's models folder: the app may delete it.
+ */
+imported: boolean, };
 
 export type GpuChoice = { "kind": "this_machine" } | { "kind": "preset", id: string, };
 
@@ -256,6 +260,7 @@ export interface Commands {
   list_local_models: { args: {  }; result: LocalModel[] };
   import_gguf: { args: { path: string }; result: number };
   cancel_import: { args: { job: number }; result: null };
+  delete_local_model: { args: { path: string }; result: number };
   gpu_presets: { args: {  }; result: GpuPresetView[] };
   plan_model: { args: { request: PlanRequest }; result: PlanReport };
   start_download: { args: { model: string }; result: number };

@@ -19,7 +19,16 @@ pub fn list_local_models(state: State<'_, AppState>) -> Vec<LocalModel> {
     if !dirs.contains(&imported) {
         dirs.push(imported);
     }
-    local_models::scan(&dirs)
+    let mut found = local_models::scan(&dirs);
+    local_models::mark_imported(&mut found, &state.models_dir());
+    found
+}
+
+/// Deletes a model imported into the app's models folder; returns the bytes freed.
+#[tauri::command]
+pub async fn delete_local_model(state: State<'_, AppState>, path: String) -> CmdResult<u64> {
+    let models = state.models_dir();
+    super::app::run_blocking(move || local_models::delete_imported(&models, &path)).await
 }
 
 /// Starts importing a GGUF file into the app's models folder, as a job with `import` events;

@@ -66,7 +66,7 @@ describe("training events", () => {
 });
 
 describe("GGUF import events", () => {
-  const model = { name: "tiny", path: "/m/tiny", bytes: 10, ready: true, missing: [] };
+  const model = { name: "tiny", path: "/m/tiny", bytes: 10, ready: true, missing: [], imported: true };
   it("start, progress, finish; jobs kept apart", () => {
     const evs: ImportEvent[] = [
       { kind: "started", job: 3, file: "/x/tiny.gguf", name: "tiny", total_bytes: 1000 },

@@ -110,14 +110,33 @@ function modelCard(id: string, title: string, meta: string, note: string, cleanu
   return card;
 }
 
-function localCard(m: LocalModel): HTMLElement {
+/** Delete for an imported model, in two clicks: the second says what goes. */
+function deleteImported(m: LocalModel, onDeleted: () => void): HTMLElement {
+  const box = h("span", { class: "actions" });
+  const ask = h("button", { class: "danger", "data-testid": "delete-local", onclick: () => {
+    clear(box);
+    append(box, h("span", {}, `Delete ${m.name} (${formatBytes(m.bytes)})? `),
+      h("button", { class: "danger", "data-testid": "delete-local-confirm", onclick: async () => {
+        try {
+          await call("delete_local_model", { path: m.path });
+          onDeleted();
+        } catch (e) { box.append(errorBox(e as AppError, "delete-local-error")); }
+      } }, "Delete"),
+      h("button", { onclick: () => { clear(box); box.append(ask); } }, "Keep"));
+  } }, "Delete…");
+  box.append(ask);
+  return box;
+}
+
+function localCard(m: LocalModel, onDeleted: () => void): HTMLElement {
   return h("div", { class: "card", "data-testid": `local-${m.name}` },
     h("div", { class: "card-head" }, h("b", {}, m.name), " ", m.ready ? h("span", { class: "chip verdict-fits", "data-testid": "ready" }, "ready") : h("span", { class: "chip verdict-does_not_fit" }, `missing ${m.missing.join(", ")}`)),
     h("div", { class: "muted" }, `${m.path} · ${formatBytes(m.bytes)}`),
     h("div", { class: "actions" },
       h("button", { disabled: !m.ready, "data-testid": "chat-local", onclick: () => go("chat", { model: m.path }) }, "Chat"),
       h("button", { disabled: !m.ready, onclick: () => go("train", { model: m.path }) }, "Train"),
-      h("button", { onclick: () => go("planner", { model: m.path }) }, "Plan…")));
+      h("button", { onclick: () => go("planner", { model: m.path }) }, "Plan…"),
+      m.imported ? deleteImported(m, onDeleted) : null));
 }
 
 export function modelsPage(root: HTMLElement): () => void {
@@ -185,7 +204,7 @@ export function modelsPage(root: HTMLElement): () => void {
   const listLocal = () => call("list_local_models", {}).then((ms) => {
     clear(local);
     if (ms.length === 0) local.append(notice("No local models yet. Import a GGUF file, add a folder in Settings, or download one below.", "info", "no-local"));
-    for (const m of ms) local.append(localCard(m));
+    for (const m of ms) local.append(localCard(m, () => void listLocal()));
   }).catch((e) => local.append(errorBox(e as AppError)));
   root.append(
     h("h1", {}, "Models"),
