@@ -13,7 +13,17 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let report = qlora_studio::engine::gguf::import_gguf(&args.file, &args.out_dir)
+    // A line per 5% on stderr: a 7B import writes 28 GB.
+    let mut shown = 0u64;
+    let mut progress = |done: u64, total: u64| {
+        let pct = (done * 100).checked_div(total).unwrap_or(100);
+        if pct >= shown + 5 || done == total {
+            shown = pct;
+            eprintln!("  {pct:>3}%  {} of {} written", qlora_studio::hub::human(done), qlora_studio::hub::human(total));
+        }
+    };
+    let cancel = qlora_studio::jobs::CancelToken::new();
+    let report = qlora_studio::engine::gguf::import_gguf_with(&args.file, &args.out_dir, &mut progress, &cancel)
         .with_context(|| format!("importing {}", args.file.display()))?;
     eprintln!(
         "imported {} tensors ({} layers, vocabulary {}, {} embeddings) into {}",
