@@ -234,9 +234,12 @@ pub fn import_gguf_with(
     let parent = out_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     let leaf = out_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
-    let tmp = parent.join(format!(".{leaf}.import-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    // One temporary folder per import, even two of the same file in one process (a double
+    // click): create_dir fails rather than share one.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = parent.join(format!(".{leaf}.import-{}-{n}", std::process::id()));
+    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let written = (|| -> Result<()> {
         let mut next = |hf: &str| -> Result<Tensor> {
             cancel.check()?;
@@ -259,10 +262,16 @@ pub fn import_gguf_with(
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    if out_dir.exists() {
-        std::fs::remove_dir(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    // rename replaces an empty folder and fails on a full one: an import that finished first
+    // wins, and this one leaves nothing behind.
+    if let Err(e) = std::fs::rename(&tmp, out_dir) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(if out_dir.is_dir() {
+            Error::InvalidOption(format!("{} was written by another import meanwhile; it is kept", out_dir.display()))
+        } else {
+            Error::io(out_dir, e)
+        });
     }
-    std::fs::rename(&tmp, out_dir).map_err(|e| Error::io(out_dir, e))?;
     Ok(ImportReport { out_dir: out_dir.to_path_buf(), tensors: plan.len(), vocab_size, num_layers: p.layers, tied_embeddings: tied })
 }
 
@@ -406,6 +415,27 @@ mod tests {
         assert!(matches!(e, Error::Cancelled(_)), "{e}");
         let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, vec![std::ffi::OsString::from("a")]);
+    }
+
+    #[test]
+    fn two_imports_into_one_folder_at_once_give_one_whole_model() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf_qwen2/tiny-qwen2.gguf");
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("m");
+        let results: Vec<Result<ImportReport>> = std::thread::scope(|s| {
+            let a = s.spawn(|| import_gguf(&file, &out));
+            let b = s.spawn(|| import_gguf(&file, &out));
+            vec![a.join().unwrap(), b.join().unwrap()]
+        });
+        assert!(results.iter().any(|r| r.is_ok()), "one import succeeds: {:?}", results.iter().map(|r| r.as_ref().err().map(|e| e.to_string())).collect::<Vec<_>>());
+        for e in results.iter().filter_map(|r| r.as_ref().err()) {
+            let msg = e.to_string();
+            assert!(msg.contains("another import") || msg.contains("not empty"), "{msg}");
+        }
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("m")], "no temporary folder left");
+        let st = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+        assert_eq!(st.len(), 26);
     }
 
     #[test]
