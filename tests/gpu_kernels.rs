@@ -252,6 +252,82 @@ fn gemv_with_the_add_and_norm_folded_in_matches_the_two_launches() {
     }
 }
 
+/// The RMSNorm folded into the GEMVs around it, at one row of x: the projection that adds the
+/// residual and writes `s · w` and partial sums of squares (`gemv_add_sumsq_into`), then q/k/v and gate/up
+/// taking `norm(s)` from them (`fold_gemv_multi_into`, `fold_gemv_glu_into`), against the
+/// unfused launches (`gemv_multi`, `infer::add_rms_norm`, then `gemv_multi` / `gemv_glu` of the
+/// normed x) and against the CPU composition of the twins: the sum bit for bit, the partials
+/// summing to the sum of squares, the GEMVs within the dtype's rounding (the unfused pair rounds
+/// the normed x first). Llama's and Gemma's norm, biases, widths with one and many producer
+/// blocks (64 to 4096), both GLU activations, the `_pf` kernels (k <= 2048) and the others; the
+/// same launch twice gives the same bits; bad inputs are refused with what to change.
+#[test]
+fn gemv_with_the_norm_folded_in_matches_the_unfused_launches() {
+    use qlora_studio::quant::cuda::fused::{fold_gemv_glu_into, fold_gemv_multi_into, fold_partials, gemv_add_rms_norm, gemv_add_sumsq_into, FoldedNorm};
+    let dev = gpu();
+    let g = |t: &Tensor| t.to_device(&dev).unwrap();
+    let cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
+    for (dt, tol) in [(DType::BF16, 1.5e-2), (DType::F16, 3e-3)] {
+        for (n, k_in, bias) in [(64usize, 256usize, false), (2048, 512, true), (4096, 1024, false), (1088, 2048, true)] {
+            let o = proj(n, k_in, 11 + n as u64, true, bias, dt);
+            let qkv: Vec<Nf4Proj> = [(96usize, 1u64, true), (32, 2, false), (32, 3, true)].iter().map(|&(r, seed, b)| proj(r, n, seed + n as u64, true, b, dt)).collect();
+            let (gate, up) = (proj(200, n, 4 + n as u64, true, false, dt), proj(200, n, 5 + n as u64, false, true, dt));
+            let (go, gqkv, ggate, gup) = (on_gpu(&o), qkv.iter().map(on_gpu).collect::<Vec<_>>(), on_gpu(&gate), on_gpu(&up));
+            let w = ((randn(&[n], DType::F32) * 0.1).unwrap() + 1.0).unwrap().to_dtype(dt).unwrap();
+            let (x, resid) = (randn(&[1, 1, k_in], dt), randn(&[1, 1, n], dt));
+            for one_plus in [false, true] {
+                let case = format!("n {n} k {k_in} one_plus {one_plus} {dt:?}");
+                let (s_out, xw_out) = (Tensor::zeros(n, dt, &dev).unwrap(), Tensor::zeros(n, dt, &dev).unwrap());
+                let part = Tensor::zeros(fold_partials(n), DType::F32, &dev).unwrap();
+                let (s, xw) = gemv_add_sumsq_into(&g(&x), &go, &g(&resid), (&g(&w), one_plus), &s_out, &xw_out, &part).unwrap();
+                assert_eq!((s.dims(), xw.dims()), (&[1, 1, n][..], &[1, 1, n][..]), "{case}");
+                let a = gemv_multi(&g(&x), std::slice::from_ref(&go)).unwrap();
+                let (s2, h2) = infer::add_rms_norm(&g(&resid), Some(&a), &g(&w), 1e-5, one_plus).unwrap();
+                assert!(bits(&s) == bits(&s2), "{case}: the sum differs from gemv_multi + add_rms_norm's");
+                let ss: f64 = cpu(&s).to_dtype(DType::F64).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+                let ps: f64 = cpu(&part).to_dtype(DType::F64).unwrap().sum_all().unwrap().to_scalar().unwrap();
+                assert!((ps - ss).abs() <= 1e-5 * ss, "{case}: the partials sum to {ps}, the squares to {ss}");
+                let f = FoldedNorm { xw: &xw, partials: &part, eps: 1e-5 };
+                // The CPU composition: the twins' GEMV, add and norm, then the twins' projections.
+                let (_, hc) = gemv_add_rms_norm(&x, &o, &resid, &w, 1e-5, one_plus).unwrap();
+                let y_out = Tensor::zeros(160, dt, &dev).unwrap();
+                let y = fold_gemv_multi_into(&f, &gqkv, &y_out).unwrap();
+                assert_eq!(y.dims(), &[1, 1, 160], "{case}");
+                let err = rel_err(&y, &gemv_multi(&h2, &gqkv).unwrap());
+                assert!(err < tol, "{case}: q/k/v against the unfused launches, relative error {err:.2e}");
+                let err = rel_err(&y, &gemv_multi(&hc, &qkv).unwrap());
+                assert!(err < 2.0 * tol, "{case}: q/k/v against the CPU composition, relative error {err:.2e}");
+                let again = fold_gemv_multi_into(&f, &gqkv, &Tensor::zeros(160, dt, &dev).unwrap()).unwrap();
+                assert!(bits(&again) == bits(&y), "{case}: two launches differ");
+                for act in [GluAct::Silu, GluAct::GeluTanh] {
+                    let y_out = Tensor::zeros(200, dt, &dev).unwrap();
+                    let y = fold_gemv_glu_into(&f, &ggate, &gup, act, &y_out).unwrap();
+                    let err = rel_err(&y, &gemv_glu(&h2, &ggate, &gup, act).unwrap());
+                    assert!(err < tol, "{case} {act:?}: gate/up against the unfused launches, relative error {err:.2e}");
+                    let err = rel_err(&y, &gemv_glu(&hc, &gate, &up, act).unwrap());
+                    assert!(err < 2.0 * tol, "{case} {act:?}: gate/up against the CPU composition, relative error {err:.2e}");
+                }
+            }
+        }
+        // Bad inputs: two rows, partials of the wrong size, an output on top of an input.
+        let (n, k_in) = (256, 256);
+        let o = on_gpu(&proj(n, k_in, 3, true, false, dt));
+        let part = Tensor::zeros(fold_partials(n), DType::F32, &dev).unwrap();
+        let w = g(&randn(&[n], dt));
+        let buf = |len: usize| Tensor::zeros(len, dt, &dev).unwrap();
+        let err = gemv_add_sumsq_into(&g(&randn(&[2, 1, k_in], dt)), &o, &g(&randn(&[2, 1, n], dt)), (&w, false), &buf(2 * n), &buf(2 * n), &part).unwrap_err().to_string();
+        assert!(err.contains("one row"), "{dt:?}: {err}");
+        let (x, resid) = (g(&randn(&[1, 1, k_in], dt)), g(&randn(&[1, 1, n], dt)));
+        let err = gemv_add_sumsq_into(&x, &o, &resid, (&w, false), &buf(n), &buf(n), &Tensor::zeros(n, DType::F32, &dev).unwrap()).unwrap_err().to_string();
+        assert!(err.contains("output buffer"), "{dt:?}: {err}");
+        let err = gemv_add_sumsq_into(&x, &o, &resid, (&w, false), &resid.flatten_all().unwrap(), &buf(n), &part).unwrap_err().to_string();
+        assert!(err.contains("overlaps an input"), "{dt:?}: {err}");
+        let f = FoldedNorm { xw: &resid, partials: &Tensor::zeros(8, DType::F32, &dev).unwrap(), eps: 1e-5 };
+        let err = fold_gemv_multi_into(&f, &[on_gpu(&proj(64, n, 5, true, false, dt))], &Tensor::zeros(64, dt, &dev).unwrap()).unwrap_err().to_string();
+        assert!(err.contains("partials") && err.contains("gemv_add_sumsq_into"), "{dt:?}: {err}");
+    }
+}
+
 /// RMSNorm with the residual add (Llama's and Gemma's) against `ops::rms_norm` on the CPU.
 #[test]
 fn add_rms_norm_matches_the_unfused_ops() {

@@ -21,6 +21,10 @@ const REGISTER_BUDGETS: &[(&str, u32)] = &[
     ("nf4_gemv_glu_bf16_m1", 72),
     ("nf4_gemv_glu_f16_m1", 72),
     ("nf4_gemv_norm_bf16_m1", 64),
+    ("nf4_gemv_norm_rs_bf16_m1", 64),
+    ("nf4_gemv_sumsq_bf16_m1", 72),
+    ("nf4_gemv_multi_fold_bf16_m1", 72),
+    ("nf4_gemv_glu_fold_bf16_m1", 72),
 ];
 
 

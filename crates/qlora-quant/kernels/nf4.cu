@@ -263,6 +263,71 @@ __device__ __forceinline__ void fill_row_scales(const Nf4Seg& s, unsigned lrow, 
     for (unsigned b = threadIdx.x; b < kb; b += blockDim.x) dst[b] = seg_scale(s, blk0 + b, nested_code);
 }
 
+// The block scales of a block's NR rows (row r: segment seg_at(r), its row lr[r]) into
+// dst[r * stride + b], every thread's loads for all the rows issued before any is used: one
+// DRAM round trip (the quantized scale and its nested absmax, then the nested code from L1)
+// where fill_row_scales row by row took one a row, each behind its own loop (SASS, sm_90: the
+// GLU's 8 rows were 8 such round trips before the wait, with one or two of its 4 warps busy).
+// Rows of more than SC_PER(NR) * blockDim.x scale blocks resolve the rest one at a time (one
+// pass for the GLU's 8 rows, up to hidden sizes of 8192: more took the GLU past its registers). With PF,
+// thread 0 first asks L2 for every row's packed bytes (fill_row_scales<true>).
+// RS (row scales) keeps the row-by-row fill: measured on an H100 (bench/gpu/results/
+// h100-2026-11-27-s9-*), one pass took Mistral-7B's NF4 b1 step from 3110 / 3128 to 2908 / 2939
+// us and TinyLlama's gate/up from 10.4 to 9.7 us a launch, but TinyLlama's o/down (with the
+// norm tail) and q/k/v (`_pf`) 0.4 us a launch slower, so the `_pf` GEMVs and the norm-tail
+// GEMV at k <= 2048 (`nf4_gemv_norm_rs_*`) keep the row-by-row fill.
+// QLORA_GEMV_ROW_SCALES=1 builds it everywhere (for A/B runs).
+#ifndef QLORA_GEMV_ROW_SCALES
+#define QLORA_GEMV_ROW_SCALES 0
+#endif
+#define SC_PER(NR) ((NR) >= 8 ? 1 : 2)
+template <int NR, bool PF, bool RS, typename SegAt>
+__device__ __forceinline__ void fill_scales(SegAt seg_at, const unsigned (&lr)[NR], unsigned k,
+                                            const float* __restrict__ nested_code, float* dst, unsigned stride) {
+    if (RS || QLORA_GEMV_ROW_SCALES) {
+#pragma unroll
+        for (int r = 0; r < NR; r++) fill_row_scales<PF>(seg_at(r), lr[r], k, nested_code, dst + r * stride);
+        return;
+    }
+    if (PF && threadIdx.x == 0) {
+#pragma unroll
+        for (int r = 0; r < NR; r++) prefetch_l2(seg_at(r).packed + (size_t)lr[r] * (k >> 1), k >> 1);
+    }
+    uint32_t qv[NR][SC_PER(NR)];
+    float nv[NR][SC_PER(NR)];
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        const Nf4Seg& sg = seg_at(r);
+        const unsigned kb = k >> sg.bs_log2;
+        const size_t blk0 = (size_t)lr[r] * kb;
+#pragma unroll
+        for (int c = 0; c < SC_PER(NR); c++) {
+            const unsigned b = threadIdx.x + c * blockDim.x;
+            if (b < kb) {
+                if (sg.dq) {
+                    qv[r][c] = __ldg(sg.q + blk0 + b);
+                    nv[r][c] = __ldg(sg.nested + ((blk0 + b) >> sg.nbs_log2));
+                } else {
+                    nv[r][c] = __ldg(sg.absmax + blk0 + b);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        const Nf4Seg& sg = seg_at(r);
+        const unsigned kb = k >> sg.bs_log2;
+#pragma unroll
+        for (int c = 0; c < SC_PER(NR); c++) {
+            const unsigned b = threadIdx.x + c * blockDim.x;
+            if (b < kb)
+                dst[r * stride + b] = sg.dq ? __fadd_rn(__fmul_rn(__ldg(nested_code + qv[r][c]), nv[r][c]), sg.offset) : nv[r][c];
+        }
+        const size_t blk0 = (size_t)lr[r] * kb;
+        for (unsigned b = threadIdx.x + SC_PER(NR) * blockDim.x; b < kb; b += blockDim.x) dst[r * stride + b] = seg_scale(sg, blk0 + b, nested_code);
+    }
+}
+
 // Packed weight words of one lane: W consecutive 32-bit words (4 * W bytes, 8 * W weights),
 // streamed past L1 (read once per step).
 template <int W> __device__ __forceinline__ void ld_stream(const uint8_t* p, uint32_t (&w)[W]);
@@ -575,14 +640,81 @@ __device__ void norm_prologue(const NormIn& n, unsigned k, T* xs) {
     __syncthreads();
 }
 
+// ---------------------------------------------------------------- RMSNorm folded into the GEMVs
+// At one row of x, the RMSNorm between a projection (o_proj, down_proj) and the next GEMVs
+// (gate/up, the next layer's q/k/v) needs no launch and no serial tail: norm(s) = s * w' / rms(s)
+// (w' = w, or 1 + w for Gemma), and 1 / rms(s) is one scalar, so
+//   W norm(s) = (W (s * w')) / rms(s).
+// The projection's blocks add the residual (s = rnd(resid + a), each block its own rows), write
+// xw = rnd(s * w') for the next GEMV and the sum of squares of their rows to partials[block]
+// (SUMSQ); the next GEMV reads xw as its x and multiplies its sums by 1 / rms(s), summing the
+// partials itself (FOLD, in a fixed order: deterministic). Against the unfused pair, the rounding
+// of the normed x differs (rnd(s * w') here, rnd(rnd(s * r) * w) there): the results agree
+// within T's rounding, not bit for bit (tests/gpu_kernels.rs). (Multiplying x by w' inside the
+// next GEMV's loop instead made the step 10% slower on TinyLlama, 5% on Mistral-7B, on an H100:
+// bench/gpu/results/h100-2026-11-27-s9-fold-ab.*.)
+struct SumSq {
+    const void* resid;  // T[n]
+    const void* w;      // T[n]: the next norm's weight
+    void* s;            // T[n]: resid + this GEMV's output
+    void* xw;           // T[n]: s * w' (w' = w, or 1 + w with one_plus)
+    float* partials;    // [blocks]: each block's sum of s^2 over its rows
+    int one_plus;
+};
+struct FoldIn {
+    const float* partials;  // [np]
+    unsigned np;            // a multiple of 4, at most FOLD_P4 * 4 * blockDim.x
+    float eps;
+};
+#define FOLD_P4 2
+
+// The partials into shared memory with cp.async (issued after the wait; no register holds them
+// through the dot products, which the float4 loads took to 72-80 registers with spills), each
+// thread its own 16-byte slots, summed after the dot products (fold_rinv).
+__device__ __forceinline__ void fold_load(const FoldIn& f, float4* s_part) {
+#pragma unroll
+    for (int i = 0; i < FOLD_P4; i++) {
+        const unsigned j = threadIdx.x + i * blockDim.x;
+        if (j * 4u < f.np) {
+            const unsigned sa = (unsigned)__cvta_generic_to_shared(s_part + j);
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sa), "l"(f.partials + 4u * j) : "memory");
+        } else {
+            s_part[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+// 1 / rms(s) from the partials, block-wide (every thread gets it).
+__device__ __forceinline__ float fold_rinv(const FoldIn& f, const float4* s_part, unsigned k) {
+    __shared__ float s_ss[GW];
+    asm volatile("cp.async.wait_all;" ::: "memory");
+    float ss = 0.f;
+#pragma unroll
+    for (int i = 0; i < FOLD_P4; i++) {
+        const float4 v = s_part[threadIdx.x + i * blockDim.x];
+        ss = ss + v.x + v.y + v.z + v.w;
+    }
+    ss = warp_sum_bfly(ss);
+    if ((threadIdx.x & 31u) == 0) s_ss[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    float t = 0.f;
+#pragma unroll
+    for (int w = 0; w < GW; w++) t += s_ss[w];
+    return __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(t, (float)k), f.eps)));
+}
+
 // y[m, ntotal]: row r of the stacked weights goes to column seg.col0 + (r - first row of seg).
 // The byte offset of the normed x after NR rows' block scales in the dynamic shared memory.
 __device__ __forceinline__ unsigned xs_offset(int nr, unsigned k) { return ((unsigned)nr * (k >> 5) * 4u + 15u) & ~15u; }
 
 // With NORM, x is unused: the block computes its input from `nin` (norm_prologue).
-template <typename T, int M, bool NORM = false, bool PF = QLORA_GEMV_BULK_PREFETCH != 0>
+// FOLD (one row of x): x is the xw of a folded norm (fin); SUMSQ (one row of x, one
+// weight): y is unused, the block writes s = resid + its output and its partial sum of squares.
+// RS: the row-by-row scale fill (fill_scales).
+template <typename T, int M, bool NORM = false, bool PF = QLORA_GEMV_BULK_PREFETCH != 0, bool FOLD = false, bool SUMSQ = false, bool RS = false>
 __device__ void gemv_multi_impl(const Nf4Multi& p, const T* __restrict__ x, T* __restrict__ y, unsigned k,
-                                const NormIn& nin = NormIn{}) {
+                                const NormIn& nin = NormIn{}, const FoldIn& fin = FoldIn{}, const SumSq& sq = SumSq{}) {
+    static_assert(!(FOLD || SUMSQ) || (M == 1 && !NORM), "the folded norm takes one row of x");
     constexpr int R = Tile<M>::R;
     __shared__ float s_code[16];
     __shared__ float s_res[M * R];
@@ -590,13 +722,14 @@ __device__ void gemv_multi_impl(const Nf4Multi& p, const T* __restrict__ x, T* _
     if (threadIdx.x < 16) s_code[threadIdx.x] = p.tables[threadIdx.x];
     const unsigned row0 = blockIdx.x * R, stride = k >> 5;
     RowRef rows[R];
+    unsigned si[R], lr[R];
 #pragma unroll
     for (int r = 0; r < R; r++) {
-        unsigned lr;
-        const Nf4Seg& s = p.seg[locate(p, min(row0 + r, p.ntotal - 1), &lr)];
-        rows[r] = RowRef{s.packed + (size_t)lr * (k >> 1), s.bs_log2};
-        fill_row_scales<PF>(s, lr, k, p.tables + 16, s_scale + r * stride);
+        si[r] = locate(p, min(row0 + r, p.ntotal - 1), &lr[r]);
+        const Nf4Seg& s = p.seg[si[r]];
+        rows[r] = RowRef{s.packed + (size_t)lr[r] * (k >> 1), s.bs_log2};
     }
+    fill_scales<R, PF, RS>([&](int r) -> const Nf4Seg& { return p.seg[si[r]]; }, lr, k, p.tables + 16, s_scale, stride);
     // The scales and tables are constant during a step: resolved before the wait.
     if (NORM ? nin.prefetch != 0 : p.prefetch != 0) prefetch_rows<R>(rows, k);
     pdl_wait();
@@ -606,8 +739,32 @@ __device__ void gemv_multi_impl(const Nf4Multi& p, const T* __restrict__ x, T* _
         T* xs = reinterpret_cast<T*>(reinterpret_cast<char*>(s_scale) + xs_offset(R, k));
         norm_prologue<T, M>(nin, k, xs);
         dot_rows<SmemX<T>, M, R, Tile<M>::U>(rows, s_scale, s_code, reinterpret_cast<const SmemX<T>*>(xs), k, s_res);
+    } else if constexpr (FOLD) {
+        __shared__ float4 s_part[FOLD_P4 * GW * 32];
+        fold_load(fin, s_part);
+        dot_rows<T, M, R, Tile<M>::U>(rows, s_scale, s_code, x, k, s_res);
+        const float ri = fold_rinv(fin, s_part, k);
+        if (threadIdx.x < R) s_res[threadIdx.x] = __fmul_rn(s_res[threadIdx.x], ri);
     } else {
         dot_rows<T, M, R, Tile<M>::U>(rows, s_scale, s_code, x, k, s_res);
+    }
+    if constexpr (SUMSQ) {
+        if (threadIdx.x < 32) {
+            float v2 = 0.f;
+            const unsigned row = row0 + threadIdx.x;
+            if (threadIdx.x < R && row < p.ntotal) {
+                const T a = from_f32<T>(with_bias<T>(p.seg[0], row, s_res[threadIdx.x]));
+                const float sv = round_t<T>(__fadd_rn(to_f32<T>(reinterpret_cast<const T*>(sq.resid)[row]), to_f32<T>(a)));
+                reinterpret_cast<T*>(sq.s)[row] = from_f32<T>(sv);
+                const float wv = to_f32<T>(reinterpret_cast<const T*>(sq.w)[row]);
+                reinterpret_cast<T*>(sq.xw)[row] = from_f32<T>(__fmul_rn(sv, sq.one_plus ? __fadd_rn(wv, 1.f) : wv));
+                v2 = __fmul_rn(sv, sv);
+            }
+            v2 += __shfl_xor_sync(0xffffffffu, v2, 1);
+            v2 += __shfl_xor_sync(0xffffffffu, v2, 2);
+            if (threadIdx.x == 0) sq.partials[blockIdx.x] = v2;
+        }
+        return;
     }
     if (threadIdx.x < M * R) {
         const unsigned m = threadIdx.x / R, r = threadIdx.x % R;
@@ -629,10 +786,11 @@ __device__ __forceinline__ float glu_act(float v, int act) {
     return 0.5f * v * (1.f + erff(v * 0.7071067811865476f));
 }
 
-template <typename T, int M, bool NORM = false, bool PF = QLORA_GEMV_BULK_PREFETCH != 0>
+template <typename T, int M, bool NORM = false, bool PF = QLORA_GEMV_BULK_PREFETCH != 0, bool FOLD = false>
 __device__ void gemv_glu_impl(const Nf4Seg& gate, const Nf4Seg& up, const float* tables, int act,
                               const T* __restrict__ x, T* __restrict__ y, unsigned n, unsigned k,
-                              const NormIn& nin = NormIn{}) {
+                              const NormIn& nin = NormIn{}, const FoldIn& fin = FoldIn{}) {
+    static_assert(!FOLD || (M == 1 && !NORM), "the folded norm takes one row of x");
     constexpr int R = Tile<M>::R, NR = 2 * R;
     __shared__ float s_code[16];
     __shared__ float s_res[M * NR];
@@ -640,14 +798,15 @@ __device__ void gemv_glu_impl(const Nf4Seg& gate, const Nf4Seg& up, const float*
     if (threadIdx.x < 16) s_code[threadIdx.x] = tables[threadIdx.x];
     const unsigned row0 = blockIdx.x * R, stride = k >> 5;
     RowRef rows[NR];
+    unsigned lr[NR];
 #pragma unroll
     for (int r = 0; r < R; r++) {
         const unsigned row = min(row0 + r, n - 1);
         rows[r] = RowRef{gate.packed + (size_t)row * (k >> 1), gate.bs_log2};
         rows[R + r] = RowRef{up.packed + (size_t)row * (k >> 1), up.bs_log2};
-        fill_row_scales<PF>(gate, row, k, tables + 16, s_scale + r * stride);
-        fill_row_scales<PF>(up, row, k, tables + 16, s_scale + (R + r) * stride);
+        lr[r] = lr[R + r] = row;
     }
+    fill_scales<NR, PF, false>([&](int r) -> const Nf4Seg& { return r < R ? gate : up; }, lr, k, tables + 16, s_scale, stride);
     // As gemv_multi_impl: the constant scales first, then the wait for x.
     if constexpr (NORM) {
         if (nin.prefetch) prefetch_rows<NR>(rows, k);
@@ -659,6 +818,13 @@ __device__ void gemv_glu_impl(const Nf4Seg& gate, const Nf4Seg& up, const float*
         T* xs = reinterpret_cast<T*>(reinterpret_cast<char*>(s_scale) + xs_offset(NR, k));
         norm_prologue<T, M>(nin, k, xs);
         dot_rows<SmemX<T>, M, NR, Tile<M>::U>(rows, s_scale, s_code, reinterpret_cast<const SmemX<T>*>(xs), k, s_res);
+    } else if constexpr (FOLD) {
+        __shared__ float4 s_part[FOLD_P4 * GW * 32];
+        fold_load(fin, s_part);
+        dot_rows<T, M, NR, Tile<M>::U>(rows, s_scale, s_code, x, k, s_res);
+        const float ri = fold_rinv(fin, s_part, k);
+        if (threadIdx.x < NR) s_res[threadIdx.x] = __fmul_rn(s_res[threadIdx.x], ri);
+        __syncthreads();
     } else {
         dot_rows<T, M, NR, Tile<M>::U>(rows, s_scale, s_code, x, k, s_res);
     }
@@ -791,9 +957,9 @@ __device__ void norm_tail_vec(const T* resid, const T* a, const T* w, T* sum_out
     }
 }
 
-template <typename T, int M>
+template <typename T, int M, bool RS = false>
 __device__ void gemv_norm_impl(const Nf4Multi& p, const T* __restrict__ x, T* __restrict__ a, unsigned k, const NormTail& t) {
-    gemv_multi_impl<T, M>(p, x, a, k);
+    gemv_multi_impl<T, M, false, false, false, false, RS>(p, x, a, k);
     __shared__ unsigned s_last;
     __shared__ float s_scratch[32];
     // The block's outputs, then its count: the barrier orders every thread's stores before
@@ -841,6 +1007,8 @@ __device__ void gemv_norm_impl(const Nf4Multi& p, const T* __restrict__ x, T* __
 }
 
 // M = 1 is held to 8 blocks an SM (64 registers, as the plain GEMV); its vector tail would take 80.
+// `_rs_` (M = 1): the row-by-row scale fill, which the host picks for rows of k <= 2048
+// (fill_scales: TinyLlama's o_proj, where one pass measured slower).
 #define GEMV_NORM_LB(T, SUFFIX, M, LB)                                                               \
     extern "C" __global__ void LB nf4_gemv_norm_##SUFFIX##_m##M(                                     \
         Nf4Multi p, const T* x, T* a, unsigned k, NormTail t) {                                      \
@@ -853,6 +1021,12 @@ __device__ void gemv_norm_impl(const Nf4Multi& p, const T* __restrict__ x, T* __
 GEMV_NORM_ALL_M(float, f32)
 GEMV_NORM_ALL_M(__nv_bfloat16, bf16)
 GEMV_NORM_ALL_M(__half, f16)
+#define GEMV_NORM_RS(T, SUFFIX)                                                                       \
+    extern "C" __global__ void __launch_bounds__(GW * 32, 8) nf4_gemv_norm_rs_##SUFFIX##_m1(           \
+        Nf4Multi p, const T* x, T* a, unsigned k, NormTail t) {                                      \
+        gemv_norm_impl<T, 1, true>(p, x, a, k, t);                                                   \
+    }
+GEMV_NORM_RS(float, f32) GEMV_NORM_RS(__nv_bfloat16, bf16) GEMV_NORM_RS(__half, f16)
 
 // The GLU at one row of x asks for 7 blocks an SM (72 registers, its budget in build.rs): with
 // its 8 loads issued together, the default placement took 64 and was slower on Mistral-7B
@@ -900,7 +1074,7 @@ GEMV_NORMIN_ALL_M(__half, f16)
 #define GEMV_FUSED_PF(T, SUFFIX, M)                                                                   \
     extern "C" __global__ void __launch_bounds__(GW * 32) nf4_gemv_multi_pf_##SUFFIX##_m##M(          \
         Nf4Multi p, const T* x, T* y, unsigned k) {                                                  \
-        gemv_multi_impl<T, M, false, true>(p, x, y, k);                                              \
+        gemv_multi_impl<T, M, false, true, false, false, true>(p, x, y, k);                          \
     }                                                                                                \
     extern "C" __global__ void __launch_bounds__(GW * 32) nf4_gemv_glu_pf_##SUFFIX##_m##M(            \
         Nf4Seg gate, Nf4Seg up, const float* tables, int act, const T* x, T* y, unsigned n, unsigned k) { \
@@ -909,6 +1083,28 @@ GEMV_NORMIN_ALL_M(__half, f16)
 GEMV_FUSED_PF(float, f32, 1) GEMV_FUSED_PF(float, f32, 2)
 GEMV_FUSED_PF(__nv_bfloat16, bf16, 1) GEMV_FUSED_PF(__nv_bfloat16, bf16, 2)
 GEMV_FUSED_PF(__half, f16, 1) GEMV_FUSED_PF(__half, f16, 2)
+
+// The folded norm's launches (one row of x, 16-bit T; host: fused.rs `gemv_add_sumsq_into`,
+// `fold_gemv_*_into`): the projection that adds the residual and writes its partial sums of
+// squares, and the q/k/v and gate/up GEMVs that take the folded input; `_pf` as above.
+// 7 blocks an SM (72 registers; at 64 they spilled), 6 with the prefetch (80).
+#define FOLD_LB_false __launch_bounds__(GW * 32, 7)
+#define FOLD_LB_true __launch_bounds__(GW * 32, 6)
+#define GEMV_FOLD(T, SUFFIX, PFX, PF)                                                                  \
+    extern "C" __global__ void FOLD_LB_##PF nf4_gemv_sumsq_##PFX##SUFFIX##_m1(                          \
+        Nf4Multi p, const T* x, unsigned k, SumSq sq) {                                                \
+        gemv_multi_impl<T, 1, false, PF, false, true>(p, x, nullptr, k, NormIn{}, FoldIn{}, sq);       \
+    }                                                                                                  \
+    extern "C" __global__ void FOLD_LB_##PF nf4_gemv_multi_fold_##PFX##SUFFIX##_m1(                       \
+        Nf4Multi p, const T* x, T* y, unsigned k, FoldIn f) {                                          \
+        gemv_multi_impl<T, 1, false, PF, true>(p, x, y, k, NormIn{}, f);                               \
+    }                                                                                                  \
+    extern "C" __global__ void GLU_LB_1 nf4_gemv_glu_fold_##PFX##SUFFIX##_m1(                           \
+        Nf4Seg gate, Nf4Seg up, const float* tables, int act, const T* x, T* y, unsigned n, unsigned k, FoldIn f) { \
+        gemv_glu_impl<T, 1, false, PF, true>(gate, up, tables, act, x, y, n, k, NormIn{}, f);          \
+    }
+GEMV_FOLD(__nv_bfloat16, bf16, , false) GEMV_FOLD(__nv_bfloat16, bf16, pf_, true)
+GEMV_FOLD(__half, f16, , false) GEMV_FOLD(__half, f16, pf_, true)
 
 #define GEMV_FUSED_ALL_M(T, SUFFIX) \
     GEMV_FUSED(T, SUFFIX, 1) GEMV_FUSED(T, SUFFIX, 2) GEMV_FUSED(T, SUFFIX, 3) GEMV_FUSED(T, SUFFIX, 4) \

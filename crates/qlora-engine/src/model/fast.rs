@@ -22,7 +22,10 @@
 //! (`QLORA_FUSED_NORM=0` turns it off), 5 + 6 and 8 + the next layer's step 1 are one launch
 //! each when the projection is plain NF4 and the norm an RMSNorm
 //! ([`fused::gemv_add_rms_norm_into`]: the GEMV's last block adds and normalises; five launches
-//! a layer, [`fused_norm_on`]), which leaves the prologue nothing to fold.
+//! a layer, [`fused_norm_on`]), which leaves the prologue nothing to fold. With
+//! `QLORA_FOLD_NORM=1` (off by default, measured slower: [`fold_on`]), at one row of x, o_proj
+//! and down_proj instead add the residual and leave what the next GEMV needs to apply the norm
+//! itself ([`Carry::Folded`]): no launch and no serial tail for the norms between layers.
 //!
 //! The position of a step reaches the kernels either as a launch parameter or, for a decode step
 //! replayed as a CUDA graph (`decode_graph.rs`), from a u32 on the device ([`FastStep::dev_len`]);
@@ -85,12 +88,16 @@ impl Model {
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = &mut cache.fused[i];
             let capacity = cache.capacity;
-            let next_norm = self.layers.get(i + 1).map_or(&self.norm, |l| &l.input_norm);
-            carry = layer.forward_fast(carry, next_norm, &step, slot, capacity)?;
+            let next = self.layers.get(i + 1);
+            let next_norm = next.map_or(&self.norm, |l| &l.input_norm);
+            // The next layer's q/k/v GEMV can take this layer's output with its norm folded in.
+            let fold_next = t == 1 && ids.dim(0)? == 1 && next.is_some_and(|l| l.attn.qkv_foldable(&l.input_norm, self.dtype, self.cfg.hidden_size));
+            carry = layer.forward_fast(carry, (next_norm, fold_next), &step, slot, capacity)?;
         }
         match carry {
             Carry::Pending(x, pending) => Ok(self.norm.add_forward(&x, pending.as_ref())?.1),
             Carry::Normed(_, h) => Ok(h),
+            Carry::Folded(s, ..) => Ok(self.norm.add_forward(&s, None)?.1),
         }
     }
 }
@@ -102,6 +109,62 @@ pub(super) enum Carry {
     /// The residual stream with everything added, and the next norm already applied to it (the
     /// last projection's GEMV did the add and the norm: [`fused::gemv_add_rms_norm`]).
     Normed(Tensor, Tensor),
+    /// The residual stream with everything added, that stream times the next norm's weight,
+    /// and the partial sums of squares of the stream, from which the next GEMV applies the
+    /// next norm itself ([`fused::gemv_add_sumsq_into`]).
+    Folded(Tensor, Tensor, Tensor),
+}
+
+/// Whether the RMSNorm between a projection and the next GEMVs is folded into them at one row
+/// of x ([`fused::gemv_add_sumsq_into`], [`fused::fold_gemv_multi_into`],
+/// [`fused::fold_gemv_glu_into`]): the projection's blocks add the residual and write partial
+/// sums of squares, the next GEMV multiplies its input by the norm weight and its sums by
+/// 1 / rms; no block normalises the whole row alone (the serial tail of
+/// [`fused::gemv_add_rms_norm_into`], which stays for the model's final norm). **Off by
+/// default**, `QLORA_FOLD_NORM=1` turns it on: measured slower on an H100 (session 9, same
+/// binary and call, NF4 b1 µs a step: TinyLlama 928 / 913 against 885 / 908 without, Mistral-7B
+/// 3199 / 3203 against 2908 / 2939; bench/gpu/results/h100-2026-11-27-s9-*). The tail it
+/// removes runs while the next GEMV's blocks resolve their block scales before their
+/// programmatic-launch wait; without it that prologue is exposed (kprof: TinyLlama's q/k/v
+/// 3.2 → 6.7 µs and gate/up 10.4 → 14.6 µs a launch, o and down together 15.7 → 11.8).
+fn fold_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| matches!(std::env::var("QLORA_FOLD_NORM").map(|v| v.trim().to_ascii_lowercase()).as_deref(), Ok("1" | "true" | "on")))
+}
+
+/// Whether GEMVs over `ls` can take the folded `norm` of a one-row residual stream of `width`
+/// `dt` values.
+fn foldable(norm: &Norm, ls: &[&ArcLinear], dt: DType, width: usize) -> bool {
+    fold_on()
+        && matches!(norm.kind, NormKind::Rms | NormKind::RmsOnePlus)
+        && norm.weight.dtype() == dt
+        && norm.weight.is_contiguous()
+        && fused::fold_unsupported(1, width, dt).is_none()
+        && ls.iter().map(|l| nf4_proj(l)).collect::<Option<Vec<_>>>().is_some_and(|p| fused::fused_unsupported(1, width, dt, &p).is_none())
+}
+
+/// [`Carry::Folded`] for `norm`: `resid + x Wᵀ`, it times the norm's weight, and its partial
+/// sums of squares in one launch ([`fused::gemv_add_sumsq_into`]) when `l` is plain NF4 and x
+/// one row, into `into` (a workspace's norm buffer, s then s · w, and its partials) or fresh
+/// buffers; else `None`.
+fn proj_add_sumsq(x: &Tensor, l: &ArcLinear, resid: &Tensor, norm: &Norm, into: Option<(&Tensor, &Tensor)>) -> Result<Option<Carry>> {
+    let n = resid.dims().last().copied().unwrap_or(0);
+    if fused::fold_unsupported(resid.elem_count() / n.max(1), n, resid.dtype()).is_some() || x.dtype() != resid.dtype() {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let Some(p) = fused_projs(&x, &[l]) else { return Ok(None) };
+    let np = fused::fold_partials(n);
+    let (s_out, xw_out, part) = match into {
+        Some((norm_buf, part)) => (head_of(norm_buf, n)?, norm_buf.narrow(0, n, n)?, part.clone()),
+        None => {
+            let buf = |len: usize, dt: DType| Tensor::zeros(len, dt, resid.device());
+            (buf(n, resid.dtype())?, buf(n, resid.dtype())?, buf(np, DType::F32)?)
+        }
+    };
+    let one_plus = norm.kind == NormKind::RmsOnePlus;
+    let (s, xw) = fused::gemv_add_sumsq_into(&x, &p[0], resid, (&norm.weight, one_plus), &s_out, &xw_out, &part)?;
+    Ok(Some(Carry::Folded(s, xw, part)))
 }
 
 /// Whether a projection's GEMV does the following residual add + RMSNorm in its launch (the
@@ -172,7 +235,8 @@ pub(super) struct Workspace {
     batch: usize,
     dtype: DType,
     /// `[2, B, 1, hidden]` each: `(s, norm(s))` of the input norm (`norm[0]`) and of the
-    /// post-attention norm (`norm[1]`); each reads the other's `s`, so they never alias.
+    /// post-attention norm (`norm[1]`), or `(s, s · w)` of a folded norm; each reads the
+    /// other's `s`, so they never alias.
     norm: [Tensor; 2],
     /// q, k and v side by side.
     qkv: Tensor,
@@ -182,6 +246,8 @@ pub(super) struct Workspace {
     proj: Tensor,
     /// The gated MLP's activation.
     glu: Tensor,
+    /// The partial sums of squares of a folded norm (`fused::fold_partials(hidden)` f32).
+    partials: Tensor,
 }
 
 impl Workspace {
@@ -198,6 +264,7 @@ impl Workspace {
             attn: buf(batch * nq)?,
             proj: buf(batch * c.hidden_size)?,
             glu: buf(batch * c.intermediate_size)?,
+            partials: Tensor::zeros(fused::fold_partials(c.hidden_size), DType::F32, dev)?,
         })
     }
 }
@@ -250,14 +317,30 @@ impl DecoderLayer {
     /// One layer on the fused path. `next_norm` is the norm that follows the layer (the next
     /// layer's input norm or the model's final norm): the layer's last GEMV applies it when it
     /// can ([`Carry::Normed`]), else the output is left pending for it.
+    /// `fold_next`: the next layer's q/k/v GEMV takes the layer's output with the next norm
+    /// folded in ([`Carry::Folded`]).
     pub(super) fn forward_fast(
         &self,
         carry: Carry,
-        next_norm: &Norm,
+        (next_norm, fold_next): (&Norm, bool),
         step: &FastStep,
         cache: &mut Option<Tensor>,
         capacity: usize,
     ) -> Result<Carry> {
+        // A folded input: the q/k/v GEMV applies the input norm (else its own launch does).
+        let carry = match carry {
+            Carry::Folded(s, xw, part) => {
+                let f = fused::FoldedNorm { xw: &xw, partials: &part, eps: self.input_norm.eps };
+                match self.attn.fold_qkv(&f, step.ws)? {
+                    Some(qkv) => {
+                        let o_in = self.attn.attend_fast(&qkv, step, cache, capacity)?;
+                        return self.after_attention(s, o_in, (next_norm, fold_next), step);
+                    }
+                    None => Carry::Pending(s, None),
+                }
+            }
+            c => c,
+        };
         // The input norm inside the q/k/v GEMV's prologue where it can (no norm launch).
         let pro = match (&carry, step.ws, &self.post_attention_norm) {
             (Carry::Pending(x, Some(p)), Some(ws), Some(_)) => self.attn.normin_qkv(&self.input_norm, x, p, ws)?,
@@ -269,21 +352,44 @@ impl DecoderLayer {
                 let (x, h) = match carry {
                     Carry::Pending(x, pending) => norm_into(&self.input_norm, &x, pending.as_ref(), step.ws.map(|w| &w.norm[0]))?,
                     Carry::Normed(x, h) => (x, h),
+                    Carry::Folded(s, ..) => self.input_norm.add_forward(&s, None)?,
                 };
-                let Some(norm) = &self.post_attention_norm else {
+                if self.post_attention_norm.is_none() {
                     // Attention and MLP side by side on the same normed input (Phi).
                     let o_in = self.attn.forward_fast(&h, step, cache, capacity)?;
                     let a = self.attn.o_proj.forward(&o_in)?;
                     return self.mlp.forward_fast(&h, (x + a)?, None, None);
-                };
-                let o_in = self.attn.forward_fast(&h, step, cache, capacity)?;
-                // x is in the first norm buffer (or not in the workspace): the sum goes to the second.
-                if let Some(both) = proj_add_norm(&o_in, &self.attn.o_proj, &x, norm, step.ws.map(|w| (&w.proj, &w.norm[1])))? {
-                    return self.mlp.forward_fast(&both.1, both.0, Some(next_norm), step.ws);
                 }
-                (x, o_in)
+                let o_in = self.attn.forward_fast(&h, step, cache, capacity)?;
+                return self.after_attention(x, o_in, (next_norm, fold_next), step);
             }
         };
+        self.after_o_proj(x, o_in, (next_norm, fold_next), step)
+    }
+
+    /// The rest of the layer from the attention's output `o_in` and the residual stream `x`.
+    fn after_attention(&self, x: Tensor, o_in: Tensor, (next_norm, fold_next): (&Norm, bool), step: &FastStep) -> Result<Carry> {
+        let Some(norm) = &self.post_attention_norm else { candle_core::bail!("the fused path lost the post-attention norm") };
+        // x is in the first norm buffer (or not in the workspace): the sum goes to the second.
+        if let Mlp::Gated { gate, up, .. } = &self.mlp
+            && foldable(norm, &[gate, up], x.dtype(), x.dims().last().copied().unwrap_or(0))
+            && let Some(Carry::Folded(s, xw, part)) = proj_add_sumsq(&o_in, &self.attn.o_proj, &x, norm, step.ws.map(|w| (&w.norm[1], &w.partials)))?
+        {
+            let f = fused::FoldedNorm { xw: &xw, partials: &part, eps: norm.eps };
+            if let Some(carry) = self.mlp.fold_forward(&s, &f, (next_norm, fold_next), step.ws)? {
+                return Ok(carry);
+            }
+            let (x, h2) = norm.add_forward(&s, None)?;
+            return self.mlp.forward_fast(&h2, x, Some((next_norm, fold_next)), step.ws);
+        }
+        if let Some(both) = proj_add_norm(&o_in, &self.attn.o_proj, &x, norm, step.ws.map(|w| (&w.proj, &w.norm[1])))? {
+            return self.mlp.forward_fast(&both.1, both.0, Some((next_norm, fold_next)), step.ws);
+        }
+        self.after_o_proj(x, o_in, (next_norm, fold_next), step)
+    }
+
+    /// The rest of the layer with o_proj launched on its own.
+    fn after_o_proj(&self, x: Tensor, o_in: Tensor, (next_norm, fold_next): (&Norm, bool), step: &FastStep) -> Result<Carry> {
         let Some(norm) = &self.post_attention_norm else { candle_core::bail!("the fused path lost the post-attention norm") };
         let o = proj_into(&o_in, &self.attn.o_proj, step.ws.map(|w| &w.proj))?;
         // The post-attention norm inside the gate/up GEMV's prologue where it can.
@@ -293,7 +399,7 @@ impl DecoderLayer {
             return Ok(carry);
         }
         let (x, h2) = norm_into(norm, &x, Some(&o), step.ws.map(|w| &w.norm[1]))?;
-        self.mlp.forward_fast(&h2, x, Some(next_norm), step.ws)
+        self.mlp.forward_fast(&h2, x, Some((next_norm, fold_next)), step.ws)
     }
 }
 
@@ -363,6 +469,23 @@ impl Attention {
         Ok(Some((s, qkv)))
     }
 
+    /// Whether the q/k/v GEMV takes its input with `norm` folded in ([`Attention::fold_qkv`]).
+    pub(super) fn qkv_foldable(&self, norm: &Norm, dt: DType, hidden: usize) -> bool {
+        foldable(norm, &[&self.q_proj, &self.k_proj, &self.v_proj], dt, hidden)
+    }
+
+    /// q|k|v of the folded `norm(s)` (`f`, [`fused::fold_gemv_multi_into`]), into the
+    /// workspace's buffer or a fresh one; `None` where the fold does not apply.
+    fn fold_qkv(&self, f: &fused::FoldedNorm, ws: Option<&Workspace>) -> Result<Option<Tensor>> {
+        let Some(projs) = [&self.q_proj, &self.k_proj, &self.v_proj].iter().map(|l| nf4_proj(l)).collect::<Option<Vec<_>>>() else { return Ok(None) };
+        let cols: usize = projs.iter().map(|p| p.w.shape().dims()[0]).sum();
+        let y_out = match ws {
+            Some(ws) => ws.qkv.clone(),
+            None => Tensor::zeros(cols, f.xw.dtype(), f.xw.device())?,
+        };
+        Ok(Some(fused::fold_gemv_multi_into(f, &projs, &y_out)?))
+    }
+
     fn forward_fast(&self, x: &Tensor, step: &FastStep, slot: &mut Option<Tensor>, capacity: usize) -> Result<Tensor> {
         let x = x.contiguous()?;
         match fused_projs(&x, &[&self.q_proj, &self.k_proj, &self.v_proj]) {
@@ -430,9 +553,10 @@ impl Mlp {
     }
 
     /// The MLP of `x` to be added to the residual stream `resid`: left pending, or, with
-    /// `then = Some(norm)`, added and normed by the down projection's GEMV when it can
-    /// ([`proj_add_norm`]).
-    fn forward_fast(&self, x: &Tensor, resid: Tensor, then: Option<&Norm>, ws: Option<&Workspace>) -> Result<Carry> {
+    /// `then = Some((norm, fold))`, added by the down projection's GEMV when it can, which
+    /// then leaves the partial sums of squares for the next GEMV (`fold`, [`proj_add_sumsq`])
+    /// or applies the norm itself ([`proj_add_norm`]).
+    fn forward_fast(&self, x: &Tensor, resid: Tensor, then: Option<(&Norm, bool)>, ws: Option<&Workspace>) -> Result<Carry> {
         if let Mlp::Gated { gate, up, down, act } = self {
             let x = x.contiguous()?;
             if let Some(p) = fused_projs(&x, &[gate, up]) {
@@ -441,16 +565,38 @@ impl Mlp {
                     Some(ws) => fused::gemv_glu_into(&x, &p[0], &p[1], act, &ws.glu)?,
                     None => fused::gemv_glu(&x, &p[0], &p[1], act)?,
                 };
-                if let Some(norm) = then
-                    && let Some((s, h)) = proj_add_norm(&g, down, &resid, norm, ws.map(|w| (&w.proj, &w.norm[0])))?
-                {
-                    return Ok(Carry::Normed(s, h));
-                }
-                return Ok(Carry::Pending(resid, Some(proj_into(&g, down, ws.map(|w| &w.proj))?)));
+                return down_carry(down, &g, resid, then, ws);
             }
         }
         Ok(Carry::Pending(resid, Some(super::prefill::mlp(self, x)?)))
     }
+
+    /// The gated MLP of the folded `norm(s)` (`f`, [`fused::fold_gemv_glu_into`]), its down
+    /// projection as in [`Mlp::forward_fast`]; `None` where the fold does not apply.
+    fn fold_forward(&self, s: &Tensor, f: &fused::FoldedNorm, then: (&Norm, bool), ws: Option<&Workspace>) -> Result<Option<Carry>> {
+        let Mlp::Gated { gate, up, down, act } = self else { return Ok(None) };
+        let (Some(g), Some(u)) = (nf4_proj(gate), nf4_proj(up)) else { return Ok(None) };
+        let y_out = match ws {
+            Some(ws) => ws.glu.clone(),
+            None => Tensor::zeros(g.w.shape().dims()[0], f.xw.dtype(), f.xw.device())?,
+        };
+        let a = fused::fold_gemv_glu_into(f, &g, &u, glu_act(*act), &y_out)?;
+        Ok(Some(down_carry(down, &a, s.clone(), Some(then), ws)?))
+    }
+}
+
+/// The down projection of the gated activation `g` and what it hands on (see [`Mlp::forward_fast`]).
+/// `resid` is in the workspace's second norm buffer (or not in the workspace): the sum goes to the first.
+fn down_carry(down: &ArcLinear, g: &Tensor, resid: Tensor, then: Option<(&Norm, bool)>, ws: Option<&Workspace>) -> Result<Carry> {
+    if let Some((norm, fold)) = then {
+        if fold && let Some(carry) = proj_add_sumsq(g, down, &resid, norm, ws.map(|w| (&w.norm[0], &w.partials)))? {
+            return Ok(carry);
+        }
+        if let Some((s, h)) = proj_add_norm(g, down, &resid, norm, ws.map(|w| (&w.proj, &w.norm[0])))? {
+            return Ok(Carry::Normed(s, h));
+        }
+    }
+    Ok(Carry::Pending(resid, Some(proj_into(g, down, ws.map(|w| &w.proj))?)))
 }
 
 fn glu_act(act: Activation) -> GluAct {

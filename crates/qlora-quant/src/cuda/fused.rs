@@ -37,7 +37,7 @@ use crate::nf4::{Absmax, Nf4Tensor};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId};
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -602,7 +602,9 @@ impl GemvNormOp {
         let cfg = launch_cfg(n as u32, m, rows_per_block(m), k);
         let mut args = [arg(&mut multi), arg(&mut xp), arg(&mut ap), arg(&mut k32), arg(&mut tail)];
         // SAFETY: the arguments are the kernel's, in order; as MultiOp::launch for PDL.
-        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("nf4_gemv_norm_{sfx}_m{m}"), cfg, &mut args) }
+        // Rows of k <= 2048 at one row of x: the row-by-row scale fill (kernels/nf4.cu fill_scales).
+        let rs = if m == 1 && k <= 2048 { "rs_" } else { "" };
+        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("nf4_gemv_norm_{rs}{sfx}_m{m}"), cfg, &mut args) }
     }
 }
 
@@ -855,4 +857,235 @@ fn normin_glu<T: CudaDType + DeviceRepr>(n: &NormedInput, gate: &Nf4Proj, up: &N
     // SAFETY: as in normin_multi.
     unsafe { pdl::launch(&dev, MODULE, PTX, &format!("nf4_gemv_glu_normin_{sfx}_m{}", pro.m), cfg, &mut args)? };
     Ok((pro.s, y_shaped(y_out, n.resid, rows)?))
+}
+
+// ------------------------------------------------------------------ RMSNorm folded into the GEMVs
+
+/// Mirrors `SumSq` in kernels/nf4.cu.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct SumSqArgs {
+    resid: u64,
+    w: u64,
+    s: u64,
+    xw: u64,
+    partials: u64,
+    one_plus: i32,
+}
+unsafe impl DeviceRepr for SumSqArgs {}
+
+/// Mirrors `FoldIn` in kernels/nf4.cu.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct FoldInArgs {
+    partials: u64,
+    np: u32,
+    eps: f32,
+}
+unsafe impl DeviceRepr for FoldInArgs {}
+
+/// The widest residual stream the folded norm takes: the next GEMV's threads sum at most
+/// `FOLD_P4 · 4 · 128` partials (kernels/nf4.cu), one per 4 rows of the projection.
+pub const FOLD_MAX_WIDTH: usize = 4096;
+
+/// The partial sums of squares a projection with `n` outputs writes ([`gemv_add_sumsq_into`]):
+/// one per block of 4 output rows.
+pub fn fold_partials(n: usize) -> usize {
+    n.div_ceil(4)
+}
+
+/// The RMSNorm of a residual stream `s`, folded into the GEMVs that read it: what
+/// [`gemv_add_sumsq_into`] wrote for it (`s` times the norm's weight, and the partial sums of
+/// squares of `s`) and the norm's `eps`. [`fold_gemv_multi_into`] and [`fold_gemv_glu_into`]
+/// take it as their input `norm(s)`.
+#[derive(Debug, Clone, Copy)]
+pub struct FoldedNorm<'a> {
+    /// `s · w` (Gemma's `one_plus`: `s · (1 + w)`) `[.., k]`, one row.
+    pub xw: &'a Tensor,
+    /// `[fold_partials(k)]` f32.
+    pub partials: &'a Tensor,
+    pub eps: f64,
+}
+
+/// Why the folded norm does not apply to a residual stream `[.., n]` of `dtype` with `rows`
+/// rows, or `None` when it does: one row of bf16 or f16, `n` a multiple of 16 up to
+/// [`FOLD_MAX_WIDTH`].
+pub fn fold_unsupported(rows: usize, n: usize, dtype: DType) -> Option<String> {
+    if rows != 1 || !matches!(dtype, DType::BF16 | DType::F16) || !n.is_multiple_of(16) || n > FOLD_MAX_WIDTH {
+        return Some(format!(
+            "{rows} rows of {n} {dtype:?} (the folded norm takes one row of bf16 or f16, a multiple of 16 up to {FOLD_MAX_WIDTH})"
+        ));
+    }
+    None
+}
+
+/// `(s, xw)`: `s = resid + (x Wᵀ + b)` into `s_out`, and what the next GEMVs need to apply the
+/// RMSNorm of `s` with `weight` (Gemma's `1 + weight` when `one_plus`): `xw = s · weight` into
+/// `xw_out` (both returned shaped as `resid`) and the partial sums of squares of `s` into
+/// `partials` (`[fold_partials(n)]` f32). One launch and no serial tail (the last block of
+/// [`gemv_add_rms_norm_into`] normalises the whole row alone); `s` is bit for bit that launch's
+/// sum. One row of x; the buffers may overlap no input nor each other.
+pub fn gemv_add_sumsq_into(
+    x: &Tensor,
+    proj: &Nf4Proj,
+    resid: &Tensor,
+    (weight, one_plus): (&Tensor, bool),
+    s_out: &Tensor,
+    xw_out: &Tensor,
+    partials: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let what = "gemv_add_sumsq_into";
+    let (x, resid) = (x.contiguous()?, resid.contiguous()?);
+    let n = proj.w.shape().dims()[0];
+    let k = x.dims().last().copied().unwrap_or(0);
+    let (m, dt) = (x.elem_count() / k.max(1), x.dtype());
+    if let Some(why) = fold_unsupported(m, n, dt) {
+        candle_core::bail!("{what}: {why}")
+    }
+    if resid.elem_count() != n || resid.dtype() != dt || weight.elem_count() != n || weight.dtype() != dt {
+        candle_core::bail!("{what}: the residual {:?} {:?} or the norm weight {:?} {:?} does not fit one row of {n} {dt:?}", resid.dims(), resid.dtype(), weight.dims(), weight.dtype())
+    }
+    if let Some(why) = fused_unsupported(m, k, dt, std::slice::from_ref(proj)) {
+        candle_core::bail!("{what}: {why}")
+    }
+    let inputs = [super::infer::span(&x)?, super::infer::span(&resid)?, super::infer::span(weight)?];
+    let sp = super::infer::out_ptr(s_out, n, dt, &inputs, what)?;
+    let xp = super::infer::out_ptr(xw_out, n, dt, &[inputs[0], inputs[1], inputs[2], super::infer::span(s_out)?], what)?;
+    let outs = [inputs[0], inputs[1], inputs[2], super::infer::span(s_out)?, super::infer::span(xw_out)?];
+    let pp = super::infer::out_ptr(partials, fold_partials(n), DType::F32, &outs, what)?;
+    match dt {
+        DType::BF16 => sumsq_launch::<half::bf16>(&x, proj, (&resid, weight, one_plus), (sp, xp, pp), "bf16")?,
+        _ => sumsq_launch::<half::f16>(&x, proj, (&resid, weight, one_plus), (sp, xp, pp), "f16")?,
+    }
+    Ok((s_out.reshape(resid.dims())?, xw_out.reshape(resid.dims())?))
+}
+
+fn sumsq_launch<T: CudaDType + DeviceRepr>(
+    x: &Tensor,
+    proj: &Nf4Proj,
+    (resid, weight, one_plus): (&Tensor, &Tensor, bool),
+    (sp, xwp, pp): (u64, u64, u64),
+    sfx: &str,
+) -> Result<()> {
+    let Device::Cuda(dev) = x.device() else { candle_core::bail!("gemv_add_sumsq_into: x is not on a CUDA device") };
+    let n = proj.w.shape().dims()[0];
+    let k = x.dims().last().copied().unwrap_or(0);
+    let tables = tables(dev, &proj.w)?;
+    let mut multi = Multi {
+        seg: [seg::<T>(proj, 0)?, Seg::default(), Seg::default()],
+        tables: tables.device_ptr(tables.stream()).0,
+        nseg: 1,
+        ntotal: n as u32,
+        prefetch: 0,
+    };
+    let mut xp = aligned_ptr::<T>(x, "x")?;
+    let mut k32 = k as u32;
+    let mut sq = SumSqArgs {
+        resid: device_ptr::<T>(resid, "residual")?,
+        w: device_ptr::<T>(weight, "norm weight")?,
+        s: sp,
+        xw: xwp,
+        partials: pp,
+        one_plus: i32::from(one_plus),
+    };
+    let cfg = launch_cfg(n as u32, 1, rows_per_block(1), k);
+    let mut args = [arg(&mut multi), arg(&mut xp), arg(&mut k32), arg(&mut sq)];
+    // SAFETY: the arguments are the kernel's, in order; it waits before reading x or the
+    // residual and before writing s and the partials (as MultiOp::launch for PDL).
+    unsafe { pdl::launch(dev, MODULE, PTX, &gemv_kernel("sumsq", sfx, 1, k), cfg, &mut args) }
+}
+
+/// A contiguous CUDA tensor's device address, checked 16-byte aligned.
+fn aligned_ptr<T: CudaDType>(t: &Tensor, what: &str) -> Result<u64> {
+    let p = device_ptr::<T>(t, what)?;
+    if p % 16 != 0 {
+        candle_core::bail!("fused nf4: the {what} is not 16-byte aligned")
+    }
+    Ok(p)
+}
+
+/// Checks `f` against the GEMVs' input width `k` and returns the kernels' `FoldIn`.
+fn fold_args(f: &FoldedNorm, k: usize, what: &str) -> Result<FoldInArgs> {
+    if let Some(why) = fold_unsupported(f.xw.elem_count() / k.max(1), k, f.xw.dtype()) {
+        candle_core::bail!("{what}: {why}")
+    }
+    let np = fold_partials(k);
+    if f.partials.dtype() != DType::F32 || f.partials.elem_count() != np {
+        candle_core::bail!("{what}: the partials {:?} {:?} are not {np} f32 (gemv_add_sumsq_into's)", f.partials.dims(), f.partials.dtype())
+    }
+    Ok(FoldInArgs { partials: aligned_ptr::<f32>(f.partials, "partials")?, np: np as u32, eps: f.eps as f32 })
+}
+
+/// [`gemv_multi`] of `norm(s)` (`f`) with `projs`, into `y_out`, returned shaped `[.., Σ out]`
+/// as `s`: the GEMV of `s · w` with its sums times 1 / rms(s), the partial sums of squares
+/// summed by every block. Equal to `infer::add_rms_norm` then [`gemv_multi`] within the dtype's
+/// rounding (that pair rounds `s · 1 / rms(s)` to the dtype before the weight).
+pub fn fold_gemv_multi_into(f: &FoldedNorm, projs: &[Nf4Proj], y_out: &Tensor) -> Result<Tensor> {
+    match f.xw.dtype() {
+        DType::BF16 => fold_multi::<half::bf16>(f, projs, y_out, "bf16"),
+        DType::F16 => fold_multi::<half::f16>(f, projs, y_out, "f16"),
+        other => candle_core::bail!("fold_gemv_multi_into: s must be bf16 or f16, got {other:?}"),
+    }
+}
+
+fn fold_multi<T: CudaDType + DeviceRepr>(f: &FoldedNorm, projs: &[Nf4Proj], y_out: &Tensor, sfx: &str) -> Result<Tensor> {
+    let what = "fold_gemv_multi_into";
+    let k = f.xw.dims().last().copied().unwrap_or(0);
+    if let Some(why) = fused_unsupported(1, k, f.xw.dtype(), projs) {
+        candle_core::bail!("{what}: {why}")
+    }
+    let Device::Cuda(dev) = f.xw.device() else { candle_core::bail!("{what}: s is not on a CUDA device") };
+    let mut fin = fold_args(f, k, what)?;
+    let cols: usize = projs.iter().map(|p| p.w.shape().dims()[0]).sum();
+    let mut yp = super::infer::out_ptr(y_out, cols, f.xw.dtype(), &[super::infer::span(f.xw)?, super::infer::span(f.partials)?], what)?;
+    let mut segs = [Seg::default(); MAX_SEGS];
+    let mut col = 0u32;
+    for (i, p) in projs.iter().enumerate() {
+        segs[i] = seg::<T>(p, col)?;
+        col += segs[i].rows;
+    }
+    let tables = tables(dev, table_source(projs))?;
+    let mut multi = Multi { seg: segs, tables: tables.device_ptr(tables.stream()).0, nseg: projs.len() as u32, ntotal: col, prefetch: 0 };
+    let mut xp = aligned_ptr::<T>(f.xw, "folded input")?;
+    let mut k32 = k as u32;
+    let cfg = launch_cfg(col, 1, rows_per_block(1), k);
+    let mut args = [arg(&mut multi), arg(&mut xp), arg(&mut yp), arg(&mut k32), arg(&mut fin)];
+    // SAFETY: as in MultiOp::launch; the folded input and the partials are read after the wait.
+    unsafe { pdl::launch(dev, MODULE, PTX, &gemv_kernel("multi_fold", sfx, 1, k), cfg, &mut args)? };
+    y_shaped(y_out, f.xw, cols)
+}
+
+/// [`gemv_glu`] of `norm(s)` (`f`), into `y_out`, as [`fold_gemv_multi_into`].
+pub fn fold_gemv_glu_into(f: &FoldedNorm, gate: &Nf4Proj, up: &Nf4Proj, act: GluAct, y_out: &Tensor) -> Result<Tensor> {
+    match f.xw.dtype() {
+        DType::BF16 => fold_glu::<half::bf16>(f, gate, up, act, y_out, "bf16"),
+        DType::F16 => fold_glu::<half::f16>(f, gate, up, act, y_out, "f16"),
+        other => candle_core::bail!("fold_gemv_glu_into: s must be bf16 or f16, got {other:?}"),
+    }
+}
+
+fn fold_glu<T: CudaDType + DeviceRepr>(f: &FoldedNorm, gate: &Nf4Proj, up: &Nf4Proj, act: GluAct, y_out: &Tensor, sfx: &str) -> Result<Tensor> {
+    let what = "fold_gemv_glu_into";
+    let k = f.xw.dims().last().copied().unwrap_or(0);
+    let projs = [gate.clone(), up.clone()];
+    if let Some(why) = fused_unsupported(1, k, f.xw.dtype(), &projs) {
+        candle_core::bail!("{what}: {why}")
+    }
+    if gate.w.shape() != up.w.shape() {
+        candle_core::bail!("{what}: gate {:?} and up {:?} differ in shape", gate.w.shape(), up.w.shape())
+    }
+    let Device::Cuda(dev) = f.xw.device() else { candle_core::bail!("{what}: s is not on a CUDA device") };
+    let mut fin = fold_args(f, k, what)?;
+    let (mut g, mut u) = (seg::<T>(gate, 0)?, seg::<T>(up, 0)?);
+    let mut n = g.rows;
+    let mut yp = super::infer::out_ptr(y_out, n as usize, f.xw.dtype(), &[super::infer::span(f.xw)?, super::infer::span(f.partials)?], what)?;
+    let tables = tables(dev, table_source(&projs))?;
+    let mut tp = tables.device_ptr(tables.stream()).0;
+    let mut xp = aligned_ptr::<T>(f.xw, "folded input")?;
+    let (mut act, mut k32) = (act as i32, k as u32);
+    let cfg = launch_cfg(n, 1, 2 * rows_per_block(1), k);
+    let mut args = [arg(&mut g), arg(&mut u), arg(&mut tp), arg(&mut act), arg(&mut xp), arg(&mut yp), arg(&mut n), arg(&mut k32), arg(&mut fin)];
+    // SAFETY: as in fold_multi.
+    unsafe { pdl::launch(dev, MODULE, PTX, &gemv_kernel("glu_fold", sfx, 1, k), cfg, &mut args)? };
+    y_shaped(y_out, f.xw, n as usize)
 }
