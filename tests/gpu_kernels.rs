@@ -353,7 +353,7 @@ fn add_rms_norm_matches_the_unfused_ops() {
 
 /// CPU reference of one decode-attention step: RoPE with tables from `inv`, grouped heads
 /// repeated, scores scaled, masked to the window, softmax, weighted sum of v.
-fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, nh: usize, nkv: usize, hd: usize, window: Option<usize>, inv: &[f32]) -> Tensor {
+fn attention_reference((q, k, v): (&Tensor, &Tensor, &Tensor), (nh, nkv, hd): (usize, usize, usize), window: Option<usize>, inv: &[f32]) -> Tensor {
     let (b, len, _) = k.dims3().unwrap();
     let mut freqs = Vec::new();
     for p in 0..len {
@@ -376,7 +376,7 @@ fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, nh: usize, nkv: usize
     let scores = (q.contiguous().unwrap().matmul(&k.t().unwrap().contiguous().unwrap()).unwrap() * (1.0 / (hd as f64).sqrt())).unwrap();
     let mut scores = scores.to_dtype(DType::F32).unwrap();
     if let Some(w) = window.filter(|w| *w < len) {
-        let m: Vec<f32> = (0..len).map(|j| if j + w <= len - 1 { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let m: Vec<f32> = (0..len).map(|j| if j + w < len { f32::NEG_INFINITY } else { 0.0 }).collect();
         scores = scores.broadcast_add(&Tensor::from_vec(m, len, &Device::Cpu).unwrap()).unwrap();
     }
     let p = ops::softmax_last_dim(&scores).unwrap().to_dtype(v.dtype()).unwrap();
@@ -396,7 +396,7 @@ fn kv_append_and_decode_attention_match_the_cpu() {
             let q = randn(&[b, 1, nh * hd], dt);
             let kv = randn(&[b, len, 2 * nkv * hd], dt);
             let (k, v) = (kv.narrow(2, 0, nkv * hd).unwrap(), kv.narrow(2, nkv * hd, nkv * hd).unwrap());
-            let want = attention_reference(&q, &k.contiguous().unwrap(), &v.contiguous().unwrap(), nh, nkv, hd, window, &inv);
+            let want = attention_reference((&q, &k.contiguous().unwrap(), &v.contiguous().unwrap()), (nh, nkv, hd), window, &inv);
             let cache = Tensor::zeros((2, b, nkv, 256, hd), dt, &dev).unwrap();
             let kvg = kv.to_device(&dev).unwrap();
             let split = len / 3;

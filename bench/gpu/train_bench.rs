@@ -265,9 +265,10 @@ fn step_memory(a: &Args, model: &Model, lora: &Attached, b: &Batch, opt: &mut Ad
     dev.synchronize()?;
     reset_peaks(p)?;
     let start = pool_attr(p, used)?;
-    // (label, bytes in use at the mark, high-water mark since the previous mark)
-    let log: Rc<RefCell<(usize, Vec<(String, u64, u64)>)>> = Rc::new(RefCell::new((0, Vec::new())));
-    let record = |log: &Rc<RefCell<(usize, Vec<(String, u64, u64)>)>>, what: String| -> Result<()> {
+    // (forward q/k/v marks seen, [(label, bytes in use at the mark, high-water mark since the previous mark)])
+    type Marks = Rc<RefCell<(usize, Vec<(String, u64, u64)>)>>;
+    let log: Marks = Rc::new(RefCell::new((0, Vec::new())));
+    let record = |log: &Marks, what: String| -> Result<()> {
         let (u, h) = (pool_attr(p, used)?, pool_attr(p, high)?);
         reset_peaks(p)?;
         log.borrow_mut().1.push((what, u, h));
@@ -301,7 +302,7 @@ fn step_memory(a: &Args, model: &Model, lora: &Attached, b: &Batch, opt: &mut Ad
     let phases = &log.borrow().1;
     let peak = phases.iter().map(|x| x.2).max().unwrap_or(0);
     let mut top: Vec<&(String, u64, u64)> = phases.iter().collect();
-    top.sort_by(|x, y| y.2.cmp(&x.2));
+    top.sort_by_key(|x| std::cmp::Reverse(x.2));
     common::emit(&a.out, json!({"metric": "qlora_train_step_memory", "model": a.name, "layers": n,
         "start_GiB": gib(start), "step_high_GiB": gib(peak), "pieces": phases.len(),
         "highest": top.iter().take(16).map(|(k, u, h)| json!({"piece": k, "used_after_GiB": gib(*u), "high_GiB": gib(*h)})).collect::<Vec<_>>(),

@@ -90,12 +90,14 @@ pub trait Linear: Send + Sync + std::fmt::Debug {
 /// product and the dense weight whole. `acc` is given up.
 pub fn backward_add(layer: &dyn Linear, dy: &Tensor, acc: Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
-    if let Some((w, _)) = layer.as_nf4() {
-        if acc.device().is_cuda() && acc.dtype() == dy.dtype() && matches!(acc.dtype(), candle_core::DType::BF16 | candle_core::DType::F16) {
-            let (acc, dy) = (acc.contiguous()?, dy.contiguous()?);
-            qlora_quant::cuda::train_gemm::nf4_backward_add(&acc, &dy, w)?;
-            return Ok(acc);
-        }
+    if let Some((w, _)) = layer.as_nf4()
+        && acc.device().is_cuda()
+        && acc.dtype() == dy.dtype()
+        && matches!(acc.dtype(), candle_core::DType::BF16 | candle_core::DType::F16)
+    {
+        let (acc, dy) = (acc.contiguous()?, dy.contiguous()?);
+        qlora_quant::cuda::train_gemm::nf4_backward_add(&acc, &dy, w)?;
+        return Ok(acc);
     }
     let n = layer.out_features();
     let rows = dy.elem_count() / n.max(1);

@@ -61,14 +61,14 @@ fn sides() -> Result<MutexGuard<'static, HashMap<DeviceId, Side>>> {
 
 fn with_side<R>(dev: &CudaDevice, f: impl FnOnce(&mut Side) -> Result<R>) -> Result<R> {
     let mut m = sides()?;
-    if !m.contains_key(&dev.id()) {
-        let copy = dev.cuda_stream().context().new_stream().w()?;
-        m.insert(dev.id(), Side { copy, free: Vec::new(), pinned: 0 });
-    }
-    match m.get_mut(&dev.id()) {
-        Some(side) => f(side),
-        None => candle_core::bail!("checkpoint offload: no copy stream for the device"),
-    }
+    let side = match m.entry(dev.id()) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let copy = dev.cuda_stream().context().new_stream().w()?;
+            e.insert(Side { copy, free: Vec::new(), pinned: 0 })
+        }
+    };
+    f(side)
 }
 
 impl Side {

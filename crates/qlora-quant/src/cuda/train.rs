@@ -361,7 +361,7 @@ pub fn rope(x: (&CudaStorage, &Layout), cos: (&CudaStorage, &Layout), sin: (&Cud
         let (c1, c2) = offsets(cos.1, "rope cos table")?;
         let (s1, s2) = offsets(sin.1, "rope sin table")?;
         let n = d.batch * d.t * d.heads * d.hd;
-        if x2 - x1 != n || c2 - c1 != d.t * d.rot || s2 - s1 != d.t * d.rot || d.rot > d.hd || d.rot % 2 != 0 {
+        if x2 - x1 != n || c2 - c1 != d.t * d.rot || s2 - s1 != d.t * d.rot || d.rot > d.hd || !d.rot.is_multiple_of(2) {
             candle_core::bail!("rope: {d:?} does not match the input ({}) or the tables ({}, {})", x2 - x1, c2 - c1, s2 - s1)
         }
         let xs = x.0.as_cuda_slice::<T>()?.slice(x1..x2);
