@@ -703,6 +703,19 @@ __device__ __forceinline__ float fold_rinv(const FoldIn& f, const float4* s_part
     return __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(t, (float)k), f.eps)));
 }
 
+// The dot products of a FOLD GEMV at one row of x (dot_rows), times 1 / rms(s): res[r] for its
+// NR rows, readable by every thread after the call.
+template <typename T, int NR>
+__device__ __forceinline__ void fold_dot_rows(const RowRef (&rows)[NR], const float* s_scale, const float* s_code,
+                                              const T* __restrict__ x, unsigned k, float* res, const FoldIn& fin) {
+    __shared__ float4 s_part[FOLD_P4 * GW * 32];
+    fold_load(fin, s_part);
+    dot_rows<T, 1, NR, Tile<1>::U>(rows, s_scale, s_code, x, k, res);
+    const float ri = fold_rinv(fin, s_part, k);
+    if (threadIdx.x < NR) res[threadIdx.x] = __fmul_rn(res[threadIdx.x], ri);
+    __syncthreads();
+}
+
 // y[m, ntotal]: row r of the stacked weights goes to column seg.col0 + (r - first row of seg).
 // The byte offset of the normed x after NR rows' block scales in the dynamic shared memory.
 __device__ __forceinline__ unsigned xs_offset(int nr, unsigned k) { return ((unsigned)nr * (k >> 5) * 4u + 15u) & ~15u; }
@@ -740,11 +753,7 @@ __device__ void gemv_multi_impl(const Nf4Multi& p, const T* __restrict__ x, T* _
         norm_prologue<T, M>(nin, k, xs);
         dot_rows<SmemX<T>, M, R, Tile<M>::U>(rows, s_scale, s_code, reinterpret_cast<const SmemX<T>*>(xs), k, s_res);
     } else if constexpr (FOLD) {
-        __shared__ float4 s_part[FOLD_P4 * GW * 32];
-        fold_load(fin, s_part);
-        dot_rows<T, M, R, Tile<M>::U>(rows, s_scale, s_code, x, k, s_res);
-        const float ri = fold_rinv(fin, s_part, k);
-        if (threadIdx.x < R) s_res[threadIdx.x] = __fmul_rn(s_res[threadIdx.x], ri);
+        fold_dot_rows<T, R>(rows, s_scale, s_code, x, k, s_res, fin);
     } else {
         dot_rows<T, M, R, Tile<M>::U>(rows, s_scale, s_code, x, k, s_res);
     }
@@ -819,12 +828,7 @@ __device__ void gemv_glu_impl(const Nf4Seg& gate, const Nf4Seg& up, const float*
         norm_prologue<T, M>(nin, k, xs);
         dot_rows<SmemX<T>, M, NR, Tile<M>::U>(rows, s_scale, s_code, reinterpret_cast<const SmemX<T>*>(xs), k, s_res);
     } else if constexpr (FOLD) {
-        __shared__ float4 s_part[FOLD_P4 * GW * 32];
-        fold_load(fin, s_part);
-        dot_rows<T, M, NR, Tile<M>::U>(rows, s_scale, s_code, x, k, s_res);
-        const float ri = fold_rinv(fin, s_part, k);
-        if (threadIdx.x < NR) s_res[threadIdx.x] = __fmul_rn(s_res[threadIdx.x], ri);
-        __syncthreads();
+        fold_dot_rows<T, NR>(rows, s_scale, s_code, x, k, s_res, fin);
     } else {
         dot_rows<T, M, NR, Tile<M>::U>(rows, s_scale, s_code, x, k, s_res);
     }
