@@ -5,11 +5,15 @@
 //  * `stream`: a plain read of the packed weights (16-byte loads, grid-stride): the ceiling;
 //  * `reg`: the engine's GEMVs (kernels/nf4.cu nf4_gemv_multi / nf4_gemv_glu; GM_PF=1 takes the
 //    `_pf` kernels for k <= 2048 as the engine does);
-//  * `ws`: the warp-specialized persistent experiment of ws_kernel.cuh (not in the engine).
+//  * `ws`: the warp-specialized persistent experiment of ws_kernel.cuh (not in the engine);
+//  * `pw`, `pwa`: session 10's persistent-warp experiments of pw_kernel.cuh (not in the engine).
 // Prints one JSON line per (model, part, kernel): us a launch and the bytes read over it; the
-// four parts in a layer's order (`layer_chain`); and checks `ws` against `reg`.
+// four parts in a layer's order (`layer_chain`); and checks each experiment against `reg`.
 // Knobs: GM_PLAIN=1 (plain f32 absmax instead of double quantization), GM_LAYERS (weights
-// reused from L2), WS_BPS / WS_STAGES (the experiment's blocks an SM and ring stages).
+// reused from L2), WS_BPS / WS_STAGES (the experiment's blocks an SM and ring stages),
+// GM_PW_BPS / GM_PWA_BPS (blocks an SM of pw / pwa; their build switches PW_NR, PW_PD, PW_PFL,
+// PW_MINB, PWA_D, PWA_MINB go in GM_DEFS), GM_PC_KIND (the kind the pc build samples: 0 reg,
+// 2 pw, 3 pwa).
 // Build and run: bench/gpu/gemv_micro/run.sh.
 #ifdef GM_KERNELS  // another revision's kernels/nf4.cu (run.sh --rev REV), without the experiment
 #include GM_KERNELS
@@ -17,7 +21,8 @@
 #else
 #include "../../../crates/qlora-quant/kernels/nf4.cu"
 #include "ws_kernel.cuh"
-#define GM_KINDS 2
+#include "pw_kernel.cuh"
+#define GM_KINDS 4
 #endif
 #include <cuda_runtime.h>
 #include <cmath>
@@ -126,6 +131,8 @@ static const void* ws_fn(bool glu, int rw, int cs) {
 }
 #endif
 static unsigned g_stages = 3;
+static unsigned g_pw_bps = 4;  // the persistent-warp GEMV's blocks an SM (GM_PW_BPS)
+static unsigned g_pwa_bps = 5;  // the same fed by cp.async (GM_PWA_BPS)
 
 // Whether the experiment takes part p: a plan for its k, and whole 16-byte copies of each row's
 // scale bytes (q bytes, or f32 absmax with GM_PLAIN).
@@ -143,6 +150,19 @@ static bool ws_supported(const Part& p) {
 // One GEMV of part p on layer weights ws: kind 0 = register-streaming, 1 = TMA.
 static void run_part(int kind, const Part& p, const std::vector<Weight>& ws, const __nv_bfloat16* x, __nv_bfloat16* y, cudaStream_t st) {
     unsigned k = p.k;
+#if GM_KINDS > 2
+    if (kind >= 2) {  // persistent warps (kernels/nf4.cu gemv_pw_impl; kind 3: gemv_pwa_impl)
+        Nf4Multi m = multi_of(ws);
+        if (p.glu) { m.ntotal = ws[0].s.rows; m.nseg = 2; }
+        const unsigned nro = p.glu ? PW_NR / 2 : PW_NR, groups = (m.ntotal + nro - 1) / nro;
+        const unsigned grid = std::min<unsigned>((groups + GW - 1) / GW, g_nsm * (kind == 2 ? g_pw_bps : g_pwa_bps));
+        const void* fg = kind == 2 ? (const void*)nf4_gemv_pw_glu_bf16 : (const void*)nf4_gemv_pwa_glu_bf16;
+        const void* fm = kind == 2 ? (const void*)nf4_gemv_pw_bf16 : (const void*)nf4_gemv_pwa_bf16;
+        if (p.glu) { int act = 0; void* args[] = {&m, &act, &x, &y, &k}; launch(fg, dim3(grid), dim3(GW * 32), 0, st, args); }
+        else { void* args[] = {&m, &x, &y, &k}; launch(fm, dim3(grid), dim3(GW * 32), 0, st, args); }
+        return;
+    }
+#endif
     if (kind == 0) {
         const unsigned R = 4;
         if (p.glu) {
@@ -197,6 +217,8 @@ int main(int argc, char** argv) {
     const char* model = argc > 1 ? argv[1] : "mistral7b";
     if (getenv("WS_BPS")) g_bps = atoi(getenv("WS_BPS"));
     if (getenv("WS_STAGES")) g_stages = atoi(getenv("WS_STAGES"));
+    if (getenv("GM_PW_BPS")) g_pw_bps = atoi(getenv("GM_PW_BPS"));
+    if (getenv("GM_PWA_BPS")) g_pwa_bps = atoi(getenv("GM_PWA_BPS"));
     g_pf = getenv("GM_PF") && atoi(getenv("GM_PF")) != 0;
 #ifdef GM_PC
     if (getenv("GM_PCSAMPLE")) pc_init();  // before any module is loaded
@@ -237,16 +259,17 @@ int main(int argc, char** argv) {
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
 
-    // Check: the warp-specialized kernel against the register-streaming one, every part, layer 0.
-    for (size_t pi = 0; GM_KINDS > 1 && pi < parts.size(); pi++) {
+    // Check: the other kernels against the register-streaming one, every part, layer 0.
+    for (int ck = 1; ck < GM_KINDS; ck++)
+    for (size_t pi = 0; pi < parts.size(); pi++) {
         auto& p = parts[pi];
-        if (!ws_supported(p)) continue;
+        if (ck == 1 && !ws_supported(p)) continue;
         unsigned n = 0; for (unsigned r : p.rows) n += r;
         if (p.glu) n = p.rows[0];
         std::vector<__nv_bfloat16> a(n), b(n);
-        for (int kind = 0; kind < GM_KINDS; kind++) {
-            CK(cudaMemsetAsync(y[kind], 0, n * 2, st));
-            run_part(kind, p, W[0][pi], x, y[kind], st);
+        for (int kind : {0, ck}) {
+            CK(cudaMemsetAsync(y[kind ? 1 : 0], 0, n * 2, st));
+            run_part(kind, p, W[0][pi], x, y[kind ? 1 : 0], st);
         }
         CK(cudaStreamSynchronize(st));
         CK(cudaMemcpy(a.data(), y[0], n * 2, cudaMemcpyDeviceToHost));
@@ -257,7 +280,7 @@ int main(int argc, char** argv) {
             md = std::max(md, d); mx = std::max(mx, m);
             if (d > 1e-2 * m + 1e-3) bad++;
         }
-        printf("{\"model\":\"%s\",\"part\":\"%s\",\"check\":\"ws_vs_reg\",\"max_abs_diff\":%g,\"max_abs\":%g,\"bad\":%zu,\"n\":%u}\n", model, p.name.c_str(), md, mx, bad, n);
+        printf("{\"model\":\"%s\",\"part\":\"%s\",\"check\":\"%s_vs_reg\",\"max_abs_diff\":%g,\"max_abs\":%g,\"bad\":%zu,\"n\":%u}\n", model, p.name.c_str(), ck == 1 ? "ws" : ck == 2 ? "pw" : "pwa", md, mx, bad, n);
     }
 
     // Timing: each part over every layer's weights, as a graph replayed REPS times; then the
@@ -293,18 +316,19 @@ int main(int argc, char** argv) {
 #ifdef GM_PC
     // The profile: each part's reg GEMVs over every layer, launched directly (no graph), sampled.
     if (getenv("GM_PCSAMPLE")) {
+        const int pc_kind = getenv("GM_PC_KIND") ? atoi(getenv("GM_PC_KIND")) : 0;  // 0 reg, 2 pw, 3 pwa
         for (size_t pi = 0; pi < parts.size(); pi++) {
-            for (unsigned l = 0; l < L; l++) run_part(0, parts[pi], W[l][pi], x, y[l & 1], st);
+            for (unsigned l = 0; l < L; l++) run_part(pc_kind, parts[pi], W[l][pi], x, y[l & 1], st);
             CK(cudaStreamSynchronize(st));
             pc_begin();
-            for (int r = 0; r < 10; r++) for (unsigned l = 0; l < L; l++) run_part(0, parts[pi], W[l][pi], x, y[l & 1], st);
+            for (int r = 0; r < 10; r++) for (unsigned l = 0; l < L; l++) run_part(pc_kind, parts[pi], W[l][pi], x, y[l & 1], st);
             CK(cudaStreamSynchronize(st));
             pc_end(std::string(model) + "/" + parts[pi].name + tag);
         }
         return 0;
     }
 #endif
-    const char* kinds[2] = {"reg", "ws"};
+    const char* kinds[4] = {"reg", "ws", "pw", "pwa"};
     for (int kind = 0; kind < GM_KINDS; kind++) {
         double sum = 0;
         bool all = true;
