@@ -208,6 +208,44 @@ fn fused_projections_match_the_cpu_composition() {
     }
 }
 
+/// At one row of x the GEMVs load each lane's block scale with its weights (lane scales, on by
+/// default); at two rows they resolve the block's scales into shared memory first. The scale is
+/// the same float and each row's sums are added in the same order, so a row's result must be
+/// the same bits either way: row 0 of x alone against x stacked over another row, for the
+/// stacked GEMV (three weights, biases, blocks straddling weights), the GLU and the add + norm
+/// GEMV, in f32 / bf16 / f16, plain and double-quantized scales, and every lane width the core
+/// picks (k = 1024: 4 bytes a lane, 2048: 8, 4096 and 5632: 16 with a ragged last step).
+#[test]
+fn lane_scale_gemvs_equal_the_scale_phase_bit_for_bit() {
+    use qlora_studio::quant::cuda::fused::gemv_add_rms_norm;
+    for dt in [DType::F32, DType::BF16, DType::F16] {
+        for k in [1024usize, 2048, 4096, 5632] {
+            for dq in [true, false] {
+                let case = format!("{dt:?} k {k} dq {dq}");
+                let projs: Vec<Nf4Proj> = [(67, true), (40, false), (23, true)]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(n, b))| on_gpu(&proj(n, k, 10 + i as u64, dq, b, dt)))
+                    .collect();
+                let (gate, up) = (on_gpu(&proj(90, k, 20, dq, true, dt)), on_gpu(&proj(90, k, 21, dq, false, dt)));
+                let x2 = randn(&[1, 2, k], dt).to_device(&gpu()).unwrap();
+                let x1 = x2.narrow(1, 0, 1).unwrap().contiguous().unwrap();
+                let row0 = |t: Tensor| t.narrow(1, 0, 1).unwrap().contiguous().unwrap();
+                let (one, two) = (gemv_multi(&x1, &projs).unwrap(), gemv_multi(&x2, &projs).unwrap());
+                assert!(bits(&one) == bits(&row0(two)), "{case}: stacked GEMV differs");
+                let (one, two) = (gemv_glu(&x1, &gate, &up, GluAct::Silu).unwrap(), gemv_glu(&x2, &gate, &up, GluAct::Silu).unwrap());
+                assert!(bits(&one) == bits(&row0(two)), "{case}: GLU differs");
+                let p = &projs[0];
+                let (r2, w) = (randn(&[1, 2, 67], dt).to_device(&gpu()).unwrap(), randn(&[67], dt).to_device(&gpu()).unwrap());
+                let r1 = r2.narrow(1, 0, 1).unwrap().contiguous().unwrap();
+                let (s1, _) = gemv_add_rms_norm(&x1, p, &r1, &w, 1e-5, false).unwrap();
+                let (s2, _) = gemv_add_rms_norm(&x2, p, &r2, &w, 1e-5, false).unwrap();
+                assert!(bits(&s1) == bits(&row0(s2)), "{case}: add + norm GEMV's sum differs");
+            }
+        }
+    }
+}
+
 /// One projection's GEMV with the residual add and RMSNorm in its last block
 /// (`gemv_add_rms_norm`) against the two launches it replaces (`gemv_multi`, then
 /// `infer::add_rms_norm`) on CUDA, and against its CPU composition: the sum bit for bit, the

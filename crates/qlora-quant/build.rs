@@ -25,6 +25,11 @@ const REGISTER_BUDGETS: &[(&str, u32)] = &[
     ("nf4_gemv_sumsq_bf16_m1", 72),
     ("nf4_gemv_multi_fold_bf16_m1", 72),
     ("nf4_gemv_glu_fold_bf16_m1", 72),
+    ("nf4_gemv_multi_ls_bf16_m1", 64),
+    ("nf4_gemv_multi_ls_f16_m1", 64),
+    ("nf4_gemv_glu_ls_bf16_m1", 80),
+    ("nf4_gemv_glu_ls_f16_m1", 80),
+    ("nf4_gemv_norm_ls_bf16_m1", 64),
 ];
 
 

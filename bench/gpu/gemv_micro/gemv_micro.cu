@@ -96,6 +96,7 @@ struct Layer { std::vector<Weight> w; };
 static int g_nsm = 132;
 static unsigned g_bps = 2;
 static bool g_pf = false;  // the _pf kernels (rows asked of L2 first) for k <= 2048, as the engine picks them
+static int g_ls = 0;  // GM_LS=1: the lane-scale GEMVs (kernels/nf4.cu nf4_gemv_*_ls) as reg
 static float* g_tables;
 
 static Nf4Multi multi_of(const std::vector<Weight>& ws) {
@@ -173,6 +174,9 @@ static void run_part(int kind, const Part& p, const std::vector<Weight>& ws, con
 #ifdef GEMV_FUSED_PF  // the revision has the _pf kernels
             if (g_pf && k <= 2048) fn = (const void*)nf4_gemv_glu_pf_bf16_m1;
 #endif
+#ifdef GEMV_LS  // the revision has the lane-scale kernels
+            if (g_ls) fn = (const void*)nf4_gemv_glu_ls_bf16_m1;
+#endif
             launch(fn, dim3((n + R - 1) / R), dim3(128), 2 * R * (k / 32) * 4, st, args);
         } else {
             Nf4Multi m = multi_of(ws);
@@ -180,6 +184,9 @@ static void run_part(int kind, const Part& p, const std::vector<Weight>& ws, con
             const void* fn = (const void*)nf4_gemv_multi_bf16_m1;
 #ifdef GEMV_FUSED_PF
             if (g_pf && k <= 2048) fn = (const void*)nf4_gemv_multi_pf_bf16_m1;
+#endif
+#ifdef GEMV_LS
+            if (g_ls) fn = (const void*)nf4_gemv_multi_ls_bf16_m1;
 #endif
             launch(fn, dim3((m.ntotal + R - 1) / R), dim3(128), R * (k / 32) * 4, st, args);
         }
@@ -220,6 +227,7 @@ int main(int argc, char** argv) {
     if (getenv("GM_PW_BPS")) g_pw_bps = atoi(getenv("GM_PW_BPS"));
     if (getenv("GM_PWA_BPS")) g_pwa_bps = atoi(getenv("GM_PWA_BPS"));
     g_pf = getenv("GM_PF") && atoi(getenv("GM_PF")) != 0;
+    g_ls = getenv("GM_LS") ? atoi(getenv("GM_LS")) : 0;
 #ifdef GM_PC
     if (getenv("GM_PCSAMPLE")) pc_init();  // before any module is loaded
 #endif

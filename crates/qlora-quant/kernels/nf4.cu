@@ -358,9 +358,21 @@ __host__ __device__ constexpr int steps_in_flight(int nr, int w) {
 // weights, all in one scale block since blocksize >= 8 * W), its U steps' loads issued
 // together; each 8 weights multiply the matching 8 values of x (loaded once for the NR rows),
 // the sum over the lane's 8 * W weights times the block scale goes into the accumulator.
-template <typename T, int M, int NR, int U, int W>
+// No segments: the SegAt of dot_rows_w without lane scales (never called).
+struct NoSegAt {
+    const Nf4Seg* s;
+    __device__ const Nf4Seg& operator()(int) const { return *s; }
+};
+// LS (lane scales): false reads the block scales from s_scale (filled by the caller); true loads
+// each lane's q byte and nested absmax (or absmax) with its weights, from row lr[r] of segment
+// seg_at(r), the nested code from s_ncode (shared), and issues the first step's loads before the
+// programmatic-launch wait, which it then does itself (every thread, once). The scale is the
+// same float either way, so the results are bit for bit those of the scale phase.
+template <typename T, int M, int NR, int U, int W, bool LS = false, typename SegAt = NoSegAt>
 __device__ __forceinline__ void dot_rows_w(const RowRef (&rows)[NR], const float* s_scale, const float* s_code,
-                                           const T* __restrict__ x, unsigned k, float (&acc)[M][NR]) {
+                                           const T* __restrict__ x, unsigned k, float (&acc)[M][NR],
+                                           SegAt seg_at = SegAt{}, const unsigned* lr = nullptr, const float* s_ncode = nullptr) {
+    bool waited = !LS;
     constexpr unsigned SB = 128u * W;  // bytes of one warp step
     // The GLU's 8 rows (gate and up, one row of x): loads without a branch each, which ptxas
     // then issues together (with the branches it issued 3 of 8 before the arithmetic; Mistral-7B
@@ -371,6 +383,8 @@ __device__ __forceinline__ void dot_rows_w(const RowRef (&rows)[NR], const float
     const unsigned rb = k >> 1, stride = k >> 5, steps = (rb + SB - 1u) / SB;
     for (unsigned s0 = warp; s0 < steps; s0 += GW * U) {
         uint32_t wv[U][NR][W];
+        uint32_t qv[LS ? U : 1][LS ? NR : 1];
+        float nv[LS ? U : 1][LS ? NR : 1];
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const unsigned off = (s0 + u * GW) * SB + 4u * W * lane;
@@ -387,7 +401,23 @@ __device__ __forceinline__ void dot_rows_w(const RowRef (&rows)[NR], const float
 #pragma unroll
                     for (int j = 0; j < W; j++) wv[u][r][j] = 0u;
                 }
+                if constexpr (LS) {
+                    const Nf4Seg& sg = seg_at(r);
+                    const size_t blk = (size_t)lr[r] * (k >> sg.bs_log2) + (((off < rb ? off : 0u) * 2u) >> sg.bs_log2);
+                    if (sg.dq) {
+                        qv[u][r] = __ldg(sg.q + blk);
+                        nv[u][r] = __ldg(sg.nested + (blk >> sg.nbs_log2));
+                    } else {
+                        qv[u][r] = 0u;
+                        nv[u][r] = __ldg(sg.absmax + blk);
+                    }
+                }
             }
+        }
+        if (!waited) {
+            pdl_wait();
+            pdl_launch_dependents();
+            waited = true;
         }
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -422,11 +452,21 @@ __device__ __forceinline__ void dot_rows_w(const RowRef (&rows)[NR], const float
             }
 #pragma unroll
             for (int r = 0; r < NR; r++) {
-                const float sc = s_scale[r * stride + (e >> rows[r].bs_log2)];
+                float sc;
+                if constexpr (LS) {
+                    const Nf4Seg& sg = seg_at(r);
+                    sc = sg.dq ? __fadd_rn(__fmul_rn(s_ncode[qv[u][r]], nv[u][r]), sg.offset) : nv[u][r];
+                } else {
+                    sc = s_scale[r * stride + (e >> rows[r].bs_log2)];
+                }
 #pragma unroll
                 for (int m = 0; m < M; m++) acc[m][r] = fmaf(sc, p[m][r], acc[m][r]);
             }
         }
+    }
+    if (!waited) {  // no step of this warp
+        pdl_wait();
+        pdl_launch_dependents();
     }
 }
 
@@ -442,9 +482,10 @@ __device__ __forceinline__ void dot_rows_w(const RowRef (&rows)[NR], const float
 // (Issuing the first weight loads before the block scales are resolved was measured slower on
 // an H100: 72 registers instead of 64 for the GLU, one block less per SM, Mistral-7B NF4 decode
 // 245 tok/s against 260-268 with this order.)
-template <typename T, int M, int NR, int U>
+template <typename T, int M, int NR, int U, bool LS = false, typename SegAt = NoSegAt>
 __device__ __forceinline__ void dot_rows(const RowRef (&rows)[NR], const float* s_scale, const float* s_code,
-                                         const T* __restrict__ x, unsigned k, float* res) {
+                                         const T* __restrict__ x, unsigned k, float* res,
+                                         SegAt seg_at = SegAt{}, const unsigned* lr = nullptr, const float* s_ncode = nullptr) {
     __shared__ float s_red[GW * M * NR];
     const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
     float acc[M][NR];
@@ -459,11 +500,11 @@ __device__ __forceinline__ void dot_rows(const RowRef (&rows)[NR], const float* 
     // Wide loads for 1-2 rows of x; with more, the 4-byte core (more registers for x and the sums).
     constexpr int WM = M <= 2 ? QLORA_GEMV_WMAX : 1;
     if (WM >= 4 && rb >= GW * 512u && bs_min >= 5)
-        dot_rows_w<T, M, NR, steps_in_flight(NR, 4), 4>(rows, s_scale, s_code, x, k, acc);
+        dot_rows_w<T, M, NR, steps_in_flight(NR, 4), 4, LS>(rows, s_scale, s_code, x, k, acc, seg_at, lr, s_ncode);
     else if (WM >= 2 && rb >= GW * 256u && bs_min >= 4)
-        dot_rows_w<T, M, NR, steps_in_flight(NR, 2), 2>(rows, s_scale, s_code, x, k, acc);
+        dot_rows_w<T, M, NR, LS ? 1 : steps_in_flight(NR, 2), 2, LS>(rows, s_scale, s_code, x, k, acc, seg_at, lr, s_ncode);
     else
-        dot_rows_w<T, M, NR, U, 1>(rows, s_scale, s_code, x, k, acc);
+        dot_rows_w<T, M, NR, LS ? 1 : U, 1, LS>(rows, s_scale, s_code, x, k, acc, seg_at, lr, s_ncode);
 #pragma unroll
     for (int m = 0; m < M; m++)
 #pragma unroll
@@ -724,15 +765,19 @@ __device__ __forceinline__ unsigned xs_offset(int nr, unsigned k) { return ((uns
 // FOLD (one row of x): x is the xw of a folded norm (fin); SUMSQ (one row of x, one
 // weight): y is unused, the block writes s = resid + its output and its partial sum of squares.
 // RS: the row-by-row scale fill (fill_scales).
-template <typename T, int M, bool NORM = false, bool PF = QLORA_GEMV_BULK_PREFETCH != 0, bool FOLD = false, bool SUMSQ = false, bool RS = false>
+template <typename T, int M, bool NORM = false, bool PF = QLORA_GEMV_BULK_PREFETCH != 0, bool FOLD = false, bool SUMSQ = false, bool RS = false, bool LS = false>
 __device__ void gemv_multi_impl(const Nf4Multi& p, const T* __restrict__ x, T* __restrict__ y, unsigned k,
                                 const NormIn& nin = NormIn{}, const FoldIn& fin = FoldIn{}, const SumSq& sq = SumSq{}) {
     static_assert(!(FOLD || SUMSQ) || (M == 1 && !NORM), "the folded norm takes one row of x");
+    static_assert(!LS || (!NORM && !FOLD), "lane scales: the plain input only");
     constexpr int R = Tile<M>::R;
     __shared__ float s_code[16];
+    __shared__ float s_ncode[LS ? 256 : 1];
     __shared__ float s_res[M * R];
     extern __shared__ float s_scale[];
     if (threadIdx.x < 16) s_code[threadIdx.x] = p.tables[threadIdx.x];
+    if constexpr (LS)
+        for (unsigned i = threadIdx.x; i < 256u; i += blockDim.x) s_ncode[i] = p.tables[16 + i];
     const unsigned row0 = blockIdx.x * R, stride = k >> 5;
     RowRef rows[R];
     unsigned si[R], lr[R];
@@ -742,6 +787,10 @@ __device__ void gemv_multi_impl(const Nf4Multi& p, const T* __restrict__ x, T* _
         const Nf4Seg& s = p.seg[si[r]];
         rows[r] = RowRef{s.packed + (size_t)lr[r] * (k >> 1), s.bs_log2};
     }
+    if constexpr (LS) {
+        __syncthreads();  // the tables; dot_rows waits for x
+        dot_rows<T, M, R, Tile<M>::U, true>(rows, s_scale, s_code, x, k, s_res, [&](int r) -> const Nf4Seg& { return p.seg[si[r]]; }, lr, s_ncode);
+    } else {
     fill_scales<R, PF, RS>([&](int r) -> const Nf4Seg& { return p.seg[si[r]]; }, lr, k, p.tables + 16, s_scale, stride);
     // The scales and tables are constant during a step: resolved before the wait.
     if (NORM ? nin.prefetch != 0 : p.prefetch != 0) prefetch_rows<R>(rows, k);
@@ -756,6 +805,7 @@ __device__ void gemv_multi_impl(const Nf4Multi& p, const T* __restrict__ x, T* _
         fold_dot_rows<T, R>(rows, s_scale, s_code, x, k, s_res, fin);
     } else {
         dot_rows<T, M, R, Tile<M>::U>(rows, s_scale, s_code, x, k, s_res);
+    }
     }
     if constexpr (SUMSQ) {
         if (threadIdx.x < 32) {
@@ -795,16 +845,20 @@ __device__ __forceinline__ float glu_act(float v, int act) {
     return 0.5f * v * (1.f + erff(v * 0.7071067811865476f));
 }
 
-template <typename T, int M, bool NORM = false, bool PF = QLORA_GEMV_BULK_PREFETCH != 0, bool FOLD = false>
+template <typename T, int M, bool NORM = false, bool PF = QLORA_GEMV_BULK_PREFETCH != 0, bool FOLD = false, bool LS = false>
 __device__ void gemv_glu_impl(const Nf4Seg& gate, const Nf4Seg& up, const float* tables, int act,
                               const T* __restrict__ x, T* __restrict__ y, unsigned n, unsigned k,
                               const NormIn& nin = NormIn{}, const FoldIn& fin = FoldIn{}) {
     static_assert(!FOLD || (M == 1 && !NORM), "the folded norm takes one row of x");
+    static_assert(!LS || (!NORM && !FOLD), "lane scales: the plain input only");
     constexpr int R = Tile<M>::R, NR = 2 * R;
     __shared__ float s_code[16];
+    __shared__ float s_ncode[LS ? 256 : 1];
     __shared__ float s_res[M * NR];
     extern __shared__ float s_scale[];
     if (threadIdx.x < 16) s_code[threadIdx.x] = tables[threadIdx.x];
+    if constexpr (LS)
+        for (unsigned i = threadIdx.x; i < 256u; i += blockDim.x) s_ncode[i] = tables[16 + i];
     const unsigned row0 = blockIdx.x * R, stride = k >> 5;
     RowRef rows[NR];
     unsigned lr[NR];
@@ -815,6 +869,10 @@ __device__ void gemv_glu_impl(const Nf4Seg& gate, const Nf4Seg& up, const float*
         rows[R + r] = RowRef{up.packed + (size_t)row * (k >> 1), up.bs_log2};
         lr[r] = lr[R + r] = row;
     }
+    if constexpr (LS) {
+        __syncthreads();  // the tables; dot_rows waits for x
+        dot_rows<T, M, NR, Tile<M>::U, true>(rows, s_scale, s_code, x, k, s_res, [&](int r) -> const Nf4Seg& { return r < R ? gate : up; }, lr, s_ncode);
+    } else {
     fill_scales<NR, PF, false>([&](int r) -> const Nf4Seg& { return r < R ? gate : up; }, lr, k, tables + 16, s_scale, stride);
     // As gemv_multi_impl: the constant scales first, then the wait for x.
     if constexpr (NORM) {
@@ -831,6 +889,7 @@ __device__ void gemv_glu_impl(const Nf4Seg& gate, const Nf4Seg& up, const float*
         fold_dot_rows<T, NR>(rows, s_scale, s_code, x, k, s_res, fin);
     } else {
         dot_rows<T, M, NR, Tile<M>::U>(rows, s_scale, s_code, x, k, s_res);
+    }
     }
     if (threadIdx.x < M * R) {
         const unsigned m = threadIdx.x / R, r = threadIdx.x % R, row = row0 + r;
@@ -961,9 +1020,9 @@ __device__ void norm_tail_vec(const T* resid, const T* a, const T* w, T* sum_out
     }
 }
 
-template <typename T, int M, bool RS = false>
+template <typename T, int M, bool RS = false, bool LS = false>
 __device__ void gemv_norm_impl(const Nf4Multi& p, const T* __restrict__ x, T* __restrict__ a, unsigned k, const NormTail& t) {
-    gemv_multi_impl<T, M, false, false, false, false, RS>(p, x, a, k);
+    gemv_multi_impl<T, M, false, false, false, false, RS, LS>(p, x, a, k);
     __shared__ unsigned s_last;
     __shared__ float s_scratch[32];
     // The block's outputs, then its count: the barrier orders every thread's stores before
@@ -1116,6 +1175,30 @@ GEMV_FOLD(__half, f16, , false) GEMV_FOLD(__half, f16, pf_, true)
 GEMV_FUSED_ALL_M(float, f32)
 GEMV_FUSED_ALL_M(__nv_bfloat16, bf16)
 GEMV_FUSED_ALL_M(__half, f16)
+
+// Lane scales (dot_rows_w's LS; host: `lane_scales` in src/cuda/fused.rs), one row of x: each
+// lane loads its block scale (q byte and nested absmax) with its weights, and the first loads go
+// out before the programmatic-launch wait, instead of a block-wide scale phase, its barrier and
+// then the weights. Same results bit for bit. Measured on an H100 (bench/gpu/gemv_micro, session
+// 10, h100-2026-11-27-s10-ls-micro.*, us a launch): Mistral-7B's layer 73.3 -> 66.5 (gate/up
+// 36.4 -> 32.3, down 19.0 -> 17.0, q/k/v 10.7 -> 9.7, o 6.8 -> 6.6), TinyLlama's 24.5 -> 22.1
+// (against the `_pf` kernels too: q/k/v 3.61 -> 3.28, gate/up 9.41 -> 9.11). Loading the scales
+// with the weights but only after the wait was slower than the scale phase (layer 75.7 and 28.0).
+// The GLU asks for 6 blocks an SM (80 registers): at 7 (72) it spilled and was slower (35.0 us).
+#define GEMV_LS(T, SUFFIX)                                                                              \
+    extern "C" __global__ void __launch_bounds__(GW * 32) nf4_gemv_multi_ls_##SUFFIX##_m1(              \
+        Nf4Multi p, const T* x, T* y, unsigned k) {                                                     \
+        gemv_multi_impl<T, 1, false, false, false, false, false, true>(p, x, y, k);                     \
+    }                                                                                                   \
+    extern "C" __global__ void __launch_bounds__(GW * 32, 6) nf4_gemv_glu_ls_##SUFFIX##_m1(             \
+        Nf4Seg gate, Nf4Seg up, const float* tables, int act, const T* x, T* y, unsigned n, unsigned k) { \
+        gemv_glu_impl<T, 1, false, false, false, true>(gate, up, tables, act, x, y, n, k);              \
+    }                                                                                                   \
+    extern "C" __global__ void __launch_bounds__(GW * 32, 8) nf4_gemv_norm_ls_##SUFFIX##_m1(            \
+        Nf4Multi p, const T* x, T* a, unsigned k, NormTail t) {                                         \
+        gemv_norm_impl<T, 1, false, true>(p, x, a, k, t);                                               \
+    }
+GEMV_LS(float, f32) GEMV_LS(__nv_bfloat16, bf16) GEMV_LS(__half, f16)
 
 // ---------------------------------------------------------------- dequantize, 4 groups per thread
 // The prefill's dequantize (`cuda::prefill`): as `dequant_impl` (same arithmetic, same bits),

@@ -88,8 +88,32 @@ fn bulk_prefetch(m: usize, k: usize) -> bool {
     m <= 2 && k <= *KMAX.get_or_init(|| std::env::var("QLORA_GEMV_BULK_PREFETCH_KMAX").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(2048))
 }
 
+/// Whether the GEMVs at one row of x (stacked, gated and with the add + norm tail) load each
+/// lane's block scale with its weights, their first loads issued before the PDL wait (`_ls`
+/// kernels, `LS` in kernels/nf4.cu), instead of resolving the block's scales into shared memory
+/// first: the same results bit for bit. On by default; `QLORA_GEMV_LANE_SCALES=0` turns it off
+/// for A/B runs. Measured on an H100 (session 10, GEMV micro-benchmark): a Mistral-7B layer's
+/// GEMVs 73.3 -> 66.5 µs, TinyLlama's 24.5 -> 22.1.
+fn lane_scales(m: usize) -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    m == 1 && *ON.get_or_init(|| std::env::var("QLORA_GEMV_LANE_SCALES").map_or(true, |v| v.trim() != "0"))
+}
+
+/// [`launch_cfg`] for the stacked, gated or add + norm GEMV: no shared memory for block scales
+/// with lane scales.
+fn gemv_cfg(n: u32, m: usize, weight_rows: u32, k: usize) -> LaunchConfig {
+    let mut cfg = launch_cfg(n, m, weight_rows, k);
+    if lane_scales(m) {
+        cfg.shared_mem_bytes = 0;
+    }
+    cfg
+}
+
 /// The name of the stacked (`multi`) or gated (`glu`) GEMV kernel for `m` rows of x of `k`.
 fn gemv_kernel(kind: &str, sfx: &str, m: usize, k: usize) -> String {
+    if lane_scales(m) && matches!(kind, "multi" | "glu") {
+        return format!("nf4_gemv_{kind}_ls_{sfx}_m1");
+    }
     let pf = if bulk_prefetch(m, k) { "pf_" } else { "" };
     format!("nf4_gemv_{kind}_{pf}{sfx}_m{m}")
 }
@@ -366,7 +390,7 @@ impl MultiOp {
         let mut yp = yp;
         let mut xp = x_ptr::<T>(s, l)?;
         let mut k32 = k as u32;
-        let cfg = launch_cfg(col, m, rows_per_block(m), k);
+        let cfg = gemv_cfg(col, m, rows_per_block(m), k);
         let mut args = [arg(&mut multi), arg(&mut xp), arg(&mut yp), arg(&mut k32)];
         // SAFETY: the arguments are the kernel's, in order; it waits before reading x or writing y
         // and reads only constant weights, scales and tables before that.
@@ -421,7 +445,7 @@ impl GluOp {
         let mut yp = yp;
         let mut xp = x_ptr::<T>(s, l)?;
         let (mut act, mut k32) = (self.act as i32, k as u32);
-        let cfg = launch_cfg(n, m, 2 * rows_per_block(m), k);
+        let cfg = gemv_cfg(n, m, 2 * rows_per_block(m), k);
         let mut args = [arg(&mut g), arg(&mut u), arg(&mut tp), arg(&mut act), arg(&mut xp), arg(&mut yp), arg(&mut n), arg(&mut k32)];
         // SAFETY: as in MultiOp::launch.
         unsafe { pdl::launch(&dev, MODULE, PTX, &gemv_kernel("glu", sfx, m, k), cfg, &mut args) }
@@ -599,11 +623,18 @@ impl GemvNormOp {
         let mut xp = x_ptr::<T>(x.0, x.1)?;
         let mut ap = ap;
         let mut k32 = k as u32;
-        let cfg = launch_cfg(n as u32, m, rows_per_block(m), k);
+        let cfg = gemv_cfg(n as u32, m, rows_per_block(m), k);
         let mut args = [arg(&mut multi), arg(&mut xp), arg(&mut ap), arg(&mut k32), arg(&mut tail)];
         // SAFETY: the arguments are the kernel's, in order; as MultiOp::launch for PDL.
-        // Rows of k <= 2048 at one row of x: the row-by-row scale fill (kernels/nf4.cu fill_scales).
-        let rs = if m == 1 && k <= 2048 { "rs_" } else { "" };
+        // One row of x: lane scales (`lane_scales`), or for rows of k <= 2048 the row-by-row
+        // scale fill (kernels/nf4.cu fill_scales).
+        let rs = if lane_scales(m) {
+            "ls_"
+        } else if m == 1 && k <= 2048 {
+            "rs_"
+        } else {
+            ""
+        };
         unsafe { pdl::launch(&dev, MODULE, PTX, &format!("nf4_gemv_norm_{rs}{sfx}_m{m}"), cfg, &mut args) }
     }
 }
