@@ -30,6 +30,7 @@ const REGISTER_BUDGETS: &[(&str, u32)] = &[
     ("nf4_gemv_glu_ls_bf16_m1", 80),
     ("nf4_gemv_glu_ls_f16_m1", 80),
     ("nf4_gemv_norm_ls_bf16_m1", 64),
+    ("nf4_gemv_norm_ls2_bf16_m1", 96),
 ];
 
 

@@ -482,7 +482,8 @@ __device__ __forceinline__ void dot_rows_w(const RowRef (&rows)[NR], const float
 // (Issuing the first weight loads before the block scales are resolved was measured slower on
 // an H100: 72 registers instead of 64 for the GLU, one block less per SM, Mistral-7B NF4 decode
 // 245 tok/s against 260-268 with this order.)
-template <typename T, int M, int NR, int U, bool LS = false, typename SegAt = NoSegAt>
+// LSU: with lane scales, the steps a warp keeps in flight in the 16-byte core (0: as without).
+template <typename T, int M, int NR, int U, bool LS = false, typename SegAt = NoSegAt, int LSU = 0>
 __device__ __forceinline__ void dot_rows(const RowRef (&rows)[NR], const float* s_scale, const float* s_code,
                                          const T* __restrict__ x, unsigned k, float* res,
                                          SegAt seg_at = SegAt{}, const unsigned* lr = nullptr, const float* s_ncode = nullptr) {
@@ -500,7 +501,7 @@ __device__ __forceinline__ void dot_rows(const RowRef (&rows)[NR], const float* 
     // Wide loads for 1-2 rows of x; with more, the 4-byte core (more registers for x and the sums).
     constexpr int WM = M <= 2 ? QLORA_GEMV_WMAX : 1;
     if (WM >= 4 && rb >= GW * 512u && bs_min >= 5)
-        dot_rows_w<T, M, NR, steps_in_flight(NR, 4), 4, LS>(rows, s_scale, s_code, x, k, acc, seg_at, lr, s_ncode);
+        dot_rows_w<T, M, NR, (LSU > 0 ? LSU : steps_in_flight(NR, 4)), 4, LS>(rows, s_scale, s_code, x, k, acc, seg_at, lr, s_ncode);
     else if (WM >= 2 && rb >= GW * 256u && bs_min >= 4)
         dot_rows_w<T, M, NR, LS ? 1 : steps_in_flight(NR, 2), 2, LS>(rows, s_scale, s_code, x, k, acc, seg_at, lr, s_ncode);
     else
@@ -765,7 +766,7 @@ __device__ __forceinline__ unsigned xs_offset(int nr, unsigned k) { return ((uns
 // FOLD (one row of x): x is the xw of a folded norm (fin); SUMSQ (one row of x, one
 // weight): y is unused, the block writes s = resid + its output and its partial sum of squares.
 // RS: the row-by-row scale fill (fill_scales).
-template <typename T, int M, bool NORM = false, bool PF = QLORA_GEMV_BULK_PREFETCH != 0, bool FOLD = false, bool SUMSQ = false, bool RS = false, bool LS = false>
+template <typename T, int M, bool NORM = false, bool PF = QLORA_GEMV_BULK_PREFETCH != 0, bool FOLD = false, bool SUMSQ = false, bool RS = false, bool LS = false, int LSU = 0>
 __device__ void gemv_multi_impl(const Nf4Multi& p, const T* __restrict__ x, T* __restrict__ y, unsigned k,
                                 const NormIn& nin = NormIn{}, const FoldIn& fin = FoldIn{}, const SumSq& sq = SumSq{}) {
     static_assert(!(FOLD || SUMSQ) || (M == 1 && !NORM), "the folded norm takes one row of x");
@@ -789,7 +790,8 @@ __device__ void gemv_multi_impl(const Nf4Multi& p, const T* __restrict__ x, T* _
     }
     if constexpr (LS) {
         __syncthreads();  // the tables; dot_rows waits for x
-        dot_rows<T, M, R, Tile<M>::U, true>(rows, s_scale, s_code, x, k, s_res, [&](int r) -> const Nf4Seg& { return p.seg[si[r]]; }, lr, s_ncode);
+        auto seg_at = [&](int r) -> const Nf4Seg& { return p.seg[si[r]]; };
+        dot_rows<T, M, R, Tile<M>::U, true, decltype(seg_at), LSU>(rows, s_scale, s_code, x, k, s_res, seg_at, lr, s_ncode);
     } else {
     fill_scales<R, PF, RS>([&](int r) -> const Nf4Seg& { return p.seg[si[r]]; }, lr, k, p.tables + 16, s_scale, stride);
     // The scales and tables are constant during a step: resolved before the wait.
@@ -1020,9 +1022,9 @@ __device__ void norm_tail_vec(const T* resid, const T* a, const T* w, T* sum_out
     }
 }
 
-template <typename T, int M, bool RS = false, bool LS = false>
+template <typename T, int M, bool RS = false, bool LS = false, int LSU = 0>
 __device__ void gemv_norm_impl(const Nf4Multi& p, const T* __restrict__ x, T* __restrict__ a, unsigned k, const NormTail& t) {
-    gemv_multi_impl<T, M, false, false, false, false, RS, LS>(p, x, a, k);
+    gemv_multi_impl<T, M, false, false, false, false, RS, LS, LSU>(p, x, a, k);
     __shared__ unsigned s_last;
     __shared__ float s_scratch[32];
     // The block's outputs, then its count: the barrier orders every thread's stores before
@@ -1185,6 +1187,9 @@ GEMV_FUSED_ALL_M(__half, f16)
 // (against the `_pf` kernels too: q/k/v 3.61 -> 3.28, gate/up 9.41 -> 9.11). Loading the scales
 // with the weights but only after the wait was slower than the scale phase (layer 75.7 and 28.0).
 // The GLU asks for 6 blocks an SM (80 registers): at 7 (72) it spilled and was slower (35.0 us).
+// `norm_ls2`: two 16-byte steps in flight a warp (96 registers, 5 blocks an SM), for grids that
+// fit the GPU at 5 blocks an SM (host: `norm_kernel`): TinyLlama's down_proj 6.29 -> 5.59 us in
+// the micro-benchmark, Mistral-7B's (1024 blocks) 17.0 -> 21.8.
 #define GEMV_LS(T, SUFFIX)                                                                              \
     extern "C" __global__ void __launch_bounds__(GW * 32) nf4_gemv_multi_ls_##SUFFIX##_m1(              \
         Nf4Multi p, const T* x, T* y, unsigned k) {                                                     \
@@ -1197,6 +1202,10 @@ GEMV_FUSED_ALL_M(__half, f16)
     extern "C" __global__ void __launch_bounds__(GW * 32, 8) nf4_gemv_norm_ls_##SUFFIX##_m1(            \
         Nf4Multi p, const T* x, T* a, unsigned k, NormTail t) {                                         \
         gemv_norm_impl<T, 1, false, true>(p, x, a, k, t);                                               \
+    }                                                                                                   \
+    extern "C" __global__ void __launch_bounds__(GW * 32, 5) nf4_gemv_norm_ls2_##SUFFIX##_m1(           \
+        Nf4Multi p, const T* x, T* a, unsigned k, NormTail t) {                                         \
+        gemv_norm_impl<T, 1, false, true, 2>(p, x, a, k, t);                                            \
     }
 GEMV_LS(float, f32) GEMV_LS(__nv_bfloat16, bf16) GEMV_LS(__half, f16)
 

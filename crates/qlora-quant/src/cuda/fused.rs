@@ -99,6 +99,40 @@ fn lane_scales(m: usize) -> bool {
     m == 1 && *ON.get_or_init(|| std::env::var("QLORA_GEMV_LANE_SCALES").map_or(true, |v| v.trim() != "0"))
 }
 
+/// The add + norm GEMV's kernel for `m` rows of x of `k` in `blocks` blocks. One row of x: lane
+/// scales (`lane_scales`), with two 16-byte steps in flight a warp (`_ls2`, 5 blocks an SM) when
+/// the rows are long enough for that core (k >= 4096) and the grid fits the GPU at 5 blocks an
+/// SM (TinyLlama's down_proj; measured slower on Mistral-7B's 1024 blocks); without lane scales,
+/// the row-by-row scale fill for rows of k <= 2048 (kernels/nf4.cu fill_scales).
+fn norm_kernel(dev: &CudaDevice, sfx: &str, m: usize, k: usize, blocks: u32) -> Result<String> {
+    let v = if lane_scales(m) {
+        if k >= 4096 && blocks <= 5 * multiprocessors(dev)? { "ls2_" } else { "ls_" }
+    } else if m == 1 && k <= 2048 {
+        "rs_"
+    } else {
+        ""
+    };
+    Ok(format!("nf4_gemv_norm_{v}{sfx}_m{m}"))
+}
+
+/// The device's multiprocessors (asked once a device).
+fn multiprocessors(dev: &CudaDevice) -> Result<u32> {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
+    static CACHE: OnceLock<Mutex<HashMap<DeviceId, u32>>> = OnceLock::new();
+    let mut cache = CACHE.get_or_init(Default::default).lock().map_err(|_| candle_core::Error::Msg("fused nf4: SM count cache poisoned".into()))?;
+    if let Some(&n) = cache.get(&dev.id()) {
+        return Ok(n);
+    }
+    let n = dev
+        .cuda_stream()
+        .context()
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_err(|e| candle_core::Error::Msg(format!("fused nf4: cannot read the device's SM count: {e:?}")))?;
+    let n = u32::try_from(n).unwrap_or(1).max(1);
+    cache.insert(dev.id(), n);
+    Ok(n)
+}
+
 /// [`launch_cfg`] for the stacked, gated or add + norm GEMV: no shared memory for block scales
 /// with lane scales.
 fn gemv_cfg(n: u32, m: usize, weight_rows: u32, k: usize) -> LaunchConfig {
@@ -626,16 +660,8 @@ impl GemvNormOp {
         let cfg = gemv_cfg(n as u32, m, rows_per_block(m), k);
         let mut args = [arg(&mut multi), arg(&mut xp), arg(&mut ap), arg(&mut k32), arg(&mut tail)];
         // SAFETY: the arguments are the kernel's, in order; as MultiOp::launch for PDL.
-        // One row of x: lane scales (`lane_scales`), or for rows of k <= 2048 the row-by-row
-        // scale fill (kernels/nf4.cu fill_scales).
-        let rs = if lane_scales(m) {
-            "ls_"
-        } else if m == 1 && k <= 2048 {
-            "rs_"
-        } else {
-            ""
-        };
-        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("nf4_gemv_norm_{rs}{sfx}_m{m}"), cfg, &mut args) }
+        let name = norm_kernel(&dev, sfx, m, k, cfg.grid_dim.0)?;
+        unsafe { pdl::launch(&dev, MODULE, PTX, &name, cfg, &mut args) }
     }
 }
 
