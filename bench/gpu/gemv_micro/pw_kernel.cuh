@@ -97,6 +97,28 @@ __device__ __forceinline__ void pw_issue(const Nf4Multi& p, unsigned g, unsigned
         }
     }
 }
+// A step's arithmetic (dot_rows_w's with W = 4): pr[r] = the lane's 32 weights of row r (words
+// w[r]) times x[e .. e + 32).
+template <typename T>
+__device__ __forceinline__ void pw_dot(const uint32_t (&w)[PW_NR][4], const T* __restrict__ x, unsigned e, const float* s_code,
+                                       float (&pr)[PW_NR]) {
+#pragma unroll
+    for (int r = 0; r < PW_NR; r++) pr[r] = 0.f;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        float xv[8];
+        load_x8(x + e + 8u * j, xv);
+#pragma unroll
+        for (int r = 0; r < PW_NR; r++) {
+            const uint32_t hi = (w[r][j] >> 2) & 0x3c3c3c3cu, lo = (w[r][j] << 2) & 0x3c3c3c3cu;
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                pr[r] = fmaf(code_at(s_code, __byte_perm(hi, 0u, 0x4440u + q)), xv[2 * q], pr[r]);
+                pr[r] = fmaf(code_at(s_code, __byte_perm(lo, 0u, 0x4440u + q)), xv[2 * q + 1], pr[r]);
+            }
+        }
+    }
+}
 template <typename T, bool GLU>
 __device__ __forceinline__ void pw_compute(const Nf4Multi& p, unsigned g, unsigned step, unsigned rb, const T* __restrict__ x,
                                            const float* s_code, const float* s_ncode, const PwBuf& b, float (&acc)[PW_NR]) {
@@ -106,23 +128,7 @@ __device__ __forceinline__ void pw_compute(const Nf4Multi& p, unsigned g, unsign
     pw_group<GLU>(p, g, &si, &lr0);
     const unsigned e = off * 2u;
     float pr[PW_NR];
-#pragma unroll
-    for (int r = 0; r < PW_NR; r++) pr[r] = 0.f;
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        float xv[8];
-        load_x8(x + e + 8u * j, xv);
-#pragma unroll
-        for (int r = 0; r < PW_NR; r++) {
-            const uint32_t w = b.w[r][j];
-            const uint32_t hi = (w >> 2) & 0x3c3c3c3cu, lo = (w << 2) & 0x3c3c3c3cu;
-#pragma unroll
-            for (int q = 0; q < 4; q++) {
-                pr[r] = fmaf(code_at(s_code, __byte_perm(hi, 0u, 0x4440u + q)), xv[2 * q], pr[r]);
-                pr[r] = fmaf(code_at(s_code, __byte_perm(lo, 0u, 0x4440u + q)), xv[2 * q + 1], pr[r]);
-            }
-        }
-    }
+    pw_dot<T>(b.w, x, e, s_code, pr);
 #pragma unroll
     for (int r = 0; r < PW_NR; r++) {
         const Nf4Seg& s = pw_seg<GLU>(p, si, r);
@@ -201,16 +207,17 @@ __device__ void gemv_pw_impl(const Nf4Multi& p, int act, const T* __restrict__ x
 #ifndef PW_MINB
 #define PW_MINB 4
 #endif
-#define GEMV_PW(T, SUFFIX)                                                                               \
-    extern "C" __global__ void __launch_bounds__(GW * 32, PW_MINB) nf4_gemv_pw_##SUFFIX(                 \
+// The stacked and the gated entries of one persistent kernel (NAME: pw or pwa).
+#define GEMV_PW_ENTRIES(T, SUFFIX, NAME, MINB)                                                          \
+    extern "C" __global__ void __launch_bounds__(GW * 32, MINB) nf4_gemv_##NAME##_##SUFFIX(              \
         Nf4Multi p, const T* x, T* y, unsigned k) {                                                      \
-        gemv_pw_impl<T, false>(p, 0, x, y, k);                                                           \
+        gemv_##NAME##_impl<T, false>(p, 0, x, y, k);                                                     \
     }                                                                                                    \
-    extern "C" __global__ void __launch_bounds__(GW * 32, PW_MINB) nf4_gemv_pw_glu_##SUFFIX(             \
+    extern "C" __global__ void __launch_bounds__(GW * 32, MINB) nf4_gemv_##NAME##_glu_##SUFFIX(          \
         Nf4Multi p, int act, const T* x, T* y, unsigned k) {                                             \
-        gemv_pw_impl<T, true>(p, act, x, y, k);                                                          \
+        gemv_##NAME##_impl<T, true>(p, act, x, y, k);                                                    \
     }
-GEMV_PW(float, f32) GEMV_PW(__nv_bfloat16, bf16) GEMV_PW(__half, f16)
+GEMV_PW_ENTRIES(float, f32, pw, PW_MINB) GEMV_PW_ENTRIES(__nv_bfloat16, bf16, pw, PW_MINB) GEMV_PW_ENTRIES(__half, f16, pw, PW_MINB)
 // ---- persistent warps fed by cp.async (PWA): each warp streams its steps through a ring of
 // PWA_D stages of its own shared memory (weights, the block scales' q bytes or absmax, and the
 // nested absmax values the step needs), so PWA_D - 1 steps are in flight without registers.
@@ -269,23 +276,7 @@ __device__ __forceinline__ void pwa_compute(const Nf4Multi& p, unsigned g, unsig
         wv[r][0] = v.x; wv[r][1] = v.y; wv[r][2] = v.z; wv[r][3] = v.w;
     }
     float pr[PW_NR];
-#pragma unroll
-    for (int r = 0; r < PW_NR; r++) pr[r] = 0.f;
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        float xv[8];
-        load_x8(x + e + 8u * j, xv);
-#pragma unroll
-        for (int r = 0; r < PW_NR; r++) {
-            const uint32_t w = wv[r][j];
-            const uint32_t hi = (w >> 2) & 0x3c3c3c3cu, lo = (w << 2) & 0x3c3c3c3cu;
-#pragma unroll
-            for (int q = 0; q < 4; q++) {
-                pr[r] = fmaf(code_at(s_code, __byte_perm(hi, 0u, 0x4440u + q)), xv[2 * q], pr[r]);
-                pr[r] = fmaf(code_at(s_code, __byte_perm(lo, 0u, 0x4440u + q)), xv[2 * q + 1], pr[r]);
-            }
-        }
-    }
+    pw_dot<T>(wv, x, e, s_code, pr);
 #pragma unroll
     for (int r = 0; r < PW_NR; r++) {
         const Nf4Seg& s = pw_seg<GLU>(p, si, r);
@@ -347,13 +338,4 @@ __device__ void gemv_pwa_impl(const Nf4Multi& p, int act, const T* __restrict__ 
 #ifndef PWA_MINB
 #define PWA_MINB 5
 #endif
-#define GEMV_PWA(T, SUFFIX)                                                                              \
-    extern "C" __global__ void __launch_bounds__(GW * 32, PWA_MINB) nf4_gemv_pwa_##SUFFIX(               \
-        Nf4Multi p, const T* x, T* y, unsigned k) {                                                      \
-        gemv_pwa_impl<T, false>(p, 0, x, y, k);                                                          \
-    }                                                                                                    \
-    extern "C" __global__ void __launch_bounds__(GW * 32, PWA_MINB) nf4_gemv_pwa_glu_##SUFFIX(           \
-        Nf4Multi p, int act, const T* x, T* y, unsigned k) {                                             \
-        gemv_pwa_impl<T, true>(p, act, x, y, k);                                                         \
-    }
-GEMV_PWA(float, f32) GEMV_PWA(__nv_bfloat16, bf16) GEMV_PWA(__half, f16)
+GEMV_PW_ENTRIES(float, f32, pwa, PWA_MINB) GEMV_PW_ENTRIES(__nv_bfloat16, bf16, pwa, PWA_MINB) GEMV_PW_ENTRIES(__half, f16, pwa, PWA_MINB)
