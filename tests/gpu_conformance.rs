@@ -239,6 +239,66 @@ fn greedy_vs_eager(name: &str, quant: Quant, dtype: DType, b: usize, steps: usiz
     assert!(stats.replays >= steps - 4, "{name}: only {} of {steps} steps replayed the greedy graph", stats.replays);
 }
 
+/// A cache of `Model::new_cache_with_capacity`, dropped, hands its buffers and decode graphs to
+/// the model's next cache that fits in them: the next generation (another prompt, another
+/// capacity within the same 256-position buffers) replays from its first one-token step,
+/// nothing captured, and picks the same ids as the eager path on a cache of its own (the first
+/// generation's positions left in the buffers are not read). A cache that needs more
+/// positions, or a cache a clone still shares, is not handed on.
+#[test]
+fn a_new_cache_takes_the_dropped_caches_graphs() {
+    let model = Model::load(&fixture("llama"), &LoadOptions { quant: Quant::Nf4DoubleQuant, dtype: DType::BF16, device: gpu() }).unwrap();
+    let (ids, vocab) = (input_ids("llama"), model.config().vocab_size as u32);
+    let as_input = |v: &[u32]| Tensor::from_vec(v.to_vec(), (1, v.len()), model.device()).unwrap();
+    // 8 prompt tokens, then `steps` greedy ids through greedy_decode on `cache`.
+    let generate = |cache: &mut KvCache, prompt: &[u32], steps: usize| -> Vec<u32> {
+        let l = model.forward(&as_input(prompt), Some(&mut *cache)).unwrap();
+        let mut got = argmax(&l.i((.., 7)).unwrap());
+        let first = got.clone();
+        model.greedy_decode(&as_input(&first), cache, steps, |row| {
+            got.extend_from_slice(row);
+            Ok(true)
+        }).unwrap();
+        got
+    };
+    let eager_ids = |prompt: &[u32], steps: usize| -> Vec<u32> {
+        let mut lane = Lane { model: &model, cache: model.new_cache() };
+        lane.cache.set_cuda_graphs(false);
+        let mut want = argmax(&lane.step(prompt, 1));
+        for _ in 0..steps {
+            let next = argmax(&lane.step(&want[want.len() - 1..], 1));
+            want.extend(next);
+        }
+        want
+    };
+    let (p1, p2): (Vec<u32>, Vec<u32>) = (ids[..8].to_vec(), ids[..8].iter().map(|&x| (x + 11) % vocab).collect());
+    let mut first = model.new_cache_with_capacity(8 + 12);
+    assert_eq!(generate(&mut first, &p1, 12), eager_ids(&p1, 12), "first generation");
+    let s1 = first.graph_stats();
+    assert_eq!((s1.captures, s1.failures), (1, 0), "the first cache captures its greedy graph once");
+    drop(first);
+    let mut second = model.new_cache_with_capacity(8 + 20);
+    assert_eq!(generate(&mut second, &p2, 20), eager_ids(&p2, 20), "second generation, on the first cache's buffers");
+    let s2 = second.graph_stats();
+    assert_eq!((s2.captures, s2.replays, s2.failures), (0, 20, 0), "the second cache replays from its first step: {s2:?}");
+    // More positions than the spare buffers hold: a cache of its own, which captures.
+    drop(second);
+    let mut long = model.new_cache_with_capacity(300);
+    assert_eq!(generate(&mut long, &p2, 12), eager_ids(&p2, 12), "a longer cache");
+    assert_eq!(long.graph_stats().captures, 1, "a cache that needs more positions took the spare buffers");
+    // A cache whose clone is alive is not handed on when dropped.
+    drop(long);
+    let mut third = model.new_cache_with_capacity(300);
+    generate(&mut third, &p1, 4);
+    assert_eq!(third.graph_stats().captures, 0, "the longer cache's buffers were not handed on to a cache of the same size");
+    let keep = third.clone();
+    drop(third);
+    let mut fourth = model.new_cache_with_capacity(300);
+    generate(&mut fourth, &p1, 4);
+    assert_eq!(fourth.graph_stats().captures, 1, "a shared cache's buffers were handed on");
+    drop(keep);
+}
+
 #[test]
 fn greedy_decode_pipelined_matches_the_eager_path() {
     greedy_vs_eager("llama", Quant::Nf4DoubleQuant, DType::F32, 1, 40, 17);

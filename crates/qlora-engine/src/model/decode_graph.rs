@@ -31,7 +31,10 @@
 //!   tensors (so its capacity), dtype, output kind (hidden states or logits) and inverse
 //!   frequencies; anything else recaptures. The first step of a new key runs eagerly (it loads
 //!   kernels, cuBLAS picks its algorithm, candle's capture cache receives the shapes and strides
-//!   some of its kernels upload per launch), the next one captures.
+//!   some of its kernels upload per launch), the next one captures. A cache made by
+//!   [`Model::new_cache_with_capacity`] leaves its buffers and graphs to the model when dropped
+//!   (the cache's `Spare`), and the model's next cache that fits in those buffers starts with
+//!   them: same tensors, so same key, and its first step replays.
 //!
 //! * A greedy step ([`Output::Greedy`], [`Model::greedy_decode`]) ends with the GPU argmax
 //!   writing the picked ids over the graph's own id buffer and adding one to its length buffer:
@@ -132,6 +135,18 @@ impl std::fmt::Debug for GraphSlot {
 impl GraphSlot {
     pub(super) fn stats(&self) -> DecodeGraphStats {
         self.0.lock().map(|i| i.stats).unwrap_or_default()
+    }
+
+    /// Whether no clone of the cache shares these graphs.
+    pub(super) fn unshared(&self) -> bool {
+        Arc::strong_count(&self.0) == 1
+    }
+
+    /// Zeroes the counts (a spare cache's graphs handed to a new cache, which counts its own).
+    pub(super) fn reset_stats(&self) {
+        if let Ok(mut i) = self.0.lock() {
+            i.stats = DecodeGraphStats { captures: 0, replays: 0, failures: 0, ..i.stats };
+        }
     }
 }
 
