@@ -366,6 +366,46 @@ fn gemv_with_the_norm_folded_in_matches_the_unfused_launches() {
     }
 }
 
+/// The folded norm's three launches (the projection writing `s`, `s · w` and the partial sums of
+/// squares; the q/k/v and gate/up GEMVs reading them) with lane scales, their default at one row
+/// of x, against the same launches with the block-wide scale phase (`with_lane_scales(false)`):
+/// the same bits, in bf16 and f16, plain and double-quantized scales, for every lane width of
+/// the core on both sides (the projection's k = 1024, 2048, 4096 and 5632; the GEMVs' k = its
+/// n), the projection's two-steps-in-flight form included (k = 5632 and 2048 outputs: 512
+/// blocks, within 5 an SM on an H100) and a Gemma `1 + w` norm.
+#[test]
+fn folded_norm_lane_scale_gemvs_equal_the_scale_phase_bit_for_bit() {
+    use qlora_studio::quant::cuda::fused::{fold_gemv_glu_into, fold_gemv_multi_into, fold_partials, gemv_add_sumsq_into, with_lane_scales, FoldedNorm};
+    let dev = gpu();
+    let g = |t: &Tensor| t.to_device(&dev).unwrap();
+    for dt in [DType::BF16, DType::F16] {
+        for (n, k_in, dq, one_plus) in [(1024usize, 1024usize, true, false), (2048, 5632, true, false), (2048, 2048, false, true), (4096, 4096, true, false), (1088, 4096, false, false)] {
+            let case = format!("{dt:?} n {n} k {k_in} dq {dq} one_plus {one_plus}");
+            let o = on_gpu(&proj(n, k_in, 31 + n as u64, dq, true, dt));
+            let qkv: Vec<Nf4Proj> = [(96usize, 1u64, true), (40, 2, false), (24, 3, true)].iter().map(|&(r, seed, b)| on_gpu(&proj(r, n, seed + n as u64, dq, b, dt))).collect();
+            let (gate, up) = (on_gpu(&proj(72, n, 4 + n as u64, dq, true, dt)), on_gpu(&proj(72, n, 5 + n as u64, dq, false, dt)));
+            let w = g(&((randn(&[n], DType::F32) * 0.1).unwrap() + 1.0).unwrap().to_dtype(dt).unwrap());
+            let (x, resid) = (g(&randn(&[1, 1, k_in], dt)), g(&randn(&[1, 1, n], dt)));
+            let run = |ls: bool| {
+                with_lane_scales(ls, || {
+                    let (s_out, xw_out) = (Tensor::zeros(n, dt, &dev).unwrap(), Tensor::zeros(n, dt, &dev).unwrap());
+                    let part = Tensor::zeros(fold_partials(n), DType::F32, &dev).unwrap();
+                    let (s, xw) = gemv_add_sumsq_into(&x, &o, &resid, (&w, one_plus), &s_out, &xw_out, &part).unwrap();
+                    let f = FoldedNorm { xw: &xw, partials: &part, eps: 1e-5 };
+                    let y = fold_gemv_multi_into(&f, &qkv, &Tensor::zeros(160, dt, &dev).unwrap()).unwrap();
+                    let z = fold_gemv_glu_into(&f, &gate, &up, GluAct::Silu, &Tensor::zeros(72, dt, &dev).unwrap()).unwrap();
+                    [bits(&s), bits(&xw), bits(&part), bits(&y), bits(&z)]
+                })
+            };
+            let (phase, lanes) = (run(false), run(true));
+            for (i, what) in ["s", "s · w", "partials", "q/k/v", "gate/up"].iter().enumerate() {
+                assert!(phase[i] == lanes[i], "{case}: {what} differs between the scale phase and lane scales");
+            }
+            assert!(lanes[3].iter().any(|&b| b != 0) && lanes[4].iter().any(|&b| b != 0), "{case}: all zeros");
+        }
+    }
+}
+
 /// RMSNorm with the residual add (Llama's and Gemma's) against `ops::rms_norm` on the CPU.
 #[test]
 fn add_rms_norm_matches_the_unfused_ops() {

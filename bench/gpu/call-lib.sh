@@ -43,3 +43,20 @@ kprof() {
   python3 bench/gpu/kprof/steps.py "$OUT/k-$l.csv" | head -16
   rm -f "$OUT/k-$l.csv"
 }
+
+# gpu_tests DIR [VAR=VALUE...] -- NAME...: the carried test binaries DIR/NAME, one at a time
+# (`--test-threads=1`), with those variables set; logs into $OUT/NAME[-TAG].log, where TAG is
+# $GPU_TESTS_TAG when set; prints each one's result line and its failures.
+gpu_tests() {
+  local d=$1 t log
+  shift
+  local vars=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do vars+=("$1"); shift; done
+  shift
+  for t in "$@"; do
+    log="$OUT/$t${GPU_TESTS_TAG:+-$GPU_TESTS_TAG}.log"
+    env "${vars[@]}" "$d/$t" --test-threads=1 > "$log" 2>&1
+    echo "$t ${vars[*]} rc=$? $(grep -E '^test result' "$log")"
+    grep -E "panicked|FAILED" "$log" | head -8
+  done
+}

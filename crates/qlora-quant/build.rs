@@ -31,6 +31,10 @@ const REGISTER_BUDGETS: &[(&str, u32)] = &[
     ("nf4_gemv_glu_ls_f16_m1", 80),
     ("nf4_gemv_norm_ls_bf16_m1", 64),
     ("nf4_gemv_norm_ls2_bf16_m1", 96),
+    ("nf4_gemv_sumsq_ls_bf16_m1", 64),
+    ("nf4_gemv_sumsq_ls2_bf16_m1", 96),
+    ("nf4_gemv_multi_fold_ls_bf16_m1", 64),
+    ("nf4_gemv_glu_fold_ls_bf16_m1", 80),
 ];
 
 

@@ -363,15 +363,21 @@ struct NoSegAt {
     const Nf4Seg* s;
     __device__ const Nf4Seg& operator()(int) const { return *s; }
 };
+// What a lane-scale core does right after its programmatic-launch wait (every thread, once):
+// nothing, or (the folded norm) issue the copy of the partial sums of squares.
+struct NoHook {
+    __device__ void operator()() const {}
+};
 // LS (lane scales): false reads the block scales from s_scale (filled by the caller); true loads
 // each lane's q byte and nested absmax (or absmax) with its weights, from row lr[r] of segment
 // seg_at(r), the nested code from s_ncode (shared), and issues the first step's loads before the
 // programmatic-launch wait, which it then does itself (every thread, once). The scale is the
 // same float either way, so the results are bit for bit those of the scale phase.
-template <typename T, int M, int NR, int U, int W, bool LS = false, typename SegAt = NoSegAt>
+template <typename T, int M, int NR, int U, int W, bool LS = false, typename SegAt = NoSegAt, typename Hook = NoHook>
 __device__ __forceinline__ void dot_rows_w(const RowRef (&rows)[NR], const float* s_scale, const float* s_code,
                                            const T* __restrict__ x, unsigned k, float (&acc)[M][NR],
-                                           SegAt seg_at = SegAt{}, const unsigned* lr = nullptr, const float* s_ncode = nullptr) {
+                                           SegAt seg_at = SegAt{}, const unsigned* lr = nullptr, const float* s_ncode = nullptr,
+                                           Hook after_wait = Hook{}) {
     bool waited = !LS;
     constexpr unsigned SB = 128u * W;  // bytes of one warp step
     // The GLU's 8 rows (gate and up, one row of x): loads without a branch each, which ptxas
@@ -417,6 +423,7 @@ __device__ __forceinline__ void dot_rows_w(const RowRef (&rows)[NR], const float
         if (!waited) {
             pdl_wait();
             pdl_launch_dependents();
+            after_wait();
             waited = true;
         }
 #pragma unroll
@@ -467,6 +474,7 @@ __device__ __forceinline__ void dot_rows_w(const RowRef (&rows)[NR], const float
     if (!waited) {  // no step of this warp
         pdl_wait();
         pdl_launch_dependents();
+        after_wait();
     }
 }
 
@@ -483,10 +491,12 @@ __device__ __forceinline__ void dot_rows_w(const RowRef (&rows)[NR], const float
 // an H100: 72 registers instead of 64 for the GLU, one block less per SM, Mistral-7B NF4 decode
 // 245 tok/s against 260-268 with this order.)
 // LSU: with lane scales, the steps a warp keeps in flight in the 16-byte core (0: as without).
-template <typename T, int M, int NR, int U, bool LS = false, typename SegAt = NoSegAt, int LSU = 0>
+// after_wait: with lane scales, called by every thread right after its wait (dot_rows_w).
+template <typename T, int M, int NR, int U, bool LS = false, typename SegAt = NoSegAt, int LSU = 0, typename Hook = NoHook>
 __device__ __forceinline__ void dot_rows(const RowRef (&rows)[NR], const float* s_scale, const float* s_code,
                                          const T* __restrict__ x, unsigned k, float* res,
-                                         SegAt seg_at = SegAt{}, const unsigned* lr = nullptr, const float* s_ncode = nullptr) {
+                                         SegAt seg_at = SegAt{}, const unsigned* lr = nullptr, const float* s_ncode = nullptr,
+                                         Hook after_wait = Hook{}) {
     __shared__ float s_red[GW * M * NR];
     const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
     float acc[M][NR];
@@ -501,11 +511,11 @@ __device__ __forceinline__ void dot_rows(const RowRef (&rows)[NR], const float* 
     // Wide loads for 1-2 rows of x; with more, the 4-byte core (more registers for x and the sums).
     constexpr int WM = M <= 2 ? QLORA_GEMV_WMAX : 1;
     if (WM >= 4 && rb >= GW * 512u && bs_min >= 5)
-        dot_rows_w<T, M, NR, (LSU > 0 ? LSU : steps_in_flight(NR, 4)), 4, LS>(rows, s_scale, s_code, x, k, acc, seg_at, lr, s_ncode);
+        dot_rows_w<T, M, NR, (LSU > 0 ? LSU : steps_in_flight(NR, 4)), 4, LS>(rows, s_scale, s_code, x, k, acc, seg_at, lr, s_ncode, after_wait);
     else if (WM >= 2 && rb >= GW * 256u && bs_min >= 4)
-        dot_rows_w<T, M, NR, LS ? 1 : steps_in_flight(NR, 2), 2, LS>(rows, s_scale, s_code, x, k, acc, seg_at, lr, s_ncode);
+        dot_rows_w<T, M, NR, LS ? 1 : steps_in_flight(NR, 2), 2, LS>(rows, s_scale, s_code, x, k, acc, seg_at, lr, s_ncode, after_wait);
     else
-        dot_rows_w<T, M, NR, LS ? 1 : U, 1, LS>(rows, s_scale, s_code, x, k, acc, seg_at, lr, s_ncode);
+        dot_rows_w<T, M, NR, LS ? 1 : U, 1, LS>(rows, s_scale, s_code, x, k, acc, seg_at, lr, s_ncode, after_wait);
 #pragma unroll
     for (int m = 0; m < M; m++)
 #pragma unroll
@@ -745,6 +755,14 @@ __device__ __forceinline__ float fold_rinv(const FoldIn& f, const float4* s_part
     return __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(t, (float)k), f.eps)));
 }
 
+// res[0 .. NR) times 1 / rms(s), once the partials' copy (fold_load) is issued and res filled.
+template <int NR>
+__device__ __forceinline__ void fold_scale(const FoldIn& fin, const float4* s_part, unsigned k, float* res) {
+    const float ri = fold_rinv(fin, s_part, k);
+    if (threadIdx.x < NR) res[threadIdx.x] = __fmul_rn(res[threadIdx.x], ri);
+    __syncthreads();
+}
+
 // The dot products of a FOLD GEMV at one row of x (dot_rows), times 1 / rms(s): res[r] for its
 // NR rows, readable by every thread after the call.
 template <typename T, int NR>
@@ -753,9 +771,19 @@ __device__ __forceinline__ void fold_dot_rows(const RowRef (&rows)[NR], const fl
     __shared__ float4 s_part[FOLD_P4 * GW * 32];
     fold_load(fin, s_part);
     dot_rows<T, 1, NR, Tile<1>::U>(rows, s_scale, s_code, x, k, res);
-    const float ri = fold_rinv(fin, s_part, k);
-    if (threadIdx.x < NR) res[threadIdx.x] = __fmul_rn(res[threadIdx.x], ri);
-    __syncthreads();
+    fold_scale<NR>(fin, s_part, k, res);
+}
+
+// The same with lane scales (dot_rows_w's LS): the partials' copy goes out right after the
+// wait, from inside the core, behind the first step's weight loads.
+template <typename T, int NR, typename SegAt, int LSU>
+__device__ __forceinline__ void fold_dot_rows_ls(const RowRef (&rows)[NR], const float* s_code, const T* __restrict__ x,
+                                                 unsigned k, float* res, const FoldIn& fin, SegAt seg_at,
+                                                 const unsigned* lr, const float* s_ncode) {
+    __shared__ float4 s_part[FOLD_P4 * GW * 32];
+    auto issue = [&]() { fold_load(fin, s_part); };
+    dot_rows<T, 1, NR, Tile<1>::U, true, SegAt, LSU>(rows, nullptr, s_code, x, k, res, seg_at, lr, s_ncode, issue);
+    fold_scale<NR>(fin, s_part, k, res);
 }
 
 // y[m, ntotal]: row r of the stacked weights goes to column seg.col0 + (r - first row of seg).
@@ -770,7 +798,7 @@ template <typename T, int M, bool NORM = false, bool PF = QLORA_GEMV_BULK_PREFET
 __device__ void gemv_multi_impl(const Nf4Multi& p, const T* __restrict__ x, T* __restrict__ y, unsigned k,
                                 const NormIn& nin = NormIn{}, const FoldIn& fin = FoldIn{}, const SumSq& sq = SumSq{}) {
     static_assert(!(FOLD || SUMSQ) || (M == 1 && !NORM), "the folded norm takes one row of x");
-    static_assert(!LS || (!NORM && !FOLD), "lane scales: the plain input only");
+    static_assert(!LS || (!NORM && M == 1), "lane scales: one row of x, not the norm prologue");
     constexpr int R = Tile<M>::R;
     __shared__ float s_code[16];
     __shared__ float s_ncode[LS ? 256 : 1];
@@ -791,7 +819,8 @@ __device__ void gemv_multi_impl(const Nf4Multi& p, const T* __restrict__ x, T* _
     if constexpr (LS) {
         __syncthreads();  // the tables; dot_rows waits for x
         auto seg_at = [&](int r) -> const Nf4Seg& { return p.seg[si[r]]; };
-        dot_rows<T, M, R, Tile<M>::U, true, decltype(seg_at), LSU>(rows, s_scale, s_code, x, k, s_res, seg_at, lr, s_ncode);
+        if constexpr (FOLD) fold_dot_rows_ls<T, R, decltype(seg_at), LSU>(rows, s_code, x, k, s_res, fin, seg_at, lr, s_ncode);
+        else dot_rows<T, M, R, Tile<M>::U, true, decltype(seg_at), LSU>(rows, s_scale, s_code, x, k, s_res, seg_at, lr, s_ncode);
     } else {
     fill_scales<R, PF, RS>([&](int r) -> const Nf4Seg& { return p.seg[si[r]]; }, lr, k, p.tables + 16, s_scale, stride);
     // The scales and tables are constant during a step: resolved before the wait.
@@ -852,7 +881,7 @@ __device__ void gemv_glu_impl(const Nf4Seg& gate, const Nf4Seg& up, const float*
                               const T* __restrict__ x, T* __restrict__ y, unsigned n, unsigned k,
                               const NormIn& nin = NormIn{}, const FoldIn& fin = FoldIn{}) {
     static_assert(!FOLD || (M == 1 && !NORM), "the folded norm takes one row of x");
-    static_assert(!LS || (!NORM && !FOLD), "lane scales: the plain input only");
+    static_assert(!LS || (!NORM && M == 1), "lane scales: one row of x, not the norm prologue");
     constexpr int R = Tile<M>::R, NR = 2 * R;
     __shared__ float s_code[16];
     __shared__ float s_ncode[LS ? 256 : 1];
@@ -873,7 +902,9 @@ __device__ void gemv_glu_impl(const Nf4Seg& gate, const Nf4Seg& up, const float*
     }
     if constexpr (LS) {
         __syncthreads();  // the tables; dot_rows waits for x
-        dot_rows<T, M, NR, Tile<M>::U, true>(rows, s_scale, s_code, x, k, s_res, [&](int r) -> const Nf4Seg& { return r < R ? gate : up; }, lr, s_ncode);
+        auto seg_at = [&](int r) -> const Nf4Seg& { return r < R ? gate : up; };
+        if constexpr (FOLD) fold_dot_rows_ls<T, NR, decltype(seg_at), 0>(rows, s_code, x, k, s_res, fin, seg_at, lr, s_ncode);
+        else dot_rows<T, M, NR, Tile<M>::U, true>(rows, s_scale, s_code, x, k, s_res, seg_at, lr, s_ncode);
     } else {
     fill_scales<NR, PF, false>([&](int r) -> const Nf4Seg& { return r < R ? gate : up; }, lr, k, tables + 16, s_scale, stride);
     // As gemv_multi_impl: the constant scales first, then the wait for x.
@@ -1208,6 +1239,29 @@ GEMV_FUSED_ALL_M(__half, f16)
         gemv_norm_impl<T, 1, false, true, 2>(p, x, a, k, t);                                            \
     }
 GEMV_LS(float, f32) GEMV_LS(__nv_bfloat16, bf16) GEMV_LS(__half, f16)
+
+// The folded norm's launches (GEMV_FOLD) with lane scales: the projection that writes the
+// partial sums of squares (`sumsq_ls2`: two steps in flight, as `norm_ls2`), and the q/k/v and
+// gate/up GEMVs whose blocks copy the partials right after their wait. Host: `lane_scales` and
+// `fold_on` (crates/qlora-engine/src/model/fast.rs).
+#define GEMV_FOLD_LS(T, SUFFIX)                                                                         \
+    extern "C" __global__ void __launch_bounds__(GW * 32, 8) nf4_gemv_sumsq_ls_##SUFFIX##_m1(           \
+        Nf4Multi p, const T* x, unsigned k, SumSq sq) {                                                 \
+        gemv_multi_impl<T, 1, false, false, false, true, false, true>(p, x, nullptr, k, NormIn{}, FoldIn{}, sq); \
+    }                                                                                                   \
+    extern "C" __global__ void __launch_bounds__(GW * 32, 5) nf4_gemv_sumsq_ls2_##SUFFIX##_m1(          \
+        Nf4Multi p, const T* x, unsigned k, SumSq sq) {                                                 \
+        gemv_multi_impl<T, 1, false, false, false, true, false, true, 2>(p, x, nullptr, k, NormIn{}, FoldIn{}, sq); \
+    }                                                                                                   \
+    extern "C" __global__ void __launch_bounds__(GW * 32, 8) nf4_gemv_multi_fold_ls_##SUFFIX##_m1(         \
+        Nf4Multi p, const T* x, T* y, unsigned k, FoldIn f) {                                           \
+        gemv_multi_impl<T, 1, false, false, true, false, false, true>(p, x, y, k, NormIn{}, f);         \
+    }                                                                                                   \
+    extern "C" __global__ void __launch_bounds__(GW * 32, 6) nf4_gemv_glu_fold_ls_##SUFFIX##_m1(        \
+        Nf4Seg gate, Nf4Seg up, const float* tables, int act, const T* x, T* y, unsigned n, unsigned k, FoldIn f) { \
+        gemv_glu_impl<T, 1, false, false, true, true>(gate, up, tables, act, x, y, n, k, NormIn{}, f);  \
+    }
+GEMV_FOLD_LS(__nv_bfloat16, bf16) GEMV_FOLD_LS(__half, f16)
 
 // ---------------------------------------------------------------- dequantize, 4 groups per thread
 // The prefill's dequantize (`cuda::prefill`): as `dequant_impl` (same arithmetic, same bits),

@@ -22,10 +22,11 @@
 //! (`QLORA_FUSED_NORM=0` turns it off), 5 + 6 and 8 + the next layer's step 1 are one launch
 //! each when the projection is plain NF4 and the norm an RMSNorm
 //! ([`fused::gemv_add_rms_norm_into`]: the GEMV's last block adds and normalises; five launches
-//! a layer, [`fused_norm_on`]), which leaves the prologue nothing to fold. With
-//! `QLORA_FOLD_NORM=1` (off by default, measured slower: [`fold_on`]), at one row of x, o_proj
-//! and down_proj instead add the residual and leave what the next GEMV needs to apply the norm
-//! itself ([`Carry::Folded`]): no launch and no serial tail for the norms between layers.
+//! a layer, [`fused_norm_on`]), which leaves the prologue nothing to fold. And by
+//! default (since session 11; `QLORA_FOLD_NORM=0` goes back to the tail: [`fold_on`]), at one
+//! row of x, o_proj and down_proj instead add the residual and leave what the next GEMV needs
+//! to apply the norm itself ([`Carry::Folded`]): no launch and no serial tail for the norms
+//! between layers; the tail stays for the final norm and where the fold does not apply.
 //!
 //! The position of a step reaches the kernels either as a launch parameter or, for a decode step
 //! replayed as a CUDA graph (`decode_graph.rs`), from a u32 on the device ([`FastStep::dev_len`]);
@@ -120,16 +121,18 @@ pub(super) enum Carry {
 /// [`fused::fold_gemv_glu_into`]): the projection's blocks add the residual and write partial
 /// sums of squares, the next GEMV multiplies its input by the norm weight and its sums by
 /// 1 / rms; no block normalises the whole row alone (the serial tail of
-/// [`fused::gemv_add_rms_norm_into`], which stays for the model's final norm). **Off by
-/// default**, `QLORA_FOLD_NORM=1` turns it on: measured slower on an H100 (session 9, same
-/// binary and call, NF4 b1 µs a step: TinyLlama 928 / 913 against 885 / 908 without, Mistral-7B
-/// 3199 / 3203 against 2908 / 2939; bench/gpu/results/h100-2026-11-27-s9-*). The tail it
-/// removes runs while the next GEMV's blocks resolve their block scales before their
-/// programmatic-launch wait; without it that prologue is exposed (kprof: TinyLlama's q/k/v
-/// 3.2 → 6.7 µs and gate/up 10.4 → 14.6 µs a launch, o and down together 15.7 → 11.8).
+/// [`fused::gemv_add_rms_norm_into`], which stays for the model's final norm). **On by
+/// default** since session 11, `QLORA_FOLD_NORM=0` turns it off. Session 9 measured it slower
+/// (TinyLlama 928 / 913 µs a step against 885 / 908, Mistral-7B 3199 / 3203 against 2908 /
+/// 2939): the tail it removes ran while the next GEMV's blocks resolved their block scales
+/// before their programmatic-launch wait, and without the tail that prologue was exposed. With
+/// lane scales (session 10) the next GEMV has no such prologue, and its blocks copy the
+/// partials right after the wait; then it is faster (session 11, same binary, alternating,
+/// NF4 b1 tok/s: TinyLlama 1,308 / 1,244 / 1,283 against 1,197 / 1,202 / 1,223, Mistral-7B
+/// 365.0 / 364.6 / 363.9 against 358.8 / 358.8 / 359.0; bench/gpu/results/h100-2026-11-27-s11-fold-ab.*).
 fn fold_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| matches!(std::env::var("QLORA_FOLD_NORM").map(|v| v.trim().to_ascii_lowercase()).as_deref(), Ok("1" | "true" | "on")))
+    *ON.get_or_init(|| !matches!(std::env::var("QLORA_FOLD_NORM").map(|v| v.trim().to_ascii_lowercase()).as_deref(), Ok("0" | "false" | "off")))
 }
 
 /// Whether GEMVs over `ls` can take the folded `norm` of a one-row residual stream of `width`

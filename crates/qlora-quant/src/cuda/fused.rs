@@ -94,9 +94,32 @@ fn bulk_prefetch(m: usize, k: usize) -> bool {
 /// first: the same results bit for bit. On by default; `QLORA_GEMV_LANE_SCALES=0` turns it off
 /// for A/B runs. Measured on an H100 (session 10, GEMV micro-benchmark): a Mistral-7B layer's
 /// GEMVs 73.3 -> 66.5 µs, TinyLlama's 24.5 -> 22.1.
+/// [`with_lane_scales`] overrides it for the launches of one closure on this thread.
 fn lane_scales(m: usize) -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    m == 1 && *ON.get_or_init(|| std::env::var("QLORA_GEMV_LANE_SCALES").map_or(true, |v| v.trim() != "0"))
+    m == 1
+        && LANE_SCALES_OVERRIDE
+            .with(|o| o.get())
+            .unwrap_or_else(|| *ON.get_or_init(|| std::env::var("QLORA_GEMV_LANE_SCALES").map_or(true, |v| v.trim() != "0")))
+}
+
+thread_local! {
+    static LANE_SCALES_OVERRIDE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with the GEMVs this thread launches at one row of x using lane scales (`on`) or the
+/// block-wide scale phase, whatever `QLORA_GEMV_LANE_SCALES` says: both give the same bits, and
+/// the tests check that launch for launch. The setting before the call comes back after it,
+/// also when `f` panics.
+pub fn with_lane_scales<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<bool>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LANE_SCALES_OVERRIDE.with(|o| o.set(self.0));
+        }
+    }
+    let _restore = Restore(LANE_SCALES_OVERRIDE.with(|o| o.replace(Some(on))));
+    f()
 }
 
 /// The add + norm GEMV's kernel for `m` rows of x of `k` in `blocks` blocks. One row of x: lane
@@ -144,8 +167,10 @@ fn gemv_cfg(n: u32, m: usize, weight_rows: u32, k: usize) -> LaunchConfig {
 }
 
 /// The name of the stacked (`multi`) or gated (`glu`) GEMV kernel for `m` rows of x of `k`.
+/// The folded norm's (`sumsq`, `multi_fold`, `glu_fold`, one row of x) too: their `_ls` forms
+/// with lane scales.
 fn gemv_kernel(kind: &str, sfx: &str, m: usize, k: usize) -> String {
-    if lane_scales(m) && matches!(kind, "multi" | "glu") {
+    if lane_scales(m) && matches!(kind, "multi" | "glu" | "multi_fold" | "glu_fold" | "sumsq") {
         return format!("nf4_gemv_{kind}_ls_{sfx}_m1");
     }
     let pf = if bulk_prefetch(m, k) { "pf_" } else { "" };
@@ -1045,11 +1070,16 @@ fn sumsq_launch<T: CudaDType + DeviceRepr>(
         partials: pp,
         one_plus: i32::from(one_plus),
     };
-    let cfg = launch_cfg(n as u32, 1, rows_per_block(1), k);
+    let cfg = gemv_cfg(n as u32, 1, rows_per_block(1), k);
+    // As the add + norm GEMV (`norm_kernel`): two steps in flight where the grid fits at 5 an SM.
+    let mut kernel = gemv_kernel("sumsq", sfx, 1, k);
+    if lane_scales(1) && k >= 4096 && cfg.grid_dim.0 <= 5 * multiprocessors(dev)? {
+        kernel = format!("nf4_gemv_sumsq_ls2_{sfx}_m1");
+    }
     let mut args = [arg(&mut multi), arg(&mut xp), arg(&mut k32), arg(&mut sq)];
     // SAFETY: the arguments are the kernel's, in order; it waits before reading x or the
     // residual and before writing s and the partials (as MultiOp::launch for PDL).
-    unsafe { pdl::launch(dev, MODULE, PTX, &gemv_kernel("sumsq", sfx, 1, k), cfg, &mut args) }
+    unsafe { pdl::launch(dev, MODULE, PTX, &kernel, cfg, &mut args) }
 }
 
 /// A contiguous CUDA tensor's device address, checked 16-byte aligned.
@@ -1105,7 +1135,7 @@ fn fold_multi<T: CudaDType + DeviceRepr>(f: &FoldedNorm, projs: &[Nf4Proj], y_ou
     let mut multi = Multi { seg: segs, tables: tables.device_ptr(tables.stream()).0, nseg: projs.len() as u32, ntotal: col, prefetch: 0 };
     let mut xp = aligned_ptr::<T>(f.xw, "folded input")?;
     let mut k32 = k as u32;
-    let cfg = launch_cfg(col, 1, rows_per_block(1), k);
+    let cfg = gemv_cfg(col, 1, rows_per_block(1), k);
     let mut args = [arg(&mut multi), arg(&mut xp), arg(&mut yp), arg(&mut k32), arg(&mut fin)];
     // SAFETY: as in MultiOp::launch; the folded input and the partials are read after the wait.
     unsafe { pdl::launch(dev, MODULE, PTX, &gemv_kernel("multi_fold", sfx, 1, k), cfg, &mut args)? };
@@ -1140,7 +1170,7 @@ fn fold_glu<T: CudaDType + DeviceRepr>(f: &FoldedNorm, gate: &Nf4Proj, up: &Nf4P
     let mut tp = tables.device_ptr(tables.stream()).0;
     let mut xp = aligned_ptr::<T>(f.xw, "folded input")?;
     let (mut act, mut k32) = (act as i32, k as u32);
-    let cfg = launch_cfg(n, 1, 2 * rows_per_block(1), k);
+    let cfg = gemv_cfg(n, 1, 2 * rows_per_block(1), k);
     let mut args = [arg(&mut g), arg(&mut u), arg(&mut tp), arg(&mut act), arg(&mut xp), arg(&mut yp), arg(&mut n), arg(&mut k32), arg(&mut fin)];
     // SAFETY: as in fold_multi.
     unsafe { pdl::launch(dev, MODULE, PTX, &gemv_kernel("glu_fold", sfx, 1, k), cfg, &mut args)? };
