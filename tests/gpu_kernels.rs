@@ -495,7 +495,9 @@ fn kv_append_and_decode_attention_match_the_cpu() {
 /// two launches it replaces (`kv_append_at` then `decode_attention_at`), bit for bit: the
 /// attention output and the whole cache afterwards. k and v narrowed from one fused q/k/v row
 /// (strided batch rows), 8 query heads per kv head (two blocks per kv head: only the first
-/// writes), a window, batch 1-3, the length from the host and from the device, f32/bf16/f16.
+/// writes), a window, batch 1-3, the length from the host and from the device, f32/bf16/f16;
+/// and the folded form with 4 and 8 cached positions a row slot in flight (bf16/f16: the first
+/// loaded before the kernel's wait), over spans longer than one round of the slots.
 #[test]
 fn decode_attention_with_the_append_folded_in_equals_the_two_launches() {
     use qlora_studio::quant::cuda::infer::CacheLen;
@@ -507,6 +509,8 @@ fn decode_attention_with_the_append_folded_in_equals_the_two_launches() {
         (32, 4, 64, 64, 130, Some(50), 1),
         (8, 8, 80, 32, 5, None, 3),
         (4, 1, 256, 256, 9, Some(4), 2),
+        (32, 8, 128, 128, 300, None, 1),
+        (32, 4, 64, 64, 610, Some(530), 2),
     ];
     for dt in [DType::F32, DType::BF16, DType::F16] {
         for (nh, nkv, hd, rot, past, window, b) in cases {
@@ -518,15 +522,15 @@ fn decode_attention_with_the_append_folded_in_equals_the_two_launches() {
             let scale = 1.0 / (hd as f64).sqrt();
             let dev_len = Tensor::new(&[(past + 1) as u32], &dev).unwrap();
             let mut results = Vec::new();
-            for (folded, on_device) in [(false, false), (true, false), (true, true)] {
-                let cache = Tensor::zeros((2, b, nkv, 192, hd), dt, &dev).unwrap();
+            for (folded, on_device, inflight) in [(false, false, 2), (true, false, 2), (true, true, 2), (true, false, 4), (true, true, 4), (true, true, 8)] {
+                let cache = Tensor::zeros((2, b, nkv, (past + 2).max(192), hd), dt, &dev).unwrap();
                 if past > 0 {
                     let (pk, pv) = (prior.narrow(2, 0, nk).unwrap(), prior.narrow(2, nk, nk).unwrap());
                     infer::kv_append(&cache, &pk, &pv, 0, &inv).unwrap();
                 }
                 let len = if on_device { CacheLen::Device(&dev_len) } else { CacheLen::Host(past + 1) };
                 let out = if folded {
-                    infer::decode_attention_append_at(&q, (&k, &v), &cache, len, window, scale, &inv).unwrap()
+                    infer::with_attention_inflight(inflight, || infer::decode_attention_append_at(&q, (&k, &v), &cache, len, window, scale, &inv).unwrap()).unwrap()
                 } else {
                     infer::kv_append_at(&cache, &k, &v, CacheLen::Host(past), &inv).unwrap();
                     infer::decode_attention_at(&q, &cache, len, window, scale, &inv).unwrap()

@@ -344,24 +344,40 @@ __device__ __forceinline__ void attn_update(const float (&qr)[ATT_HG][8], const 
     }
 }
 
-// A lane's 8 elements of position j's K and V rows: from the cache, from shared memory (the
-// fresh token), or zeros (not attended / outside the head).
+// A lane's 8 elements of a cached K or V row as loaded (16 bytes in bf16/f16, 32 in f32), turned
+// into f32 by unraw8 exactly as load8 does: the loads of several positions can be in flight
+// before any is used.
+template <typename T> struct Raw8 { uint4 v[sizeof(T) == 4 ? 2 : 1]; };
 template <typename T>
-__device__ __forceinline__ void row_kv(const T* kbase, const T* vbase, const float* ks, const float* vs, unsigned j,
-                                       unsigned hd, bool ok, bool from_smem, float* kf, float* vf) {
-    if (ok && from_smem) {
+__device__ __forceinline__ void ld_raw8(const T* p, Raw8<T>& r) {
 #pragma unroll
-        for (int i = 0; i < 8; i++) { kf[i] = ks[i]; vf[i] = vs[i]; }
-    } else if (ok) {
-        load8<T>(kbase + (size_t)j * hd, kf);
-        load8<T>(vbase + (size_t)j * hd, vf);
+    for (int i = 0; i < (int)(sizeof(r.v) / sizeof(uint4)); i++) r.v[i] = reinterpret_cast<const uint4*>(p)[i];
+}
+template <typename T>
+__device__ __forceinline__ void unraw8(const Raw8<T>& r, float* o) {
+    if constexpr (sizeof(T) == 4) {
+        const float4 a = *reinterpret_cast<const float4*>(&r.v[0]), b = *reinterpret_cast<const float4*>(&r.v[1]);
+        o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w; o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
     } else {
+        const uint32_t w[4] = {r.v[0].x, r.v[0].y, r.v[0].z, r.v[0].w};
 #pragma unroll
-        for (int i = 0; i < 8; i++) kf[i] = vf[i] = 0.f;
+        for (int i = 0; i < 4; i++) {
+            if constexpr (std::is_same<T, __half>::value) {
+                const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+                o[2 * i] = f.x; o[2 * i + 1] = f.y;
+            } else {
+                o[2 * i] = __uint_as_float(w[i] << 16); o[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+            }
+        }
     }
 }
 
-template <typename T, int ATT_HG>
+// P: positions a lane's row slot loads before it uses any (its rows j, j + stride, ..., in the
+// order the online softmax takes them whatever P, so every P gives the same bits). PRE (with
+// the append folded in, `knew`): the first P rows of each slot, all written by earlier steps,
+// are loaded into registers before the programmatic-launch wait, while the q/k/v GEMV still
+// runs; only q and this token's k and v are read after it.
+template <typename T, int ATT_HG, int P = 2, bool PRE = false>
 __device__ void decode_attn_impl(const T* __restrict__ q, const T* __restrict__ cache, T* __restrict__ out, const AttnParams& p) {
     extern __shared__ float4 attn_smem4[];
     float* smem = reinterpret_cast<float*>(attn_smem4);
@@ -369,17 +385,53 @@ __device__ void decode_attn_impl(const T* __restrict__ q, const T* __restrict__ 
     const unsigned kvh = blockIdx.x / ngroups, h0 = kvh * rep + (blockIdx.x % ngroups) * ATT_HG;
     const unsigned nhg = min((unsigned)ATT_HG, kvh * rep + rep - h0), b = blockIdx.y;
     const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    unsigned len = p.len, start = p.start;
-    if (p.prefetch) prefetch_kv<T>(cache, p, kvh, b);
+    // A K/V row is split over Lp = pow2ceil(hd / 8) lanes (8 elements each); G rows a warp.
+    const unsigned L = hd >> 3;
+    unsigned Lp = 1;
+    while (Lp < L) Lp <<= 1;
+    const unsigned G = 32 / Lp, r = lane / Lp, sub = lane % Lp, d0 = sub * 8;
+    const bool has = sub < L;
+    const size_t plane = (size_t)p.B * p.nkv * p.cap * hd;
+    const T* kbase = cache + ((size_t)b * p.nkv + kvh) * p.cap * hd + d0;
+    const T* vbase = kbase + plane;
+    const unsigned stride = nw * G;
+    auto span = [&](unsigned& len, unsigned& start, bool& fresh) {
+        len = p.len;
+        start = p.start;
+        fresh = p.knew != 0 && len <= p.cap;  // the host checked len <= cap for a host length
+        if (p.len_ptr) {
+            const unsigned raw = *reinterpret_cast<const unsigned*>(p.len_ptr);
+            len = min(raw, p.cap);
+            start = (p.window > 0 && len > p.window) ? len - p.window : 0;
+            fresh = p.knew != 0 && raw <= p.cap;
+        }
+    };
+    Raw8<T> kraw[P], vraw[P];
+    unsigned len0 = 0, start0 = 0;
+    bool fresh0 = false;
+    if constexpr (PRE) {
+        // The length is the host's, or on the device since before the step (as prefetch_kv).
+        span(len0, start0, fresh0);
+        if (fresh0) {
+#pragma unroll
+            for (int i = 0; i < P; i++) {
+                const unsigned j = start0 + warp * G + r + i * stride;
+                if (has && j + 1 < len0) {  // not position len - 1: this step's, written below
+                    ld_raw8<T>(kbase + (size_t)j * hd, kraw[i]);
+                    ld_raw8<T>(vbase + (size_t)j * hd, vraw[i]);
+                }
+            }
+        }
+    } else if (p.prefetch) {
+        prefetch_kv<T>(cache, p, kvh, b);
+    }
     pdl_wait();
     pdl_launch_dependents();
-    bool fresh = p.knew != 0 && len <= p.cap;  // the host checked len <= cap for a host length
-    if (p.len_ptr) {
-        const unsigned raw = *reinterpret_cast<const unsigned*>(p.len_ptr);
-        len = min(raw, p.cap);
-        start = (p.window > 0 && len > p.window) ? len - p.window : 0;
-        fresh = p.knew != 0 && raw <= p.cap;
-    }
+    unsigned len, start;
+    bool fresh;
+    span(len, start, fresh);
+    // The rows loaded before the wait are this span's first (always, unless the length moved).
+    bool loaded = PRE && fresh0 && fresh && len == len0 && start == start0;
     T* o = out + ((size_t)b * p.nh + h0) * hd;
     if (len == 0) {
         for (unsigned e = threadIdx.x; e < nhg * hd; e += blockDim.x) o[e] = from_f32<T>(0.f);
@@ -411,11 +463,6 @@ __device__ void decode_attn_impl(const T* __restrict__ q, const T* __restrict__ 
         }
     }
     __syncthreads();
-    const unsigned L = hd >> 3;
-    unsigned Lp = 1;
-    while (Lp < L) Lp <<= 1;
-    const unsigned G = 32 / Lp, r = lane / Lp, sub = lane % Lp, d0 = sub * 8;
-    const bool has = sub < L;
     float qr[ATT_HG][8], acc[ATT_HG][8], m[ATT_HG], l[ATT_HG];
 #pragma unroll
     for (int g = 0; g < ATT_HG; g++) {
@@ -427,20 +474,37 @@ __device__ void decode_attn_impl(const T* __restrict__ q, const T* __restrict__ 
             acc[g][i] = 0.f;
         }
     }
-    const size_t plane = (size_t)p.B * p.nkv * p.cap * hd;
-    const T* kbase = cache + ((size_t)b * p.nkv + kvh) * p.cap * hd + d0;
-    const T* vbase = kbase + plane;
     const float scale_t = rnd<T>(p.scale);
-    const unsigned stride = nw * G;
-    // Two positions per lane per iteration, both rows loaded before either is used.
-    for (unsigned jw = start + warp * G; jw < len; jw += 2 * stride) {  // uniform over the warp
-        const unsigned ja = jw + r, jb = ja + stride;
-        const bool oka = ja < len, okb = jb < len;
-        float ka[8], va[8], kb[8], vb[8];
-        row_kv<T>(kbase, vbase, kvs + d0, kvs + hd + d0, ja, hd, oka && has, fresh && ja == pos, ka, va);
-        row_kv<T>(kbase, vbase, kvs + d0, kvs + hd + d0, jb, hd, okb && has, fresh && jb == pos, kb, vb);
-        attn_update<T, ATT_HG>(qr, ka, va, oka, Lp, nhg, scale_t, m, l, acc);
-        attn_update<T, ATT_HG>(qr, kb, vb, okb, Lp, nhg, scale_t, m, l, acc);
+    // P positions per lane per iteration, all their rows loaded before any is used.
+    for (unsigned jw = start + warp * G; jw < len; jw += P * stride) {  // uniform over the warp
+        if (!loaded) {
+#pragma unroll
+            for (int i = 0; i < P; i++) {
+                const unsigned j = jw + r + i * stride;
+                if (has && j < len && !(fresh && j == pos)) {
+                    ld_raw8<T>(kbase + (size_t)j * hd, kraw[i]);
+                    ld_raw8<T>(vbase + (size_t)j * hd, vraw[i]);
+                }
+            }
+        }
+        loaded = false;
+#pragma unroll
+        for (int i = 0; i < P; i++) {
+            const unsigned j = jw + r + i * stride;
+            const bool ok = j < len;
+            float kf[8], vf[8];
+            if (ok && has && fresh && j == pos) {
+#pragma unroll
+                for (int e = 0; e < 8; e++) { kf[e] = kvs[d0 + e]; vf[e] = kvs[hd + d0 + e]; }
+            } else if (ok && has) {
+                unraw8<T>(kraw[i], kf);
+                unraw8<T>(vraw[i], vf);
+            } else {
+#pragma unroll
+                for (int e = 0; e < 8; e++) kf[e] = vf[e] = 0.f;
+            }
+            attn_update<T, ATT_HG>(qr, kf, vf, ok, Lp, nhg, scale_t, m, l, acc);
+        }
     }
     // Merge the row slots of the warp (lanes sub, sub + Lp, ...).
     for (unsigned off = Lp; off < 32; off <<= 1) {
@@ -498,6 +562,15 @@ __device__ void decode_attn_impl(const T* __restrict__ q, const T* __restrict__ 
 DECODE_ATTN_ALL(f32, float)
 DECODE_ATTN_ALL(bf16, __nv_bfloat16)
 DECODE_ATTN_ALL(f16, __half)
+// One query head a block, P rows a slot in flight, the first P loaded before the wait (PRE;
+// host: `attention_shape`, 16-bit T).
+#define DECODE_ATTN_PW(P, SFX, T)                                                                          \
+    extern "C" __global__ void __launch_bounds__(512) decode_attn_pw##P##_g1_##SFX(const T* q, const T* cache, T* out, \
+                                                                                 AttnParams p) {      \
+        decode_attn_impl<T, 1, P, true>(q, cache, out, p);                                                 \
+    }
+DECODE_ATTN_PW(4, bf16, __nv_bfloat16) DECODE_ATTN_PW(8, bf16, __nv_bfloat16)
+DECODE_ATTN_PW(4, f16, __half) DECODE_ATTN_PW(8, f16, __half)
 
 // ---------------------------------------------------------------- prefill softmax
 // scores: rows of `len` keys, row r is query i = r % t at position past + i (rows grouped as

@@ -8,7 +8,8 @@
 //! * [`decode_attention`]: one query token per sequence against the cache (RoPE on q, grouped
 //!   heads read in place, sliding window, online softmax). A block per query head (or per group
 //!   of 2 or 4 query heads of one kv head, `QLORA_ATT_HG`) reads K/V rows in 16-byte pieces,
-//!   the positions spread over 16 warps and merged in the block. Grouping 4 heads a block (each
+//!   the positions spread over 16 warps and merged in the block, 4 rows a lane in flight, the
+//!   first 4 loaded before the kernel's programmatic-launch wait. Grouping 4 heads a block (each
 //!   K/V row read once for all of them) left 8 blocks on the target models: a few SMs each
 //!   walking a long chain of dependent loads.
 //! * [`masked_softmax`]: the prefill softmax with the causal / window mask made in the kernel.
@@ -713,10 +714,18 @@ impl DecodeAttn {
         let dev = q.device().clone();
         let (qp, cp) = (ptr_of(q, ql.start_offset())?, ptr_of(c, 0)?);
         let (cfg, hg) = attention_launch(b, nh, nkv, hd);
+        let inflight = attention_inflight();
+        let name = if hg == 1 && inflight > 2 && self.fresh.is_some() && matches!(dt, DType::BF16 | DType::F16) {
+            format!("decode_attn_pw{inflight}_g1_{}", suffix(dt)?)
+        } else {
+            format!("decode_attn_g{hg}_{}", suffix(dt)?)
+        };
         let (mut qp, mut cp, mut op, mut p) = (qp, cp, op, p);
         let mut args = [arg(&mut qp), arg(&mut cp), arg(&mut op), arg(&mut p)];
-        // SAFETY: the arguments are the kernel's, in order; the kernel waits before any access.
-        unsafe { pdl::launch(&dev, MODULE, PTX, &format!("decode_attn_g{hg}_{}", suffix(dt)?), cfg, &mut args) }
+        // SAFETY: the arguments are the kernel's, in order. The kernel writes nothing before
+        // its wait; the `pw` kernels read, before it, the length (the host's, or the device's
+        // since before the step, as the L2 prefetch does) and cached rows of earlier steps only.
+        unsafe { pdl::launch(&dev, MODULE, PTX, &name, cfg, &mut args) }
     }
 }
 
@@ -734,6 +743,44 @@ fn attention_shape(hd: usize) -> (usize, usize) {
     });
     let max_warps = if hd > 128 { 8 } else { 16 };
     (hg.unwrap_or(1), warps.unwrap_or(max_warps).min(max_warps))
+}
+
+/// Cached positions a lane's row slot of the decode attention loads before using any (`P` of
+/// kernels/infer.cu: 2, 4 or 8). Above 2 (one query head a block, the KV append folded in,
+/// bf16/f16), the first of them are loaded before the programmatic-launch wait (`decode_attn_pw*`).
+/// Default 4: measured on an H100 (session 11, same binary, alternating, NF4 b1 tok/s,
+/// bench/gpu/results/h100-2026-11-27-s11-att-ab.*): TinyLlama 1,296.5 / 1,296.1 against 1,278.6 /
+/// 1,284.1 with 2 and 1,238.5 / 1,243.7 with 8 (128 registers, spills); Mistral-7B 372.4 / 372.0
+/// against 366.1 / 365.4 and 367.7 / 366.6.
+/// `QLORA_ATT_INFLIGHT` sets it for A/B runs, [`with_attention_inflight`] for the launches of
+/// one closure on this thread; every choice gives the same bits.
+fn attention_inflight() -> usize {
+    static ENV: OnceLock<Option<usize>> = OnceLock::new();
+    ATT_INFLIGHT_OVERRIDE.with(|o| o.get()).unwrap_or_else(|| {
+        ENV.get_or_init(|| std::env::var("QLORA_ATT_INFLIGHT").ok().and_then(|v| v.trim().parse().ok()).filter(|v| [2, 4, 8].contains(v)))
+            .unwrap_or(4)
+    })
+}
+
+thread_local! {
+    static ATT_INFLIGHT_OVERRIDE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with the decode attentions this thread launches keeping `p` cached positions a row
+/// slot in flight (2, 4 or 8; see `attention_inflight`), whatever `QLORA_ATT_INFLIGHT` says.
+/// The setting before the call comes back after it, also when `f` panics.
+pub fn with_attention_inflight<R>(p: usize, f: impl FnOnce() -> R) -> Result<R> {
+    if ![2, 4, 8].contains(&p) {
+        candle_core::bail!("with_attention_inflight: {p} positions in flight (take 2, 4 or 8)")
+    }
+    struct Restore(Option<usize>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ATT_INFLIGHT_OVERRIDE.with(|o| o.set(self.0));
+        }
+    }
+    let _restore = Restore(ATT_INFLIGHT_OVERRIDE.with(|o| o.replace(Some(p))));
+    Ok(f())
 }
 
 /// Whether the decode attention prefetches its block's cached K/V rows into L2 before waiting
