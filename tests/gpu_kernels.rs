@@ -372,20 +372,22 @@ fn gemv_with_the_norm_folded_in_matches_the_unfused_launches() {
 /// the same bits, in bf16 and f16, plain and double-quantized scales, for every lane width of
 /// the core on both sides (the projection's k = 1024, 2048, 4096 and 5632; the GEMVs' k = its
 /// n), the projection's two-steps-in-flight form included (k = 5632 and 2048 outputs: 512
-/// blocks, within 5 an SM on an H100) and a Gemma `1 + w` norm.
+/// blocks, within 5 an SM on an H100) and a Gemma `1 + w` norm; the residual 8-byte aligned (the
+/// projection copies its rows early) and not (it loads them at the end).
 #[test]
 fn folded_norm_lane_scale_gemvs_equal_the_scale_phase_bit_for_bit() {
     use qlora_studio::quant::cuda::fused::{fold_gemv_glu_into, fold_gemv_multi_into, fold_partials, gemv_add_sumsq_into, with_lane_scales, FoldedNorm};
     let dev = gpu();
     let g = |t: &Tensor| t.to_device(&dev).unwrap();
     for dt in [DType::BF16, DType::F16] {
-        for (n, k_in, dq, one_plus) in [(1024usize, 1024usize, true, false), (2048, 5632, true, false), (2048, 2048, false, true), (4096, 4096, true, false), (1088, 4096, false, false)] {
-            let case = format!("{dt:?} n {n} k {k_in} dq {dq} one_plus {one_plus}");
+        let cases = [(1024usize, 1024usize, true, false, 0usize), (2048, 5632, true, false, 0), (2048, 2048, false, true, 1), (4096, 4096, true, false, 0), (1088, 4096, false, false, 3)];
+        for (n, k_in, dq, one_plus, off) in cases {
+            let case = format!("{dt:?} n {n} k {k_in} dq {dq} one_plus {one_plus} residual at +{off}");
             let o = on_gpu(&proj(n, k_in, 31 + n as u64, dq, true, dt));
             let qkv: Vec<Nf4Proj> = [(96usize, 1u64, true), (40, 2, false), (24, 3, true)].iter().map(|&(r, seed, b)| on_gpu(&proj(r, n, seed + n as u64, dq, b, dt))).collect();
             let (gate, up) = (on_gpu(&proj(72, n, 4 + n as u64, dq, true, dt)), on_gpu(&proj(72, n, 5 + n as u64, dq, false, dt)));
             let w = g(&((randn(&[n], DType::F32) * 0.1).unwrap() + 1.0).unwrap().to_dtype(dt).unwrap());
-            let (x, resid) = (g(&randn(&[1, 1, k_in], dt)), g(&randn(&[1, 1, n], dt)));
+            let (x, resid) = (g(&randn(&[1, 1, k_in], dt)), g(&randn(&[n + off], dt)).narrow(0, off, n).unwrap().reshape((1, 1, n)).unwrap());
             let run = |ls: bool| {
                 with_lane_scales(ls, || {
                     let (s_out, xw_out) = (Tensor::zeros(n, dt, &dev).unwrap(), Tensor::zeros(n, dt, &dev).unwrap());

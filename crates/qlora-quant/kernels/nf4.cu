@@ -363,10 +363,14 @@ struct NoSegAt {
     const Nf4Seg* s;
     __device__ const Nf4Seg& operator()(int) const { return *s; }
 };
-// What a lane-scale core does right after its programmatic-launch wait (every thread, once):
-// nothing, or (the folded norm) issue the copy of the partial sums of squares.
+// What the lane-scale core does around its work, every thread: right after its programmatic-
+// launch wait (after_wait, once), before the block's reduction barrier (before_reduce), and to
+// each row's block sum (finish). Nothing here; the folded norm's launches have their own
+// (FoldHook, SumSqHook).
 struct NoHook {
-    __device__ void operator()() const {}
+    __device__ void after_wait() const {}
+    __device__ void before_reduce() const {}
+    __device__ float finish(float v) const { return v; }
 };
 // LS (lane scales): false reads the block scales from s_scale (filled by the caller); true loads
 // each lane's q byte and nested absmax (or absmax) with its weights, from row lr[r] of segment
@@ -377,7 +381,7 @@ template <typename T, int M, int NR, int U, int W, bool LS = false, typename Seg
 __device__ __forceinline__ void dot_rows_w(const RowRef (&rows)[NR], const float* s_scale, const float* s_code,
                                            const T* __restrict__ x, unsigned k, float (&acc)[M][NR],
                                            SegAt seg_at = SegAt{}, const unsigned* lr = nullptr, const float* s_ncode = nullptr,
-                                           Hook after_wait = Hook{}) {
+                                           Hook hooks = Hook{}) {
     bool waited = !LS;
     constexpr unsigned SB = 128u * W;  // bytes of one warp step
     // The GLU's 8 rows (gate and up, one row of x): loads without a branch each, which ptxas
@@ -423,7 +427,7 @@ __device__ __forceinline__ void dot_rows_w(const RowRef (&rows)[NR], const float
         if (!waited) {
             pdl_wait();
             pdl_launch_dependents();
-            after_wait();
+            hooks.after_wait();
             waited = true;
         }
 #pragma unroll
@@ -474,7 +478,7 @@ __device__ __forceinline__ void dot_rows_w(const RowRef (&rows)[NR], const float
     if (!waited) {  // no step of this warp
         pdl_wait();
         pdl_launch_dependents();
-        after_wait();
+        hooks.after_wait();
     }
 }
 
@@ -491,12 +495,13 @@ __device__ __forceinline__ void dot_rows_w(const RowRef (&rows)[NR], const float
 // an H100: 72 registers instead of 64 for the GLU, one block less per SM, Mistral-7B NF4 decode
 // 245 tok/s against 260-268 with this order.)
 // LSU: with lane scales, the steps a warp keeps in flight in the 16-byte core (0: as without).
-// after_wait: with lane scales, called by every thread right after its wait (dot_rows_w).
+// hooks (NoHook): with lane scales, what the block does after its wait (dot_rows_w), before the
+// reduction barrier and to each row's sum.
 template <typename T, int M, int NR, int U, bool LS = false, typename SegAt = NoSegAt, int LSU = 0, typename Hook = NoHook>
 __device__ __forceinline__ void dot_rows(const RowRef (&rows)[NR], const float* s_scale, const float* s_code,
                                          const T* __restrict__ x, unsigned k, float* res,
                                          SegAt seg_at = SegAt{}, const unsigned* lr = nullptr, const float* s_ncode = nullptr,
-                                         Hook after_wait = Hook{}) {
+                                         Hook hooks = Hook{}) {
     __shared__ float s_red[GW * M * NR];
     const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
     float acc[M][NR];
@@ -511,11 +516,11 @@ __device__ __forceinline__ void dot_rows(const RowRef (&rows)[NR], const float* 
     // Wide loads for 1-2 rows of x; with more, the 4-byte core (more registers for x and the sums).
     constexpr int WM = M <= 2 ? QLORA_GEMV_WMAX : 1;
     if (WM >= 4 && rb >= GW * 512u && bs_min >= 5)
-        dot_rows_w<T, M, NR, (LSU > 0 ? LSU : steps_in_flight(NR, 4)), 4, LS>(rows, s_scale, s_code, x, k, acc, seg_at, lr, s_ncode, after_wait);
+        dot_rows_w<T, M, NR, (LSU > 0 ? LSU : steps_in_flight(NR, 4)), 4, LS>(rows, s_scale, s_code, x, k, acc, seg_at, lr, s_ncode, hooks);
     else if (WM >= 2 && rb >= GW * 256u && bs_min >= 4)
-        dot_rows_w<T, M, NR, LS ? 1 : steps_in_flight(NR, 2), 2, LS>(rows, s_scale, s_code, x, k, acc, seg_at, lr, s_ncode, after_wait);
+        dot_rows_w<T, M, NR, LS ? 1 : steps_in_flight(NR, 2), 2, LS>(rows, s_scale, s_code, x, k, acc, seg_at, lr, s_ncode, hooks);
     else
-        dot_rows_w<T, M, NR, LS ? 1 : U, 1, LS>(rows, s_scale, s_code, x, k, acc, seg_at, lr, s_ncode, after_wait);
+        dot_rows_w<T, M, NR, LS ? 1 : U, 1, LS>(rows, s_scale, s_code, x, k, acc, seg_at, lr, s_ncode, hooks);
 #pragma unroll
     for (int m = 0; m < M; m++)
 #pragma unroll
@@ -525,12 +530,13 @@ __device__ __forceinline__ void dot_rows(const RowRef (&rows)[NR], const float* 
             for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
             if (lane == 0) s_red[(warp * M + m) * NR + r] = v;
         }
+    hooks.before_reduce();
     __syncthreads();
     if (threadIdx.x < M * NR) {
         float v = 0.f;
 #pragma unroll
         for (int w = 0; w < GW; w++) v += s_red[w * M * NR + threadIdx.x];
-        res[threadIdx.x] = v;
+        res[threadIdx.x] = hooks.finish(v);
     }
     __syncthreads();
 }
@@ -712,6 +718,7 @@ struct SumSq {
     void* xw;           // T[n]: s * w' (w' = w, or 1 + w with one_plus)
     float* partials;    // [blocks]: each block's sum of s^2 over its rows
     int one_plus;
+    int early;          // resid and w 8-byte aligned: the lane-scale kernels copy them early (SumSqHook)
 };
 struct FoldIn {
     const float* partials;  // [np]
@@ -774,17 +781,66 @@ __device__ __forceinline__ void fold_dot_rows(const RowRef (&rows)[NR], const fl
     fold_scale<NR>(fin, s_part, k, res);
 }
 
-// The same with lane scales (dot_rows_w's LS): the partials' copy goes out right after the
-// wait, from inside the core, behind the first step's weight loads.
+// The folded norm in the lane-scale core: the partials' copy goes out right after the wait,
+// behind the first step's weight loads; each warp sums them into s_ss before the core's
+// reduction barrier, and the threads that add up a row's warp sums multiply it by 1 / rms(s)
+// (fold_rinv's arithmetic, step for step, without its two barriers).
+struct FoldHook {
+    const FoldIn* f;
+    float4* s_part;
+    float* s_ss;
+    unsigned k;
+    __device__ void after_wait() const { fold_load(*f, s_part); }
+    __device__ void before_reduce() const {
+        asm volatile("cp.async.wait_all;" ::: "memory");
+        float ss = 0.f;
+#pragma unroll
+        for (int i = 0; i < FOLD_P4; i++) {
+            const float4 v = s_part[threadIdx.x + i * blockDim.x];
+            ss = ss + v.x + v.y + v.z + v.w;
+        }
+        ss = warp_sum_bfly(ss);
+        if ((threadIdx.x & 31u) == 0) s_ss[threadIdx.x >> 5] = ss;
+    }
+    __device__ float finish(float v) const {
+        float t = 0.f;
+#pragma unroll
+        for (int w = 0; w < GW; w++) t += s_ss[w];
+        return __fmul_rn(v, __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(t, (float)k), f->eps))));
+    }
+};
 template <typename T, int NR, typename SegAt, int LSU>
 __device__ __forceinline__ void fold_dot_rows_ls(const RowRef (&rows)[NR], const float* s_code, const T* __restrict__ x,
                                                  unsigned k, float* res, const FoldIn& fin, SegAt seg_at,
                                                  const unsigned* lr, const float* s_ncode) {
     __shared__ float4 s_part[FOLD_P4 * GW * 32];
-    auto issue = [&]() { fold_load(fin, s_part); };
-    dot_rows<T, 1, NR, Tile<1>::U, true, SegAt, LSU>(rows, nullptr, s_code, x, k, res, seg_at, lr, s_ncode, issue);
-    fold_scale<NR>(fin, s_part, k, res);
+    __shared__ float s_ss[GW];
+    dot_rows<T, 1, NR, Tile<1>::U, true, SegAt, LSU>(rows, nullptr, s_code, x, k, res, seg_at, lr, s_ncode,
+                                                     FoldHook{&fin, s_part, s_ss, k});
 }
+
+// The projection of the folded norm in the lane-scale core: with `early`, thread 0 copies the
+// block's 4 rows of the residual and of the norm weight (8 bytes each) into s_rw right after
+// the wait, so the block's last step (the sum, s * w, the partial) reads shared memory instead
+// of waiting on two more loads.
+struct SumSqHook {
+    const SumSq* sq;
+    unsigned row0;
+    bool early;
+    uint2* s_rw;
+    __device__ void after_wait() const {
+        if (early && threadIdx.x == 0) {
+            const unsigned a = (unsigned)__cvta_generic_to_shared(s_rw), b = (unsigned)__cvta_generic_to_shared(s_rw + 1);
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(a), "l"(reinterpret_cast<const char*>(sq->resid) + 2u * row0) : "memory");
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(b), "l"(reinterpret_cast<const char*>(sq->w) + 2u * row0) : "memory");
+            asm volatile("cp.async.commit_group;" ::: "memory");
+        }
+    }
+    __device__ void before_reduce() const {
+        if (early && threadIdx.x == 0) asm volatile("cp.async.wait_all;" ::: "memory");
+    }
+    __device__ float finish(float v) const { return v; }
+};
 
 // y[m, ntotal]: row r of the stacked weights goes to column seg.col0 + (r - first row of seg).
 // The byte offset of the normed x after NR rows' block scales in the dynamic shared memory.
@@ -808,6 +864,8 @@ __device__ void gemv_multi_impl(const Nf4Multi& p, const T* __restrict__ x, T* _
     if constexpr (LS)
         for (unsigned i = threadIdx.x; i < 256u; i += blockDim.x) s_ncode[i] = p.tables[16 + i];
     const unsigned row0 = blockIdx.x * R, stride = k >> 5;
+    __shared__ uint2 s_rw[SUMSQ ? 2 : 1];  // SumSqHook's copies (lane scales)
+    bool early = false;
     RowRef rows[R];
     unsigned si[R], lr[R];
 #pragma unroll
@@ -819,8 +877,16 @@ __device__ void gemv_multi_impl(const Nf4Multi& p, const T* __restrict__ x, T* _
     if constexpr (LS) {
         __syncthreads();  // the tables; dot_rows waits for x
         auto seg_at = [&](int r) -> const Nf4Seg& { return p.seg[si[r]]; };
-        if constexpr (FOLD) fold_dot_rows_ls<T, R, decltype(seg_at), LSU>(rows, s_code, x, k, s_res, fin, seg_at, lr, s_ncode);
-        else dot_rows<T, M, R, Tile<M>::U, true, decltype(seg_at), LSU>(rows, s_scale, s_code, x, k, s_res, seg_at, lr, s_ncode);
+        if constexpr (FOLD) {
+            fold_dot_rows_ls<T, R, decltype(seg_at), LSU>(rows, s_code, x, k, s_res, fin, seg_at, lr, s_ncode);
+        } else if constexpr (SUMSQ) {
+            static_assert(R == 4 && sizeof(T) == 2, "SumSqHook copies 4 rows of a 16-bit T");
+            early = sq.early != 0 && row0 + R <= p.ntotal;
+            dot_rows<T, M, R, Tile<M>::U, true, decltype(seg_at), LSU>(rows, s_scale, s_code, x, k, s_res, seg_at, lr, s_ncode,
+                                                                       SumSqHook{&sq, row0, early, s_rw});
+        } else {
+            dot_rows<T, M, R, Tile<M>::U, true, decltype(seg_at), LSU>(rows, s_scale, s_code, x, k, s_res, seg_at, lr, s_ncode);
+        }
     } else {
     fill_scales<R, PF, RS>([&](int r) -> const Nf4Seg& { return p.seg[si[r]]; }, lr, k, p.tables + 16, s_scale, stride);
     // The scales and tables are constant during a step: resolved before the wait.
@@ -844,9 +910,11 @@ __device__ void gemv_multi_impl(const Nf4Multi& p, const T* __restrict__ x, T* _
             const unsigned row = row0 + threadIdx.x;
             if (threadIdx.x < R && row < p.ntotal) {
                 const T a = from_f32<T>(with_bias<T>(p.seg[0], row, s_res[threadIdx.x]));
-                const float sv = round_t<T>(__fadd_rn(to_f32<T>(reinterpret_cast<const T*>(sq.resid)[row]), to_f32<T>(a)));
+                const T* rs = early ? reinterpret_cast<const T*>(&s_rw[0]) : reinterpret_cast<const T*>(sq.resid) + row0;
+                const T* ws = early ? reinterpret_cast<const T*>(&s_rw[1]) : reinterpret_cast<const T*>(sq.w) + row0;
+                const float sv = round_t<T>(__fadd_rn(to_f32<T>(rs[threadIdx.x]), to_f32<T>(a)));
                 reinterpret_cast<T*>(sq.s)[row] = from_f32<T>(sv);
-                const float wv = to_f32<T>(reinterpret_cast<const T*>(sq.w)[row]);
+                const float wv = to_f32<T>(ws[threadIdx.x]);
                 reinterpret_cast<T*>(sq.xw)[row] = from_f32<T>(__fmul_rn(sv, sq.one_plus ? __fadd_rn(wv, 1.f) : wv));
                 v2 = __fmul_rn(sv, sv);
             }

@@ -953,8 +953,18 @@ struct SumSqArgs {
     xw: u64,
     partials: u64,
     one_plus: i32,
+    early: i32,
 }
 unsafe impl DeviceRepr for SumSqArgs {}
+
+/// Whether the folded norm's projection, with lane scales, copies its rows of the residual and
+/// the norm weight into shared memory right after its wait (`SumSqHook` in kernels/nf4.cu; both
+/// 8-byte aligned): its blocks' last step then reads no global memory. On unless
+/// `QLORA_SUMSQ_EARLY=0` (A/B runs); the same bits either way.
+fn sumsq_early() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("QLORA_SUMSQ_EARLY").map_or(true, |v| v.trim() != "0"))
+}
 
 /// Mirrors `FoldIn` in kernels/nf4.cu.
 #[repr(C)]
@@ -1062,13 +1072,15 @@ fn sumsq_launch<T: CudaDType + DeviceRepr>(
     };
     let mut xp = aligned_ptr::<T>(x, "x")?;
     let mut k32 = k as u32;
+    let (rp, wp) = (device_ptr::<T>(resid, "residual")?, device_ptr::<T>(weight, "norm weight")?);
     let mut sq = SumSqArgs {
-        resid: device_ptr::<T>(resid, "residual")?,
-        w: device_ptr::<T>(weight, "norm weight")?,
+        resid: rp,
+        w: wp,
         s: sp,
         xw: xwp,
         partials: pp,
         one_plus: i32::from(one_plus),
+        early: i32::from(sumsq_early() && rp % 8 == 0 && wp % 8 == 0),
     };
     let cfg = gemv_cfg(n as u32, 1, rows_per_block(1), k);
     // As the add + norm GEMV (`norm_kernel`): two steps in flight where the grid fits at 5 an SM.
