@@ -944,13 +944,14 @@ __device__ __forceinline__ float glu_act(float v, int act) {
     return 0.5f * v * (1.f + erff(v * 0.7071067811865476f));
 }
 
-template <typename T, int M, bool NORM = false, bool PF = QLORA_GEMV_BULK_PREFETCH != 0, bool FOLD = false, bool LS = false>
+// RG: rows of gate (and of up) a block (0: Tile<M>::R).
+template <typename T, int M, bool NORM = false, bool PF = QLORA_GEMV_BULK_PREFETCH != 0, bool FOLD = false, bool LS = false, int RG = 0>
 __device__ void gemv_glu_impl(const Nf4Seg& gate, const Nf4Seg& up, const float* tables, int act,
                               const T* __restrict__ x, T* __restrict__ y, unsigned n, unsigned k,
                               const NormIn& nin = NormIn{}, const FoldIn& fin = FoldIn{}) {
     static_assert(!FOLD || (M == 1 && !NORM), "the folded norm takes one row of x");
     static_assert(!LS || (!NORM && M == 1), "lane scales: one row of x, not the norm prologue");
-    constexpr int R = Tile<M>::R, NR = 2 * R;
+    constexpr int R = RG > 0 ? RG : Tile<M>::R, NR = 2 * R;
     __shared__ float s_code[16];
     __shared__ float s_ncode[LS ? 256 : 1];
     __shared__ float s_res[M * NR];
@@ -1330,6 +1331,13 @@ GEMV_LS(float, f32) GEMV_LS(__nv_bfloat16, bf16) GEMV_LS(__half, f16)
         gemv_glu_impl<T, 1, false, false, true, true>(gate, up, tables, act, x, y, n, k, NormIn{}, f);  \
     }
 GEMV_FOLD_LS(__nv_bfloat16, bf16) GEMV_FOLD_LS(__half, f16)
+// The folded gate/up GEMV with 2 rows of gate and 2 of up a block (twice the blocks, 8 an SM).
+#define GEMV_GLU_FOLD_R2(T, SUFFIX)                                                                     \
+    extern "C" __global__ void __launch_bounds__(GW * 32, 8) nf4_gemv_glu_fold_ls_r2_##SUFFIX##_m1(     \
+        Nf4Seg gate, Nf4Seg up, const float* tables, int act, const T* x, T* y, unsigned n, unsigned k, FoldIn f) { \
+        gemv_glu_impl<T, 1, false, false, true, true, 2>(gate, up, tables, act, x, y, n, k, NormIn{}, f); \
+    }
+GEMV_GLU_FOLD_R2(__nv_bfloat16, bf16) GEMV_GLU_FOLD_R2(__half, f16)
 
 // ---------------------------------------------------------------- dequantize, 4 groups per thread
 // The prefill's dequantize (`cuda::prefill`): as `dequant_impl` (same arithmetic, same bits),

@@ -1154,6 +1154,14 @@ fn fold_multi<T: CudaDType + DeviceRepr>(f: &FoldedNorm, projs: &[Nf4Proj], y_ou
     y_shaped(y_out, f.xw, cols)
 }
 
+/// Rows of gate (and of up) a block of the folded gate/up GEMV with lane scales: 4, or 2 with
+/// `QLORA_GLU_ROWS=2` (`nf4_gemv_glu_fold_ls_r2_*`: twice the blocks, 8 an SM at 64 registers
+/// instead of 6 at 80). The same bits either way.
+fn glu_fold_rows() -> usize {
+    static ROWS: OnceLock<usize> = OnceLock::new();
+    *ROWS.get_or_init(|| std::env::var("QLORA_GLU_ROWS").ok().and_then(|v| v.trim().parse().ok()).filter(|v| [2, 4].contains(v)).unwrap_or(4))
+}
+
 /// [`gemv_glu`] of `norm(s)` (`f`), into `y_out`, as [`fold_gemv_multi_into`].
 pub fn fold_gemv_glu_into(f: &FoldedNorm, gate: &Nf4Proj, up: &Nf4Proj, act: GluAct, y_out: &Tensor) -> Result<Tensor> {
     match f.xw.dtype() {
@@ -1182,9 +1190,14 @@ fn fold_glu<T: CudaDType + DeviceRepr>(f: &FoldedNorm, gate: &Nf4Proj, up: &Nf4P
     let mut tp = tables.device_ptr(tables.stream()).0;
     let mut xp = aligned_ptr::<T>(f.xw, "folded input")?;
     let (mut act, mut k32) = (act as i32, k as u32);
-    let cfg = gemv_cfg(n, 1, 2 * rows_per_block(1), k);
+    let mut cfg = gemv_cfg(n, 1, 2 * rows_per_block(1), k);
+    let mut kernel = gemv_kernel("glu_fold", sfx, 1, k);
+    if lane_scales(1) && glu_fold_rows() == 2 {
+        cfg.grid_dim.0 = n.div_ceil(2);
+        kernel = format!("nf4_gemv_glu_fold_ls_r2_{sfx}_m1");
+    }
     let mut args = [arg(&mut g), arg(&mut u), arg(&mut tp), arg(&mut act), arg(&mut xp), arg(&mut yp), arg(&mut n), arg(&mut k32), arg(&mut fin)];
     // SAFETY: as in fold_multi.
-    unsafe { pdl::launch(dev, MODULE, PTX, &gemv_kernel("glu_fold", sfx, 1, k), cfg, &mut args)? };
+    unsafe { pdl::launch(dev, MODULE, PTX, &kernel, cfg, &mut args)? };
     y_shaped(y_out, f.xw, n as usize)
 }
