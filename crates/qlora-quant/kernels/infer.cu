@@ -297,13 +297,15 @@ struct AttnParams {
 // previous kernel (the q/k/v GEMV) still runs. The rows were written by earlier steps (the
 // length comes from the host before the step), and an L2 prefetch never leaves a stale copy
 // on the SM, so the line of the position appended in this step is harmless too.
+// `skip`: positions at the start left out (the ones the pw kernels load into registers).
 template <typename T>
-__device__ __forceinline__ void prefetch_kv(const T* cache, const AttnParams& p, unsigned kvh, unsigned b) {
+__device__ __forceinline__ void prefetch_kv(const T* cache, const AttnParams& p, unsigned kvh, unsigned b, unsigned skip = 0) {
     unsigned len = p.len, start = p.start;
     if (p.len_ptr) {
         len = min(*reinterpret_cast<const unsigned*>(p.len_ptr), p.cap);
         start = (p.window > 0 && len > p.window) ? len - p.window : 0;
     }
+    start += min(skip, len - min(start, len));
     if (len <= start) return;
     const unsigned row_bytes = p.hd * sizeof(T), lines = (row_bytes + 127u) >> 7;
     const size_t plane = (size_t)p.B * p.nkv * p.cap * p.hd;
@@ -422,6 +424,8 @@ __device__ void decode_attn_impl(const T* __restrict__ q, const T* __restrict__ 
                 }
             }
         }
+        // Longer spans: the rest into L2, as the other kernels do with all of it.
+        if (p.prefetch) prefetch_kv<T>(cache, p, kvh, b, P * stride);
     } else if (p.prefetch) {
         prefetch_kv<T>(cache, p, kvh, b);
     }
