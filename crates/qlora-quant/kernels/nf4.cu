@@ -710,7 +710,8 @@ __device__ void norm_prologue(const NormIn& n, unsigned k, T* xs) {
 // of the normed x differs (rnd(s * w') here, rnd(rnd(s * r) * w) there): the results agree
 // within T's rounding, not bit for bit (tests/gpu_kernels.rs). (Multiplying x by w' inside the
 // next GEMV's loop instead made the step 10% slower on TinyLlama, 5% on Mistral-7B, on an H100:
-// bench/gpu/results/h100-2026-11-27-s9-fold-ab.*.)
+// bench/gpu/results/h100-2026-11-27-s9-fold-ab.*.) The engine's decode takes it by default with
+// lane scales (GEMV_FOLD_LS below; crates/qlora-engine/src/model/fast.rs `fold_on`).
 struct SumSq {
     const void* resid;  // T[n]
     const void* w;      // T[n]: the next norm's weight
