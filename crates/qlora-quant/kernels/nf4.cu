@@ -851,12 +851,13 @@ __device__ __forceinline__ unsigned xs_offset(int nr, unsigned k) { return ((uns
 // FOLD (one row of x): x is the xw of a folded norm (fin); SUMSQ (one row of x, one
 // weight): y is unused, the block writes s = resid + its output and its partial sum of squares.
 // RS: the row-by-row scale fill (fill_scales).
-template <typename T, int M, bool NORM = false, bool PF = QLORA_GEMV_BULK_PREFETCH != 0, bool FOLD = false, bool SUMSQ = false, bool RS = false, bool LS = false, int LSU = 0>
+// RB: rows a block (0: Tile<M>::R).
+template <typename T, int M, bool NORM = false, bool PF = QLORA_GEMV_BULK_PREFETCH != 0, bool FOLD = false, bool SUMSQ = false, bool RS = false, bool LS = false, int LSU = 0, int RB = 0>
 __device__ void gemv_multi_impl(const Nf4Multi& p, const T* __restrict__ x, T* __restrict__ y, unsigned k,
                                 const NormIn& nin = NormIn{}, const FoldIn& fin = FoldIn{}, const SumSq& sq = SumSq{}) {
     static_assert(!(FOLD || SUMSQ) || (M == 1 && !NORM), "the folded norm takes one row of x");
     static_assert(!LS || (!NORM && M == 1), "lane scales: one row of x, not the norm prologue");
-    constexpr int R = Tile<M>::R;
+    constexpr int R = RB > 0 ? RB : Tile<M>::R;
     __shared__ float s_code[16];
     __shared__ float s_ncode[LS ? 256 : 1];
     __shared__ float s_res[M * R];
@@ -1339,6 +1340,14 @@ GEMV_FOLD_LS(__nv_bfloat16, bf16) GEMV_FOLD_LS(__half, f16)
         gemv_glu_impl<T, 1, false, false, true, true, 2>(gate, up, tables, act, x, y, n, k, NormIn{}, f); \
     }
 GEMV_GLU_FOLD_R2(__nv_bfloat16, bf16) GEMV_GLU_FOLD_R2(__half, f16)
+// The folded q/k/v GEMV with 8 rows a block, as the gate/up GEMV's 4 + 4 (half the blocks, 6 an
+// SM, twice the bytes a lane in flight; QLORA_QKV_ROWS).
+#define GEMV_MULTI_FOLD_R8(T, SUFFIX)                                                                   \
+    extern "C" __global__ void __launch_bounds__(GW * 32, 6) nf4_gemv_multi_fold_ls_r8_##SUFFIX##_m1(   \
+        Nf4Multi p, const T* x, T* y, unsigned k, FoldIn f) {                                           \
+        gemv_multi_impl<T, 1, false, false, true, false, false, true, 0, 8>(p, x, y, k, NormIn{}, f);   \
+    }
+GEMV_MULTI_FOLD_R8(__nv_bfloat16, bf16) GEMV_MULTI_FOLD_R8(__half, f16)
 
 // ---------------------------------------------------------------- dequantize, 4 groups per thread
 // The prefill's dequantize (`cuda::prefill`): as `dequant_impl` (same arithmetic, same bits),

@@ -1147,11 +1147,29 @@ fn fold_multi<T: CudaDType + DeviceRepr>(f: &FoldedNorm, projs: &[Nf4Proj], y_ou
     let mut multi = Multi { seg: segs, tables: tables.device_ptr(tables.stream()).0, nseg: projs.len() as u32, ntotal: col, prefetch: 0 };
     let mut xp = aligned_ptr::<T>(f.xw, "folded input")?;
     let mut k32 = k as u32;
-    let cfg = gemv_cfg(col, 1, rows_per_block(1), k);
+    let mut cfg = gemv_cfg(col, 1, rows_per_block(1), k);
+    let mut kernel = gemv_kernel("multi_fold", sfx, 1, k);
+    if lane_scales(1) && qkv_fold_rows(k) == 8 {
+        cfg.grid_dim.0 = col.div_ceil(8);
+        kernel = format!("nf4_gemv_multi_fold_ls_r8_{sfx}_m1");
+    }
     let mut args = [arg(&mut multi), arg(&mut xp), arg(&mut yp), arg(&mut k32), arg(&mut fin)];
     // SAFETY: as in MultiOp::launch; the folded input and the partials are read after the wait.
-    unsafe { pdl::launch(dev, MODULE, PTX, &gemv_kernel("multi_fold", sfx, 1, k), cfg, &mut args)? };
+    unsafe { pdl::launch(dev, MODULE, PTX, &kernel, cfg, &mut args)? };
     y_shaped(y_out, f.xw, cols)
+}
+
+/// Rows a block of the folded stacked (q/k/v) GEMV with lane scales for rows of `k`: 8 from
+/// k = 4096 (`nf4_gemv_multi_fold_ls_r8_*`, as the gate/up GEMV's 4 + 4: half the blocks, 6 an
+/// SM, each lane 8 rows' loads in flight), else 4; `QLORA_QKV_ROWS=4|8` sets it for A/B runs.
+/// The same bits either way. Measured on an H100 (session 11, same binary, alternating, NF4 b1
+/// tok/s, bench/gpu/results/h100-2026-11-27-s11-qkv8-ab.*): Mistral-7B (k = 4096) 385.8 /
+/// 386.1 / 385.6 at 8 against 376.8 / 377.2 / 377.5 at 4; TinyLlama (k = 2048) 1,311.1 /
+/// 1,332.7 against 1,345.9 / 1,342.2.
+fn qkv_fold_rows(k: usize) -> usize {
+    static ROWS: OnceLock<Option<usize>> = OnceLock::new();
+    ROWS.get_or_init(|| std::env::var("QLORA_QKV_ROWS").ok().and_then(|v| v.trim().parse().ok()).filter(|v| [4, 8].contains(v)))
+        .unwrap_or(if k >= 4096 { 8 } else { 4 })
 }
 
 /// Rows of gate (and of up) a block of the folded gate/up GEMV with lane scales: 4, or 2 with
