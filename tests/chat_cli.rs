@@ -72,7 +72,23 @@ fn ctrl_c_stops_the_answer_then_ctrl_c_at_the_prompt_quits() {
 
     sigint(&child);
     wait_for("the prompt after the stop", 20, || text(&err).contains("[stopped]\n> "), &mut child, &err);
-    let written = out.lock().unwrap().len();
+    // The stopped answer's closing newline went to stdout before "[stopped]" went to stderr,
+    // but the two pipes are read by two threads: let stdout's reader catch up (it ends with
+    // that newline and stays still) before taking the length the rest must keep.
+    let mut written = out.lock().unwrap().len();
+    let settle = Instant::now() + Duration::from_secs(10);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let (len, ends_nl) = {
+            let o = out.lock().unwrap();
+            (o.len(), o.last() == Some(&b'\n'))
+        };
+        if len == written && ends_nl {
+            break;
+        }
+        assert!(Instant::now() < settle, "stdout kept growing after the stop; stdout: {}", text(&out));
+        written = len;
+    }
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(out.lock().unwrap().len(), written, "no token after the stop");
     assert!(child.try_wait().unwrap().is_none(), "the chat goes on after the first Ctrl-C");
