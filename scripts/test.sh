@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# Formatting: rustfmt.toml's style on every crate, test and bench (`cargo fmt --all` fixes it).
+cargo fmt --all --check
 # The web UI first: the app's build script embeds ui/dist (tauri.conf.json's frontendDist).
 (cd ui && npm run --silent build)
 # Every binary, built once for the whole workspace: building one package alone would unify

@@ -31,8 +31,22 @@ fn generate_raw_with_sampling_is_seeded() {
     let m = model_dir();
     let run = |seed: &str| {
         let out = qlora(&[
-            "generate", "--model", m.to_str().unwrap(), "--raw", "--prompt", "Once upon a time", "--max-new-tokens", "12",
-            "--temperature", "0.8", "--top-p", "0.9", "--seed", seed, "--quant", "int8",
+            "generate",
+            "--model",
+            m.to_str().unwrap(),
+            "--raw",
+            "--prompt",
+            "Once upon a time",
+            "--max-new-tokens",
+            "12",
+            "--temperature",
+            "0.8",
+            "--top-p",
+            "0.9",
+            "--seed",
+            seed,
+            "--quant",
+            "int8",
         ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()

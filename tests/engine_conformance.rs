@@ -27,8 +27,7 @@ fn ids(t: Tensor) -> Vec<u32> {
 
 fn reference(name: &str) -> Reference {
     let dir = fixture(name);
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     let tensors_dir = if name == "llama_sharded" { fixture("llama") } else { dir.clone() };
     let w = Weights::from_files(&tensors_dir, &[tensors_dir.join("reference.safetensors")]).unwrap();
     let dev = Device::Cpu;
@@ -108,10 +107,15 @@ fn check_dir(name: &str, dir: &Path) {
     assert_eq!((ran, cache.len()), (half - 1, 8 + half - 1), "{name}: greedy_decode did not stop where its callback said");
     let resume = Tensor::new(&[[*got.last().unwrap()]], &Device::Cpu).unwrap();
     let more = n - got.len();
-    assert_eq!(model.greedy_decode(&resume, &mut cache, more, |ids| {
-        got.extend_from_slice(ids);
-        Ok(true)
-    }).unwrap(), more);
+    assert_eq!(
+        model
+            .greedy_decode(&resume, &mut cache, more, |ids| {
+                got.extend_from_slice(ids);
+                Ok(true)
+            })
+            .unwrap(),
+        more
+    );
     assert_eq!(got, r.greedy_ids, "{name}: greedy_decode's ids differ from transformers' greedy ids");
     eprintln!("{name}: max |logit diff| {all:.2e}, mean NLL {nll:.6} (transformers {:.6}), cached step diff {step:.2e}", r.mean_nll);
 }
@@ -276,10 +280,8 @@ fn check_gguf_import(group: &str, file: &str, shape: (usize, usize, bool)) {
     assert_eq!((report.num_layers, report.vocab_size, report.tied_embeddings), shape);
 
     let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer.json")).unwrap()).unwrap();
-    let merges: Vec<String> = written["model"]["merges"]
-        .as_array().unwrap().iter()
-        .map(|m| format!("{} {}", m[0].as_str().unwrap(), m[1].as_str().unwrap()))
-        .collect();
+    let merges: Vec<String> =
+        written["model"]["merges"].as_array().unwrap().iter().map(|m| format!("{} {}", m[0].as_str().unwrap(), m[1].as_str().unwrap())).collect();
     let want_merges: Vec<String> = r["merges"].as_array().unwrap().iter().map(|m| m.as_str().unwrap().to_string()).collect();
     assert_eq!(merges, want_merges, "{group}: merges");
 
@@ -301,10 +303,8 @@ fn check_gguf_import(group: &str, file: &str, shape: (usize, usize, bool)) {
         assert_eq!(streamed, tm.tokenizer.decode(&plain, true).unwrap(), "{group}: streamed {text:?}");
     }
 
-    let chat: Vec<ChatMessage> = r["chat"]
-        .as_array().unwrap().iter()
-        .map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
-        .collect();
+    let chat: Vec<ChatMessage> =
+        r["chat"].as_array().unwrap().iter().map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap())).collect();
     let chat_ids = tm.chat_ids(&chat).unwrap();
     assert_eq!(chat_ids, as_ids(&r["chat_ids"]), "{group}: chat prompt (template + tokenizer)");
 

@@ -5,7 +5,7 @@
 // (pip install -r tests/fixtures/requirements.txt).
 
 use qlora_studio::engine::candle_core::{DType, Device, IndexOp, Tensor};
-use qlora_studio::engine::lora::{create_trainable, LoraSpec, TargetModules};
+use qlora_studio::engine::lora::{LoraSpec, TargetModules, create_trainable};
 use qlora_studio::engine::{LoadOptions, Model, Weights};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -18,10 +18,7 @@ fn fixture(name: &str) -> PathBuf {
     let cwd = std::env::current_dir().unwrap();
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let roots = cwd.ancestors().chain(here.ancestors()).map(|p| p.to_path_buf()).collect::<Vec<_>>();
-    let root = roots
-        .into_iter()
-        .find(|d| d.join("tests/fixtures/tiny").is_dir())
-        .expect("tests/fixtures/tiny not found: run from the repository");
+    let root = roots.into_iter().find(|d| d.join("tests/fixtures/tiny").is_dir()).expect("tests/fixtures/tiny not found: run from the repository");
     root.join("tests/fixtures/tiny").join(name)
 }
 
@@ -110,9 +107,7 @@ conformance! {
 #[test]
 fn llama_nf4_in_bf16_on_cuda() {
     let ids = input_ids("llama");
-    let load = |dtype, device| {
-        Model::load(&fixture("llama"), &LoadOptions { quant: Quant::Nf4DoubleQuant, dtype, device }).unwrap()
-    };
+    let load = |dtype, device| Model::load(&fixture("llama"), &LoadOptions { quant: Quant::Nf4DoubleQuant, dtype, device }).unwrap();
     let (l32, _, _) = run(&load(DType::F32, Device::Cpu), &ids);
     let (lcpu, _, _) = run(&load(DType::BF16, Device::Cpu), &ids);
     let (lgpu, _, _) = run(&load(DType::BF16, gpu()), &ids);
@@ -225,10 +220,12 @@ fn greedy_vs_eager(name: &str, quant: Quant, dtype: DType, b: usize, steps: usiz
     assert_eq!((ran, cache.len()), (stop - 1, 8 + stop - 1), "{name} b{b}: greedy_decode did not stop where its callback said");
     let more = steps - got.len();
     let resume = as_input(got.last().unwrap());
-    let ran = model.greedy_decode(&resume, &mut cache, more, |row| {
-        got.push(row.to_vec());
-        Ok(true)
-    }).unwrap();
+    let ran = model
+        .greedy_decode(&resume, &mut cache, more, |row| {
+            got.push(row.to_vec());
+            Ok(true)
+        })
+        .unwrap();
     assert_eq!((ran, cache.len()), (more, 8 + steps - 1));
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(g, w, "{name} {quant:?} {dtype:?} b{b}: greedy_decode's ids differ from the eager path's at step {i}");
@@ -255,10 +252,12 @@ fn a_new_cache_takes_the_dropped_caches_graphs() {
         let l = model.forward(&as_input(prompt), Some(&mut *cache)).unwrap();
         let mut got = argmax(&l.i((.., 7)).unwrap());
         let first = got.clone();
-        model.greedy_decode(&as_input(&first), cache, steps, |row| {
-            got.extend_from_slice(row);
-            Ok(true)
-        }).unwrap();
+        model
+            .greedy_decode(&as_input(&first), cache, steps, |row| {
+                got.extend_from_slice(row);
+                Ok(true)
+            })
+            .unwrap();
         got
     };
     let eager_ids = |prompt: &[u32], steps: usize| -> Vec<u32> {
@@ -402,9 +401,8 @@ impl PlainAttention<'_> {
                 let kvh = h / (nh / nkv);
                 let qr = self.rope(&q[(s * nh + h) * hd..][..hd], len - 1);
                 let row = |t: &[f32], j: usize| t[((s * len + j) * nkv + kvh) * hd..][..hd].to_vec();
-                let scores: Vec<f64> = (start..len)
-                    .map(|j| qr.iter().zip(self.rope(&row(k, j), j)).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt())
-                    .collect();
+                let scores: Vec<f64> =
+                    (start..len).map(|j| qr.iter().zip(self.rope(&row(k, j), j)).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt()).collect();
                 let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = scores.iter().map(|x| (x - mx).exp()).collect();
                 let tot: f64 = e.iter().sum();
@@ -518,7 +516,9 @@ fn add_rms_norm_both_forms_match_the_unfused_ops() {
                 let want = if one_plus { ops::rms_norm_one_plus(&s, &w, 1e-6) } else { ops::rms_norm(&s, &w, 1e-6) }.unwrap();
                 let (gs, gn) = infer::add_rms_norm(&xg, Some(&g(&a)), &g(&w), 1e-6, one_plus).unwrap();
                 let same = |p: &Tensor, q: &Tensor| {
-                    let f = |t: &Tensor| t.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    let f = |t: &Tensor| {
+                        t.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                    };
                     f(p).iter().zip(f(q)).all(|(a, b)| a.to_bits() == b.to_bits())
                 };
                 assert!(same(&gs, &s), "residual sum h {h} skip {skip} {dt:?}");

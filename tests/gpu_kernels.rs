@@ -6,7 +6,7 @@
 #![cfg(feature = "cuda")]
 
 use qlora_studio::engine::candle_core::{DType, Device, Tensor, Var};
-use qlora_studio::quant::{cuda, nf4_linear, Nf4Options, Nf4Tensor};
+use qlora_studio::quant::{Nf4Options, Nf4Tensor, cuda, nf4_linear};
 
 fn gpu() -> Device {
     Device::new_cuda(0).expect("these tests need an NVIDIA GPU (CUDA device 0) and its driver")
@@ -46,7 +46,8 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
 #[test]
 fn dequantize_is_bit_exact_with_the_cpu() {
     let dev = gpu();
-    let cases: &[(&[usize], usize)] = &[(&[512, 1024], 64), (&[96, 256], 64), (&[1001], 64), (&[33, 70], 64), (&[64, 512], 128), (&[40, 96], 32), (&[3, 4160], 64)];
+    let cases: &[(&[usize], usize)] =
+        &[(&[512, 1024], 64), (&[96, 256], 64), (&[1001], 64), (&[33, 70], 64), (&[64, 512], 128), (&[40, 96], 32), (&[3, 4160], 64)];
     for (i, (shape, bs)) in cases.iter().enumerate() {
         for dq in [false, true] {
             let opts = Nf4Options { blocksize: *bs, double_quant: dq, ..Default::default() };
@@ -72,7 +73,14 @@ fn fused_gemv_matches_its_cpu_twin() {
     let dev = gpu();
     // Odd row counts (a block's last rows past the end), k not a whole number of 128-byte
     // steps (2112, 96), blocksizes 32 and 128 beside the default 64.
-    let cases = [(1000usize, 4096usize, true, 64usize), (384, 1024, false, 64), (70, 2048, true, 64), (37, 2112, true, 64), (9, 96, false, 32), (130, 1536, true, 128)];
+    let cases = [
+        (1000usize, 4096usize, true, 64usize),
+        (384, 1024, false, 64),
+        (70, 2048, true, 64),
+        (37, 2112, true, 64),
+        (9, 96, false, 32),
+        (130, 1536, true, 128),
+    ];
     for (n, k, dq, bs) in cases {
         let opts = Nf4Options { blocksize: bs, double_quant: dq, ..Default::default() };
         let q = Nf4Tensor::quantize_with(&weight(&[n, k], n as u64), &opts).unwrap();
@@ -163,7 +171,7 @@ fn nf4_linear_slabs_match_the_cpu() {
 // ---------------------------------------------------------------- inference kernels (model/fast.rs)
 
 use qlora_studio::engine::ops;
-use qlora_studio::quant::cuda::fused::{gemv_glu, gemv_multi, GluAct, Nf4Proj};
+use qlora_studio::quant::cuda::fused::{GluAct, Nf4Proj, gemv_glu, gemv_multi};
 use qlora_studio::quant::cuda::infer;
 
 fn randn(shape: &[usize], dt: DType) -> Tensor {
@@ -281,8 +289,14 @@ fn gemv_with_the_add_and_norm_folded_in_matches_the_two_launches() {
                         let (a_buf, out_buf) = (Tensor::zeros(m * n, dt, &gpu()).unwrap(), Tensor::zeros(2 * m * n, dt, &gpu()).unwrap());
                         let (s3, n3) = gemv_add_rms_norm_into(&g(&x), &gp, &g(&resid), &g(&w), (1e-5, one_plus), &a_buf, &out_buf).unwrap();
                         assert_eq!((s3.dims(), n3.dims()), (s1.dims(), n1.dims()), "{case}: into");
-                        assert!(bits(&s3.to_device(&Device::Cpu).unwrap()) == bits(&s1.to_device(&Device::Cpu).unwrap()), "{case}: into, sum differs");
-                        assert!(bits(&n3.to_device(&Device::Cpu).unwrap()) == bits(&n1.to_device(&Device::Cpu).unwrap()), "{case}: into, norm differs");
+                        assert!(
+                            bits(&s3.to_device(&Device::Cpu).unwrap()) == bits(&s1.to_device(&Device::Cpu).unwrap()),
+                            "{case}: into, sum differs"
+                        );
+                        assert!(
+                            bits(&n3.to_device(&Device::Cpu).unwrap()) == bits(&n1.to_device(&Device::Cpu).unwrap()),
+                            "{case}: into, norm differs"
+                        );
                     }
                 }
             }
@@ -301,14 +315,17 @@ fn gemv_with_the_add_and_norm_folded_in_matches_the_two_launches() {
 /// same launch twice gives the same bits; bad inputs are refused with what to change.
 #[test]
 fn gemv_with_the_norm_folded_in_matches_the_unfused_launches() {
-    use qlora_studio::quant::cuda::fused::{fold_gemv_glu_into, fold_gemv_multi_into, fold_partials, gemv_add_rms_norm, gemv_add_sumsq_into, FoldedNorm};
+    use qlora_studio::quant::cuda::fused::{
+        FoldedNorm, fold_gemv_glu_into, fold_gemv_multi_into, fold_partials, gemv_add_rms_norm, gemv_add_sumsq_into,
+    };
     let dev = gpu();
     let g = |t: &Tensor| t.to_device(&dev).unwrap();
     let cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
     for (dt, tol) in [(DType::BF16, 1.5e-2), (DType::F16, 3e-3)] {
         for (n, k_in, bias) in [(64usize, 256usize, false), (2048, 512, true), (4096, 1024, false), (1088, 2048, true)] {
             let o = proj(n, k_in, 11 + n as u64, true, bias, dt);
-            let qkv: Vec<Nf4Proj> = [(96usize, 1u64, true), (32, 2, false), (32, 3, true)].iter().map(|&(r, seed, b)| proj(r, n, seed + n as u64, true, b, dt)).collect();
+            let qkv: Vec<Nf4Proj> =
+                [(96usize, 1u64, true), (32, 2, false), (32, 3, true)].iter().map(|&(r, seed, b)| proj(r, n, seed + n as u64, true, b, dt)).collect();
             let (gate, up) = (proj(200, n, 4 + n as u64, true, false, dt), proj(200, n, 5 + n as u64, false, true, dt));
             let (go, gqkv, ggate, gup) = (on_gpu(&o), qkv.iter().map(on_gpu).collect::<Vec<_>>(), on_gpu(&gate), on_gpu(&up));
             let w = ((randn(&[n], DType::F32) * 0.1).unwrap() + 1.0).unwrap().to_dtype(dt).unwrap();
@@ -353,15 +370,19 @@ fn gemv_with_the_norm_folded_in_matches_the_unfused_launches() {
         let part = Tensor::zeros(fold_partials(n), DType::F32, &dev).unwrap();
         let w = g(&randn(&[n], dt));
         let buf = |len: usize| Tensor::zeros(len, dt, &dev).unwrap();
-        let err = gemv_add_sumsq_into(&g(&randn(&[2, 1, k_in], dt)), &o, &g(&randn(&[2, 1, n], dt)), (&w, false), &buf(2 * n), &buf(2 * n), &part).unwrap_err().to_string();
+        let err = gemv_add_sumsq_into(&g(&randn(&[2, 1, k_in], dt)), &o, &g(&randn(&[2, 1, n], dt)), (&w, false), &buf(2 * n), &buf(2 * n), &part)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("one row"), "{dt:?}: {err}");
         let (x, resid) = (g(&randn(&[1, 1, k_in], dt)), g(&randn(&[1, 1, n], dt)));
-        let err = gemv_add_sumsq_into(&x, &o, &resid, (&w, false), &buf(n), &buf(n), &Tensor::zeros(n, DType::F32, &dev).unwrap()).unwrap_err().to_string();
+        let err =
+            gemv_add_sumsq_into(&x, &o, &resid, (&w, false), &buf(n), &buf(n), &Tensor::zeros(n, DType::F32, &dev).unwrap()).unwrap_err().to_string();
         assert!(err.contains("output buffer"), "{dt:?}: {err}");
         let err = gemv_add_sumsq_into(&x, &o, &resid, (&w, false), &resid.flatten_all().unwrap(), &buf(n), &part).unwrap_err().to_string();
         assert!(err.contains("overlaps an input"), "{dt:?}: {err}");
         let f = FoldedNorm { xw: &resid, partials: &Tensor::zeros(8, DType::F32, &dev).unwrap(), eps: 1e-5 };
-        let err = fold_gemv_multi_into(&f, &[on_gpu(&proj(64, n, 5, true, false, dt))], &Tensor::zeros(64, dt, &dev).unwrap()).unwrap_err().to_string();
+        let err =
+            fold_gemv_multi_into(&f, &[on_gpu(&proj(64, n, 5, true, false, dt))], &Tensor::zeros(64, dt, &dev).unwrap()).unwrap_err().to_string();
         assert!(err.contains("partials") && err.contains("gemv_add_sumsq_into"), "{dt:?}: {err}");
     }
 }
@@ -378,15 +399,26 @@ fn gemv_with_the_norm_folded_in_matches_the_unfused_launches() {
 /// projection copies its rows early) and not (it loads them at the end).
 #[test]
 fn folded_norm_lane_scale_gemvs_equal_the_scale_phase_bit_for_bit() {
-    use qlora_studio::quant::cuda::fused::{fold_gemv_glu_into, fold_gemv_multi_into, fold_partials, gemv_add_sumsq_into, with_lane_scales, FoldedNorm};
+    use qlora_studio::quant::cuda::fused::{
+        FoldedNorm, fold_gemv_glu_into, fold_gemv_multi_into, fold_partials, gemv_add_sumsq_into, with_lane_scales,
+    };
     let dev = gpu();
     let g = |t: &Tensor| t.to_device(&dev).unwrap();
     for dt in [DType::BF16, DType::F16] {
-        let cases = [(1024usize, 1024usize, true, false, 0usize), (2048, 5632, true, false, 0), (2048, 2048, false, true, 1), (4096, 4096, true, false, 0), (1088, 4096, false, false, 3)];
+        let cases = [
+            (1024usize, 1024usize, true, false, 0usize),
+            (2048, 5632, true, false, 0),
+            (2048, 2048, false, true, 1),
+            (4096, 4096, true, false, 0),
+            (1088, 4096, false, false, 3),
+        ];
         for (n, k_in, dq, one_plus, off) in cases {
             let case = format!("{dt:?} n {n} k {k_in} dq {dq} one_plus {one_plus} residual at +{off}");
             let o = on_gpu(&proj(n, k_in, 31 + n as u64, dq, true, dt));
-            let qkv: Vec<Nf4Proj> = [(92usize, 1u64, true), (45, 2, false), (23, 3, true)].iter().map(|&(r, seed, b)| on_gpu(&proj(r, n, seed + n as u64, dq, b, dt))).collect();
+            let qkv: Vec<Nf4Proj> = [(92usize, 1u64, true), (45, 2, false), (23, 3, true)]
+                .iter()
+                .map(|&(r, seed, b)| on_gpu(&proj(r, n, seed + n as u64, dq, b, dt)))
+                .collect();
             let (gate, up) = (on_gpu(&proj(72, n, 4 + n as u64, dq, true, dt)), on_gpu(&proj(72, n, 5 + n as u64, dq, false, dt)));
             let w = g(&((randn(&[n], DType::F32) * 0.1).unwrap() + 1.0).unwrap().to_dtype(dt).unwrap());
             let (x, resid) = (g(&randn(&[1, 1, k_in], dt)), g(&randn(&[n + off], dt)).narrow(0, off, n).unwrap().reshape((1, 1, n)).unwrap());
@@ -420,8 +452,7 @@ fn add_rms_norm_matches_the_unfused_ops() {
             let s = (&x + &a).unwrap();
             let g = |t: &Tensor| t.to_device(&gpu()).unwrap();
             for one_plus in [false, true] {
-                let want =
-                    if one_plus { ops::rms_norm_one_plus(&s, &w, 1e-6) } else { ops::rms_norm(&s, &w, 1e-6) }.unwrap();
+                let want = if one_plus { ops::rms_norm_one_plus(&s, &w, 1e-6) } else { ops::rms_norm(&s, &w, 1e-6) }.unwrap();
                 let (gs, gn) = infer::add_rms_norm(&g(&x), Some(&g(&a)), &g(&w), 1e-6, one_plus).unwrap();
                 assert_eq!(bits(&gs), bits(&s), "residual sum {h} {dt:?}");
                 let err = rel_err(&gn, &want);
@@ -471,9 +502,12 @@ fn attention_reference((q, k, v): (&Tensor, &Tensor, &Tensor), (nh, nkv, hd): (u
 fn kv_append_and_decode_attention_match_the_cpu() {
     let dev = gpu();
     for (dt, tol) in [(DType::F32, 2e-5), (DType::BF16, 2e-2)] {
-        for (nh, nkv, hd, rot, len, window, b) in
-            [(4usize, 2usize, 16usize, 16usize, 37usize, None, 1usize), (8, 2, 64, 64, 200, Some(50), 2), (4, 4, 80, 32, 70, None, 3), (2, 1, 256, 256, 9, None, 1)]
-        {
+        for (nh, nkv, hd, rot, len, window, b) in [
+            (4usize, 2usize, 16usize, 16usize, 37usize, None, 1usize),
+            (8, 2, 64, 64, 200, Some(50), 2),
+            (4, 4, 80, 32, 70, None, 3),
+            (2, 1, 256, 256, 9, None, 1),
+        ] {
             let inv: Vec<f32> = (0..rot / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / rot as f32)).collect();
             let q = randn(&[b, 1, nh * hd], dt);
             let kv = randn(&[b, len, 2 * nkv * hd], dt);
@@ -526,7 +560,9 @@ fn decode_attention_with_the_append_folded_in_equals_the_two_launches() {
             let scale = 1.0 / (hd as f64).sqrt();
             let dev_len = Tensor::new(&[(past + 1) as u32], &dev).unwrap();
             let mut results = Vec::new();
-            for (folded, on_device, inflight) in [(false, false, 2), (true, false, 2), (true, true, 2), (true, false, 4), (true, true, 4), (true, true, 8)] {
+            for (folded, on_device, inflight) in
+                [(false, false, 2), (true, false, 2), (true, true, 2), (true, false, 4), (true, true, 4), (true, true, 8)]
+            {
                 let cache = Tensor::zeros((2, b, nkv, (past + 2).max(192), hd), dt, &dev).unwrap();
                 if past > 0 {
                     let (pk, pv) = (prior.narrow(2, 0, nk).unwrap(), prior.narrow(2, nk, nk).unwrap());
@@ -534,7 +570,10 @@ fn decode_attention_with_the_append_folded_in_equals_the_two_launches() {
                 }
                 let len = if on_device { CacheLen::Device(&dev_len) } else { CacheLen::Host(past + 1) };
                 let out = if folded {
-                    infer::with_attention_inflight(inflight, || infer::decode_attention_append_at(&q, (&k, &v), &cache, len, window, scale, &inv).unwrap()).unwrap()
+                    infer::with_attention_inflight(inflight, || {
+                        infer::decode_attention_append_at(&q, (&k, &v), &cache, len, window, scale, &inv).unwrap()
+                    })
+                    .unwrap()
                 } else {
                     infer::kv_append_at(&cache, &k, &v, CacheLen::Host(past), &inv).unwrap();
                     infer::decode_attention_at(&q, &cache, len, window, scale, &inv).unwrap()
@@ -613,7 +652,7 @@ fn heads_to_rows_matches_transpose() {
 /// f32/bf16/f16; and the launches refuse an output that overlaps an input.
 #[test]
 fn gemv_with_the_norm_in_its_prologue_equals_the_two_launches() {
-    use qlora_studio::quant::cuda::fused::{norm_gemv_glu_into, norm_gemv_multi_into, normin_unsupported, NormedInput};
+    use qlora_studio::quant::cuda::fused::{NormedInput, norm_gemv_glu_into, norm_gemv_multi_into, normin_unsupported};
     let dev = gpu();
     let g = |t: &Tensor| t.to_device(&dev).unwrap();
     for dt in [DType::F32, DType::BF16, DType::F16] {
@@ -668,7 +707,9 @@ fn gemv_with_the_norm_in_its_prologue_equals_the_two_launches() {
 #[test]
 fn wide_lane_gemv_matches_the_cpu_twins() {
     let dev = gpu();
-    for (n, k, dq, bs) in [(37usize, 4096usize, true, 32usize), (21, 5632, true, 64), (9, 14336, false, 64), (33, 2048, true, 128), (12, 4160, true, 64)] {
+    for (n, k, dq, bs) in
+        [(37usize, 4096usize, true, 32usize), (21, 5632, true, 64), (9, 14336, false, 64), (33, 2048, true, 128), (12, 4160, true, 64)]
+    {
         let opts = Nf4Options { blocksize: bs, double_quant: dq, ..Default::default() };
         let q = Nf4Tensor::quantize_with(&weight(&[n, k], (n + k) as u64), &opts).unwrap();
         let qg = q.to_device(&dev).unwrap();
@@ -734,6 +775,9 @@ fn argmax_rows_match_the_cpu() {
     let len = Tensor::new(&[41u32], &dev).unwrap();
     infer::argmax_into(&x, &ids, Some(&len)).unwrap();
     assert_eq!(len.to_vec1::<u32>().unwrap(), [42]);
-    assert_eq!(ids.to_vec1::<u32>().unwrap(), x.to_device(&Device::Cpu).unwrap().argmax(qlora_studio::engine::candle_core::D::Minus1).unwrap().to_vec1::<u32>().unwrap());
+    assert_eq!(
+        ids.to_vec1::<u32>().unwrap(),
+        x.to_device(&Device::Cpu).unwrap().argmax(qlora_studio::engine::candle_core::D::Minus1).unwrap().to_vec1::<u32>().unwrap()
+    );
     assert!(infer::argmax_into(&x, &Tensor::zeros(3, DType::U32, &dev).unwrap(), None).is_err(), "ids of the wrong length were taken");
 }

@@ -7,7 +7,7 @@
 
 use qlora_studio::engine::candle_core::{DType, Device, Tensor};
 use qlora_studio::quant::cuda::prefill;
-use qlora_studio::quant::{nf4_linear, Nf4Options, Nf4Tensor};
+use qlora_studio::quant::{Nf4Options, Nf4Tensor, nf4_linear};
 
 fn gpu() -> Device {
     Device::new_cuda(0).expect("these tests need an NVIDIA GPU (CUDA device 0) and its driver")
@@ -69,7 +69,8 @@ fn prefill_dequantize_kernels_equal_the_cpu_bit_for_bit() {
                 prefill::set_wide_dequant(wide);
                 let got = prefill::dequantize_prefill(&qg, dt);
                 prefill::set_wide_dequant(prefill::DEFAULT_WIDE_DEQUANT);
-                let got = got.unwrap().to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let got =
+                    got.unwrap().to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 let bad = want.iter().zip(&got).position(|(a, b)| a.to_bits() != b.to_bits());
                 assert!(bad.is_none(), "wide {wide} {n}x{k} bs {bs} dq {dq} {dt:?}: element {bad:?} differs");
             }

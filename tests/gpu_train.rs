@@ -326,7 +326,7 @@ fn fused_rms_norm_and_its_gradient_match_the_cpu_composite() {
 #[test]
 fn fused_attention_probs_and_their_gradients_match_the_cpu() {
     use qlora_studio::engine::candle_core::Var;
-    use qlora_studio::engine::ops::attention::{masked_softmax, probs, AttnMask};
+    use qlora_studio::engine::ops::attention::{AttnMask, masked_softmax, probs};
     // 8 heads on 2 kv heads, 37 new positions after 5 cached, a window of 20, then no window.
     let (b, nkv, rep, t, past, hd) = (2, 2, 4, 37, 5, 64);
     for window in [Some(20), None] {
@@ -362,7 +362,7 @@ fn fused_attention_probs_and_their_gradients_match_the_cpu() {
 /// keys, a sliding window, f32 / bf16 / f16. Only the order of each row's sums differs.
 #[test]
 fn warp_attention_softmax_equals_the_block_kernels() {
-    use qlora_studio::engine::ops::attention::{masked_softmax, softmax_bwd, AttnMask};
+    use qlora_studio::engine::ops::attention::{AttnMask, masked_softmax, softmax_bwd};
     use qlora_studio::quant::cuda::train::set_attn_softmax_warp;
     for (t, past, window) in [(37, 5, None), (100, 28, Some(40)), (512, 0, None), (250, 7, Some(64)), (700, 324, None), (1300, 0, Some(900))] {
         let m = AttnMask { t, past, window, scale: 1.0 / 128f64.sqrt() };
@@ -386,7 +386,12 @@ fn warp_attention_softmax_equals_the_block_kernels() {
                 DType::BF16 => 8e-3,
                 _ => 1e-3,
             };
-            for (what, a, b, tol) in [("probs vs block", &pw, &pb, tol), ("probs vs cpu", &pw, &pc, tol), ("grad vs block", &dw, &db, 2.0 * tol), ("grad vs cpu", &dw, &dc, 2.0 * tol)] {
+            for (what, a, b, tol) in [
+                ("probs vs block", &pw, &pb, tol),
+                ("probs vs cpu", &pw, &pc, tol),
+                ("grad vs block", &dw, &db, 2.0 * tol),
+                ("grad vs cpu", &dw, &dc, 2.0 * tol),
+            ] {
                 assert!(rel(a, b) < tol, "{dt:?} t {t} past {past} window {window:?}: {what} differs by {}", rel(a, b));
             }
             // Masked keys are exact zeros in both directions.
@@ -479,7 +484,7 @@ fn fused_swiglu_and_its_gradients_match_the_cpu_twin() {
 fn fused_lora_update_and_its_gradients_match_the_cpu() {
     use qlora_studio::engine::candle_core::Var;
     use qlora_studio::train::ops::dropout::Dropout;
-    use qlora_studio::train::ops::lora_delta::{lora_delta, LoraDelta};
+    use qlora_studio::train::ops::lora_delta::{LoraDelta, lora_delta};
     let x = Tensor::randn(0f32, 1.0, (2, 48, 320), &Device::Cpu).unwrap();
     let a = Tensor::randn(0f32, 0.05, (16, 320), &Device::Cpu).unwrap();
     let b = Tensor::randn(0f32, 0.05, (200, 16), &Device::Cpu).unwrap();
@@ -511,8 +516,8 @@ fn fused_lora_update_and_its_gradients_match_the_cpu() {
 /// SwiGLU's backward over its inputs and dropout over its input bit for bit.
 #[test]
 fn in_place_training_helpers_equal_their_out_of_place_forms() {
-    use qlora_studio::quant::cuda::train_gemm::{add_matmul_t, nf4_backward_add_slabs};
     use qlora_studio::quant::Nf4Tensor;
+    use qlora_studio::quant::cuda::train_gemm::{add_matmul_t, nf4_backward_add_slabs};
     let dev = gpu();
     let bf = |dims: &[usize], std: f32| Tensor::randn(0f32, std, dims, &dev).unwrap().to_dtype(DType::BF16).unwrap();
     let max_rel = |a: &Tensor, b: &Tensor| -> f32 {

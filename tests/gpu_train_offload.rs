@@ -20,8 +20,8 @@ use qlora_studio::engine::model::{LoadOptions, Model};
 use qlora_studio::quant::cuda::offload::HostStash;
 use qlora_studio::train::config::TrainConfig;
 use qlora_studio::train::data::batch::Batch;
-use qlora_studio::train::loss;
 use qlora_studio::train::lora::Attached;
+use qlora_studio::train::loss;
 use qlora_studio::train::trainer::stash::{Checkpointing, Stash};
 use qlora_studio::train::trainer::{self, step};
 use std::path::{Path, PathBuf};
@@ -54,7 +54,17 @@ fn pool_used(dev: &Device) -> u64 {
 
 /// The values' bits (bf16 → f32 is exact).
 fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_device(&Device::Cpu).unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
 }
 
 /// The chain `x_{i+1} = sin(x_i · W) + i` in bf16, `[4, 256, 1024]` (2 MiB a tensor).

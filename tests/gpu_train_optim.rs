@@ -27,11 +27,8 @@ fn bits(t: &Tensor) -> Vec<u32> {
 /// Three steps (the second with a clipping factor) on `dev`, fused or not; the parameters and
 /// moments after them.
 fn run(dev: &Device, fused: bool, wd: f64, w0: &[Tensor], grads: &[Vec<Tensor>]) -> Vec<(Vec<u32>, Vec<u32>, Vec<u32>)> {
-    let params: Vec<Param> = w0
-        .iter()
-        .enumerate()
-        .map(|(i, w)| Param { name: format!("p{i}"), var: Var::from_tensor(&w.to_device(dev).unwrap()).unwrap() })
-        .collect();
+    let params: Vec<Param> =
+        w0.iter().enumerate().map(|(i, w)| Param { name: format!("p{i}"), var: Var::from_tensor(&w.to_device(dev).unwrap()).unwrap() }).collect();
     let hp = AdamWParams { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: wd };
     let mut opt = AdamW::new(params.clone(), hp).unwrap();
     opt.set_fused(fused);
@@ -41,7 +38,10 @@ fn run(dev: &Device, fused: bool, wd: f64, w0: &[Tensor], grads: &[Vec<Tensor>])
         opt.step_scaled(&gs, 2e-4, scale).unwrap();
     }
     let (state, _) = opt.state();
-    params.iter().map(|p| (bits(p.var.as_tensor()), bits(&state[&format!("{}.exp_avg", p.name)]), bits(&state[&format!("{}.exp_avg_sq", p.name)]))).collect()
+    params
+        .iter()
+        .map(|p| (bits(p.var.as_tensor()), bits(&state[&format!("{}.exp_avg", p.name)]), bits(&state[&format!("{}.exp_avg_sq", p.name)])))
+        .collect()
 }
 
 #[test]
@@ -63,7 +63,7 @@ fn multi_tensor_adamw_equals_the_per_tensor_kernels_to_the_bit() {
 
 #[test]
 fn multi_tensor_adamw_writes_shadow_copies_equal_to_to_dtype() {
-    use qlora_studio::quant::cuda::optim::{adamw_multi, AdamWConsts, AdamWSlot};
+    use qlora_studio::quant::cuda::optim::{AdamWConsts, AdamWSlot, adamw_multi};
     let dev = gpu();
     for dt in [DType::BF16, DType::F16] {
         let ws: Vec<Tensor> = SHAPES.iter().map(|&s| Tensor::randn(0f32, 0.1, s, &dev).unwrap()).collect();
@@ -71,9 +71,8 @@ fn multi_tensor_adamw_writes_shadow_copies_equal_to_to_dtype() {
         let vs: Vec<Tensor> = ws.iter().map(|w| w.zeros_like().unwrap()).collect();
         let gs: Vec<Tensor> = SHAPES.iter().map(|&s| Tensor::randn(0f32, 1e-3, s, &dev).unwrap()).collect();
         let shadows: Vec<Tensor> = ws.iter().map(|w| w.zeros_like().unwrap().to_dtype(dt).unwrap()).collect();
-        let slots: Vec<AdamWSlot> = (0..ws.len())
-            .map(|i| AdamWSlot { w: &ws[i], m: &ms[i], v: &vs[i], g: &gs[i], shadow: (i != 2).then_some(&shadows[i]) })
-            .collect();
+        let slots: Vec<AdamWSlot> =
+            (0..ws.len()).map(|i| AdamWSlot { w: &ws[i], m: &ms[i], v: &vs[i], g: &gs[i], shadow: (i != 2).then_some(&shadows[i]) }).collect();
         let c = AdamWConsts { b1: 0.9, c1: 0.1, b2: 0.999, c2: 1e-3, inv_bc2: 31.6, eps: 1e-8, step_size: 2e-3, decay: 1.0, ..Default::default() };
         adamw_multi(&slots, &c).unwrap();
         for (i, (w, s)) in ws.iter().zip(&shadows).enumerate() {
@@ -128,7 +127,7 @@ fn rel(a: &Tensor, b: &Tensor) -> f32 {
 #[test]
 fn lora_products_in_one_call_match_matmul_then_scale_and_cast() {
     use qlora_studio::engine::linear::{ArcLinear, DenseLinear, Linear};
-    use qlora_studio::train::lora::{set_fused_products, TrainLora};
+    use qlora_studio::train::lora::{TrainLora, set_fused_products};
     use std::sync::Arc;
     let cpu = Device::Cpu;
     let w = Tensor::randn(0f32, 0.05, (96, 320), &cpu).unwrap();
@@ -159,7 +158,9 @@ fn lora_products_in_one_call_match_matmul_then_scale_and_cast() {
         let (yf, dxf, gaf, gbf, dx2f, g2f) = run(&gpu(), DType::BF16, true);
         let (yc, dxc, gac, gbc, _, _) = run(&gpu(), DType::BF16, false);
         let (y32, dx32, ga32, gb32, _, _) = run(&cpu, DType::F32, false);
-        for (what, f, c, r) in [("y", &yf, &yc, &y32), ("x gradient", &dxf, &dxc, &dx32), ("A gradient", &gaf, &gac, &ga32), ("B gradient", &gbf, &gbc, &gb32)] {
+        for (what, f, c, r) in
+            [("y", &yf, &yc, &y32), ("x gradient", &dxf, &dxc, &dx32), ("A gradient", &gaf, &gac, &ga32), ("B gradient", &gbf, &gbc, &gb32)]
+        {
             assert!(rel(f, c) < 1e-2, "scale {scale}: {what}: one call vs matmul + scale + cast: {}", rel(f, c));
             // No further from f32 than the old form (a little closer: one rounding less).
             assert!(rel(f, r) <= rel(c, r) * 1.05 + 1e-6, "scale {scale}: {what}: vs f32 {} (old form {})", rel(f, r), rel(c, r));

@@ -189,7 +189,8 @@ fn cache_verify_against_the_hub_reports_what_changed() {
     std::fs::write(root.path().join(REPO).join("tokenizer_config.json"), br#"{"chat_template": "{{ messages }}!!"}"#).unwrap();
     let out = qlora(&hub, home.path()).args(["cache", "verify", "--hub", "--json"]).output().unwrap();
     assert!(!out.status.success());
-    let lines: Vec<serde_json::Value> = out.stdout.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> =
+        out.stdout.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
     assert_eq!(lines[0]["corrupt"], serde_json::json!([]), "the blobs still match their names");
     assert_eq!(lines[1]["changed"][0]["path"], "tokenizer_config.json");
     assert_eq!(lines[1]["changed"][0]["updated_on_hub"], true);

@@ -15,7 +15,22 @@ fn json_has_the_documented_shape() {
     let (ok, out, err) = qlora(&["plan", MISTRAL, "--gpu", "rtx2080", "--train", "--seq-len", "3072", "--checkpointing", "--json"]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    for key in ["model", "architecture", "tensors_from", "parameters", "download_bytes", "model_bytes", "download_exact", "context", "batch", "target", "inference", "training", "disk", "notes"] {
+    for key in [
+        "model",
+        "architecture",
+        "tensors_from",
+        "parameters",
+        "download_bytes",
+        "model_bytes",
+        "download_exact",
+        "context",
+        "batch",
+        "target",
+        "inference",
+        "training",
+        "disk",
+        "notes",
+    ] {
         assert!(v.get(key).is_some(), "missing top-level '{key}'");
     }
     assert_eq!(v["parameters"], 7_241_732_096u64);
@@ -27,7 +42,17 @@ fn json_has_the_documented_shape() {
         assert!(e["verdict"].is_string());
     }
     let t = &v["training"];
-    let terms = ["base_weights_bytes", "lora_weights_bytes", "lora_grads_bytes", "optimizer_bytes", "master_weights_bytes", "activations_bytes", "logits_bytes", "dequant_scratch_bytes", "overhead_bytes"];
+    let terms = [
+        "base_weights_bytes",
+        "lora_weights_bytes",
+        "lora_grads_bytes",
+        "optimizer_bytes",
+        "master_weights_bytes",
+        "activations_bytes",
+        "logits_bytes",
+        "dequant_scratch_bytes",
+        "overhead_bytes",
+    ];
     let sum: u64 = terms.iter().map(|k| t[*k].as_u64().unwrap()).sum();
     assert_eq!(t["total_bytes"].as_u64().unwrap(), sum);
     assert_eq!(t["verdict"], "wont_fit");

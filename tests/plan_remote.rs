@@ -4,11 +4,11 @@
 //! equals the one made from the same folder on disk. Once the model is in the cache, the
 //! download the plan announces drops to zero.
 
+use qlora_hub_testserver::TestHub;
 use qlora_studio::hub::remote::{SafetensorsHeader, block_on};
 use qlora_studio::hub::{HubClient, HubConfig, download, select::SelectOptions};
 use qlora_studio::jobs::NoProgress;
 use qlora_studio::plan::{self as qp, Overheads, PlanOptions, Target};
-use qlora_hub_testserver::TestHub;
 use std::path::{Path, PathBuf};
 
 const REPO: &str = "tiny-org/llama-sharded";
@@ -32,14 +32,7 @@ fn serve() -> (tempfile::TempDir, TestHub) {
 }
 
 fn client(hub: &TestHub, home: &Path) -> HubClient {
-    HubClient::new(HubConfig {
-        endpoint: hub.url(),
-        token: None,
-        offline: false,
-        cache_dir: home.join("hub"),
-        hf_home: home.to_path_buf(),
-    })
-    .unwrap()
+    HubClient::new(HubConfig { endpoint: hub.url(), token: None, offline: false, cache_dir: home.join("hub"), hf_home: home.to_path_buf() }).unwrap()
 }
 
 fn shards() -> Vec<String> {
@@ -108,9 +101,7 @@ fn bytes_already_in_the_cache_are_not_counted() {
     let meta = qp::gather(&qp::HubSource::new(client(&hub, home.path()), REPO, "main")).unwrap();
     assert_eq!(meta.download.to_fetch_bytes, 0);
     assert!(meta.download.selected_bytes > 0);
-    let mut disk = qp::plan(&meta, &Target::preset("rtx2080").unwrap(), &PlanOptions::default(), Overheads::builtin().unwrap())
-        .unwrap()
-        .disk;
+    let mut disk = qp::plan(&meta, &Target::preset("rtx2080").unwrap(), &PlanOptions::default(), Overheads::builtin().unwrap()).unwrap().disk;
     assert_eq!(disk.download_bytes, 0);
     disk.check_free_space(&home.path().join("hub"), 0.9).unwrap();
     assert!(disk.available_bytes.unwrap() > 0);

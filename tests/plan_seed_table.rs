@@ -172,7 +172,16 @@ const MISTRAL7B: Row = Row {
 };
 
 fn stated_training() -> TrainOptions {
-    TrainOptions { seq_len: 512, micro_batch: 4, rank: 16, targets: vec![], checkpointing: true, base: Precision::Nf4Dq, dropout: false, offload_checkpoints: true }
+    TrainOptions {
+        seq_len: 512,
+        micro_batch: 4,
+        rank: 16,
+        targets: vec![],
+        checkpointing: true,
+        base: Precision::Nf4Dq,
+        dropout: false,
+        offload_checkpoints: true,
+    }
 }
 
 fn plan_on_2080(dir: &str) -> qp::Plan {

@@ -25,11 +25,7 @@ fn repo() -> &'static Path {
 fn test_model() -> PathBuf {
     let assets = std::env::var_os("QLORA_TEST_ASSETS").map(PathBuf::from).unwrap_or_else(|| repo().join("test-assets"));
     let dir = assets.join("SmolLM2-135M-Instruct");
-    assert!(
-        dir.join("config.json").is_file(),
-        "the test model is missing at {}: run scripts/fetch-test-model.sh",
-        dir.display()
-    );
+    assert!(dir.join("config.json").is_file(), "the test model is missing at {}: run scripts/fetch-test-model.sh", dir.display());
     dir
 }
 

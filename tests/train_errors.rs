@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn test_model() -> PathBuf {
-    let assets = std::env::var_os("QLORA_TEST_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("test-assets"));
+    let assets =
+        std::env::var_os("QLORA_TEST_ASSETS").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("test-assets"));
     let dir = assets.join("SmolLM2-135M-Instruct");
     assert!(dir.join("config.json").is_file(), "the test model is missing at {}: run scripts/fetch-test-model.sh", dir.display());
     dir
@@ -20,9 +19,7 @@ fn fails(yaml: &str, data: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let data_path = dir.path().join("data.jsonl");
     std::fs::write(&data_path, data).unwrap();
-    let yaml = yaml
-        .replace("{model}", &test_model().display().to_string())
-        .replace("{data}", &data_path.display().to_string());
+    let yaml = yaml.replace("{model}", &test_model().display().to_string()).replace("{data}", &data_path.display().to_string());
     let cfg = dir.path().join("c.yaml");
     std::fs::write(&cfg, yaml).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_qlora")).arg("train").arg("--config").arg(&cfg).output().unwrap();

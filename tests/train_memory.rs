@@ -5,9 +5,9 @@
 //! NF4 number, and the heap's peak during forward + backward must stay far below what dense
 //! f32 copies of the projections would take, and within the planner's estimate.
 
+use qlora_studio::engine::Quant;
 use qlora_studio::engine::candle_core::{DType, Device};
 use qlora_studio::engine::model::{LoadOptions, Model};
-use qlora_studio::engine::Quant;
 use qlora_studio::plan as qp;
 use qlora_studio::train::config::TrainConfig;
 use qlora_studio::train::data::batch::{Row, collate};
@@ -15,7 +15,7 @@ use qlora_studio::train::trainer;
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
 
-use counting_alloc::{test_model, CURRENT, MIB, PEAK};
+use counting_alloc::{CURRENT, MIB, PEAK, test_model};
 use std::sync::atomic::Ordering;
 
 #[test]
@@ -34,8 +34,7 @@ fn nf4_base_stays_nf4_sized_during_training() {
     let mut model = Model::load(&dir, &opts).unwrap();
     model.set_training(true);
     let lora = trainer::attach(&mut model, &cfg).unwrap();
-    let dense_projections: usize =
-        model.projections().iter().map(|(_, l)| l.in_features() * l.out_features() * 4).sum();
+    let dense_projections: usize = model.projections().iter().map(|(_, l)| l.in_features() * l.out_features() * 4).sum();
 
     // The planner's numbers for this run.
     let meta = qp::gather(&qp::LocalFolder::new(&dir)).unwrap();
@@ -89,10 +88,6 @@ fn nf4_base_stays_nf4_sized_during_training() {
         fixed / MIB,
         dense_bf16 / MIB
     );
-    assert!(
-        fixed < dense_bf16 * 0.75,
-        "{:.1} MiB held whatever the length: dense copies of the weights are being kept for backward",
-        fixed / MIB
-    );
+    assert!(fixed < dense_bf16 * 0.75, "{:.1} MiB held whatever the length: dense copies of the weights are being kept for backward", fixed / MIB);
     assert!(long as u64 <= planned_working, "peak {long} above the planner's {planned_working}");
 }

@@ -7,9 +7,9 @@
 //! dequantization scratch) must be within ±10% of it. (Its own binary: the allocator counts
 //! every thread of the process, so nothing else may run beside it.)
 
+use qlora_studio::engine::Quant;
 use qlora_studio::engine::candle_core::{DType, Device};
 use qlora_studio::engine::model::{LoadOptions, Model};
-use qlora_studio::engine::Quant;
 use qlora_studio::plan as qp;
 use qlora_studio::train::config::TrainConfig;
 use qlora_studio::train::data::batch::{Row, collate};
@@ -18,7 +18,7 @@ use qlora_studio::train::trainer;
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
 
-use counting_alloc::{test_model, CURRENT, MIB, PEAK};
+use counting_alloc::{CURRENT, MIB, PEAK, test_model};
 use std::sync::atomic::Ordering;
 
 #[test]

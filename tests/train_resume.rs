@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 fn test_model() -> PathBuf {
-    let assets = std::env::var_os("QLORA_TEST_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("test-assets"));
+    let assets =
+        std::env::var_os("QLORA_TEST_ASSETS").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("test-assets"));
     let dir = assets.join("SmolLM2-135M-Instruct");
     assert!(dir.join("config.json").is_file(), "the test model is missing at {}: run scripts/fetch-test-model.sh", dir.display());
     dir
@@ -67,8 +66,7 @@ fn adapter(out: &Path) -> std::collections::HashMap<String, Vec<f32>> {
 }
 
 fn losses(out: &Path) -> Vec<f64> {
-    let log: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(out.join("log_history.json")).unwrap()).unwrap();
+    let log: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(out.join("log_history.json")).unwrap()).unwrap();
     log.iter().map(|e| e["loss"].as_f64().unwrap()).collect()
 }
 
@@ -79,14 +77,7 @@ fn killed_and_resumed_run_ends_with_the_same_adapter() {
     run_to_end(&straight, false);
 
     let killed = write_config(dir.path(), "killed");
-    let mut child = qlora()
-        .arg("train")
-        .arg("--config")
-        .arg(&killed)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = qlora().arg("train").arg("--config").arg(&killed).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
     let stderr = BufReader::new(child.stderr.take().unwrap());
     for line in stderr.lines() {
         let line = line.unwrap();

@@ -7,19 +7,21 @@
 
 use anyhow::{Context, Result};
 use qlora_studio::engine::candle_core::{DType, Device, Tensor};
-use qlora_studio::quant::codebook::{dynamic_map, NF4_CODE};
-use qlora_studio::quant::{Absmax, DoubleQuant, Nf4Tensor};
-use std::sync::Arc;
 use qlora_studio::plan as qp;
-use serde_json::{json, Value};
+use qlora_studio::quant::codebook::{NF4_CODE, dynamic_map};
+use qlora_studio::quant::{Absmax, DoubleQuant, Nf4Tensor};
+use serde_json::{Value, json};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// What one tensor of a synthetic checkpoint holds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Fill {
     /// Approximately normal values (a sum of four uniforms) of this standard deviation.
-    Random { std: f32 },
+    Random {
+        std: f32,
+    },
     Constant(f32),
     /// Not written: a hole in the file, read back as zeros (for tensors the bench replaces).
     Hole,
@@ -90,11 +92,7 @@ pub fn default_fill(spec: &qp::ArchSpec, t: &qp::tensors::TensorSpec) -> Fill {
 /// for the architecture of `config_dir/config.json` (the planner's list), filled by `fill`.
 /// Nothing is done when the checkpoint is already there; it is written under a temporary
 /// name and renamed, so a killed run leaves no half file behind.
-pub fn write_checkpoint(
-    config_dir: &Path,
-    dir: &Path,
-    fill: impl Fn(&qp::ArchSpec, &qp::tensors::TensorSpec) -> Fill,
-) -> Result<qp::ArchSpec> {
+pub fn write_checkpoint(config_dir: &Path, dir: &Path, fill: impl Fn(&qp::ArchSpec, &qp::tensors::TensorSpec) -> Fill) -> Result<qp::ArchSpec> {
     let config_path = config_dir.join("config.json");
     let text = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
     let spec = qp::ArchSpec::from_json(&config_path, &text)?;
@@ -104,10 +102,8 @@ pub fn write_checkpoint(
     }
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("config.json"), &text)?;
-    let list: Vec<_> = qp::tensors::from_arch(&spec)
-        .into_iter()
-        .filter(|t| qp::tensors::role_of(&spec, &t.name) != qp::tensors::Role::Unused)
-        .collect();
+    let list: Vec<_> =
+        qp::tensors::from_arch(&spec).into_iter().filter(|t| qp::tensors::role_of(&spec, &t.name) != qp::tensors::Role::Unused).collect();
     let mut header = serde_json::Map::new();
     let mut off = 0u64;
     for t in &list {

@@ -30,9 +30,9 @@
 #[path = "common.rs"]
 mod common;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use qlora_studio::engine::candle_core::cuda_backend::cudarc::driver::result::mem_get_info;
-use qlora_studio::engine::candle_core::{DType, Device, IndexOp, Tensor, D};
+use qlora_studio::engine::candle_core::{D, DType, Device, IndexOp, Tensor};
 use qlora_studio::engine::linear::nf4::Nf4Linear;
 use qlora_studio::engine::{LoadOptions, Model, Quant};
 use serde_json::json;
@@ -54,7 +54,15 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { config: PathBuf::new(), name: String::new(), out: None, workdir: "/tmp".into(), batches: vec![1, 8], profile: false, quants: vec!["bf16".into(), "nf4".into()] };
+    let mut a = Args {
+        config: PathBuf::new(),
+        name: String::new(),
+        out: None,
+        workdir: "/tmp".into(),
+        batches: vec![1, 8],
+        profile: false,
+        quants: vec!["bf16".into(), "nf4".into()],
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().with_context(|| format!("{k} needs a value"));
@@ -66,7 +74,9 @@ fn parse_args() -> Result<Args> {
             "--profile" => a.profile = true,
             "--batches" => a.batches = v()?.split(',').map(|s| s.parse()).collect::<Result<_, _>>()?,
             "--quants" => a.quants = v()?.split(',').map(String::from).collect(),
-            _ => bail!("unknown argument {k}: use --config DIR --name NAME [--out FILE] [--workdir DIR] [--batches 1,8] [--quants bf16,nf4] [--profile]"),
+            _ => bail!(
+                "unknown argument {k}: use --config DIR --name NAME [--out FILE] [--workdir DIR] [--batches 1,8] [--quants bf16,nf4] [--profile]"
+            ),
         }
     }
     if a.name.is_empty() || !a.config.join("config.json").is_file() {
@@ -74,7 +84,6 @@ fn parse_args() -> Result<Args> {
     }
     Ok(a)
 }
-
 
 fn used_bytes(dev: &Device) -> Result<usize> {
     dev.synchronize()?;
@@ -189,16 +198,25 @@ fn bench_model(a: &Args, model: &Model, quant: &str, wbytes: usize) -> Result<()
             graphs = g;
         }
         let med = median(runs.clone());
-        common::emit(&a.out, json!({"metric": "decode_tok_s", "model": a.name, "quant": quant, "batch": b,
+        common::emit(
+            &a.out,
+            json!({"metric": "decode_tok_s", "model": a.name, "quant": quant, "batch": b,
             "value": (b * 128) as f64 / med, "new_tokens": 128, "prompt_len": 32, "runs_s": runs,
             "ms_per_step": 1e3 * med / 128.0, "warmup_s": tw, "weight_bytes_per_token": wbytes,
-            "cuda_graphs": graphs}))?;
-        common::emit(&a.out, json!({"metric": "generation_parts_ms", "model": a.name, "quant": quant, "batch": b,
-            "new_tokens": 128, "prompt_len": 32, "value": generation_parts(model, &prompt, 128)?}))?;
+            "cuda_graphs": graphs}),
+        )?;
+        common::emit(
+            &a.out,
+            json!({"metric": "generation_parts_ms", "model": a.name, "quant": quant, "batch": b,
+            "new_tokens": 128, "prompt_len": 32, "value": generation_parts(model, &prompt, 128)?}),
+        )?;
         if b == 1 {
             let t = step_times(model, &prompt, 103)?;
-            common::emit(&a.out, json!({"metric": "decode_step_us", "model": a.name, "quant": quant, "batch": 1,
-                "first_three": &t[..3], "value": median(t[3..].to_vec()), "steady_steps": t.len() - 3}))?;
+            common::emit(
+                &a.out,
+                json!({"metric": "decode_step_us", "model": a.name, "quant": quant, "batch": 1,
+                "first_three": &t[..3], "value": median(t[3..].to_vec()), "steady_steps": t.len() - 3}),
+            )?;
         }
     }
     let ids = rand_ids(vocab, (1, 512), 99, &dev)?;
@@ -214,8 +232,11 @@ fn bench_model(a: &Args, model: &Model, quant: &str, wbytes: usize) -> Result<()
         }
     }
     let med = median(times.clone());
-    common::emit(&a.out, json!({"metric": "prefill_tok_s", "model": a.name, "quant": quant, "seq": 512,
-        "value": 512.0 / med, "median_s": med, "runs_s": times}))
+    common::emit(
+        &a.out,
+        json!({"metric": "prefill_tok_s", "model": a.name, "quant": quant, "seq": 512,
+        "value": 512.0 / med, "median_s": med, "runs_s": times}),
+    )
 }
 
 fn main() -> Result<()> {
@@ -232,9 +253,12 @@ fn main() -> Result<()> {
     let mut model = Model::load(&dir, &opts)?;
     let used = used_bytes(&dev)?.saturating_sub(base);
     let embed = model.embed_weight().elem_count() * 2;
-    common::emit(&a.out, json!({"metric": "mem_after_load", "model": a.name, "quant": "bf16",
+    common::emit(
+        &a.out,
+        json!({"metric": "mem_after_load", "model": a.name, "quant": "bf16",
         "allocated_GiB": used as f64 / (1u64 << 30) as f64, "load_s": t0.elapsed().as_secs_f64(), "write_s": write_s,
-        "weight_bytes": model.weight_bytes(), "how": "cuMemGetInfo used after load minus before (context, cuBLAS)"}))?;
+        "weight_bytes": model.weight_bytes(), "how": "cuMemGetInfo used after load minus before (context, cuBLAS)"}),
+    )?;
     if a.quants.iter().any(|q| q == "bf16") {
         bench_model(&a, &model, "bf16", model.weight_bytes() - embed)?;
     }
@@ -245,10 +269,13 @@ fn main() -> Result<()> {
         model.replace_projection(&path, Arc::new(Nf4Linear::new(q, None)))?;
     }
     let used = used_bytes(&dev)?.saturating_sub(base);
-    common::emit(&a.out, json!({"metric": "mem_after_load", "model": a.name, "quant": "nf4",
+    common::emit(
+        &a.out,
+        json!({"metric": "mem_after_load", "model": a.name, "quant": "nf4",
         "allocated_GiB": used as f64 / (1u64 << 30) as f64, "load_s": t0.elapsed().as_secs_f64(),
         "weight_bytes": model.weight_bytes(),
-        "how": "bf16 load, then every projection replaced by random double-quantized NF4; cuMemGetInfo used minus before load"}))?;
+        "how": "bf16 load, then every projection replaced by random double-quantized NF4; cuMemGetInfo used minus before load"}),
+    )?;
     if a.profile {
         profile::profile(&model, 96, |mut v| {
             v["model"] = json!(a.name);

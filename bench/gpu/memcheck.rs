@@ -17,10 +17,10 @@
 #[path = "common.rs"]
 mod common;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use nvml_wrapper::Nvml;
 use qlora_studio::plan as qp;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -151,10 +151,8 @@ fn main() -> Result<()> {
     let gpu = nvml.device_by_index(0)?.name()?;
     let target = qp::Target::preset("h100")?;
     let overheads = qp::Overheads::builtin()?;
-    let mut shapes: Vec<PathBuf> = std::fs::read_dir(&a.configs)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("config.json").is_file())
-        .collect();
+    let mut shapes: Vec<PathBuf> =
+        std::fs::read_dir(&a.configs)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("config.json").is_file()).collect();
     shapes.sort();
     let mut rows = Vec::new();
     for cfg_dir in shapes {
@@ -181,10 +179,12 @@ fn main() -> Result<()> {
             let m = &plan.inference.get(precision).memory;
             let log = a.workdir.join(format!("{name}-{what}-{quant}.log"));
             let mut cmd = Command::new(&a.qlora);
-            cmd.args(["generate", "--device", "cuda:0", "--dtype", "bf16", "--quant", quant, "--raw"])
-                .arg("--model")
-                .arg(&dir)
-                .args(["--max-new-tokens", &new.to_string(), "--prompt", &prompt(prompt_len, vocab)]);
+            cmd.args(["generate", "--device", "cuda:0", "--dtype", "bf16", "--quant", quant, "--raw"]).arg("--model").arg(&dir).args([
+                "--max-new-tokens",
+                &new.to_string(),
+                "--prompt",
+                &prompt(prompt_len, vocab),
+            ]);
             let (measured, secs) = measure(&nvml, &mut cmd, &log)?;
             let row = json!({
                 "metric": "peak_gpu_memory", "model": name, "cell": what, "quant": quant, "precision": precision,

@@ -13,8 +13,8 @@
 #![allow(clippy::unit_arg)]
 
 use anyhow::{Context, Result};
-use qlora_studio::engine::candle_core::{DType, Device, IndexOp, Tensor, D};
-use qlora_studio::engine::{ops, Model};
+use qlora_studio::engine::candle_core::{D, DType, Device, IndexOp, Tensor};
+use qlora_studio::engine::{Model, ops};
 use qlora_studio::quant::cuda::fused::{self, GluAct, Nf4Proj};
 use qlora_studio::quant::cuda::{infer, prefill};
 use qlora_studio::quant::nf4_linear;
@@ -75,7 +75,9 @@ pub fn profile(model: &Model, past: usize, mut emit: impl FnMut(serde_json::Valu
         ("decode_attention", time_us(&dev, || Ok(drop(infer::decode_attention(&xq, &cache, past + 1, None, 0.1, &inv)?)))?),
         (
             "decode_attention_append",
-            time_us(&dev, || Ok(drop(infer::decode_attention_append_at(&xq, (&kk, &vv), &cache, infer::CacheLen::Host(past + 1), None, 0.1, &inv)?)))?,
+            time_us(&dev, || {
+                Ok(drop(infer::decode_attention_append_at(&xq, (&kk, &vv), &cache, infer::CacheLen::Host(past + 1), None, 0.1, &inv)?))
+            })?,
         ),
         ("o_gemv", time_us(&dev, || Ok(drop(fused::gemv_multi(&xq, std::slice::from_ref(&o))?)))?),
         ("gate_up_glu_gemv", time_us(&dev, || Ok(drop(fused::gemv_glu(&x, &gate, &up, GluAct::Silu)?)))?),
@@ -96,7 +98,10 @@ pub fn profile(model: &Model, past: usize, mut emit: impl FnMut(serde_json::Valu
         let glu_out = Tensor::zeros(im, DType::BF16, &dev)?;
         let qkv = [q.clone(), k.clone(), v.clone()];
         parts.push(("norm_qkv_gemv_prologue", time_us(&dev, || Ok(drop(fused::norm_gemv_multi_into(&norm_in, &qkv, &qkv_out, &s_out)?)))?));
-        parts.push(("norm_glu_gemv_prologue", time_us(&dev, || Ok(drop(fused::norm_gemv_glu_into(&norm_in, &gate, &up, GluAct::Silu, &glu_out, &s_out)?)))?));
+        parts.push((
+            "norm_glu_gemv_prologue",
+            time_us(&dev, || Ok(drop(fused::norm_gemv_glu_into(&norm_in, &gate, &up, GluAct::Silu, &glu_out, &s_out)?)))?,
+        ));
     }
     // The whole step: forward of one token at `past`, with and without reading the id back.
     let mut cache0 = model.new_cache_with_capacity(past + 16);
@@ -230,7 +235,8 @@ fn profile_prompt(model: &Model, emit: &mut impl FnMut(serde_json::Value) -> Res
     let probs = infer::masked_softmax(&scores, t, 0, None, 0.1)?;
     let pv = probs.matmul(&vc)?;
     let p = |n: &str| proj(model, &format!("model.layers.0.{n}"));
-    let mut parts: Vec<(String, f64)> = vec![("add_rms_norm".into(), time_n(&dev, 50, || Ok(drop(infer::add_rms_norm(&x, Some(&x), &w, 1e-5, false)?)))?)];
+    let mut parts: Vec<(String, f64)> =
+        vec![("add_rms_norm".into(), time_n(&dev, 50, || Ok(drop(infer::add_rms_norm(&x, Some(&x), &w, 1e-5, false)?)))?)];
     for (name, input) in [("q_proj", &x), ("k_proj", &x), ("v_proj", &x), ("o_proj", &xq), ("gate_proj", &x), ("up_proj", &x), ("down_proj", &xi)] {
         let pre = if name.ends_with("_proj") && ["gate_proj", "up_proj", "down_proj"].contains(&name) { "mlp" } else { "self_attn" };
         let pj = p(&format!("{pre}.{name}"))?;
@@ -239,7 +245,10 @@ fn profile_prompt(model: &Model, emit: &mut impl FnMut(serde_json::Value) -> Res
     }
     let more: Vec<(&str, f64)> = vec![
         ("kv_append", time_n(&dev, 50, || Ok(infer::kv_append(&cache, &kk, &vv, 0, &inv)?))?),
-        ("rope_q_composite_old", time_n(&dev, 50, || Ok(drop(ops::apply_rope(&xq.reshape((1, t, nh, hd))?.transpose(1, 2)?.contiguous()?, &cos, &sin)?)))?),
+        (
+            "rope_q_composite_old",
+            time_n(&dev, 50, || Ok(drop(ops::apply_rope(&xq.reshape((1, t, nh, hd))?.transpose(1, 2)?.contiguous()?, &cos, &sin)?)))?,
+        ),
         ("rope_q_heads_fused", time_n(&dev, 50, || Ok(drop(ops::rope::rope_heads(&xq.reshape((1, t, nh, hd))?, &cos, &sin)?)))?),
         ("attn_scores_matmul", time_n(&dev, 50, || Ok(drop(qh.matmul(&kc.t()?)?)))?),
         ("attn_masked_softmax", time_n(&dev, 50, || Ok(drop(infer::masked_softmax(&scores, t, 0, None, 0.1)?)))?),

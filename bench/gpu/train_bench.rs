@@ -23,7 +23,7 @@
 #[path = "common.rs"]
 mod common;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use qlora_studio::engine::candle_core::cuda_backend::cudarc::driver::{result, sys};
 use qlora_studio::engine::candle_core::{DType, Device, Tensor};
 use qlora_studio::engine::linear::nf4::Nf4Linear;
@@ -106,7 +106,6 @@ fn fill_of(spec: &qlora_studio::plan::ArchSpec, t: &qlora_studio::plan::tensors:
         common::Fill::Hole
     }
 }
-
 
 /// The device's default memory pool (where candle's `cuMemAllocAsync` allocations live).
 fn pool(dev: &Device) -> Result<sys::CUmemoryPool> {
@@ -228,19 +227,22 @@ fn main() -> Result<()> {
         Device::Cuda(c) => (c.cuda_stream().context().name().unwrap_or_default(), qlora_studio::quant::cuda::offload::pinned_bytes(c)?),
         _ => (String::new(), 0),
     };
-    common::emit(&a.out, json!({
-        "metric": "qlora_train", "model": a.name, "value": toks as f64 / dt, "unit": "tok/s",
-        "timed_steps": a.steps, "warmup_steps": a.warm, "micro_batch": a.micro_batch, "seq": a.seq, "rank": a.rank,
-        "gradient_checkpointing": a.checkpointing, "offload_checkpoints": mode == Checkpointing::Offload,
-        "pinned_host_GiB": pinned as f64 / GIB, "time_s": dt, "s_per_step": dt / a.steps as f64,
-        "trainable_params": trainable, "loss_first": losses.first(), "loss_last": losses.last(),
-        "peak_training_phase": {"max_allocated_GiB": peak_alloc as f64 / GIB, "max_reserved_GiB": peak_reserved as f64 / GIB,
-            "note": "cuMemPool USED_MEM_HIGH / RESERVED_MEM_HIGH of the default pool, reset after model + LoRA + AdamW exist, before warm-up"},
-        "mem_before_training_GiB": before_alloc as f64 / GIB, "nf4_model_allocated_GiB": weights_alloc as f64 / GIB,
-        "process_peak_GiB": (base_used + peak_alloc) as f64 / GIB, "context_and_cublas_GiB": base_used as f64 / GIB,
-        "weight_bytes": model.weight_bytes(), "write_s": write_s, "gpu": gpu,
-        "lora": "r=16 alpha=32 dropout=0.05 all projections; NF4 double quant base, bf16 compute; AdamW lr 2e-4 wd 0.01 (torch default)",
-    }))?;
+    common::emit(
+        &a.out,
+        json!({
+            "metric": "qlora_train", "model": a.name, "value": toks as f64 / dt, "unit": "tok/s",
+            "timed_steps": a.steps, "warmup_steps": a.warm, "micro_batch": a.micro_batch, "seq": a.seq, "rank": a.rank,
+            "gradient_checkpointing": a.checkpointing, "offload_checkpoints": mode == Checkpointing::Offload,
+            "pinned_host_GiB": pinned as f64 / GIB, "time_s": dt, "s_per_step": dt / a.steps as f64,
+            "trainable_params": trainable, "loss_first": losses.first(), "loss_last": losses.last(),
+            "peak_training_phase": {"max_allocated_GiB": peak_alloc as f64 / GIB, "max_reserved_GiB": peak_reserved as f64 / GIB,
+                "note": "cuMemPool USED_MEM_HIGH / RESERVED_MEM_HIGH of the default pool, reset after model + LoRA + AdamW exist, before warm-up"},
+            "mem_before_training_GiB": before_alloc as f64 / GIB, "nf4_model_allocated_GiB": weights_alloc as f64 / GIB,
+            "process_peak_GiB": (base_used + peak_alloc) as f64 / GIB, "context_and_cublas_GiB": base_used as f64 / GIB,
+            "weight_bytes": model.weight_bytes(), "write_s": write_s, "gpu": gpu,
+            "lora": "r=16 alpha=32 dropout=0.05 all projections; NF4 double quant base, bf16 compute; AdamW lr 2e-4 wd 0.01 (torch default)",
+        }),
+    )?;
     if a.profile {
         step_memory(&a, &model, &lora, &batches[0], &mut opt, mode)?;
         profile(&a, &model, &lora, &batches[0], &mut opt, mode)?;
@@ -303,10 +305,13 @@ fn step_memory(a: &Args, model: &Model, lora: &Attached, b: &Batch, opt: &mut Ad
     let peak = phases.iter().map(|x| x.2).max().unwrap_or(0);
     let mut top: Vec<&(String, u64, u64)> = phases.iter().collect();
     top.sort_by_key(|x| std::cmp::Reverse(x.2));
-    common::emit(&a.out, json!({"metric": "qlora_train_step_memory", "model": a.name, "layers": n,
+    common::emit(
+        &a.out,
+        json!({"metric": "qlora_train_step_memory", "model": a.name, "layers": n,
         "start_GiB": gib(start), "step_high_GiB": gib(peak), "pieces": phases.len(),
         "highest": top.iter().take(16).map(|(k, u, h)| json!({"piece": k, "used_after_GiB": gib(*u), "high_GiB": gib(*h)})).collect::<Vec<_>>(),
-        "tail": phases.iter().rev().take(3).map(|(k, u, h)| json!({"piece": k, "used_after_GiB": gib(*u), "high_GiB": gib(*h)})).collect::<Vec<_>>()}))
+        "tail": phases.iter().rev().take(3).map(|(k, u, h)| json!({"piece": k, "used_after_GiB": gib(*u), "high_GiB": gib(*h)})).collect::<Vec<_>>()}),
+    )
 }
 
 /// One phase of [`profile`]: name, ms, host ms, pool bytes in use at its start and end, and
@@ -417,10 +422,13 @@ fn profile(a: &Args, model: &Model, lora: &Attached, b: &Batch, opt: &mut AdamW,
     projection_profile(a, model, lora, &mut laps.borrow_mut())?;
     let gib = |v: u64| v as f64 / GIB;
     let times = &laps.borrow().times;
-    common::emit(&a.out, json!({"metric": "qlora_train_profile", "model": a.name, "layers": n, "offload_checkpoints": mode == Checkpointing::Offload,
+    common::emit(
+        &a.out,
+        json!({"metric": "qlora_train_profile", "model": a.name, "layers": n, "offload_checkpoints": mode == Checkpointing::Offload,
         "manual_backward": model.layer_has_manual_backward(n - 1, &x),
         "ms": times.iter().map(|(k, v, h, [s, e, hi])| json!({"phase": k, "ms": v, "host_ms": h,
-            "used_start_GiB": gib(*s), "used_end_GiB": gib(*e), "used_high_GiB": gib(*hi)})).collect::<Vec<_>>()}))
+            "used_start_GiB": gib(*s), "used_end_GiB": gib(*e), "used_high_GiB": gib(*hi)})).collect::<Vec<_>>()}),
+    )
 }
 
 /// The gradients of the profiled layer backward, dropped (the profile needs only the work).
@@ -448,7 +456,9 @@ fn projection_profile(a: &Args, model: &Model, lora: &Attached, laps: &mut Laps)
         let x = Tensor::randn(0f32, 1.0, (rows, l.in_features()), &dev)?.to_dtype(DType::BF16)?;
         let dy = Tensor::randn(0f32, 1e-3, (rows, l.out_features()), &dev)?.to_dtype(DType::BF16)?;
         for rep in 0..4 {
-            let tag = |what: &str| format!("proj {name} [{rows}x{}->{}] {what}{}", l.in_features(), l.out_features(), if rep == 0 { " (warm-up)" } else { "" });
+            let tag = |what: &str| {
+                format!("proj {name} [{rows}x{}->{}] {what}{}", l.in_features(), l.out_features(), if rep == 0 { " (warm-up)" } else { "" })
+            };
             laps.lap("proj gap")?;
             let w = l.base.dense_weight(DType::BF16)?;
             laps.lap(&tag("dequantize"))?;

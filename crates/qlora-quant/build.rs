@@ -37,7 +37,6 @@ const REGISTER_BUDGETS: &[(&str, u32)] = &[
     ("nf4_gemv_glu_fold_ls_bf16_m1", 80),
 ];
 
-
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=CARGO_FEATURE_CUDA");
@@ -59,9 +58,7 @@ fn main() {
             .arg(&ptx)
             .arg(&src)
             .status()
-            .unwrap_or_else(|e| {
-                panic!("cannot run {nvcc} ({e}): the cuda feature needs nvcc; source ../shared/gpu/cuda-env.sh or set NVCC")
-            });
+            .unwrap_or_else(|e| panic!("cannot run {nvcc} ({e}): the cuda feature needs nvcc; source ../shared/gpu/cuda-env.sh or set NVCC"));
         assert!(status.success(), "nvcc failed on {src} (compute capability {cap})");
         if *name == "nf4" && cap == "90" {
             check_registers(&nvcc, &ptx);

@@ -67,15 +67,39 @@ pub fn commands(cfg: &Config) -> Vec<CommandSig> {
 pub fn typescript() -> String {
     let cfg = Config::new().with_large_int("number");
     let decls = [
-        ErrorCode::decl(&cfg), AppError::decl(&cfg), Settings::decl(&cfg),
-        GpuView::decl(&cfg), DiskView::decl(&cfg), SystemInfo::decl(&cfg), GpuPresetView::decl(&cfg),
-        CuratedModel::decl(&cfg), ModelHit::decl(&cfg), RepoFile::decl(&cfg), ModelDetail::decl(&cfg),
-        LocalModel::decl(&cfg), GpuChoice::decl(&cfg), PlanRequest::decl(&cfg), PlanItem::decl(&cfg),
-        Verdict::decl(&cfg), PlanReport::decl(&cfg), DownloadEvent::decl(&cfg), ImportEvent::decl(&cfg), CachedRepo::decl(&cfg),
-        CacheReport::decl(&cfg), DatasetPreview::decl(&cfg), TrainRequest::decl(&cfg),
-        TrainDefaults::decl(&cfg), TrainEvent::decl(&cfg), SampleAnswer::decl(&cfg), ChatMessage::decl(&cfg), Sampling::decl(&cfg),
-        Conversation::decl(&cfg), ConversationSummary::decl(&cfg), ChatRequest::decl(&cfg),
-        ChatChunk::decl(&cfg), AdapterInfo::decl(&cfg),
+        ErrorCode::decl(&cfg),
+        AppError::decl(&cfg),
+        Settings::decl(&cfg),
+        GpuView::decl(&cfg),
+        DiskView::decl(&cfg),
+        SystemInfo::decl(&cfg),
+        GpuPresetView::decl(&cfg),
+        CuratedModel::decl(&cfg),
+        ModelHit::decl(&cfg),
+        RepoFile::decl(&cfg),
+        ModelDetail::decl(&cfg),
+        LocalModel::decl(&cfg),
+        GpuChoice::decl(&cfg),
+        PlanRequest::decl(&cfg),
+        PlanItem::decl(&cfg),
+        Verdict::decl(&cfg),
+        PlanReport::decl(&cfg),
+        DownloadEvent::decl(&cfg),
+        ImportEvent::decl(&cfg),
+        CachedRepo::decl(&cfg),
+        CacheReport::decl(&cfg),
+        DatasetPreview::decl(&cfg),
+        TrainRequest::decl(&cfg),
+        TrainDefaults::decl(&cfg),
+        TrainEvent::decl(&cfg),
+        SampleAnswer::decl(&cfg),
+        ChatMessage::decl(&cfg),
+        Sampling::decl(&cfg),
+        Conversation::decl(&cfg),
+        ConversationSummary::decl(&cfg),
+        ChatRequest::decl(&cfg),
+        ChatChunk::decl(&cfg),
+        AdapterInfo::decl(&cfg),
     ];
     let mut out = String::from(
         "// Generated from the Rust types in src-tauri by `UPDATE_BINDINGS=1 cargo test -p qlora-studio-app --lib bindings`.\n\
@@ -119,10 +143,7 @@ mod tests {
             std::fs::write(bindings_path(), &want).unwrap();
         }
         let have = std::fs::read_to_string(bindings_path()).unwrap_or_default();
-        assert!(
-            have == want,
-            "ui/src/bindings.ts is stale: run `UPDATE_BINDINGS=1 cargo test -p qlora-studio-app --lib bindings` and commit it"
-        );
+        assert!(have == want, "ui/src/bindings.ts is stale: run `UPDATE_BINDINGS=1 cargo test -p qlora-studio-app --lib bindings` and commit it");
     }
 
     #[test]

@@ -103,9 +103,8 @@ impl Store {
     pub fn load(&self, id: &str) -> CmdResult<Conversation> {
         let path = self.path(id)?;
         let bytes = std::fs::read(&path).map_err(|e| AppError::io("cannot read conversation", &path, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            AppError::new(ErrorCode::BadFormat, format!("conversation file '{}' is damaged: {e}", path.display()))
-        })
+        serde_json::from_slice(&bytes)
+            .map_err(|e| AppError::new(ErrorCode::BadFormat, format!("conversation file '{}' is damaged: {e}", path.display())))
     }
 
     pub fn delete(&self, id: &str) -> CmdResult<()> {

@@ -38,7 +38,14 @@ impl Mapper {
             HubEvent::Progress { path, done, bytes_per_sec, eta_secs, .. } => {
                 let done = self.already.load(Ordering::Relaxed) + done;
                 self.done.store(done, Ordering::Relaxed);
-                Some(DownloadEvent::Progress { job, file: path, done_bytes: done, total_bytes: self.total.load(Ordering::Relaxed), bytes_per_sec, eta_secs })
+                Some(DownloadEvent::Progress {
+                    job,
+                    file: path,
+                    done_bytes: done,
+                    total_bytes: self.total.load(Ordering::Relaxed),
+                    bytes_per_sec,
+                    eta_secs,
+                })
             }
             HubEvent::Finished { snapshot, .. } => Some(DownloadEvent::Finished { job, path: snapshot.to_string_lossy().to_string() }),
             _ => None,
@@ -57,7 +64,8 @@ impl Mapper {
 /// Runs one download to its end, sending every event to `emit`.
 pub async fn run(client: HubClient, mapper: Mapper, cancel: CancelToken, emit: impl Fn(DownloadEvent) + Send + Sync) {
     // Fewer, quicker retries than the CLI: the window shows the failure and a Resume button.
-    let opts = DownloadOptions { cancel, max_retries: 3, backoff: Duration::from_millis(500), stall_timeout: Duration::from_secs(20), ..Default::default() };
+    let opts =
+        DownloadOptions { cancel, max_retries: 3, backoff: Duration::from_millis(500), stall_timeout: Duration::from_secs(20), ..Default::default() };
     let sink = |e: HubEvent| {
         if let Some(ev) = mapper.map(e) {
             emit(ev);
@@ -82,7 +90,15 @@ mod tests {
         let m = Mapper::new(3, "a/b");
         let started = m.map(HubEvent::Planned { repo: "a/b".into(), commit: "c".into(), files: 2, total_bytes: 1000, to_fetch_bytes: 600 });
         assert!(matches!(started, Some(DownloadEvent::Started { resumed_bytes: 400, total_bytes: 1000, .. })));
-        let p = m.map(HubEvent::Progress { path: "model.safetensors".into(), file_done: 100, file_total: 600, done: 100, total: 600, bytes_per_sec: 10.0, eta_secs: Some(50.0) });
+        let p = m.map(HubEvent::Progress {
+            path: "model.safetensors".into(),
+            file_done: 100,
+            file_total: 600,
+            done: 100,
+            total: 600,
+            bytes_per_sec: 10.0,
+            eta_secs: Some(50.0),
+        });
         assert!(matches!(p, Some(DownloadEvent::Progress { done_bytes: 500, total_bytes: 1000, .. })));
         assert!(matches!(m.ended(HubError::Cancelled), DownloadEvent::Cancelled { job: 3, done_bytes: 500 }));
         let failed = m.ended(HubError::Network { endpoint: "http://x".into(), detail: "refused".into() });

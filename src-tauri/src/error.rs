@@ -51,10 +51,7 @@ impl AppError {
     /// For a page whose core call has not landed: says exactly which call it waits for,
     /// instead of showing made-up results.
     pub fn not_built(core_call: &str) -> Self {
-        Self::new(
-            ErrorCode::NotBuiltYet,
-            format!("this part of the app is not built yet: it waits for the core call `{core_call}`"),
-        )
+        Self::new(ErrorCode::NotBuiltYet, format!("this part of the app is not built yet: it waits for the core call `{core_call}`"))
     }
 
     pub fn io(what: &str, path: &std::path::Path, err: std::io::Error) -> Self {

@@ -26,12 +26,8 @@ pub fn client(settings: &Settings, cache_dir: PathBuf) -> Result<HubClient, AppE
 pub fn code(e: &HubError) -> ErrorCode {
     match e {
         HubError::InvalidRepoId { .. } => ErrorCode::InvalidInput,
-        HubError::RepoNotFound { .. } | HubError::RevisionNotFound { .. } | HubError::EntryNotFound { .. } => {
-            ErrorCode::NotFound
-        }
-        HubError::Network { .. } | HubError::Offline { .. } | HubError::Stalled { .. } | HubError::Interrupted { .. } => {
-            ErrorCode::Offline
-        }
+        HubError::RepoNotFound { .. } | HubError::RevisionNotFound { .. } | HubError::EntryNotFound { .. } => ErrorCode::NotFound,
+        HubError::Network { .. } | HubError::Offline { .. } | HubError::Stalled { .. } | HubError::Interrupted { .. } => ErrorCode::Offline,
         HubError::NotEnoughSpace { .. } => ErrorCode::DoesNotFit,
         HubError::DiskFull { .. } => ErrorCode::Io,
         HubError::Cancelled => ErrorCode::Cancelled,
@@ -69,14 +65,10 @@ pub fn details(client: &HubClient, id: &str) -> Result<crate::views::ModelDetail
     use qlora_hub::select::{SelectOptions, files_for_load};
     let d = qlora_hub::remote::block_on(qlora_hub::remote::model_details(client, id, "main")).map_err(to_app)?;
     // A repository the loader cannot read (no weights it knows) still shows its files.
-    let selected: Vec<String> = files_for_load(&d.files, &SelectOptions::default())
-        .map(|s| s.files.into_iter().map(|f| f.path).collect())
-        .unwrap_or_default();
-    let files: Vec<crate::views::RepoFile> = d
-        .files
-        .iter()
-        .map(|f| crate::views::RepoFile { path: f.path.clone(), size: f.size, selected: selected.contains(&f.path) })
-        .collect();
+    let selected: Vec<String> =
+        files_for_load(&d.files, &SelectOptions::default()).map(|s| s.files.into_iter().map(|f| f.path).collect()).unwrap_or_default();
+    let files: Vec<crate::views::RepoFile> =
+        d.files.iter().map(|f| crate::views::RepoFile { path: f.path.clone(), size: f.size, selected: selected.contains(&f.path) }).collect();
     let cached = qlora_hub::cache::cached_listing(&client.config().cache_dir, id, "main").is_some_and(|l| l.commit == d.commit);
     Ok(crate::views::ModelDetail {
         id: d.id.clone(),

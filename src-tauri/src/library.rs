@@ -44,6 +44,10 @@ pub fn verify(cache_dir: &Path, repo: &str) -> Result<CacheReport, qlora_hub::Hu
         dry_run: false,
         actions: vec![format!("checked {} files ({} bytes)", r.files_checked, r.bytes_checked)],
         freed_bytes: 0,
-        problems: r.corrupt.iter().map(|c| format!("{}: {} is damaged (expected {}, got {}); download it again", c.repo, c.path, c.expected, c.actual)).collect(),
+        problems: r
+            .corrupt
+            .iter()
+            .map(|c| format!("{}: {} is damaged (expected {}, got {}); download it again", c.repo, c.path, c.expected, c.actual))
+            .collect(),
     })
 }

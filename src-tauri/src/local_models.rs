@@ -37,11 +37,7 @@ pub fn scan(dirs: &[String]) -> Vec<LocalModel> {
             continue;
         }
         let Ok(entries) = std::fs::read_dir(dir) else { continue };
-        let mut found: Vec<_> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_dir() && p.join("config.json").is_file())
-            .collect();
+        let mut found: Vec<_> = entries.flatten().map(|e| e.path()).filter(|p| p.is_dir() && p.join("config.json").is_file()).collect();
         found.sort();
         out.extend(found.iter().map(|p| inspect(p)));
     }
@@ -180,8 +176,7 @@ pub fn plan_import(models_dir: &Path, file: &str) -> CmdResult<ImportPlan> {
         )));
     }
     let bytes = qlora_engine::gguf::import_bytes(path).map_err(bad_gguf)?;
-    std::fs::create_dir_all(models_dir)
-        .map_err(|e| AppError::new(ErrorCode::Io, format!("cannot create {}: {e}", models_dir.display())))?;
+    std::fs::create_dir_all(models_dir).map_err(|e| AppError::new(ErrorCode::Io, format!("cannot create {}: {e}", models_dir.display())))?;
     if let Ok(d) = qlora_gpu::disk_space(models_dir) {
         check_disk(bytes, d.available_bytes, models_dir)?;
     }
@@ -192,12 +187,7 @@ pub fn plan_import(models_dir: &Path, file: &str) -> CmdResult<ImportPlan> {
 /// temporary folder tensor by tensor and renames it into place, so a cancel or a failure
 /// leaves nothing behind.
 pub fn run_import(job: u64, plan: &ImportPlan, cancel: &qlora_jobs::CancelToken, emit: &dyn Fn(ImportEvent)) {
-    emit(ImportEvent::Started {
-        job,
-        file: plan.file.to_string_lossy().to_string(),
-        name: plan.name.clone(),
-        total_bytes: plan.bytes,
-    });
+    emit(ImportEvent::Started { job, file: plan.file.to_string_lossy().to_string(), name: plan.name.clone(), total_bytes: plan.bytes });
     let mut progress = |done_bytes, total_bytes| emit(ImportEvent::Progress { job, done_bytes, total_bytes });
     match qlora_engine::gguf::import_gguf_with(&plan.file, &plan.out, &mut progress, cancel).map_err(bad_gguf) {
         Ok(_) => emit(ImportEvent::Finished { job, model: inspect(&plan.out) }),
@@ -228,7 +218,13 @@ mod tests {
         let events = import(&models, &format!("  {}  ", fixture_gguf().display()), &Default::default()).unwrap();
         let ImportEvent::Started { name, total_bytes, .. } = &events[0] else { panic!("{events:?}") };
         assert_eq!(name, "tiny-llama-spm");
-        let progress: Vec<u64> = events.iter().filter_map(|e| match e { ImportEvent::Progress { done_bytes, .. } => Some(*done_bytes), _ => None }).collect();
+        let progress: Vec<u64> = events
+            .iter()
+            .filter_map(|e| match e {
+                ImportEvent::Progress { done_bytes, .. } => Some(*done_bytes),
+                _ => None,
+            })
+            .collect();
         assert_eq!(progress.len(), 21, "one progress event a tensor");
         assert_eq!(progress.last(), Some(total_bytes));
         let ImportEvent::Finished { model, .. } = events.last().unwrap() else { panic!("{events:?}") };

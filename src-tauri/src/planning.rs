@@ -24,9 +24,7 @@ fn to_app(e: PlanError) -> AppError {
         PlanError::BadConfig { .. } | PlanError::UnsupportedArchitecture { .. } => ErrorCode::BadFormat,
         PlanError::BadOption { .. } => ErrorCode::InvalidInput,
         PlanError::Hub { reason, .. } if reason.contains("was not found") => ErrorCode::NotFound,
-        PlanError::Hub { reason, .. } if reason.contains("cannot reach") || reason.contains("offline mode") => {
-            ErrorCode::Offline
-        }
+        PlanError::Hub { reason, .. } if reason.contains("cannot reach") || reason.contains("offline mode") => ErrorCode::Offline,
         _ => ErrorCode::Internal,
     };
     AppError::new(code, e.to_string())
@@ -83,7 +81,8 @@ pub fn plan(req: &PlanRequest, hub: qlora_hub::HubClient, device: qlora_engine::
         dropout: false,
         offload_checkpoints: true,
     });
-    let opts = PlanOptions { context: Some(req.context as u64), batch: if req.train { 1 } else { req.batch_size as u64 }, train, ..Default::default() };
+    let opts =
+        PlanOptions { context: Some(req.context as u64), batch: if req.train { 1 } else { req.batch_size as u64 }, train, ..Default::default() };
     let overheads = qp::Overheads::builtin().map_err(to_app)?;
     let mut p = qp::plan(&meta, &target, &opts, overheads).map_err(to_app)?;
     let disk_dir = if local { Path::new(model).to_path_buf() } else { cache_dir };

@@ -11,9 +11,9 @@ use qlora_engine::chat_template::ChatMessage as EngineMessage;
 use qlora_engine::generate::{GenerateOptions, StopReason};
 use qlora_engine::{LoadOptions, Quant, TextModel, lora};
 use qlora_jobs::{CancelToken, NoProgress};
+use qlora_train::TrainConfig;
 use qlora_train::config::{ComputeDtype, QuantKind};
 use qlora_train::data::{Dataset, shape::Sample};
-use qlora_train::TrainConfig;
 use std::path::Path;
 
 /// How many prompts the result shows.
@@ -58,13 +58,7 @@ fn prompt_of(sample: &Sample) -> Option<Prompt> {
 /// Up to `n` distinct prompts, validation samples first (the run did not train on them).
 pub fn prompts(ds: &Dataset, n: usize) -> Vec<Prompt> {
     let mut seen = std::collections::HashSet::new();
-    ds.valid
-        .iter()
-        .chain(&ds.train)
-        .filter_map(|p| prompt_of(&p.sample))
-        .filter(|p| seen.insert(p.label().trim().to_lowercase()))
-        .take(n)
-        .collect()
+    ds.valid.iter().chain(&ds.train).filter_map(|p| prompt_of(&p.sample)).filter(|p| seen.insert(p.label().trim().to_lowercase())).take(n).collect()
 }
 
 fn engine_err(e: qlora_engine::Error) -> AppError {
@@ -105,7 +99,13 @@ fn answer(tm: &TextModel, p: &Prompt, cancel: &CancelToken) -> CmdResult<String>
 
 /// Answers `prompts` with the base model in `model_dir`, then with `adapter` attached.
 /// Blocking; stops at the next token when `cancel` fires.
-pub fn answer_before_and_after(model_dir: &Path, opts: &LoadOptions, adapter: &Path, prompts: &[Prompt], cancel: &CancelToken) -> CmdResult<Vec<SampleAnswer>> {
+pub fn answer_before_and_after(
+    model_dir: &Path,
+    opts: &LoadOptions,
+    adapter: &Path,
+    prompts: &[Prompt],
+    cancel: &CancelToken,
+) -> CmdResult<Vec<SampleAnswer>> {
     let mut tm = TextModel::load(model_dir, opts).map_err(engine_err)?;
     let layers = tm.model.lora_layers().map_err(engine_err)?;
     let before = prompts.iter().map(|p| answer(&tm, p, cancel)).collect::<CmdResult<Vec<_>>>()?;
@@ -113,11 +113,7 @@ pub fn answer_before_and_after(model_dir: &Path, opts: &LoadOptions, adapter: &P
         .map_err(|e| AppError::new(ErrorCode::BadFormat, format!("sample answers: the new adapter: {e}")))?;
     lora::set_scale_all(&layers, 1.0);
     let after = prompts.iter().map(|p| answer(&tm, p, cancel)).collect::<CmdResult<Vec<_>>>()?;
-    Ok(prompts
-        .iter()
-        .zip(before.into_iter().zip(after))
-        .map(|(p, (before, after))| SampleAnswer { prompt: p.label(), before, after })
-        .collect())
+    Ok(prompts.iter().zip(before.into_iter().zip(after)).map(|(p, (before, after))| SampleAnswer { prompt: p.label(), before, after }).collect())
 }
 
 #[cfg(test)]

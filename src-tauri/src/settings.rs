@@ -48,9 +48,7 @@ impl Settings {
     pub fn validate(&self) -> CmdResult<()> {
         let ep = self.endpoint.trim();
         if !(ep.starts_with("http://") || ep.starts_with("https://")) || ep.len() < 10 {
-            return Err(AppError::invalid(format!(
-                "endpoint '{ep}' is not a web address: use e.g. {DEFAULT_ENDPOINT}"
-            )));
+            return Err(AppError::invalid(format!("endpoint '{ep}' is not a web address: use e.g. {DEFAULT_ENDPOINT}")));
         }
         if let Some(dir) = &self.cache_dir
             && !Path::new(dir).is_absolute()
@@ -86,10 +84,7 @@ impl Settings {
     pub fn load(path: &Path) -> CmdResult<Self> {
         match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                AppError::new(
-                    crate::error::ErrorCode::BadFormat,
-                    format!("settings file '{}' is not valid: {e}; fix or delete it", path.display()),
-                )
+                AppError::new(crate::error::ErrorCode::BadFormat, format!("settings file '{}' is not valid: {e}; fix or delete it", path.display()))
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(AppError::io("cannot read settings file", path, e)),

@@ -9,8 +9,8 @@
 use crate::error::{AppError, CmdResult, ErrorCode};
 use crate::views::{DatasetPreview, TrainDefaults, TrainEvent, TrainRequest};
 use qlora_engine::candle_core::Device;
-use qlora_train::defaults::{self, DefaultsError, Target};
 use qlora_jobs::CancelToken;
+use qlora_train::defaults::{self, DefaultsError, Target};
 use qlora_train::events::TrainEvent as CoreEvent;
 use qlora_train::trainer::{self, PreparedData, Trainer};
 use qlora_train::{TrainConfig, TrainError};
@@ -55,7 +55,10 @@ fn made_for_model(req: &TrainRequest, target: Target) -> CmdResult<TrainConfig> 
     // (start_training checks).
     let out = if req.output_dir.trim().is_empty() { model.join("qlora-output") } else { PathBuf::from(req.output_dir.trim()) };
     if !model.is_dir() {
-        return Err(AppError::new(ErrorCode::NotFound, format!("base model folder '{}' does not exist: pick a ready model, or download it first", model.display())));
+        return Err(AppError::new(
+            ErrorCode::NotFound,
+            format!("base model folder '{}' does not exist: pick a ready model, or download it first", model.display()),
+        ));
     }
     defaults::for_model(&model, vec![data], out, target).map_err(defaults_err)
 }
@@ -164,7 +167,9 @@ pub fn preview(cfg: &TrainConfig, data: &PreparedData) -> DatasetPreview {
 
 fn map(job: u64, e: CoreEvent) -> Option<TrainEvent> {
     Some(match e {
-        CoreEvent::Start { total_steps, start_step, .. } => TrainEvent::Started { job, total_steps: total_steps as u32, resumed_from: start_step as u32 },
+        CoreEvent::Start { total_steps, start_step, .. } => {
+            TrainEvent::Started { job, total_steps: total_steps as u32, resumed_from: start_step as u32 }
+        }
         CoreEvent::Step { step, loss, lr, tokens_per_s, eta_s, memory, .. } => TrainEvent::Step {
             job,
             step: step as u32,
@@ -177,10 +182,9 @@ fn map(job: u64, e: CoreEvent) -> Option<TrainEvent> {
         CoreEvent::Eval { step, loss } => TrainEvent::Eval { job, step: step as u32, loss: loss as f32 },
         CoreEvent::Checkpoint { step, path } => TrainEvent::Checkpoint { job, step: step as u32, path: path.display().to_string() },
         CoreEvent::End { step, interrupted: true, .. } => TrainEvent::Cancelled { job, step: step as u32 },
-        CoreEvent::End { adapter_dir, .. } => TrainEvent::Finished {
-            job,
-            adapter_dir: adapter_dir.map(|d| d.display().to_string()).unwrap_or_default(),
-        },
+        CoreEvent::End { adapter_dir, .. } => {
+            TrainEvent::Finished { job, adapter_dir: adapter_dir.map(|d| d.display().to_string()).unwrap_or_default() }
+        }
         _ => return None,
     })
 }

@@ -29,14 +29,18 @@ pub fn curated() -> Vec<CuratedModel> {
         note: note.into(),
     };
     vec![
-        m("HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2 135M Instruct", 0.135, "apache-2.0", false,
-          "tiny: runs and trains on any CPU; the starter model"),
-        m("TinyLlama/TinyLlama-1.1B-Chat-v1.0", "TinyLlama 1.1B Chat", 1.1, "apache-2.0", false,
-          "Llama architecture; QLoRA fits a 4 GB GPU"),
+        m(
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "SmolLM2 135M Instruct",
+            0.135,
+            "apache-2.0",
+            false,
+            "tiny: runs and trains on any CPU; the starter model",
+        ),
+        m("TinyLlama/TinyLlama-1.1B-Chat-v1.0", "TinyLlama 1.1B Chat", 1.1, "apache-2.0", false, "Llama architecture; QLoRA fits a 4 GB GPU"),
         m("microsoft/phi-2", "Phi-2", 2.7, "mit", false, "strong for its size at reasoning and code"),
         m("google/gemma-2b", "Gemma 2B", 2.5, "gemma", true, "gated: accept the licence on the Hub and set a token"),
-        m("mistralai/Mistral-7B-v0.1", "Mistral 7B", 7.2, "apache-2.0", false,
-          "QLoRA needs about 8 GB of GPU memory at short context"),
+        m("mistralai/Mistral-7B-v0.1", "Mistral 7B", 7.2, "apache-2.0", false, "QLoRA needs about 8 GB of GPU memory at short context"),
     ]
 }
 
@@ -158,22 +162,68 @@ pub struct PlanReport {
 #[derive(Debug, Clone, Serialize, TS)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DownloadEvent {
-    Started { job: u64, model: String, #[ts(type = "number")] total_bytes: u64, #[ts(type = "number")] resumed_bytes: u64 },
-    Progress { job: u64, file: String, #[ts(type = "number")] done_bytes: u64, #[ts(type = "number")] total_bytes: u64, bytes_per_sec: f64, eta_secs: Option<f64> },
-    Finished { job: u64, path: String },
-    Cancelled { job: u64, #[ts(type = "number")] done_bytes: u64 },
-    Failed { job: u64, error: crate::error::AppError },
+    Started {
+        job: u64,
+        model: String,
+        #[ts(type = "number")]
+        total_bytes: u64,
+        #[ts(type = "number")]
+        resumed_bytes: u64,
+    },
+    Progress {
+        job: u64,
+        file: String,
+        #[ts(type = "number")]
+        done_bytes: u64,
+        #[ts(type = "number")]
+        total_bytes: u64,
+        bytes_per_sec: f64,
+        eta_secs: Option<f64>,
+    },
+    Finished {
+        job: u64,
+        path: String,
+    },
+    Cancelled {
+        job: u64,
+        #[ts(type = "number")]
+        done_bytes: u64,
+    },
+    Failed {
+        job: u64,
+        error: crate::error::AppError,
+    },
 }
 
 /// A GGUF import job's events, sent as the `import` event.
 #[derive(Debug, Clone, Serialize, TS)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ImportEvent {
-    Started { job: u64, file: String, name: String, #[ts(type = "number")] total_bytes: u64 },
-    Progress { job: u64, #[ts(type = "number")] done_bytes: u64, #[ts(type = "number")] total_bytes: u64 },
-    Finished { job: u64, model: crate::local_models::LocalModel },
-    Cancelled { job: u64 },
-    Failed { job: u64, error: crate::error::AppError },
+    Started {
+        job: u64,
+        file: String,
+        name: String,
+        #[ts(type = "number")]
+        total_bytes: u64,
+    },
+    Progress {
+        job: u64,
+        #[ts(type = "number")]
+        done_bytes: u64,
+        #[ts(type = "number")]
+        total_bytes: u64,
+    },
+    Finished {
+        job: u64,
+        model: crate::local_models::LocalModel,
+    },
+    Cancelled {
+        job: u64,
+    },
+    Failed {
+        job: u64,
+        error: crate::error::AppError,
+    },
 }
 
 /// A cached repository, as the Library page lists it.
@@ -233,17 +283,51 @@ pub struct TrainRequest {
 #[derive(Debug, Clone, Serialize, TS)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TrainEvent {
-    Started { job: u64, total_steps: u32, resumed_from: u32 },
+    Started {
+        job: u64,
+        total_steps: u32,
+        resumed_from: u32,
+    },
     /// `memory_bytes`: the process's resident memory (GPU memory once training runs on CUDA).
-    Step { job: u64, step: u32, loss: f32, lr: f64, tokens_per_sec: f64, eta_secs: Option<f64>, #[ts(type = "number | null")] memory_bytes: Option<u64> },
-    Eval { job: u64, step: u32, loss: f32 },
-    Checkpoint { job: u64, step: u32, path: String },
-    Finished { job: u64, adapter_dir: String },
+    Step {
+        job: u64,
+        step: u32,
+        loss: f32,
+        lr: f64,
+        tokens_per_sec: f64,
+        eta_secs: Option<f64>,
+        #[ts(type = "number | null")]
+        memory_bytes: Option<u64>,
+    },
+    Eval {
+        job: u64,
+        step: u32,
+        loss: f32,
+    },
+    Checkpoint {
+        job: u64,
+        step: u32,
+        path: String,
+    },
+    Finished {
+        job: u64,
+        adapter_dir: String,
+    },
     /// After `Finished`: the dataset's prompts answered by the base and by base + the new
     /// adapter (or why that failed; the adapter is saved either way).
-    Samples { job: u64, samples: Vec<SampleAnswer>, error: Option<crate::error::AppError> },
-    Cancelled { job: u64, step: u32 },
-    Failed { job: u64, error: crate::error::AppError },
+    Samples {
+        job: u64,
+        samples: Vec<SampleAnswer>,
+        error: Option<crate::error::AppError>,
+    },
+    Cancelled {
+        job: u64,
+        step: u32,
+    },
+    Failed {
+        job: u64,
+        error: crate::error::AppError,
+    },
 }
 
 /// The knobs of a config made for a model when no preset is picked, to fill the wizard's form.

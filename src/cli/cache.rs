@@ -109,7 +109,12 @@ fn verify_hub(cache_dir: &Path, repo: Option<&str>, revision: &str, json: bool) 
     let client = HubClient::new(cfg)?;
     let repos: Vec<String> = match repo {
         Some(r) => vec![r.to_string()],
-        None => hub_cache::scan(cache_dir).repos.into_iter().map(|r| r.repo).filter(|r| hub_cache::cached_listing(cache_dir, r, revision).is_some()).collect(),
+        None => hub_cache::scan(cache_dir)
+            .repos
+            .into_iter()
+            .map(|r| r.repo)
+            .filter(|r| hub_cache::cached_listing(cache_dir, r, revision).is_some())
+            .collect(),
     };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let mut bad = Vec::new();
@@ -143,13 +148,28 @@ fn verify_hub(cache_dir: &Path, repo: Option<&str>, revision: &str, json: bool) 
 
 fn print_check(c: &against_hub::HubCheck) {
     let short = |s: &str| s[..s.len().min(12)].to_string();
-    println!("{}@{}: cached {}, Hub {}; checked {} files ({})", c.repo, c.revision, short(&c.cached_commit), short(&c.hub_commit), c.files_checked, human(c.bytes_checked));
+    println!(
+        "{}@{}: cached {}, Hub {}; checked {} files ({})",
+        c.repo,
+        c.revision,
+        short(&c.cached_commit),
+        short(&c.hub_commit),
+        c.files_checked,
+        human(c.bytes_checked)
+    );
     for m in &c.missing {
         println!("  MISSING {} ({}): a load needs it", m.path, human(m.size));
     }
     for f in &c.changed {
         let why = if f.updated_on_hub { "changed on the Hub since the download" } else { "the cached content is corrupt" };
-        println!("  CHANGED {}: Hub {} ({}), cached {} ({}): {why}", f.path, short(&f.hub_checksum), human(f.hub_size), short(&f.cached_checksum), human(f.cached_size));
+        println!(
+            "  CHANGED {}: Hub {} ({}), cached {} ({}): {why}",
+            f.path,
+            short(&f.hub_checksum),
+            human(f.hub_size),
+            short(&f.cached_checksum),
+            human(f.cached_size)
+        );
     }
     for p in &c.extra {
         println!("  EXTRA   {p}: the Hub no longer lists it");

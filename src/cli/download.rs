@@ -53,11 +53,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 async fn run_async(client: HubClient, args: Args) -> anyhow::Result<()> {
     let select = SelectOptions { include: args.include.clone() };
-    let opts = DownloadOptions {
-        stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
-        workers: usize::from(args.workers),
-        ..Default::default()
-    };
+    let opts =
+        DownloadOptions { stall_timeout: Duration::from_secs(args.stall_timeout.max(1)), workers: usize::from(args.workers), ..Default::default() };
     if client.config().offline {
         let out = download::download(&client, &args.repo, &args.revision, &select, &opts, &qlora_studio::jobs::NoProgress).await?;
         println!("{}", out.snapshot.display());
@@ -126,10 +123,8 @@ fn print_plan(plan: &download::DownloadPlan, quant: Option<&str>) {
 
 fn progress_bar(total: u64) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total);
-    let style = indicatif::ProgressStyle::with_template(
-        "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {wide_msg}",
-    )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let style = indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {wide_msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     bar.set_style(style);
     bar
 }
@@ -157,9 +152,7 @@ fn render(e: &DownloadEvent, bar: Option<&indicatif::ProgressBar>, json: bool, i
             });
         }
         DownloadEvent::Progress { done, .. } => bar.set_position(*done),
-        DownloadEvent::Retrying { path, attempt, reason, wait_secs } => {
-            bar.println(format!("{path}: {reason}; retry {attempt} in {wait_secs:.1} s"))
-        }
+        DownloadEvent::Retrying { path, attempt, reason, wait_secs } => bar.println(format!("{path}: {reason}; retry {attempt} in {wait_secs:.1} s")),
         _ => {}
     }
 }

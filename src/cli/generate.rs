@@ -52,16 +52,10 @@ impl LoadArgs {
         let mut tm = TextModel::load(&self.model, &opts).with_context(|| format!("loading {}", self.model.display()))?;
         if let Some(adapter) = &self.adapter {
             let layers = tm.model.lora_layers()?;
-            let attached = lora::attach_adapter(adapter, &layers, &opts.device, None)
-                .with_context(|| format!("applying adapter {}", adapter.display()))?;
+            let attached =
+                lora::attach_adapter(adapter, &layers, &opts.device, None).with_context(|| format!("applying adapter {}", adapter.display()))?;
             lora::set_scale_all(&layers, self.adapter_scale);
-            eprintln!(
-                "adapter {} on {} modules (r={}, scale {})",
-                adapter.display(),
-                attached.modules.len(),
-                attached.config.r,
-                self.adapter_scale
-            );
+            eprintln!("adapter {} on {} modules (r={}, scale {})", adapter.display(), attached.modules.len(), attached.config.r, self.adapter_scale);
         }
         Ok(tm)
     }
@@ -126,11 +120,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let tm = args.load.load()?;
-    let ids = if args.raw {
-        tm.raw_ids(&args.prompt)?
-    } else {
-        tm.chat_ids(&single_turn(args.system.as_deref(), &args.prompt))?
-    };
+    let ids = if args.raw { tm.raw_ids(&args.prompt)? } else { tm.chat_ids(&single_turn(args.system.as_deref(), &args.prompt))? };
     let stdout = std::sync::Mutex::new(std::io::stdout());
     let sink = |e: GenerateEvent| {
         if let GenerateEvent::Token { text, .. } = e

@@ -1,11 +1,11 @@
 //! One module per `qlora` subcommand.
-pub mod plan;
+pub mod cache;
 pub mod chat;
+pub mod download;
 pub mod generate;
 pub mod import_gguf;
-pub mod perplexity;
-pub mod train;
-pub mod merge;
-pub mod download;
-pub mod cache;
 pub mod login;
+pub mod merge;
+pub mod perplexity;
+pub mod plan;
+pub mod train;

@@ -120,12 +120,7 @@ pub fn render(p: &Plan) -> String {
         qp::TensorsFrom::Architecture => "config.json only (shapes from the architecture)",
     };
     s += &format!("model      {} ({:?}, {} parameters, from {from})\n", p.model, p.architecture, p.parameters);
-    s += &format!(
-        "target     {} — {} available of {}\n",
-        p.target.name,
-        gib(p.target.available_bytes),
-        gib(p.target.total_bytes)
-    );
+    s += &format!("target     {} — {} available of {}\n", p.target.name, gib(p.target.available_bytes), gib(p.target.total_bytes));
     let exact = if p.download_exact { "" } else { " (estimate)" };
     s += &format!("download   {} to fetch, {} in all{exact}\n\n", gib(p.download_bytes), gib(p.model_bytes));
     s += &format!("inference, context {} × batch {}\n", p.context, p.batch);

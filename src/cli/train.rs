@@ -93,7 +93,8 @@ fn print_plan(cfg: &TrainConfig) {
             dropout: cfg.lora.dropout > 0.0,
             offload_checkpoints: cfg.offload_checkpoints,
         };
-        let opts = qp::PlanOptions { context: Some(cfg.data.max_len as u64), batch: cfg.micro_batch as u64, train: Some(train), ..Default::default() };
+        let opts =
+            qp::PlanOptions { context: Some(cfg.data.max_len as u64), batch: cfg.micro_batch as u64, train: Some(train), ..Default::default() };
         let plan = qp::plan(&meta, &target, &opts, qp::Overheads::builtin()?)?;
         let t = plan.training.context("the planner returned no training estimate")?;
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;

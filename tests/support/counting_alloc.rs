@@ -35,9 +35,8 @@ pub const MIB: f64 = (1u64 << 20) as f64;
 
 /// The real test model (imported by scripts/fetch-test-model.sh).
 pub fn test_model() -> PathBuf {
-    let assets = std::env::var_os("QLORA_TEST_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("test-assets"));
+    let assets =
+        std::env::var_os("QLORA_TEST_ASSETS").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("test-assets"));
     let dir = assets.join("SmolLM2-135M-Instruct");
     assert!(dir.join("config.json").is_file(), "the test model is missing at {}: run scripts/fetch-test-model.sh", dir.display());
     dir

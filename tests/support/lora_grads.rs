@@ -44,14 +44,7 @@ pub fn batch(reference: &HashMap<String, Tensor>) -> (Batch, usize) {
     let ids: Vec<i64> = reference["input_ids"].flatten_all().unwrap().to_vec1().unwrap();
     let labels: Vec<i64> = reference["labels"].flatten_all().unwrap().to_vec1().unwrap();
     let t = ids.len();
-    let mut b = Batch {
-        rows: 1,
-        seq: t,
-        ids: ids.iter().map(|&i| i as u32).collect(),
-        labels: vec![0; t],
-        weights: vec![0.0; t],
-        tokens: t,
-    };
+    let mut b = Batch { rows: 1, seq: t, ids: ids.iter().map(|&i| i as u32).collect(), labels: vec![0; t], weights: vec![0.0; t], tokens: t };
     for p in 0..t - 1 {
         if labels[p + 1] != -100 {
             b.labels[p] = labels[p + 1] as u32;

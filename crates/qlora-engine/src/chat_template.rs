@@ -95,8 +95,7 @@ impl ChatTemplate {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
         });
         env.add_function("strftime_now", |fmt: String| -> String { strftime_now(&fmt) });
-        env.add_template("chat", &self.source)
-            .map_err(|e| Error::ChatTemplate(format!("the model's chat template does not parse: {e}")))?;
+        env.add_template("chat", &self.source).map_err(|e| Error::ChatTemplate(format!("the model's chat template does not parse: {e}")))?;
         let tmpl = env.get_template("chat").map_err(|e| Error::ChatTemplate(e.to_string()))?;
         let mut ctx = std::collections::BTreeMap::new();
         ctx.insert("messages".to_string(), minijinja::Value::from_serialize(messages));
@@ -124,7 +123,8 @@ fn strftime_now(fmt: &str) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    const MONTHS: [&str; 12] = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    const MONTHS: [&str; 12] =
+        ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
     let month = MONTHS[(m - 1) as usize];
     fmt.replace("%d", &format!("{d:02}"))
         .replace("%m", &format!("{m:02}"))

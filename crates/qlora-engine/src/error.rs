@@ -49,7 +49,9 @@ pub enum Error {
     #[error("chat template: {0}")]
     ChatTemplate(String),
 
-    #[error("the prompt is {prompt} tokens and {max_new} new tokens were asked for, but the model's context is {context} tokens; shorten the prompt or lower --max-new-tokens")]
+    #[error(
+        "the prompt is {prompt} tokens and {max_new} new tokens were asked for, but the model's context is {context} tokens; shorten the prompt or lower --max-new-tokens"
+    )]
     ContextOverflow { prompt: usize, max_new: usize, context: usize },
 
     #[error("gguf {path}: {reason}")]

@@ -30,16 +30,7 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self {
-            max_new_tokens: 256,
-            temperature: 0.0,
-            top_k: None,
-            top_p: None,
-            min_p: None,
-            repetition_penalty: 1.0,
-            seed: 0,
-            stop_strings: vec![],
-        }
+        Self { max_new_tokens: 256, temperature: 0.0, top_k: None, top_p: None, min_p: None, repetition_penalty: 1.0, seed: 0, stop_strings: vec![] }
     }
 }
 
@@ -58,8 +49,14 @@ pub enum StopReason {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum GenerateEvent {
     /// New text (may be empty for a token that completes no character yet).
-    Token { id: u32, text: String },
-    Done { reason: StopReason, new_tokens: usize },
+    Token {
+        id: u32,
+        text: String,
+    },
+    Done {
+        reason: StopReason,
+        new_tokens: usize,
+    },
 }
 
 /// The outcome of a generation.
@@ -106,7 +103,8 @@ impl<'a> Generator<'a> {
         let device = self.model.device();
         let mut cache = self.model.new_cache_with_capacity(prompt.len() + opts.max_new_tokens);
         let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
-        let mut out = Accepted { ids: Vec::new(), history: prompt.to_vec(), decoder: StreamDecoder::new(), stops: StopMatcher::new(&opts.stop_strings) };
+        let mut out =
+            Accepted { ids: Vec::new(), history: prompt.to_vec(), decoder: StreamDecoder::new(), stops: StopMatcher::new(&opts.stop_strings) };
         let input = Tensor::new(prompt, device)?.unsqueeze(0)?;
         let mut reason = StopReason::MaxTokens;
         'run: {

@@ -13,8 +13,8 @@
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{Device, Tensor};
-use serde_json::{Map, json};
 use qlora_jobs::CancelToken;
+use serde_json::{Map, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -49,7 +49,9 @@ impl Gguf {
 
     fn usize(&self, key: &str) -> Result<usize> {
         let v = self.get(key)?;
-        v.to_u64().map(|x| x as usize).or_else(|_| v.to_u32().map(|x| x as usize))
+        v.to_u64()
+            .map(|x| x as usize)
+            .or_else(|_| v.to_u32().map(|x| x as usize))
             .or_else(|_| v.to_i32().map(|x| x as usize))
             .map_err(|e| self.err(format!("metadata '{key}' is not an integer: {e}")))
     }
@@ -64,10 +66,10 @@ impl Gguf {
     }
 
     fn tensor(&mut self, name: &str) -> Result<Tensor> {
-        let q = self.content.tensor(&mut self.file, name, &Device::Cpu).map_err(|e| Error::Gguf {
-            path: self.path.clone(),
-            reason: format!("tensor '{name}': {e}"),
-        })?;
+        let q = self
+            .content
+            .tensor(&mut self.file, name, &Device::Cpu)
+            .map_err(|e| Error::Gguf { path: self.path.clone(), reason: format!("tensor '{name}': {e}") })?;
         Ok(q.dequantize(&Device::Cpu)?)
     }
 }
@@ -176,14 +178,8 @@ fn hf_name(gguf: &str) -> Option<String> {
 /// a caller can check free disk first. A quantized GGUF grows: Q4 about 7x, Q8_0 about 3.8x.
 pub fn import_bytes(file: &Path) -> Result<u64> {
     let mut f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
-    let content = Content::read(&mut f)
-        .map_err(|e| Error::Gguf { path: file.to_path_buf(), reason: format!("not a readable GGUF file: {e}") })?;
-    Ok(content
-        .tensor_infos
-        .iter()
-        .filter(|(name, _)| name.as_str() != "rope_freqs.weight")
-        .map(|(_, t)| 4 * t.shape.elem_count() as u64)
-        .sum())
+    let content = Content::read(&mut f).map_err(|e| Error::Gguf { path: file.to_path_buf(), reason: format!("not a readable GGUF file: {e}") })?;
+    Ok(content.tensor_infos.iter().filter(|(name, _)| name.as_str() != "rope_freqs.weight").map(|(_, t)| 4 * t.shape.elem_count() as u64).sum())
 }
 
 /// Imports `file` into the folder `out_dir` (which must not exist or be empty).
@@ -194,12 +190,7 @@ pub fn import_gguf(file: &Path, out_dir: &Path) -> Result<ImportReport> {
 /// [`import_gguf`], reporting `(bytes written, bytes in all)` after each tensor and stopping
 /// at the next tensor once `cancel` fires (nothing is left behind). Tensors are dequantized and
 /// written one at a time, so memory holds one tensor, not the model (a 7B model is 28 GB in f32).
-pub fn import_gguf_with(
-    file: &Path,
-    out_dir: &Path,
-    progress: &mut dyn FnMut(u64, u64),
-    cancel: &CancelToken,
-) -> Result<ImportReport> {
+pub fn import_gguf_with(file: &Path, out_dir: &Path, progress: &mut dyn FnMut(u64, u64), cancel: &CancelToken) -> Result<ImportReport> {
     if out_dir.exists() && std::fs::read_dir(out_dir).map_err(|e| Error::io(out_dir, e))?.next().is_some() {
         return Err(Error::InvalidOption(format!(
             "{} already exists and is not empty; remove it or choose another output folder",
@@ -207,8 +198,7 @@ pub fn import_gguf_with(
         )));
     }
     let mut f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
-    let content = Content::read(&mut f)
-        .map_err(|e| Error::Gguf { path: file.to_path_buf(), reason: format!("not a readable GGUF file: {e}") })?;
+    let content = Content::read(&mut f).map_err(|e| Error::Gguf { path: file.to_path_buf(), reason: format!("not a readable GGUF file: {e}") })?;
     let mut g = Gguf { path: file.to_path_buf(), content, file: f };
     let p = read_params(&g)?;
     let tok = crate::gguf_tokenizer::TokenizerFiles::from_gguf(&g.path, &g.content.metadata, p.context)?;
@@ -225,10 +215,7 @@ pub fn import_gguf_with(
         plan.insert(hf, (name.clone(), info.shape.dims().to_vec()));
     }
     let tied = !plan.contains_key("lm_head.weight");
-    let vocab_size = plan
-        .get("model.embed_tokens.weight")
-        .ok_or_else(|| g.err("tensor 'token_embd.weight' is missing"))?
-        .1[0];
+    let vocab_size = plan.get("model.embed_tokens.weight").ok_or_else(|| g.err("tensor 'token_embd.weight' is missing"))?.1[0];
     let config = config_json(&p, vocab_size, tied, &tok);
 
     let parent = out_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -372,10 +359,8 @@ mod tests {
         // llama.cpp: reshape(n_head, 2, d/2, cols).swapaxes(1, 2)
         let (n_head, rows, cols) = (2usize, 8usize, 3usize);
         let w = Tensor::arange(0f32, (rows * cols) as f32, &Device::Cpu).unwrap().reshape((rows, cols)).unwrap();
-        let permuted = w
-            .reshape((n_head, 2, rows / n_head / 2, cols)).unwrap()
-            .transpose(1, 2).unwrap().contiguous().unwrap()
-            .reshape((rows, cols)).unwrap();
+        let permuted =
+            w.reshape((n_head, 2, rows / n_head / 2, cols)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap().reshape((rows, cols)).unwrap();
         let back = unpermute_rows(&permuted, n_head).unwrap();
         assert_eq!(back.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
         assert_ne!(permuted.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
@@ -405,12 +390,17 @@ mod tests {
         let cancel = CancelToken::new();
         let fire = cancel.clone();
         let mut n = 0;
-        let e = import_gguf_with(&file, &tmp.path().join("b"), &mut |_, _| {
-            n += 1;
-            if n == 3 {
-                fire.cancel();
-            }
-        }, &cancel)
+        let e = import_gguf_with(
+            &file,
+            &tmp.path().join("b"),
+            &mut |_, _| {
+                n += 1;
+                if n == 3 {
+                    fire.cancel();
+                }
+            },
+            &cancel,
+        )
         .unwrap_err();
         assert!(matches!(e, Error::Cancelled(_)), "{e}");
         let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -427,7 +417,11 @@ mod tests {
             let b = s.spawn(|| import_gguf(&file, &out));
             vec![a.join().unwrap(), b.join().unwrap()]
         });
-        assert!(results.iter().any(|r| r.is_ok()), "one import succeeds: {:?}", results.iter().map(|r| r.as_ref().err().map(|e| e.to_string())).collect::<Vec<_>>());
+        assert!(
+            results.iter().any(|r| r.is_ok()),
+            "one import succeeds: {:?}",
+            results.iter().map(|r| r.as_ref().err().map(|e| e.to_string())).collect::<Vec<_>>()
+        );
         for e in results.iter().filter_map(|r| r.as_ref().err()) {
             let msg = e.to_string();
             assert!(msg.contains("another import") || msg.contains("not empty"), "{msg}");

@@ -32,9 +32,9 @@
 //! # Ok::<(), qlora_engine::Error>(())
 //! ```
 
-pub mod error;
 pub mod chat_template;
 pub mod device;
+pub mod error;
 pub mod generate;
 pub mod gguf;
 mod gguf_tokenizer;

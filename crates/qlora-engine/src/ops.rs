@@ -170,11 +170,10 @@ pub mod fused_softmax {
 /// ([`fused_rms::rms_norm_bwd`]) serves the hand-written layer backward on every device.
 pub mod fused_rms {
     use super::twin;
-    use candle_core::backend::BackendStorage;
     #[cfg(feature = "cuda")]
     use candle_core::CudaStorage;
+    use candle_core::backend::BackendStorage;
     use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
-
 
     fn round(dtype: DType, v: f32) -> f32 {
         match dtype {
@@ -183,7 +182,6 @@ pub mod fused_rms {
             _ => v,
         }
     }
-
 
     fn rstd(row: &[f32], eps: f32) -> f32 {
         1.0 / (row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32 + eps).sqrt()
@@ -235,7 +233,15 @@ pub mod fused_rms {
             Ok((twin::store(dt, dx), l1.shape().clone()))
         }
         #[cfg(feature = "cuda")]
-        fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout, s3: &CudaStorage, l3: &Layout) -> Result<(CudaStorage, Shape)> {
+        fn cuda_fwd(
+            &self,
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+            s3: &CudaStorage,
+            l3: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
             Ok((qlora_quant::cuda::train::rms_norm((s1, l1), (s2, l2), Some((s3, l3)), self.eps)?, l1.shape().clone()))
         }
     }
@@ -320,10 +326,7 @@ mod tests {
         let y3 = layer_norm(&y2, w.as_tensor(), b.as_tensor(), 1e-5).unwrap();
         let y4 = apply_rope(&y3.reshape((1, 1, 1, 4)).unwrap(), &cos, &sin).unwrap();
         let y5 = softmax_last_dim(&gelu_tanh(&y4).unwrap()).unwrap();
-        let loss = (y5 * Tensor::new(&[1f32, 2., 3., 4.], &dev).unwrap().reshape((1, 1, 1, 4)).unwrap())
-            .unwrap()
-            .sum_all()
-            .unwrap();
+        let loss = (y5 * Tensor::new(&[1f32, 2., 3., 4.], &dev).unwrap().reshape((1, 1, 1, 4)).unwrap()).unwrap().sum_all().unwrap();
         let grads = loss.backward().unwrap();
         for v in [&x, &w, &b] {
             let g = grads.get(v.as_tensor()).expect("gradient reached the variable");

@@ -45,9 +45,7 @@ pub(crate) fn read_json_opt(path: &Path) -> Result<Option<serde_json::Value>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| Error::BadConfig { path: path.to_path_buf(), reason: format!("not valid JSON: {e}") })
+    serde_json::from_str(&text).map(Some).map_err(|e| Error::BadConfig { path: path.to_path_buf(), reason: format!("not valid JSON: {e}") })
 }
 
 impl Tokenizer {
@@ -57,15 +55,12 @@ impl Tokenizer {
         if !path.is_file() {
             return Err(Error::MissingTokenizer { dir: dir.to_path_buf() });
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| Error::Tokenizer { path: path.clone(), reason: format!("cannot be loaded: {e}") })?;
+        let inner =
+            tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer { path: path.clone(), reason: format!("cannot be loaded: {e}") })?;
         let tc = read_json_opt(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
         let bos_token = token_text(tc.get("bos_token"));
         let eos_token = token_text(tc.get("eos_token"));
-        let extra_special = ["pad_token", "unk_token"]
-            .iter()
-            .filter_map(|k| token_text(tc.get(*k)).map(|v| (k.to_string(), v)))
-            .collect();
+        let extra_special = ["pad_token", "unk_token"].iter().filter_map(|k| token_text(tc.get(*k)).map(|v| (k.to_string(), v))).collect();
         let mut eos_ids = Vec::new();
         if let Some(gc) = read_json_opt(&dir.join("generation_config.json"))? {
             eos_ids.extend(ids_of(gc.get("eos_token_id")));

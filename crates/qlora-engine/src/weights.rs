@@ -110,9 +110,7 @@ impl Weights {
     }
 
     fn require(&self, name: &str) -> Result<&TensorInfo> {
-        self.tensors
-            .get(name)
-            .ok_or_else(|| Error::MissingTensor { dir: self.dir.clone(), tensor: name.to_string() })
+        self.tensors.get(name).ok_or_else(|| Error::MissingTensor { dir: self.dir.clone(), tensor: name.to_string() })
     }
 
     /// Loads a tensor in its stored dtype.
@@ -151,8 +149,8 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
         weight_map: BTreeMap<String, String>,
     }
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let parsed: Index = serde_json::from_str(&text)
-        .map_err(|e| Error::BadIndex { path: index.to_path_buf(), reason: format!("not a valid index: {e}") })?;
+    let parsed: Index =
+        serde_json::from_str(&text).map_err(|e| Error::BadIndex { path: index.to_path_buf(), reason: format!("not a valid index: {e}") })?;
     let dir = index.parent().unwrap_or(Path::new("."));
     let mut names: Vec<&String> = parsed.weight_map.values().collect();
     names.sort_unstable();
@@ -192,13 +190,10 @@ fn parse_header(path: &Path, buf: &[u8], file: usize) -> Result<Vec<(String, Ten
     }
     let n = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes")) as usize;
     if n > buf.len() - 8 {
-        return Err(bad(format!(
-            "the header claims {n} bytes but the file holds {}; the file is truncated or not safetensors",
-            buf.len()
-        )));
+        return Err(bad(format!("the header claims {n} bytes but the file holds {}; the file is truncated or not safetensors", buf.len())));
     }
-    let header: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&buf[8..8 + n])
-        .map_err(|e| bad(format!("the header is not valid JSON: {e}")))?;
+    let header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&buf[8..8 + n]).map_err(|e| bad(format!("the header is not valid JSON: {e}")))?;
     let data_len = buf.len() - 8 - n;
     let mut out = Vec::with_capacity(header.len());
     let mut declared = 0usize;
@@ -207,8 +202,7 @@ fn parse_header(path: &Path, buf: &[u8], file: usize) -> Result<Vec<(String, Ten
             continue;
         }
         let bad_t = |reason: String| Error::BadTensor { path: path.to_path_buf(), tensor: name.clone(), reason };
-        let entry: RawEntry =
-            serde_json::from_value(value).map_err(|e| bad_t(format!("invalid header entry: {e}")))?;
+        let entry: RawEntry = serde_json::from_value(value).map_err(|e| bad_t(format!("invalid header entry: {e}")))?;
         let (dtype, size) = dtype_of(&entry.dtype).ok_or_else(|| Error::UnsupportedDtype {
             path: path.to_path_buf(),
             tensor: name.clone(),

@@ -127,11 +127,8 @@ fn adapter_for_another_base_is_a_clear_error_and_changes_nothing() {
         if name.starts_with("model.layers.1.") {
             continue;
         }
-        let base: ArcLinear = if name == Q {
-            Arc::new(DenseLinear::new(w[&format!("{Q}.weight")].narrow(1, 0, 32).unwrap(), None))
-        } else {
-            l.base().clone()
-        };
+        let base: ArcLinear =
+            if name == Q { Arc::new(DenseLinear::new(w[&format!("{Q}.weight")].narrow(1, 0, 32).unwrap(), None)) } else { l.base().clone() };
         proj.push((name.clone(), base));
     }
     let other = wrap_all(proj);

@@ -65,8 +65,7 @@ pub fn detect_gpus() -> Result<Vec<GpuInfo>, GpuError> {
             let mem = dev.memory_info().map_err(q)?;
             let cc = dev.cuda_compute_capability().map_err(q)?;
             let utilization_percent = optional(dev.utilization_rates()).map(|u| u.gpu);
-            let temperature_c =
-                optional(dev.temperature(nvml_wrapper::enum_wrappers::device::TemperatureSensor::Gpu));
+            let temperature_c = optional(dev.temperature(nvml_wrapper::enum_wrappers::device::TemperatureSensor::Gpu));
             Ok(GpuInfo {
                 index,
                 name: dev.name().map_err(q)?,

@@ -64,10 +64,9 @@ fn parse_presets(json: &str) -> Result<Vec<GpuPreset>, String> {
 pub fn find_preset(id: &str) -> Result<&'static GpuPreset, GpuError> {
     let norm = |s: &str| s.chars().filter(|c| *c != '-' && *c != '_' && *c != ' ').collect::<String>().to_lowercase();
     let all = presets()?;
-    all.iter().find(|p| norm(&p.id) == norm(id)).ok_or_else(|| GpuError::UnknownPreset {
-        id: id.to_string(),
-        known: all.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(", "),
-    })
+    all.iter()
+        .find(|p| norm(&p.id) == norm(id))
+        .ok_or_else(|| GpuError::UnknownPreset { id: id.to_string(), known: all.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(", ") })
 }
 
 #[cfg(test)]

@@ -24,8 +24,7 @@ pub struct DiskSpace {
 /// Reads /proc/meminfo.
 pub fn system_memory() -> Result<SystemMemory, GpuError> {
     let path = Path::new("/proc/meminfo");
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| GpuError::System { path: path.into(), reason: e.to_string() })?;
+    let text = std::fs::read_to_string(path).map_err(|e| GpuError::System { path: path.into(), reason: e.to_string() })?;
     parse_meminfo(&text).map_err(|reason| GpuError::System { path: path.into(), reason })
 }
 
@@ -38,9 +37,8 @@ pub fn parse_meminfo(text: &str) -> Result<SystemMemory, String> {
     };
     let total_bytes = field("MemTotal").ok_or("no MemTotal line")?;
     // Kernels before 3.14 lack MemAvailable: free + page cache is the usual stand-in.
-    let available_bytes = field("MemAvailable")
-        .or_else(|| Some(field("MemFree")? + field("Cached").unwrap_or(0)))
-        .ok_or("no MemAvailable or MemFree line")?;
+    let available_bytes =
+        field("MemAvailable").or_else(|| Some(field("MemFree")? + field("Cached").unwrap_or(0))).ok_or("no MemAvailable or MemFree line")?;
     Ok(SystemMemory { total_bytes, available_bytes })
 }
 

@@ -235,11 +235,7 @@ impl TestHub {
     /// Body bytes sent for file content (resolve and CDN GETs), the measure of "was anything
     /// downloaded".
     pub fn content_bytes_sent(&self) -> u64 {
-        self.log()
-            .iter()
-            .filter(|e| e.method == "GET" && (e.path.contains("/resolve/") || e.path.starts_with("/_cdn/")))
-            .map(|e| e.bytes_sent)
-            .sum()
+        self.log().iter().filter(|e| e.method == "GET" && (e.path.contains("/resolve/") || e.path.starts_with("/_cdn/"))).map(|e| e.bytes_sent).sum()
     }
 }
 
@@ -249,11 +245,7 @@ impl Drop for TestHub {
     }
 }
 
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    state: Arc<State>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<State>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {

@@ -44,9 +44,7 @@ fn main() {
         hub.gate(repo, &tokens);
     }
     if let Some(rate) = args.throttle {
-        hub.add_fault(qlora_hub_testserver::FaultRule::any_file(qlora_hub_testserver::Fault::Throttle {
-            bytes_per_sec: rate,
-        }));
+        hub.add_fault(qlora_hub_testserver::FaultRule::any_file(qlora_hub_testserver::Fault::Throttle { bytes_per_sec: rate }));
     }
     if let Some(ms) = args.latency_ms {
         let secs = ms as f64 / 1000.0;

@@ -25,9 +25,38 @@ use std::time::SystemTime;
 
 /// Extensions the Hub's default `.gitattributes` stores in LFS.
 const LFS_EXTENSIONS: &[&str] = &[
-    "7z", "arrow", "bin", "bz2", "ckpt", "ftz", "gguf", "gz", "h5", "joblib", "mlmodel", "model", "msgpack", "npy",
-    "npz", "onnx", "ot", "parquet", "pb", "pickle", "pkl", "pt", "pth", "rar", "safetensors", "tar", "tflite", "tgz",
-    "wasm", "xz", "zip", "zst",
+    "7z",
+    "arrow",
+    "bin",
+    "bz2",
+    "ckpt",
+    "ftz",
+    "gguf",
+    "gz",
+    "h5",
+    "joblib",
+    "mlmodel",
+    "model",
+    "msgpack",
+    "npy",
+    "npz",
+    "onnx",
+    "ot",
+    "parquet",
+    "pb",
+    "pickle",
+    "pkl",
+    "pt",
+    "pth",
+    "rar",
+    "safetensors",
+    "tar",
+    "tflite",
+    "tgz",
+    "wasm",
+    "xz",
+    "zip",
+    "zst",
 ];
 
 /// Files at least this large go to LFS whatever their extension.
@@ -183,10 +212,7 @@ impl RepoDir {
     }
 
     pub fn access(&self) -> Access {
-        std::fs::read(self.dir.join(".hub/config.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+        std::fs::read(self.dir.join(".hub/config.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
     }
 
     fn revision_dirs(&self) -> Vec<(String, PathBuf)> {
@@ -228,12 +254,8 @@ fn read_revision(name: &str, dir: &Path, hashes: &HashCache) -> std::io::Result<
         last_modified = last_modified.max(mtime);
         let (content_blob, sha256) = hashes.hashes(abs, meta.len(), mtime)?;
         let lfs = is_lfs(&rel, meta.len());
-        let blob_id =
-            if lfs { git_blob_id(lfs_pointer(&sha256, meta.len()).as_bytes()) } else { content_blob };
-        files.insert(
-            rel.clone(),
-            RepoFile { path: rel, abs: abs.to_path_buf(), size: meta.len(), blob_id, sha256, lfs },
-        );
+        let blob_id = if lfs { git_blob_id(lfs_pointer(&sha256, meta.len()).as_bytes()) } else { content_blob };
+        files.insert(rel.clone(), RepoFile { path: rel, abs: abs.to_path_buf(), size: meta.len(), blob_id, sha256, lfs });
         Ok(())
     })?;
     let mut h = sha1::Sha1::new();
@@ -244,11 +266,7 @@ fn read_revision(name: &str, dir: &Path, hashes: &HashCache) -> std::io::Result<
     Ok(Revision { name: name.to_string(), commit: hex(&h.finalize()), files, last_modified })
 }
 
-fn walk(
-    base: &Path,
-    dir: &Path,
-    f: &mut dyn FnMut(&Path, String) -> std::io::Result<()>,
-) -> std::io::Result<()> {
+fn walk(base: &Path, dir: &Path, f: &mut dyn FnMut(&Path, String) -> std::io::Result<()>) -> std::io::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.flatten().collect();
     entries.sort_by_key(|e| e.file_name());
     for e in entries {

@@ -140,18 +140,12 @@ fn check_access(state: &State, req: &Request<hyper::body::Incoming>, repo: &Repo
             None => hub_error(
                 StatusCode::UNAUTHORIZED,
                 Some("GatedRepo"),
-                &format!(
-                    "Access to model {} is restricted. You must have access to it and be authenticated to access it. Please log in.",
-                    repo.id
-                ),
+                &format!("Access to model {} is restricted. You must have access to it and be authenticated to access it. Please log in.", repo.id),
             ),
             Some(_) => hub_error(
                 StatusCode::FORBIDDEN,
                 Some("GatedRepo"),
-                &format!(
-                    "Access to model {} is restricted and you are not in the authorized list. Visit {page} to ask for access.",
-                    repo.id
-                ),
+                &format!("Access to model {} is restricted and you are not in the authorized list. Visit {page} to ask for access.", repo.id),
             ),
         });
     }
@@ -276,8 +270,7 @@ fn tree(state: &State, req: &Request<hyper::body::Incoming>, repo: &RepoDir, rev
             entries.push(tree_entry_file(f));
         }
     }
-    let mut all: Vec<Value> =
-        dirs.iter().map(|d| json!({ "type": "directory", "oid": dir_oid(d), "path": d })).collect();
+    let mut all: Vec<Value> = dirs.iter().map(|d| json!({ "type": "directory", "oid": dir_oid(d), "path": d })).collect();
     all.extend(entries);
     let phantom = state.phantom.lock().ok().and_then(|p| p.get(&repo.id).cloned()).unwrap_or_default();
     for p in phantom {
@@ -293,14 +286,8 @@ fn paginate(state: &State, req: &Request<hyper::body::Incoming>, all: Vec<Value>
     let end = (start + page).min(all.len());
     let mut resp = json_resp(StatusCode::OK, &Value::Array(all[start.min(end)..end].to_vec()));
     if end < all.len() {
-        let mut q: Vec<String> = req
-            .uri()
-            .query()
-            .unwrap_or("")
-            .split('&')
-            .filter(|kv| !kv.is_empty() && !kv.starts_with("cursor="))
-            .map(String::from)
-            .collect();
+        let mut q: Vec<String> =
+            req.uri().query().unwrap_or("").split('&').filter(|kv| !kv.is_empty() && !kv.starts_with("cursor=")).map(String::from).collect();
         q.push(format!("cursor={end}"));
         let link = format!("<{}{}?{}>; rel=\"next\"", state.base_url, req.uri().path(), q.join("&"));
         if let Ok(v) = link.parse() {
@@ -422,15 +409,7 @@ async fn serve_file(
     r
 }
 
-async fn resolve(
-    state: &State,
-    req: &Request<hyper::body::Incoming>,
-    org: &str,
-    name: &str,
-    rev: &str,
-    path: &str,
-    counter: Arc<AtomicU64>,
-) -> Resp {
+async fn resolve(state: &State, req: &Request<hyper::body::Incoming>, org: &str, name: &str, rev: &str, path: &str, counter: Arc<AtomicU64>) -> Resp {
     let Some(repo) = RepoDir::find(&state.root, org, name) else { return not_found_repo() };
     if let Err(r) = check_access(state, req, &repo, true) {
         return r;

@@ -32,8 +32,7 @@ impl std::fmt::Debug for HubClient {
 
 impl HubClient {
     pub fn new(cfg: HubConfig) -> Result<Self> {
-        let parsed = Url::parse(&cfg.endpoint)
-            .map_err(|e| HubError::BadEndpoint { endpoint: cfg.endpoint.clone(), detail: e.to_string() })?;
+        let parsed = Url::parse(&cfg.endpoint).map_err(|e| HubError::BadEndpoint { endpoint: cfg.endpoint.clone(), detail: e.to_string() })?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(HubError::BadEndpoint { endpoint: cfg.endpoint.clone(), detail: "not http(s)".into() });
         }
@@ -43,13 +42,12 @@ impl HubClient {
             .user_agent(concat!("qlora-studio/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| HubError::Network { endpoint: cfg.endpoint.clone(), detail: e.to_string() })?;
-        let mut b = hf_hub::HFClient::builder()
-            .endpoint(cfg.endpoint.clone())
-            .cache_dir(cfg.cache_dir.clone())
-            .retry_max_attempts(2)
-            .client(reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build().map_err(|e| {
-                HubError::Network { endpoint: cfg.endpoint.clone(), detail: e.to_string() }
-            })?);
+        let mut b = hf_hub::HFClient::builder().endpoint(cfg.endpoint.clone()).cache_dir(cfg.cache_dir.clone()).retry_max_attempts(2).client(
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .build()
+                .map_err(|e| HubError::Network { endpoint: cfg.endpoint.clone(), detail: e.to_string() })?,
+        );
         if let Some(t) = &cfg.token {
             b = b.token(t.clone());
         }
@@ -81,10 +79,9 @@ impl HubClient {
         let mut url = Url::parse(&self.cfg.endpoint)
             .map_err(|e| HubError::BadResponse { url: self.cfg.endpoint.clone(), what: format!("bad HF_ENDPOINT: {e}") })?;
         {
-            let mut p = url.path_segments_mut().map_err(|_| HubError::BadResponse {
-                url: self.cfg.endpoint.clone(),
-                what: "HF_ENDPOINT cannot be a base URL".into(),
-            })?;
+            let mut p = url
+                .path_segments_mut()
+                .map_err(|_| HubError::BadResponse { url: self.cfg.endpoint.clone(), what: "HF_ENDPOINT cannot be a base URL".into() })?;
             p.pop_if_empty();
             for s in segments {
                 p.push(s);
@@ -177,11 +174,9 @@ impl HubClient {
             (401, Some("GatedRepo")) => HubError::NoToken { repo: repo.into(), why: "it is a gated model".into() },
             (_, Some("GatedRepo")) => HubError::LicenceNotAccepted { repo: repo.into(), page_url: self.cfg.model_page(repo) },
             (_, Some("RevisionNotFound")) => HubError::RevisionNotFound { repo: repo.into(), revision: revision.into() },
-            (_, Some("EntryNotFound")) => HubError::EntryNotFound {
-                repo: repo.into(),
-                revision: revision.into(),
-                path: path.unwrap_or_default().into(),
-            },
+            (_, Some("EntryNotFound")) => {
+                HubError::EntryNotFound { repo: repo.into(), revision: revision.into(), path: path.unwrap_or_default().into() }
+            }
             (401 | 404, Some("RepoNotFound")) | (401, _) => HubError::RepoNotFound {
                 repo: repo.into(),
                 endpoint: self.cfg.endpoint.clone(),
@@ -191,11 +186,9 @@ impl HubClient {
                     "; if it is private, log in first with `qlora login`"
                 },
             },
-            (404, _) if path.is_some() => HubError::EntryNotFound {
-                repo: repo.into(),
-                revision: revision.into(),
-                path: path.unwrap_or_default().into(),
-            },
+            (404, _) if path.is_some() => {
+                HubError::EntryNotFound { repo: repo.into(), revision: revision.into(), path: path.unwrap_or_default().into() }
+            }
             _ => HubError::Http { url: url.into(), status, message: msg.into() },
         }
     }

@@ -96,9 +96,7 @@ impl HubConfig {
 pub fn split_repo_id(id: &str) -> crate::Result<(&str, &str)> {
     let bad = || crate::HubError::InvalidRepoId { id: id.to_string() };
     let (org, name) = id.split_once('/').ok_or_else(bad)?;
-    let ok = |s: &str| {
-        !s.is_empty() && s != "." && s != ".." && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    };
+    let ok = |s: &str| !s.is_empty() && s != "." && s != ".." && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if ok(org) && ok(name) { Ok((org, name)) } else { Err(bad()) }
 }
 

@@ -37,7 +37,9 @@ pub enum HubError {
     #[error("offline mode (HF_HUB_OFFLINE) is on and {what} is not in the cache at {cache}; unset HF_HUB_OFFLINE to download it")]
     Offline { what: String, cache: PathBuf },
 
-    #[error("{what} needs the Hub, and offline mode (HF_HUB_OFFLINE) is on; unset HF_HUB_OFFLINE, or check only the cached blobs against their names (`qlora cache verify` without --hub)")]
+    #[error(
+        "{what} needs the Hub, and offline mode (HF_HUB_OFFLINE) is on; unset HF_HUB_OFFLINE, or check only the cached blobs against their names (`qlora cache verify` without --hub)"
+    )]
     NeedsNetwork { what: String },
 
     #[error("the Hub answered {status} for {url}: {message}")]

@@ -59,14 +59,7 @@ impl RepoListing {
 pub async fn resolve_revision(client: &HubClient, repo: &str, revision: &str) -> Result<(String, bool, bool)> {
     client.ensure_online(&format!("{repo}@{revision}"))?;
     let (org, name) = split_repo_id(repo)?;
-    let info = client
-        .hf()
-        .model(org, name)
-        .info()
-        .revision(revision.to_string())
-        .send()
-        .await
-        .map_err(|e| client.map_hf(e, repo, revision))?;
+    let info = client.hf().model(org, name).info().revision(revision.to_string()).send().await.map_err(|e| client.map_hf(e, repo, revision))?;
     let url = client.api_url(repo, &["revision", revision])?.to_string();
     let commit = info.sha.ok_or_else(|| HubError::BadResponse { url, what: "repo info without a commit sha".into() })?;
     let gated = info.gated.as_ref().is_some_and(|g| g != &serde_json::Value::Bool(false));
@@ -103,8 +96,8 @@ pub async fn list_files(client: &HubClient, repo: &str, revision: &str) -> Resul
         let resp = client.check(resp, repo, revision, None).await?;
         next = next_link(resp.headers());
         let text = resp.text().await.map_err(|e| client.network_error(&e))?;
-        let entries: Vec<TreeEntry> = serde_json::from_str(&text)
-            .map_err(|e| HubError::BadResponse { url: url.to_string(), what: format!("tree listing: {e}") })?;
+        let entries: Vec<TreeEntry> =
+            serde_json::from_str(&text).map_err(|e| HubError::BadResponse { url: url.to_string(), what: format!("tree listing: {e}") })?;
         for e in entries.into_iter().filter(|e| e.kind == "file") {
             safe_relative(repo, &e.path)?;
             safe_etag(repo, &e.oid)?;
@@ -485,7 +478,14 @@ pub fn card_summary(readme: &str) -> String {
             in_code = !in_code;
             continue;
         }
-        let skip = in_code || line.starts_with('#') || line.starts_with("![") || line.starts_with("[![") || line.starts_with('<') || line.starts_with('|') || line.starts_with("---") || is_list_item(line);
+        let skip = in_code
+            || line.starts_with('#')
+            || line.starts_with("![")
+            || line.starts_with("[![")
+            || line.starts_with('<')
+            || line.starts_with('|')
+            || line.starts_with("---")
+            || is_list_item(line);
         if line.is_empty() || skip {
             if !para.is_empty() {
                 break;
@@ -530,11 +530,7 @@ fn strip_links(s: &str) -> String {
 /// Runs an async call to completion on a private runtime, for synchronous callers (the CLI, the
 /// planner). Do not call from inside a tokio runtime.
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a current-thread tokio runtime always builds")
-        .block_on(f)
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a current-thread tokio runtime always builds").block_on(f)
 }
 
 #[cfg(test)]

@@ -171,16 +171,38 @@ mod tests {
     #[test]
     fn safetensors_win_over_every_duplicate() {
         let listing = vec![
-            f(".gitattributes", 1), f("README.md", 2), f("config.json", 3), f("generation_config.json", 4),
-            f("model.safetensors", 100), f("pytorch_model.bin", 100), f("flax_model.msgpack", 100),
-            f("tf_model.h5", 100), f("model.onnx", 100), f("onnx/model.onnx", 100), f("model-q4.gguf", 50),
-            f("tokenizer.json", 5), f("tokenizer_config.json", 6), f("tokenizer.model", 7),
-            f("special_tokens_map.json", 8), f("chat_template.jinja", 9),
+            f(".gitattributes", 1),
+            f("README.md", 2),
+            f("config.json", 3),
+            f("generation_config.json", 4),
+            f("model.safetensors", 100),
+            f("pytorch_model.bin", 100),
+            f("flax_model.msgpack", 100),
+            f("tf_model.h5", 100),
+            f("model.onnx", 100),
+            f("onnx/model.onnx", 100),
+            f("model-q4.gguf", 50),
+            f("tokenizer.json", 5),
+            f("tokenizer_config.json", 6),
+            f("tokenizer.model", 7),
+            f("special_tokens_map.json", 8),
+            f("chat_template.jinja", 9),
         ];
         let s = files_for_load(&listing, &SelectOptions::default()).unwrap();
         assert_eq!(s.weights, Some(WeightsFormat::Safetensors));
-        assert_eq!(paths(&s), ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-            "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "chat_template.jinja"]);
+        assert_eq!(
+            paths(&s),
+            [
+                "config.json",
+                "generation_config.json",
+                "model.safetensors",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "tokenizer.model",
+                "special_tokens_map.json",
+                "chat_template.jinja"
+            ]
+        );
         assert_eq!(s.total_bytes(), 3 + 4 + 100 + 5 + 6 + 7 + 8 + 9);
         assert_eq!(s.skipped.len(), 8);
     }
@@ -189,14 +211,19 @@ mod tests {
     fn sharded_checkpoint_takes_only_its_shards() {
         // Mistral-7B-v0.3's layout: shards + index, and a consolidated copy.
         let listing = vec![
-            f("config.json", 1), f("consolidated.safetensors", 300),
-            f("model-00001-of-00002.safetensors", 150), f("model-00002-of-00002.safetensors", 150),
-            f("model.safetensors.index.json", 2), f("pytorch_model.bin.index.json", 2),
+            f("config.json", 1),
+            f("consolidated.safetensors", 300),
+            f("model-00001-of-00002.safetensors", 150),
+            f("model-00002-of-00002.safetensors", 150),
+            f("model.safetensors.index.json", 2),
+            f("pytorch_model.bin.index.json", 2),
             f("pytorch_model-00001-of-00002.bin", 150),
         ];
         let s = files_for_load(&listing, &SelectOptions::default()).unwrap();
-        assert_eq!(paths(&s), ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
-            "model.safetensors.index.json"]);
+        assert_eq!(
+            paths(&s),
+            ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"]
+        );
     }
 
     #[test]

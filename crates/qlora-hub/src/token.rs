@@ -62,11 +62,18 @@ pub async fn whoami(client: &crate::HubClient) -> Result<String> {
         .map_err(|e| HubError::BadResponse { url: client.config().endpoint.clone(), what: e.to_string() })?;
     let resp = client.get(&url, None).await?;
     if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
-        return Err(HubError::Http { url: url.to_string(), status: 401, message: "the Hub rejected this token; create a new one at https://huggingface.co/settings/tokens".into() });
+        return Err(HubError::Http {
+            url: url.to_string(),
+            status: 401,
+            message: "the Hub rejected this token; create a new one at https://huggingface.co/settings/tokens".into(),
+        });
     }
     let resp = client.check(resp, "whoami", "main", None).await?;
     let v: serde_json::Value = resp.json().await.map_err(|e| client.network_error(&e))?;
-    v.get("name").and_then(|n| n.as_str()).map(String::from).ok_or_else(|| HubError::BadResponse { url: url.to_string(), what: "whoami without a name".into() })
+    v.get("name")
+        .and_then(|n| n.as_str())
+        .map(String::from)
+        .ok_or_else(|| HubError::BadResponse { url: url.to_string(), what: "whoami without a name".into() })
 }
 
 #[cfg(test)]

@@ -21,10 +21,7 @@ impl Tmpfs {
     fn mount(size: &str) -> Tmpfs {
         let dir = tempfile::tempdir().unwrap();
         let st = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir.path()).status();
-        assert!(
-            st.is_ok_and(|s| s.success()),
-            "mounting a tmpfs failed: this test needs root (mount -t tmpfs) to make a small filesystem"
-        );
+        assert!(st.is_ok_and(|s| s.success()), "mounting a tmpfs failed: this test needs root (mount -t tmpfs) to make a small filesystem");
         Tmpfs(dir.path().to_path_buf(), dir)
     }
 }

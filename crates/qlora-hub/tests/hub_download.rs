@@ -111,9 +111,7 @@ async fn cancel_is_honoured_within_a_second_and_the_next_run_resumes() {
     let opts = fast_opts();
     let cancel = opts.cancel.clone();
     let c = env.client();
-    let task = tokio::spawn(async move {
-        download::download(&c, REPO, "main", &SelectOptions::default(), &opts, &qlora_jobs::NoProgress).await
-    });
+    let task = tokio::spawn(async move { download::download(&c, REPO, "main", &SelectOptions::default(), &opts, &qlora_jobs::NoProgress).await });
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let t = Instant::now();
     cancel.cancel();
@@ -202,9 +200,7 @@ async fn server_going_away_mid_file_keeps_the_bytes_for_a_resume() {
     env.hub.add_fault(FaultRule::always("model.safetensors", Fault::Throttle { bytes_per_sec: 2_000_000 }));
     let opts = DownloadOptions { max_retries: 1, ..fast_opts() };
     let c = env.client();
-    let task = tokio::spawn(async move {
-        download::download(&c, REPO, "main", &SelectOptions::default(), &opts, &qlora_jobs::NoProgress).await
-    });
+    let task = tokio::spawn(async move { download::download(&c, REPO, "main", &SelectOptions::default(), &opts, &qlora_jobs::NoProgress).await });
     tokio::time::sleep(Duration::from_millis(800)).await;
     env.hub.shutdown();
     let e = task.await.unwrap().unwrap_err();

@@ -113,7 +113,8 @@ async fn network_gone_and_offline_mode() {
 #[tokio::test]
 async fn huggingface_hub_reads_search_and_model_info_from_the_test_server() {
     let env = env();
-    let code = format!(r#"
+    let code = format!(
+        r#"
 import json, os
 from huggingface_hub import HfApi
 api = HfApi(endpoint=os.environ["HF_ENDPOINT"], token=False)
@@ -127,7 +128,8 @@ print(json.dumps(dict(hits=hits, full=full, info=dict(
     pipeline_tag=info.pipeline_tag, license=info.card_data.license if info.card_data else None,
     language=info.card_data.language if info.card_data else None,
     files={{s.rfilename: [s.size, s.blob_id, s.lfs.sha256 if s.lfs else None] for s in info.siblings}}))))
-"#);
+"#
+    );
     let out = std::process::Command::new("python3")
         .arg("-c")
         .arg(code)

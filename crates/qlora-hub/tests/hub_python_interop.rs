@@ -37,9 +37,7 @@ const SELECTED: [&str; 5] = ["config.json", "generation_config.json", "model.saf
 async fn python_snapshot_download_from_the_test_server_is_used_by_us_without_a_new_download() {
     let env = Env::new(500_000);
     let allow = format!("{:?}", SELECTED);
-    let path = python(&env, &format!(
-        "from huggingface_hub import snapshot_download\nprint(snapshot_download('{REPO}', allow_patterns={allow}))"
-    ));
+    let path = python(&env, &format!("from huggingface_hub import snapshot_download\nprint(snapshot_download('{REPO}', allow_patterns={allow}))"));
     let snapshot = std::path::PathBuf::from(path.trim());
     assert_eq!(files_under(&snapshot), SELECTED);
     for f in SELECTED {
@@ -69,7 +67,10 @@ async fn what_we_download_python_scan_cache_dir_lists_with_the_right_sizes_and_r
         .await
         .unwrap();
     let ours = qlora_hub::cache::scan(&env.cache_dir());
-    let json = python(&env, &format!(r#"
+    let json = python(
+        &env,
+        &format!(
+            r#"
 import json, os
 from huggingface_hub import scan_cache_dir, snapshot_download
 info = scan_cache_dir(os.environ["HF_HUB_CACHE"])
@@ -81,7 +82,9 @@ from huggingface_hub import constants
 constants.HF_HUB_OFFLINE = True
 path = snapshot_download("{REPO}")
 print(json.dumps(dict(repos=repos, warnings=[str(w) for w in info.warnings], offline_path=path)))
-"#));
+"#
+        ),
+    );
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["warnings"], serde_json::json!([]));
     let r = &v["repos"][0];

@@ -15,9 +15,23 @@ async fn listing_has_sizes_and_lfs_sha256_for_every_file() {
     let l = remote::list_files(&env.client(), REPO, "main").await.unwrap();
     assert_eq!(l.commit.len(), 40);
     let paths: Vec<&str> = l.files.iter().map(|f| f.path.as_str()).collect();
-    assert_eq!(paths, [".hub-none"; 0].iter().copied().chain([
-        "README.md", "config.json", "generation_config.json", "model.safetensors", "onnx/model.onnx",
-        "pytorch_model.bin", "tokenizer.json", "tokenizer_config.json"]).collect::<Vec<_>>());
+    assert_eq!(
+        paths,
+        [".hub-none"; 0]
+            .iter()
+            .copied()
+            .chain([
+                "README.md",
+                "config.json",
+                "generation_config.json",
+                "model.safetensors",
+                "onnx/model.onnx",
+                "pytorch_model.bin",
+                "tokenizer.json",
+                "tokenizer_config.json"
+            ])
+            .collect::<Vec<_>>()
+    );
     for f in &l.files {
         let bytes = env.repo_file(&f.path);
         assert_eq!(f.size, bytes.len() as u64, "{}", f.path);

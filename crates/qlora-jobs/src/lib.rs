@@ -162,9 +162,7 @@ impl Throughput {
     /// Units per second over the window, 0 until two samples exist.
     pub fn rate(&self) -> f64 {
         match (self.samples.front(), self.samples.back()) {
-            (Some(&(t0, d0)), Some(&(t1, d1))) if t1 > t0 => {
-                d1.saturating_sub(d0) as f64 / t1.duration_since(t0).as_secs_f64()
-            }
+            (Some(&(t0, d0)), Some(&(t1, d1))) if t1 > t0 => d1.saturating_sub(d0) as f64 / t1.duration_since(t0).as_secs_f64(),
             _ => 0.0,
         }
     }

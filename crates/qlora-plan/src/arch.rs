@@ -99,10 +99,8 @@ impl ArchSpec {
         let bad = |reason: String| PlanError::BadConfig { path: path.to_path_buf(), reason };
         let hf: HfConfig = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
         let model_type = hf.model_type.clone().ok_or_else(|| bad("no 'model_type' field".into()))?;
-        let arch = Arch::from_model_type(&model_type).ok_or_else(|| PlanError::UnsupportedArchitecture {
-            path: path.to_path_buf(),
-            model_type: model_type.clone(),
-        })?;
+        let arch = Arch::from_model_type(&model_type)
+            .ok_or_else(|| PlanError::UnsupportedArchitecture { path: path.to_path_buf(), model_type: model_type.clone() })?;
         let need = |v: Option<usize>, name: &str| {
             v.filter(|n| *n > 0).map(|n| n as u64).ok_or_else(|| bad(format!("missing or zero required field '{name}'")))
         };
@@ -110,9 +108,7 @@ impl ArchSpec {
         let num_heads = need(hf.num_attention_heads, "num_attention_heads")?;
         let num_kv_heads = hf.num_key_value_heads.map_or(num_heads, |n| n as u64);
         if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
-            return Err(bad(format!(
-                "num_attention_heads ({num_heads}) must be a positive multiple of num_key_value_heads ({num_kv_heads})"
-            )));
+            return Err(bad(format!("num_attention_heads ({num_heads}) must be a positive multiple of num_key_value_heads ({num_kv_heads})")));
         }
         let attention_bias = hf.attention_bias.unwrap_or(false);
         let sliding_window = match arch {
@@ -177,8 +173,10 @@ mod tests {
 
     #[test]
     fn gemma_ties_its_head_and_takes_head_dim_from_the_config() {
-        let s = spec(r#"{"model_type":"gemma","hidden_size":3072,"intermediate_size":24576,"num_hidden_layers":28,
-            "num_attention_heads":16,"num_key_value_heads":16,"head_dim":256,"vocab_size":256000}"#)
+        let s = spec(
+            r#"{"model_type":"gemma","hidden_size":3072,"intermediate_size":24576,"num_hidden_layers":28,
+            "num_attention_heads":16,"num_key_value_heads":16,"head_dim":256,"vocab_size":256000}"#,
+        )
         .unwrap();
         assert!(s.tie_embeddings);
         assert_eq!((s.q_dim(), s.kv_dim()), (4096, 4096), "gemma-7b: q width 16*256 is not hidden 3072");
@@ -202,8 +200,10 @@ mod tests {
         assert!(e.contains("gpt2") && e.contains("llama, mistral"), "{e}");
         let e = spec(r#"{"model_type":"llama","hidden_size":64}"#).unwrap_err().to_string();
         assert!(e.contains("num_attention_heads"), "{e}");
-        let e = spec(r#"{"model_type":"llama","hidden_size":64,"num_attention_heads":6,"num_key_value_heads":4,
-            "intermediate_size":1,"num_hidden_layers":1,"vocab_size":1}"#)
+        let e = spec(
+            r#"{"model_type":"llama","hidden_size":64,"num_attention_heads":6,"num_key_value_heads":4,
+            "intermediate_size":1,"num_hidden_layers":1,"vocab_size":1}"#,
+        )
         .unwrap_err()
         .to_string();
         assert!(e.contains("multiple"), "{e}");

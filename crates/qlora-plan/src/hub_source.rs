@@ -74,9 +74,7 @@ impl HubSource {
         }
         let cfg = self.client.config();
         let origin = if cfg.offline {
-            self.cached_origin().ok_or_else(|| {
-                self.err(HubError::Offline { what: self.describe(), cache: cfg.cache_dir.clone() })
-            })?
+            self.cached_origin().ok_or_else(|| self.err(HubError::Offline { what: self.describe(), cache: cfg.cache_dir.clone() }))?
         } else {
             match block_on(remote::list_files(&self.client, &self.repo, &self.revision)) {
                 Ok(l) => Origin::Hub(l),
@@ -124,8 +122,8 @@ impl MetadataSource for HubSource {
 
     fn to_fetch_bytes(&self, _selected: &[RemoteFile]) -> Result<u64, PlanError> {
         let listing = self.origin()?.listing();
-        let plan = qlora_hub::download::plan_from_listing(&self.client.config().cache_dir, listing, &SelectOptions::default())
-            .map_err(|e| self.err(e))?;
+        let plan =
+            qlora_hub::download::plan_from_listing(&self.client.config().cache_dir, listing, &SelectOptions::default()).map_err(|e| self.err(e))?;
         Ok(plan.to_fetch_bytes)
     }
 }

@@ -121,13 +121,7 @@ pub fn inference_memory(
     let act = prefill_activation_bytes(s, context, batch, c, dequant, device);
     let working = weights + kv + act;
     let overhead = overheads.overhead_bytes(device, working);
-    InferenceMemory {
-        weights_bytes: weights,
-        kv_cache_bytes: kv,
-        activations_bytes: act,
-        overhead_bytes: overhead,
-        total_bytes: working + overhead,
-    }
+    InferenceMemory { weights_bytes: weights, kv_cache_bytes: kv, activations_bytes: act, overhead_bytes: overhead, total_bytes: working + overhead }
 }
 
 #[cfg(test)]

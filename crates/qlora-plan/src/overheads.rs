@@ -77,7 +77,12 @@ impl TrainingOverheads {
 impl Default for TrainingOverheads {
     fn default() -> Self {
         let est = |v: f64| Sourced { value: v, source: "estimate, to be measured".into(), note: String::new() };
-        Self { cuda_pool_slack_fraction: est(0.05), checkpointed_layer_graphs: est(2.0), checkpointed_layer_graphs_by_arch: BTreeMap::new(), manual_backward_layer_graphs: None }
+        Self {
+            cuda_pool_slack_fraction: est(0.05),
+            checkpointed_layer_graphs: est(2.0),
+            checkpointed_layer_graphs_by_arch: BTreeMap::new(),
+            manual_backward_layer_graphs: None,
+        }
     }
 }
 
@@ -111,8 +116,7 @@ impl Overheads {
     /// Parses an overheads file (same shape as `configs/overheads.json`).
     pub fn from_json(text: &str) -> Result<Overheads, PlanError> {
         let o: Overheads = serde_json::from_str(text).map_err(|e| PlanError::BadOverheads { reason: e.to_string() })?;
-        let fractions =
-            [o.cuda.allocator_slack_fraction.value, o.cpu.allocator_slack_fraction.value, o.training.cuda_pool_slack_fraction.value];
+        let fractions = [o.cuda.allocator_slack_fraction.value, o.cpu.allocator_slack_fraction.value, o.training.cuda_pool_slack_fraction.value];
         let graphs = std::iter::once(&o.training.checkpointed_layer_graphs).chain(o.training.checkpointed_layer_graphs_by_arch.values());
         if graphs.into_iter().any(|g| !(1.0..=8.0).contains(&g.value)) {
             return Err(PlanError::BadOverheads { reason: "training.checkpointed_layer_graphs must lie between 1 and 8".into() });
@@ -139,9 +143,7 @@ impl Overheads {
     /// training rather than the inference one.
     pub fn training_overhead_bytes(&self, device: DeviceKind, working: u64) -> u64 {
         match device {
-            DeviceKind::Cuda => {
-                self.cuda_fixed_bytes() + (working as f64 * self.training.cuda_pool_slack_fraction.value).ceil() as u64
-            }
+            DeviceKind::Cuda => self.cuda_fixed_bytes() + (working as f64 * self.training.cuda_pool_slack_fraction.value).ceil() as u64,
             DeviceKind::Cpu => self.overhead_bytes(device, working),
         }
     }
@@ -161,9 +163,9 @@ impl Overheads {
             &self.training.cuda_pool_slack_fraction.source,
             &self.training.checkpointed_layer_graphs.source,
         ]
-            .into_iter()
-            .chain(self.training.checkpointed_layer_graphs_by_arch.values().map(|g| &g.source))
-            .any(|s| s.contains("estimate"))
+        .into_iter()
+        .chain(self.training.checkpointed_layer_graphs_by_arch.values().map(|g| &g.source))
+        .any(|s| s.contains("estimate"))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The whole plan of one model against one machine: the `--json` object documented in
 //! docs/PLANNER.md. Every field name here is part of that stable shape.
 
+use crate::PlanError;
 use crate::arch::Arch;
 use crate::disk::{PipelineDisk, pipeline_disk};
 use crate::inference::{InferenceMemory, inference_memory};
@@ -11,7 +12,6 @@ use crate::tensors::parameter_count;
 use crate::training::{TrainOptions, TrainingMemory, training_memory};
 use crate::verdict::{Fit, Suggestion};
 use crate::weights::Precision;
-use crate::PlanError;
 use serde::{Deserialize, Serialize};
 
 /// What to plan.
@@ -158,13 +158,19 @@ pub fn plan(meta: &ModelMeta, target: &Target, opts: &PlanOptions, overheads: &O
         notes.push(n.clone());
     }
     if context > s.max_position_embeddings {
-        notes.push(format!("context {context} is longer than the model's max_position_embeddings ({}); quality past it is not assured", s.max_position_embeddings));
+        notes.push(format!(
+            "context {context} is longer than the model's max_position_embeddings ({}); quality past it is not assured",
+            s.max_position_embeddings
+        ));
     }
     if let Some(t) = opts.train.as_ref().filter(|t| t.seq_len > s.max_position_embeddings) {
         notes.push(format!("sequence length {} is longer than the model's max_position_embeddings ({})", t.seq_len, s.max_position_embeddings));
     }
     if s.prequantized {
-        notes.push("config.json announces a bitsandbytes pre-quantized checkpoint: the nf4/int8 rows apply; the 16-bit rows would need the dense original".into());
+        notes.push(
+            "config.json announces a bitsandbytes pre-quantized checkpoint: the nf4/int8 rows apply; the 16-bit rows would need the dense original"
+                .into(),
+        );
     }
     Ok(Plan {
         model: meta.model.clone(),
@@ -199,11 +205,19 @@ fn suggest_inference(t: &InferenceTable, context: u64, total: &dyn Fn(Precision,
     while ctx >= 128 {
         let bytes = total(Precision::Nf4Dq, ctx);
         if judge(bytes).fits() {
-            return Suggestion { change: format!("load in nf4_dq with a context of {ctx} tokens (--quant nf4-dq --context {ctx})"), total_bytes: bytes, fit: judge(bytes) };
+            return Suggestion {
+                change: format!("load in nf4_dq with a context of {ctx} tokens (--quant nf4-dq --context {ctx})"),
+                total_bytes: bytes,
+                fit: judge(bytes),
+            };
         }
         ctx /= 2;
     }
-    Suggestion { change: "a smaller model: even NF4 with a 128-token context does not fit".into(), total_bytes: t.nf4_dq.memory.total_bytes, fit: Fit::WontFit }
+    Suggestion {
+        change: "a smaller model: even NF4 with a 128-token context does not fit".into(),
+        total_bytes: t.nf4_dq.memory.total_bytes,
+        fit: Fit::WontFit,
+    }
 }
 
 /// Single changes in order of how little they cost the run, then the same changes together.
@@ -220,7 +234,10 @@ fn suggest_training(
         steps.push(("double quantization (nf4_dq base)".into(), TrainOptions { base: Precision::Nf4Dq, ..o.clone() }));
     }
     if o.micro_batch > 1 {
-        steps.push(("micro-batch 1 (--micro-batch 1; raise gradient accumulation to keep the batch)".into(), TrainOptions { micro_batch: 1, ..o.clone() }));
+        steps.push((
+            "micro-batch 1 (--micro-batch 1; raise gradient accumulation to keep the batch)".into(),
+            TrainOptions { micro_batch: 1, ..o.clone() },
+        ));
     }
     let mut seq = o.seq_len / 2;
     while seq >= 128 {
@@ -243,7 +260,11 @@ fn suggest_training(
             return Ok(Suggestion { change, total_bytes: bytes, fit: judge(bytes) });
         }
         if all.seq_len <= 128 {
-            return Ok(Suggestion { change: "a smaller model: even micro-batch 1 with 128-token sequences does not fit".into(), total_bytes: bytes, fit: Fit::WontFit });
+            return Ok(Suggestion {
+                change: "a smaller model: even micro-batch 1 with 128-token sequences does not fit".into(),
+                total_bytes: bytes,
+                fit: Fit::WontFit,
+            });
         }
         all.seq_len /= 2;
         words.retain(|w| !w.starts_with("--seq-len"));

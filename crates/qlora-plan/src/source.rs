@@ -134,10 +134,7 @@ impl MetadataSource for LocalFolder {
 
     fn read_text(&self, path: &str) -> Result<String, PlanError> {
         let p = self.dir.join(path);
-        std::fs::read_to_string(&p).map_err(|e| PlanError::Io {
-            reason: format!("{e}; a model folder needs at least its config.json"),
-            path: p,
-        })
+        std::fs::read_to_string(&p).map_err(|e| PlanError::Io { reason: format!("{e}; a model folder needs at least its config.json"), path: p })
     }
 
     fn safetensors_header(&self, path: &str) -> Result<SafetensorsHeader, PlanError> {

@@ -1,8 +1,8 @@
 //! The machine a plan is judged against: this machine's GPU (free memory from NVML), a GPU
 //! preset from `configs/gpus.json`, or — when there is no NVIDIA GPU — system RAM for the CPU.
 
-use crate::overheads::DeviceKind;
 use crate::PlanError;
+use crate::overheads::DeviceKind;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

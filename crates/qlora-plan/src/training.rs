@@ -5,11 +5,11 @@
 //! buffer (`qlora_train::loss::CHUNK` positions at a time) and the runtime overhead.
 //! The per-layer activation formula and its assumptions are in docs/PLANNER.md.
 
+use crate::PlanError;
 use crate::arch::ArchSpec;
 use crate::overheads::{DeviceKind, Overheads};
 use crate::tensors::{TensorSpec, layer_projections};
 use crate::weights::{Precision, largest_projection_numel, weights_bytes};
-use crate::PlanError;
 use serde::{Deserialize, Serialize};
 
 /// Positions per loss chunk (`qlora_train::loss::CHUNK`).
@@ -42,7 +42,16 @@ impl Default for TrainOptions {
     /// The configuration the GPU benchmarks measure (issue 7): sequence 512, micro-batch 4,
     /// rank 16 on every projection, gradient checkpointing, NF4 + double quantization.
     fn default() -> Self {
-        Self { seq_len: 512, micro_batch: 4, rank: 16, targets: vec![], checkpointing: true, base: Precision::Nf4Dq, dropout: false, offload_checkpoints: true }
+        Self {
+            seq_len: 512,
+            micro_batch: 4,
+            rank: 16,
+            targets: vec![],
+            checkpointing: true,
+            base: Precision::Nf4Dq,
+            dropout: false,
+            offload_checkpoints: true,
+        }
     }
 }
 
@@ -73,14 +82,13 @@ pub fn lora_targets(s: &ArchSpec, targets: &[String]) -> Result<Vec<(u64, u64)>,
     for t in targets {
         if !all.iter().any(|(n, _, _)| short(n) == *t) {
             let known: Vec<String> = all.iter().map(|(n, _, _)| short(n)).collect();
-            return Err(PlanError::BadOption { option: "target".into(), reason: format!("'{t}' is not a projection of this model; use one of {}", known.join(", ")) });
+            return Err(PlanError::BadOption {
+                option: "target".into(),
+                reason: format!("'{t}' is not a projection of this model; use one of {}", known.join(", ")),
+            });
         }
     }
-    Ok(all
-        .into_iter()
-        .filter(|(n, _, _)| targets.is_empty() || targets.contains(&short(n)))
-        .map(|(_, o, i)| (o, i))
-        .collect())
+    Ok(all.into_iter().filter(|(n, _, _)| targets.is_empty() || targets.contains(&short(n))).map(|(_, o, i)| (o, i)).collect())
 }
 
 /// LoRA parameters: `rank × (in + out)` per targeted projection per layer.
@@ -292,8 +300,14 @@ mod tests {
         let on = training_memory(&s, &tensors, &TrainOptions::default(), DeviceKind::Cuda, ov).unwrap();
         let off = training_memory(&s, &tensors, &TrainOptions { checkpointing: false, ..Default::default() }, DeviceKind::Cuda, ov).unwrap();
         assert!(off.activations_bytes > 5 * on.activations_bytes, "{} vs {}", off.activations_bytes, on.activations_bytes);
-        let sum = on.base_weights_bytes + on.lora_weights_bytes + on.lora_grads_bytes + on.optimizer_bytes
-            + on.master_weights_bytes + on.activations_bytes + on.logits_bytes + on.dequant_scratch_bytes
+        let sum = on.base_weights_bytes
+            + on.lora_weights_bytes
+            + on.lora_grads_bytes
+            + on.optimizer_bytes
+            + on.master_weights_bytes
+            + on.activations_bytes
+            + on.logits_bytes
+            + on.dequant_scratch_bytes
             + on.overhead_bytes;
         assert_eq!(sum, on.total_bytes);
         assert_eq!(on.optimizer_bytes, 2 * on.lora_weights_bytes);

@@ -20,12 +20,8 @@ fn a_prequantized_checkpoint_is_planned_from_its_architecture_with_an_exact_down
     assert!(meta.download.exact);
     // The same model's dense twin, recorded next to it, has exactly the parameters planned.
     let twin = SafetensorsHeader::read_file(&dir.join("dense_twin.safetensors")).unwrap();
-    let dense: u64 = twin
-        .tensors
-        .iter()
-        .filter(|(name, _)| role_of(&meta.spec, name) != Role::Unused)
-        .map(|(_, t)| t.shape.iter().product::<u64>())
-        .sum();
+    let dense: u64 =
+        twin.tensors.iter().filter(|(name, _)| role_of(&meta.spec, name) != Role::Unused).map(|(_, t)| t.shape.iter().product::<u64>()).sum();
     let p = plan(&meta, &Target::preset("t4").unwrap(), &PlanOptions::default(), Overheads::builtin().unwrap()).unwrap();
     assert_eq!(p.parameters, dense);
     assert!(p.notes.iter().any(|n| n.contains("pre-quantized")), "{:?}", p.notes);
@@ -99,7 +95,8 @@ fn training_suggestions_prefer_the_cheapest_single_change_then_combine() {
     assert!(t.suggestion.as_ref().unwrap().change.starts_with("gradient checkpointing"), "{:?}", t.suggestion);
     // On 8 GiB at sequence 4096 no single change is enough: the combination, with a shorter
     // sequence. (At 512, checkpointing alone fits: the layer inputs wait in host memory.)
-    let long = PlanOptions { train: Some(TrainOptions { checkpointing: false, micro_batch: 4, seq_len: 4096, ..Default::default() }), ..Default::default() };
+    let long =
+        PlanOptions { train: Some(TrainOptions { checkpointing: false, micro_batch: 4, seq_len: 4096, ..Default::default() }), ..Default::default() };
     let p = plan(&meta, &Target::preset("rtx2080").unwrap(), &long, o).unwrap();
     let s = p.training.unwrap().suggestion.unwrap();
     assert!(s.change.contains("(together)") && s.change.contains("--micro-batch 1"), "{}", s.change);

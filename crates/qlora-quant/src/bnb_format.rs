@@ -127,7 +127,10 @@ pub fn nf4_from_bnb(weight: &str, get: impl Fn(&str) -> Option<Tensor>) -> Resul
     let dtype = dtype_from_torch(&st.dtype).ok_or_else(|| bad(&qs_name, format!("dtype '{}' is not float32/float16/bfloat16", st.dtype)))?;
     let (pname, packed) = need("")?;
     if packed.dtype() != DType::U8 {
-        return Err(bad(&pname, format!("packed 4-bit weight must be U8, found {:?} (bnb_4bit_quant_storage other than uint8 is not supported)", packed.dtype())));
+        return Err(bad(
+            &pname,
+            format!("packed 4-bit weight must be U8, found {:?} (bnb_4bit_quant_storage other than uint8 is not supported)", packed.dtype()),
+        ));
     }
     let (map_name, map) = need("quant_map")?;
     let code: [f32; 16] = map
@@ -161,6 +164,5 @@ pub fn nf4_from_bnb(weight: &str, get: impl Fn(&str) -> Option<Tensor>) -> Resul
             })
         }
     };
-    Nf4Tensor::from_parts(packed, absmax, code, st.blocksize, Shape::from(st.shape.clone()), dtype)
-        .map_err(|e| bad(weight, e.to_string()))
+    Nf4Tensor::from_parts(packed, absmax, code, st.blocksize, Shape::from(st.shape.clone()), dtype).map_err(|e| bad(weight, e.to_string()))
 }

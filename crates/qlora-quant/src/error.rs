@@ -13,7 +13,9 @@ pub enum QuantError {
     #[error("cannot quantize an empty tensor (shape {shape:?})")]
     Empty { shape: Vec<usize> },
 
-    #[error("value #{index} of the tensor is {value}: NF4/int8 quantization needs finite weights; the checkpoint is corrupt or was saved after a diverged run")]
+    #[error(
+        "value #{index} of the tensor is {value}: NF4/int8 quantization needs finite weights; the checkpoint is corrupt or was saved after a diverged run"
+    )]
     NonFinite { index: usize, value: f32 },
 
     #[error("blocksize {blocksize} is not supported: bitsandbytes uses 32, 64, 128, 256, 512, 1024, 2048 or 4096")]

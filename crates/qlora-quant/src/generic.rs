@@ -3,7 +3,7 @@
 //! (issue 7) and must match it.
 
 use crate::nf4::{DoubleQuant, Nf4Tensor};
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{D, DType, Result, Tensor};
 
 /// Per-element f32 scale: `block_vals[i / blocksize]`, for the first `n` elements.
 fn expand(block_vals: &Tensor, blocksize: usize, n: usize) -> Result<Tensor> {

@@ -135,10 +135,7 @@ impl Int8Tensor {
         let stats = cpu_vec::<f32>(&self.row_absmax)?;
         let cols = self.cols;
         let vals: Vec<f32> = with_cpu_slice::<u8, _>(&self.q, |q| {
-            q.chunks(cols)
-                .zip(&stats)
-                .flat_map(|(row, s)| row.iter().map(move |c| (*c as i8 as f32 * s) * INV_127))
-                .collect()
+            q.chunks(cols).zip(&stats).flat_map(|(row, s)| row.iter().map(move |c| (*c as i8 as f32 * s) * INV_127)).collect()
         })?;
         Tensor::from_vec(vals, (self.rows, self.cols), &Device::Cpu)?.to_dtype(dtype)
     }
@@ -165,11 +162,7 @@ impl Int8Tensor {
     pub fn matmul_int8(&self, x: &Tensor) -> Result<Tensor> {
         let k = self.cols;
         if x.dims().last() != Some(&k) {
-            return Err(QuantError::Mismatch {
-                what: "int8 matmul input".into(),
-                expected: format!("[..., {k}]"),
-                found: format!("{:?}", x.dims()),
-            });
+            return Err(QuantError::Mismatch { what: "int8 matmul input".into(), expected: format!("[..., {k}]"), found: format!("{:?}", x.dims()) });
         }
         let xv = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         check_finite(&xv)?;

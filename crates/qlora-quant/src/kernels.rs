@@ -2,7 +2,7 @@
 //! bitsandbytes 0.50.2 operation for operation (see `codebook.rs` for the tables). Everything
 //! above works on candle tensors; everything here is plain arithmetic on `&[f32]`/`&[u8]`.
 
-use crate::codebook::{nf4_bucket, nf4_midpoints, Lut8};
+use crate::codebook::{Lut8, nf4_bucket, nf4_midpoints};
 use crate::torch_sum::torch_mean_f32;
 
 /// Blocks of `blocksize` over the flattened values; the last may be short.
@@ -73,14 +73,7 @@ pub fn par_chunks<T: Send>(x: &[f32], unit: usize, f: impl Fn(&[f32]) -> T + Syn
 
 /// Dequantizes packed NF4 codes: `code[c] * absmax[block]` in f32, then `cast` (bnb converts
 /// the f32 product to the output dtype with round-to-nearest-even).
-pub fn nf4_dequantize<T>(
-    packed: &[u8],
-    absmax: &[f32],
-    code: &[f32; 16],
-    blocksize: usize,
-    n: usize,
-    cast: impl Fn(f32) -> T,
-) -> Vec<T> {
+pub fn nf4_dequantize<T>(packed: &[u8], absmax: &[f32], code: &[f32; 16], blocksize: usize, n: usize, cast: impl Fn(f32) -> T) -> Vec<T> {
     let mut out = Vec::with_capacity(n);
     let half_block = blocksize / 2;
     for (b, bytes) in packed.chunks(half_block).enumerate() {
@@ -194,10 +187,7 @@ pub fn dq_quantize(absmax: &[f32], nested_blocksize: usize, torch_threads: usize
 /// Rebuilds f32 absmax from its double quantization: `code[q] * nested_absmax[block] + offset`,
 /// two f32 roundings in that order as bnb's `dequantize_blockwise(...) + offset`.
 pub fn dq_dequantize(q: &[u8], offset: f32, nested_absmax: &[f32], code: &[f32; 256], nested_blocksize: usize) -> Vec<f32> {
-    q.chunks(nested_blocksize)
-        .zip(nested_absmax)
-        .flat_map(|(block, scale)| block.iter().map(move |c| code[*c as usize] * scale + offset))
-        .collect()
+    q.chunks(nested_blocksize).zip(nested_absmax).flat_map(|(block, scale)| block.iter().map(move |c| code[*c as usize] * scale + offset)).collect()
 }
 
 #[cfg(test)]

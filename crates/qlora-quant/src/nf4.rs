@@ -28,7 +28,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use crate::codebook::{dynamic_map, NF4_CODE};
+use crate::codebook::{NF4_CODE, dynamic_map};
 use crate::error::{QuantError, Result};
 use crate::kernels;
 use crate::tensor_util::{check_finite, cpu_vec, on_cpu, with_cpu_slice};
@@ -139,14 +139,7 @@ impl Nf4Tensor {
 
     /// Assembles an NF4 tensor from stored parts (e.g. a bitsandbytes checkpoint), checking
     /// that every size agrees with `shape` and `blocksize`.
-    pub fn from_parts(
-        packed: Tensor,
-        absmax: Absmax,
-        code: [f32; 16],
-        blocksize: usize,
-        shape: Shape,
-        dtype: DType,
-    ) -> Result<Self> {
+    pub fn from_parts(packed: Tensor, absmax: Absmax, code: [f32; 16], blocksize: usize, shape: Shape, dtype: DType) -> Result<Self> {
         check_blocksize(blocksize)?;
         let n = shape.elem_count();
         let expect = |what: &str, t: &Tensor, dt: DType, len: usize| -> Result<Tensor> {
@@ -244,21 +237,9 @@ impl Nf4Tensor {
         let (code, bs) = (&self.code, self.blocksize);
         with_cpu_slice::<u8, _>(&self.packed, |p| match dtype {
             DType::F32 => Tensor::from_vec(kernels::nf4_dequantize(p, &absmax, code, bs, n, |v| v), &self.shape, &Device::Cpu),
-            DType::BF16 => Tensor::from_vec(
-                kernels::nf4_dequantize(p, &absmax, code, bs, n, half::bf16::from_f32),
-                &self.shape,
-                &Device::Cpu,
-            ),
-            DType::F16 => Tensor::from_vec(
-                kernels::nf4_dequantize(p, &absmax, code, bs, n, half::f16::from_f32),
-                &self.shape,
-                &Device::Cpu,
-            ),
-            DType::F64 => Tensor::from_vec(
-                kernels::nf4_dequantize(p, &absmax, code, bs, n, |v| v as f64),
-                &self.shape,
-                &Device::Cpu,
-            ),
+            DType::BF16 => Tensor::from_vec(kernels::nf4_dequantize(p, &absmax, code, bs, n, half::bf16::from_f32), &self.shape, &Device::Cpu),
+            DType::F16 => Tensor::from_vec(kernels::nf4_dequantize(p, &absmax, code, bs, n, half::f16::from_f32), &self.shape, &Device::Cpu),
+            DType::F64 => Tensor::from_vec(kernels::nf4_dequantize(p, &absmax, code, bs, n, |v| v as f64), &self.shape, &Device::Cpu),
             other => Err(candle_core::Error::Msg(format!("cannot dequantize NF4 to {other:?}: use f32, f16 or bf16"))),
         })?
     }
@@ -267,11 +248,9 @@ impl Nf4Tensor {
     pub fn to_device(&self, device: &Device) -> candle_core::Result<Self> {
         let absmax = match &self.absmax {
             Absmax::Plain(a) => Absmax::Plain(a.to_device(device)?),
-            Absmax::Double(d) => Absmax::Double(DoubleQuant {
-                q: d.q.to_device(device)?,
-                nested_absmax: d.nested_absmax.to_device(device)?,
-                ..d.clone()
-            }),
+            Absmax::Double(d) => {
+                Absmax::Double(DoubleQuant { q: d.q.to_device(device)?, nested_absmax: d.nested_absmax.to_device(device)?, ..d.clone() })
+            }
         };
         Ok(Nf4Tensor { packed: self.packed.to_device(device)?, absmax, ..self.clone() })
     }

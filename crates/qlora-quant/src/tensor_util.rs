@@ -10,9 +10,7 @@ pub(crate) fn on_cpu(t: &Tensor) -> bool {
 /// Runs `f` on the contiguous CPU data of `t` (no copy). Errors on a non-CPU or strided tensor.
 pub(crate) fn with_cpu_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> candle_core::Result<R> {
     let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("internal: expected a CPU tensor, found one on {:?}", t.device().location())
-    };
+    let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("internal: expected a CPU tensor, found one on {:?}", t.device().location()) };
     let data = cpu.as_slice::<T>()?;
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(f(&data[start..end])),

@@ -22,10 +22,7 @@ fn ceil_log2(x: usize) -> usize {
 
 /// ATen's `multi_row_sum`: `rows` rows of `NROWS` accumulator "columns", each column itself a
 /// group of `W` lanes (W = 1 for the scalar path). `load(i, k)` gives row i, column k.
-fn multi_row_sum<const W: usize>(
-    rows: usize,
-    load: impl Fn(usize, usize) -> [f32; W],
-) -> [[f32; W]; ILP] {
+fn multi_row_sum<const W: usize>(rows: usize, load: impl Fn(usize, usize) -> [f32; W]) -> [[f32; W]; ILP] {
     let level_power = 4usize.max(ceil_log2(rows) / LEVELS);
     let level_step = 1usize << level_power;
     let level_mask = level_step - 1;

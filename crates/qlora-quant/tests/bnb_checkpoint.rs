@@ -4,7 +4,7 @@
 //! bytes (packed, DQ absmax, offset, nested absmax). Bad checkpoints give errors naming the tensor.
 
 use candle_core::{DType, Device, Tensor};
-use qlora_quant::bnb_format::{nf4_from_bnb, BnbQuantConfig};
+use qlora_quant::bnb_format::{BnbQuantConfig, nf4_from_bnb};
 use qlora_quant::{Absmax, Nf4Tensor};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,8 +20,7 @@ fn load(rel: &str) -> HashMap<String, Tensor> {
 }
 
 fn layer_names(ckpt: &HashMap<String, Tensor>) -> Vec<String> {
-    let mut v: Vec<String> =
-        ckpt.keys().filter_map(|k| k.strip_suffix(".quant_state.bitsandbytes__nf4").map(String::from)).collect();
+    let mut v: Vec<String> = ckpt.keys().filter_map(|k| k.strip_suffix(".quant_state.bitsandbytes__nf4").map(String::from)).collect();
     v.sort();
     v
 }
@@ -87,9 +86,8 @@ fn broken_checkpoints_name_the_tensor() {
     assert!(err.contains(&format!("{name}.nested_absmax")) && err.contains("missing"), "{err}");
 
     let blob = Tensor::new(b"{\"quant_type\": \"nf4\"".as_slice(), &Device::Cpu).unwrap();
-    let err = nf4_from_bnb(name, |k| if k.ends_with("bitsandbytes__nf4") { Some(blob.clone()) } else { ckpt.get(k).cloned() })
-        .unwrap_err()
-        .to_string();
+    let err =
+        nf4_from_bnb(name, |k| if k.ends_with("bitsandbytes__nf4") { Some(blob.clone()) } else { ckpt.get(k).cloned() }).unwrap_err().to_string();
     assert!(err.contains("quant_state.bitsandbytes__nf4") && err.contains("JSON"), "{err}");
 
     // packed bytes of another layer (wrong size for the declared shape)

@@ -85,8 +85,7 @@ fn int8_matches_bitsandbytes() {
     let input = &fixture("nf4.safetensors")["input"];
     for (prefix, x) in [("", input.clone()), ("f16.", input.to_dtype(DType::F16).unwrap())] {
         let q = Int8Tensor::quantize(&x).unwrap();
-        let theirs: Vec<i8> =
-            f[&format!("{prefix}int8")].flatten_all().unwrap().to_vec1::<i16>().unwrap().into_iter().map(|v| v as i8).collect();
+        let theirs: Vec<i8> = f[&format!("{prefix}int8")].flatten_all().unwrap().to_vec1::<i16>().unwrap().into_iter().map(|v| v as i8).collect();
         assert_eq!(q.codes_i8().unwrap(), theirs, "{prefix}int8 codes");
         assert_same_bits(&format!("{prefix}row_absmax"), q.row_absmax(), &f[&format!("{prefix}row_absmax")]);
     }

@@ -2,7 +2,7 @@
 //! weight, and the gradient w.r.t. x equals the dense reference's.
 
 use candle_core::{DType, Device, Tensor, Var};
-use qlora_quant::{int8_linear, nf4_linear, Int8Tensor, Nf4Tensor};
+use qlora_quant::{Int8Tensor, Nf4Tensor, int8_linear, nf4_linear};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_dtype(DType::F32).unwrap().to_scalar().unwrap()

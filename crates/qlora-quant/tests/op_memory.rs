@@ -5,7 +5,7 @@
 //! can fail. One test only in this binary, so no other test allocates concurrently.
 
 use candle_core::{DType, Device, Tensor, Var};
-use qlora_quant::{int8_linear, nf4_linear, Int8Tensor, Nf4Tensor};
+use qlora_quant::{Int8Tensor, Nf4Tensor, int8_linear, nf4_linear};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
@@ -70,8 +70,7 @@ fn forward_keeps_no_dense_weight_alive() {
     assert!(kept8 < y_bytes + dense_bytes / 2, "int8_linear kept {kept8} bytes alive");
 
     // The naive way keeps the dense weight referenced from the graph until backward.
-    let (kept_naive, y_naive) =
-        retained(|| x.as_tensor().matmul(&q.dequantize(DType::F32).unwrap().t().unwrap()).unwrap());
+    let (kept_naive, y_naive) = retained(|| x.as_tensor().matmul(&q.dequantize(DType::F32).unwrap().t().unwrap()).unwrap());
     assert!(kept_naive >= dense_bytes, "probe failed to see the naive path's dense copy ({kept_naive} bytes)");
 
     // Backward works and, once the grads are dropped, frees its transient dense copy again.

@@ -70,8 +70,7 @@ pub fn tensors(layers: &Attached) -> HashMap<String, Tensor> {
 pub fn save(dir: &Path, layers: &Attached, cfg: &LoraConfig, base_model: &str) -> Result<(), AdapterError> {
     let io = |source| AdapterError::Io { path: dir.to_path_buf(), source };
     std::fs::create_dir_all(dir).map_err(io)?;
-    let mut targets: Vec<String> =
-        layers.iter().filter_map(|(p, _)| p.rsplit('.').next().map(String::from)).collect();
+    let mut targets: Vec<String> = layers.iter().filter_map(|(p, _)| p.rsplit('.').next().map(String::from)).collect();
     targets.sort();
     targets.dedup();
     let json = serde_json::to_vec_pretty(&peft_config(cfg, base_model, &targets)).map_err(|e| io(e.into()))?;
@@ -82,16 +81,14 @@ pub fn save(dir: &Path, layers: &Attached, cfg: &LoraConfig, base_model: &str) -
 /// Saves tensors to a safetensors file atomically.
 pub fn save_tensors(path: &Path, map: &HashMap<String, Tensor>) -> Result<(), AdapterError> {
     let tmp = path.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(map, &tmp)
-        .map_err(|source| AdapterError::Tensor { path: path.to_path_buf(), source })?;
+    candle_core::safetensors::save(map, &tmp).map_err(|source| AdapterError::Tensor { path: path.to_path_buf(), source })?;
     std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|source| AdapterError::Io { path: tmp.clone(), source })?;
     std::fs::rename(&tmp, path).map_err(|source| AdapterError::Io { path: path.to_path_buf(), source })
 }
 
 /// Loads a safetensors file.
 pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>, AdapterError> {
-    candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|source| AdapterError::Tensor { path: path.to_path_buf(), source })
+    candle_core::safetensors::load(path, &Device::Cpu).map_err(|source| AdapterError::Tensor { path: path.to_path_buf(), source })
 }
 
 /// Sets the trainable layers' A and B from a peft adapter folder (every attached module must
@@ -155,10 +152,7 @@ pub fn apply(model: &mut qlora_engine::model::Model, dir: &Path) -> Result<Attac
         out.push((path, l));
     }
     if out.is_empty() {
-        return Err(crate::trainer::TrainError::TargetModule {
-            name: lora.target_modules.join(", "),
-            available: crate::lora::available(&paths),
-        });
+        return Err(crate::trainer::TrainError::TargetModule { name: lora.target_modules.join(", "), available: crate::lora::available(&paths) });
     }
     load_into(dir, &out)?;
     out.iter().for_each(|(_, l)| l.set_train_mode(false));

@@ -63,11 +63,7 @@ pub fn list(root: &Path) -> std::io::Result<Vec<usize>> {
 
 /// Writes a checkpoint folder atomically: `fill` writes the files into a temporary folder,
 /// which is then renamed to `checkpoint-{step}` (replacing one of the same step).
-pub fn write_atomic<E: From<std::io::Error>>(
-    root: &Path,
-    step: usize,
-    fill: impl FnOnce(&Path) -> Result<(), E>,
-) -> Result<PathBuf, E> {
+pub fn write_atomic<E: From<std::io::Error>>(root: &Path, step: usize, fill: impl FnOnce(&Path) -> Result<(), E>) -> Result<PathBuf, E> {
     std::fs::create_dir_all(root)?;
     let tmp = root.join(format!(".checkpoint-{step}.tmp"));
     if tmp.exists() {

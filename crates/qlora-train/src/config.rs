@@ -364,8 +364,7 @@ impl TrainConfig {
 
     /// Reads, parses, validates and resolves paths against the file's folder.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let mut cfg = Self::from_yaml_str(&text, Some(path))?;
         if let Some(dir) = path.parent() {
             cfg.resolve_paths(dir);
@@ -389,11 +388,7 @@ impl TrainConfig {
                 message,
             }
         })?;
-        cfg.validate().map_err(|(field, message)| ConfigError::Invalid {
-            path: path.map(Path::to_path_buf),
-            field,
-            message,
-        })?;
+        cfg.validate().map_err(|(field, message)| ConfigError::Invalid { path: path.map(Path::to_path_buf), field, message })?;
         Ok(cfg)
     }
 

@@ -23,8 +23,8 @@
 //! ```
 
 use crate::config::{
-    CheckpointConfig, ComputeDtype, ConfigError, DataConfig, DataFormat, LossOn, LossScale, LoraConfig,
-    OptimizerConfig, QuantConfig, ScheduleConfig, ScheduleKind, TrainConfig,
+    CheckpointConfig, ComputeDtype, ConfigError, DataConfig, DataFormat, LoraConfig, LossOn, LossScale, OptimizerConfig, QuantConfig, ScheduleConfig,
+    ScheduleKind, TrainConfig,
 };
 use qlora_engine::{Arch, ModelConfig};
 use std::path::{Path, PathBuf};
@@ -86,8 +86,7 @@ fn has_chat_template(dir: &Path) -> bool {
 /// to `output_dir`, for `target`. The run length is `epochs` (3, or 2 at 7 B); callers set
 /// `max_steps` to cut it short.
 pub fn for_model(model_dir: &Path, data_files: Vec<PathBuf>, output_dir: PathBuf, target: Target) -> Result<TrainConfig, DefaultsError> {
-    let mc = ModelConfig::from_dir(model_dir)
-        .map_err(|e| DefaultsError::Model { path: model_dir.to_path_buf(), message: e.to_string() })?;
+    let mc = ModelConfig::from_dir(model_dir).map_err(|e| DefaultsError::Model { path: model_dir.to_path_buf(), message: e.to_string() })?;
     let params = decoder_params(&mc);
     let big = params >= 6e9;
     let big_vocab = mc.vocab_size > BIG_VOCAB;
@@ -103,7 +102,13 @@ pub fn for_model(model_dir: &Path, data_files: Vec<PathBuf>, output_dir: PathBuf
         Target::Cpu => (ComputeDtype::F32, 4, 1, 256, false),
         Target::Cuda { bf16 } => {
             let dtype = if bf16 { ComputeDtype::Bf16 } else { ComputeDtype::F16 };
-            let len = if big { 512 } else if big_vocab { 768 } else { 1024 };
+            let len = if big {
+                512
+            } else if big_vocab {
+                768
+            } else {
+                1024
+            };
             (dtype, gpu_batch, 16 / gpu_batch, len, true)
         }
     };

@@ -34,26 +34,9 @@ impl Memory {
 #[non_exhaustive]
 pub enum TrainEvent {
     /// The run starts (or resumes at `start_step`).
-    Start {
-        total_steps: usize,
-        start_step: usize,
-        trainable_params: usize,
-        train_rows: usize,
-        valid_rows: usize,
-        base_weight_bytes: usize,
-    },
+    Start { total_steps: usize, start_step: usize, trainable_params: usize, train_rows: usize, valid_rows: usize, base_weight_bytes: usize },
     /// One optimizer step done.
-    Step {
-        step: usize,
-        total_steps: usize,
-        epoch: usize,
-        loss: f64,
-        lr: f64,
-        grad_norm: f64,
-        tokens_per_s: f64,
-        eta_s: Option<f64>,
-        memory: Memory,
-    },
+    Step { step: usize, total_steps: usize, epoch: usize, loss: f64, lr: f64, grad_norm: f64, tokens_per_s: f64, eta_s: Option<f64>, memory: Memory },
     /// Validation loss after `step`.
     Eval { step: usize, loss: f64 },
     /// A checkpoint was written.

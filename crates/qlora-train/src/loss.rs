@@ -39,14 +39,7 @@ fn chunk_nll(model: &Model, h: &Tensor, labels: &Tensor, weights: &Tensor) -> Re
 
 /// Loss (`Σ w·nll / norm`) and the gradient of `scale · loss` w.r.t. `hidden` (`[B, T, H]`).
 /// `labels` `[B, T]` u32, `weights` `[B, T]` f32.
-pub fn loss_and_hidden_grad(
-    model: &Model,
-    hidden: &Tensor,
-    labels: &Tensor,
-    weights: &Tensor,
-    norm: f64,
-    scale: f64,
-) -> Result<(f64, Tensor)> {
+pub fn loss_and_hidden_grad(model: &Model, hidden: &Tensor, labels: &Tensor, weights: &Tensor, norm: f64, scale: f64) -> Result<(f64, Tensor)> {
     if !hidden.device().is_cpu() {
         return fused(model, hidden, labels, weights, norm, scale);
     }
@@ -139,7 +132,10 @@ fn analytic_chunk(
 pub enum Loss {
     Ready(f64),
     /// `sum / norm`, `sum` a scalar on the device.
-    Pending { sum: Tensor, norm: f64 },
+    Pending {
+        sum: Tensor,
+        norm: f64,
+    },
 }
 
 impl Loss {

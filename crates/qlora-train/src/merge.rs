@@ -56,9 +56,7 @@ pub fn merge(model_dir: &Path, adapter_dir: &Path, out_dir: &Path) -> Result<Mer
     let mut pending: HashMap<String, (Tensor, Tensor)> = HashMap::new();
     for (name, a) in &lora {
         if let Some(module) = name.strip_prefix("base_model.model.").and_then(|n| n.strip_suffix(".lora_A.weight")) {
-            let b = lora
-                .get(&adapter::peft_names(module).1)
-                .ok_or_else(|| bad(adapter_dir, format!("`{name}` has no matching lora_B")))?;
+            let b = lora.get(&adapter::peft_names(module).1).ok_or_else(|| bad(adapter_dir, format!("`{name}` has no matching lora_B")))?;
             pending.insert(format!("{module}.weight"), (a.clone(), b.clone()));
         }
     }
@@ -72,17 +70,13 @@ pub fn merge(model_dir: &Path, adapter_dir: &Path, out_dir: &Path) -> Result<Mer
         merged += merge_shard(&model_dir.join(shard), &out_dir.join(shard), &mut pending, scale)?;
     }
     if let Some(name) = pending.keys().next() {
-        return Err(bad(
-            model_dir,
-            format!("the adapter targets `{name}`, which this model does not have: the adapter is for another base"),
-        ));
+        return Err(bad(model_dir, format!("the adapter targets `{name}`, which this model does not have: the adapter is for another base")));
     }
     for f in COPIED {
         let src = model_dir.join(f);
         if src.is_file() {
             let bytes = std::fs::read(&src).map_err(|source| MergeError::Io { path: src.clone(), source })?;
-            crate::checkpoint::write_file_atomic(&out_dir.join(f), &bytes)
-                .map_err(|source| MergeError::Io { path: out_dir.join(f), source })?;
+            crate::checkpoint::write_file_atomic(&out_dir.join(f), &bytes).map_err(|source| MergeError::Io { path: out_dir.join(f), source })?;
         }
     }
     Ok(MergeReport { merged_modules: merged, shards: shards.len() })
@@ -93,8 +87,8 @@ fn shard_files(dir: &Path) -> Result<Vec<String>, MergeError> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
         let text = std::fs::read_to_string(&index).map_err(|source| MergeError::Io { path: index.clone(), source })?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| MergeError::Bad { path: index.clone(), message: format!("not valid JSON: {e}") })?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| MergeError::Bad { path: index.clone(), message: format!("not valid JSON: {e}") })?;
         let mut files: Vec<String> = v["weight_map"]
             .as_object()
             .ok_or_else(|| MergeError::Bad { path: index.clone(), message: "no `weight_map`".into() })?
@@ -108,15 +102,13 @@ fn shard_files(dir: &Path) -> Result<Vec<String>, MergeError> {
     if dir.join("model.safetensors").is_file() {
         return Ok(vec!["model.safetensors".into()]);
     }
-    Err(MergeError::Bad { path: dir.to_path_buf(), message: "no model.safetensors (or index) here: merge needs a dense Hub-style model folder".into() })
+    Err(MergeError::Bad {
+        path: dir.to_path_buf(),
+        message: "no model.safetensors (or index) here: merge needs a dense Hub-style model folder".into(),
+    })
 }
 
-fn merge_shard(
-    src: &Path,
-    dst: &Path,
-    pending: &mut HashMap<String, (Tensor, Tensor)>,
-    scale: f64,
-) -> Result<usize, MergeError> {
+fn merge_shard(src: &Path, dst: &Path, pending: &mut HashMap<String, (Tensor, Tensor)>, scale: f64) -> Result<usize, MergeError> {
     let terr = |source| MergeError::Tensor { path: src.to_path_buf(), source };
     let mut tensors = candle_core::safetensors::load(src, &Device::Cpu).map_err(terr)?;
     let mut merged = 0;
@@ -136,9 +128,7 @@ fn merge_shard(
             });
         }
         let dt = w.dtype();
-        *w = (w.to_dtype(DType::F32).map_err(terr)? + (delta * scale).map_err(terr)?)
-            .and_then(|m| m.to_dtype(dt))
-            .map_err(terr)?;
+        *w = (w.to_dtype(DType::F32).map_err(terr)? + (delta * scale).map_err(terr)?).and_then(|m| m.to_dtype(dt)).map_err(terr)?;
         merged += 1;
     }
     adapter::save_tensors(dst, &tensors)?;

@@ -70,10 +70,7 @@ pub fn report(ds: &Dataset, enc: &dyn TextEncoder) -> PreflightReport {
         let i = if len > ds.max_len { last } else { ((len.max(1) - 1) / width).min(last) };
         histogram[i].count += 1;
     }
-    let example = ds.train.first().map(|p| Example {
-        source: p.source.to_string(),
-        spans: spans(&p.tokens.ids, &p.tokens.targets, enc),
-    });
+    let example = ds.train.first().map(|p| Example { source: p.source.to_string(), spans: spans(&p.tokens.ids, &p.tokens.targets, enc) });
     PreflightReport {
         shape: ds.shape,
         train_samples: ds.train.len(),
@@ -175,13 +172,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("d.jsonl");
         let long = "x".repeat(100);
-        std::fs::write(
-            &p,
-            format!(
-                "{{\"instruction\":\"Q\",\"output\":\"A\"}}\n{{bad\n{{\"instruction\":\"{long}\",\"output\":\"B\"}}\n"
-            ),
-        )
-        .unwrap();
+        std::fs::write(&p, format!("{{\"instruction\":\"Q\",\"output\":\"A\"}}\n{{bad\n{{\"instruction\":\"{long}\",\"output\":\"B\"}}\n")).unwrap();
         // the long sample's reply lies beyond 60 tokens: it is dropped, not trained on nothing
         let ds = crate::data::prepare(&cfg(p, 60), 0, &ChatMl, &ByteTok).unwrap();
         let r = report(&ds, &ByteTok);

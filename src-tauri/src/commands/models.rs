@@ -54,17 +54,13 @@ pub fn cancel_import(state: State<'_, AppState>, job: u64) -> CmdResult<()> {
 /// Checks the shape of a Hub model id (`org/name`) before anything goes to the network.
 pub fn check_model_id(id: &str) -> CmdResult<()> {
     let id = id.trim();
-    let ok_part = |p: &str| {
-        !p.is_empty() && p.len() <= 96 && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            && !p.starts_with('.')
-    };
+    let ok_part =
+        |p: &str| !p.is_empty() && p.len() <= 96 && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !p.starts_with('.');
     let parts: Vec<_> = id.split('/').collect();
     if parts.len() == 2 && parts.iter().all(|p| ok_part(p)) {
         Ok(())
     } else {
-        Err(AppError::invalid(format!(
-            "'{id}' is not a Hub model id: use the form organisation/name, e.g. TinyLlama/TinyLlama-1.1B-Chat-v1.0"
-        )))
+        Err(AppError::invalid(format!("'{id}' is not a Hub model id: use the form organisation/name, e.g. TinyLlama/TinyLlama-1.1B-Chat-v1.0")))
     }
 }
 

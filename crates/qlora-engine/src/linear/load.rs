@@ -3,10 +3,10 @@
 //! `quantization_config` in config.json). Quantizing on load reads each weight straight from
 //! the memory-mapped file, so no dense copy of the whole model is ever held.
 
+use super::ArcLinear;
 use super::dense::DenseLinear;
 use super::int8::Int8Linear;
 use super::nf4::Nf4Linear;
-use super::ArcLinear;
 use crate::error::{Error, Result};
 use crate::model::config::BnbQuant;
 use crate::weights::Weights;
@@ -56,11 +56,7 @@ impl LinearLoader<'_> {
     /// Loads `{name}.weight` (`[out, in]`) and, when `bias`, `{name}.bias`.
     pub fn load(&self, name: &str, in_features: usize, out_features: usize, bias: bool) -> Result<ArcLinear> {
         let w_name = format!("{name}.weight");
-        let b = if bias {
-            Some(self.weights.get_as(&format!("{name}.bias"), &[out_features], self.dtype, self.device)?)
-        } else {
-            None
-        };
+        let b = if bias { Some(self.weights.get_as(&format!("{name}.bias"), &[out_features], self.dtype, self.device)?) } else { None };
         if let Some(q) = &self.prequantized
             && self.weights.info(&w_name).is_some_and(|i| i.dtype == DType::U8)
         {
@@ -79,8 +75,7 @@ impl LinearLoader<'_> {
             Quant::None => Arc::new(DenseLinear::new(w, b)),
             Quant::Int8 => {
                 let q = Int8Tensor::quantize(&w).map_err(err)?;
-                let q = Int8Tensor::from_parts(q.codes().to_device(self.device)?, q.row_absmax().to_device(self.device)?, self.dtype)
-                    .map_err(err)?;
+                let q = Int8Tensor::from_parts(q.codes().to_device(self.device)?, q.row_absmax().to_device(self.device)?, self.dtype).map_err(err)?;
                 Arc::new(Int8Linear::new(q, b))
             }
             Quant::Nf4 | Quant::Nf4DoubleQuant => {

@@ -5,22 +5,15 @@
 //! quantized on load. The stored numbers are used as they are, so the weights dequantize
 //! exactly as bitsandbytes' `dequantize_4bit` does.
 
+use super::ArcLinear;
 use super::load::LinearLoader;
 use super::nf4::Nf4Linear;
-use super::ArcLinear;
 use crate::error::{Error, Result};
 use crate::model::config::BnbQuant;
 use candle_core::Tensor;
 use std::sync::Arc;
 
-pub fn load(
-    l: &LinearLoader,
-    q: &BnbQuant,
-    name: &str,
-    in_features: usize,
-    out_features: usize,
-    bias: Option<Tensor>,
-) -> Result<ArcLinear> {
+pub fn load(l: &LinearLoader, q: &BnbQuant, name: &str, in_features: usize, out_features: usize, bias: Option<Tensor>) -> Result<ArcLinear> {
     let w_name = format!("{name}.weight");
     let path = l.weights.file_of(&w_name).map(|p| p.to_path_buf()).unwrap_or_default();
     match q {
@@ -33,8 +26,10 @@ pub fn load(
             });
         }
     }
-    let nf4 = qlora_quant::bnb_format::nf4_from_bnb(&w_name, |n| l.weights.get(n, l.device).ok()).map_err(|e| {
-        Error::BadTensor { path: path.clone(), tensor: w_name.clone(), reason: e.to_string() }
+    let nf4 = qlora_quant::bnb_format::nf4_from_bnb(&w_name, |n| l.weights.get(n, l.device).ok()).map_err(|e| Error::BadTensor {
+        path: path.clone(),
+        tensor: w_name.clone(),
+        reason: e.to_string(),
     })?;
     let dims = nf4.shape().dims().to_vec();
     if dims != [out_features, in_features] {

@@ -7,7 +7,7 @@
 
 use super::error::{LoraError, Result};
 use super::layer::{LoraLinear, LoraWeights};
-use super::peft_format::{load_weights, save_weights, AdapterConfig, LoraPairs, TargetModules, PREFIX};
+use super::peft_format::{AdapterConfig, LoraPairs, PREFIX, TargetModules, load_weights, save_weights};
 use crate::linear::{ArcLinear, Linear};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
@@ -127,8 +127,7 @@ pub fn create_trainable(layers: &LoraLayers, spec: &LoraSpec, device: &Device) -
     let mut names: Vec<&String> = layers.keys().collect();
     names.sort();
     if let TargetModules::List(targets) = &spec.target_modules {
-        let missing: Vec<String> =
-            targets.iter().filter(|t| !names.iter().any(|n| *n == *t || n.ends_with(&format!(".{t}")))).cloned().collect();
+        let missing: Vec<String> = targets.iter().filter(|t| !names.iter().any(|n| *n == *t || n.ends_with(&format!(".{t}")))).cloned().collect();
         if !missing.is_empty() {
             let mut kinds: Vec<String> = names.iter().filter_map(|n| n.rsplit('.').next().map(String::from)).collect();
             kinds.sort();
@@ -143,7 +142,10 @@ pub fn create_trainable(layers: &LoraLayers, spec: &LoraSpec, device: &Device) -
         }
     }
     if chosen.is_empty() {
-        return Err(LoraError::NoSuchModule { missing: format!("{:?}", spec.target_modules), available: list(&layers.keys().cloned().collect::<Vec<_>>(), 8) });
+        return Err(LoraError::NoSuchModule {
+            missing: format!("{:?}", spec.target_modules),
+            available: list(&layers.keys().cloned().collect::<Vec<_>>(), 8),
+        });
     }
     let targets: Vec<String> = match &spec.target_modules {
         TargetModules::List(l) => l.clone(),

@@ -82,10 +82,7 @@ impl LoraLinear {
         let (a, b) = (w.a.dims(), w.b.dims());
         let (i, o) = (self.base.in_features(), self.base.out_features());
         if a.len() != 2 || b.len() != 2 || a[1] != i || b[0] != o || a[0] != b[1] {
-            return Err(format!(
-                "{}: lora_A is {a:?} and lora_B is {b:?}, the layer needs lora_A [r, {i}] and lora_B [{o}, r]",
-                self.name
-            ));
+            return Err(format!("{}: lora_A is {a:?} and lora_B is {b:?}, the layer needs lora_A [r, {i}] and lora_B [{o}, r]", self.name));
         }
         Ok(())
     }

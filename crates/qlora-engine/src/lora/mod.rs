@@ -28,8 +28,7 @@ pub mod layer;
 pub mod peft_format;
 
 pub use adapter::{
-    attach_adapter, create_trainable, detach_all, export_peft, set_scale_all, wrap_all, AttachedAdapter, LoraLayers,
-    LoraSpec, TrainableAdapter,
+    AttachedAdapter, LoraLayers, LoraSpec, TrainableAdapter, attach_adapter, create_trainable, detach_all, export_peft, set_scale_all, wrap_all,
 };
 pub use error::LoraError;
 pub use layer::{LoraLinear, LoraWeights};

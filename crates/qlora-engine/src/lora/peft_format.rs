@@ -32,9 +32,9 @@ impl TargetModules {
     pub fn matches(&self, path: &str) -> Result<bool> {
         Ok(match self {
             TargetModules::List(l) => l.iter().any(|t| path == t || path.ends_with(&format!(".{t}"))),
-            TargetModules::Regex(r) => regex::Regex::new(&format!("^(?:{r})$"))
-                .map_err(|e| LoraError::Invalid(format!("target_modules regex '{r}': {e}")))?
-                .is_match(path),
+            TargetModules::Regex(r) => {
+                regex::Regex::new(&format!("^(?:{r})$")).map_err(|e| LoraError::Invalid(format!("target_modules regex '{r}': {e}")))?.is_match(path)
+            }
         })
     }
 }
@@ -139,14 +139,12 @@ impl AdapterConfig {
             return Err(LoraError::MissingFile { path });
         }
         let text = std::fs::read_to_string(&path).map_err(|source| LoraError::Io { path: path.clone(), source })?;
-        let value: Value =
-            serde_json::from_str(&text).map_err(|e| LoraError::BadJson { path: path.clone(), reason: e.to_string() })?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| LoraError::BadJson { path: path.clone(), reason: e.to_string() })?;
         let Value::Object(map) = &value else {
             return Err(LoraError::BadJson { path, reason: "expected a JSON object".into() });
         };
         check_fields(&path, map)?;
-        let cfg: AdapterConfig =
-            serde_json::from_value(value).map_err(|e| LoraError::BadJson { path: path.clone(), reason: e.to_string() })?;
+        let cfg: AdapterConfig = serde_json::from_value(value).map_err(|e| LoraError::BadJson { path: path.clone(), reason: e.to_string() })?;
         cfg.validate(&path)?;
         Ok(cfg)
     }
@@ -261,8 +259,8 @@ pub fn load_weights(dir: &Path, device: &Device, dtype: Option<DType>) -> Result
         let hint = if bin.is_file() { " (found adapter_model.bin: re-save it with safe_serialization=True)" } else { "" };
         return Err(LoraError::BadSafetensors { path, reason: format!("missing{hint}") });
     }
-    let tensors = candle_core::safetensors::load(&path, device)
-        .map_err(|e| LoraError::BadSafetensors { path: path.clone(), reason: e.to_string() })?;
+    let tensors =
+        candle_core::safetensors::load(&path, device).map_err(|e| LoraError::BadSafetensors { path: path.clone(), reason: e.to_string() })?;
     let mut half: HashMap<String, (Option<Tensor>, Option<Tensor>)> = HashMap::new();
     for (name, t) in tensors {
         let unexpected = |reason: &str| LoraError::UnexpectedTensor { path: path.clone(), tensor: name.clone(), reason: reason.into() };

@@ -17,9 +17,9 @@
 //!
 //! [`Linear::backward`]: crate::linear::Linear::backward
 
-use super::config::{Activation, NormKind};
-use super::layers::{fused_training, DecoderLayer, Mlp, Norm, Step};
 use super::Model;
+use super::config::{Activation, NormKind};
+use super::layers::{DecoderLayer, Mlp, Norm, Step, fused_training};
 use crate::linear::{ArcLinear, GradSink, Replay};
 use crate::ops;
 use crate::ops::attention::AttnMask;
@@ -194,24 +194,7 @@ impl DecoderLayer {
             (None, p.down.replay_lazy(&act)?)
         };
         mark("fwd swiglu, down");
-        let saved = Saved {
-            replay_q,
-            replay_k,
-            replay_v,
-            q,
-            k,
-            v,
-            p: probs,
-            attn,
-            replay_o,
-            x2,
-            replay_gate,
-            replay_up,
-            gate,
-            up,
-            act,
-            replay_down,
-        };
+        let saved = Saved { replay_q, replay_k, replay_v, q, k, v, p: probs, attn, replay_o, x2, replay_gate, replay_up, gate, up, act, replay_down };
         Ok((out, saved))
     }
 
@@ -289,7 +272,15 @@ impl DecoderLayer {
 
     /// From the attention output's gradient (rows `[B, T, heads·hd]`) to the q, k, v
     /// projections' output gradients (rows).
-    fn attention_backward(&self, d_attn: &Tensor, q: Tensor, k: Tensor, v: Tensor, probs: Option<Tensor>, step: &Step) -> Result<(Tensor, Tensor, Tensor)> {
+    fn attention_backward(
+        &self,
+        d_attn: &Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        probs: Option<Tensor>,
+        step: &Step,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = d_attn.dims3()?;
         let at = &self.attn;
         let (nh, nkv, hd) = (at.num_heads, at.num_kv_heads, at.head_dim);

@@ -67,7 +67,10 @@ pub enum NormKind {
 #[derive(Debug, Clone, PartialEq)]
 pub enum BnbQuant {
     /// 4-bit; `quant_type` is "nf4" or "fp4".
-    FourBit { quant_type: String, double_quant: bool },
+    FourBit {
+        quant_type: String,
+        double_quant: bool,
+    },
     EightBit,
 }
 
@@ -162,8 +165,7 @@ impl ModelConfig {
 
     /// Parses config.json text; `path` is named in errors.
     pub fn from_json(path: &Path, text: &str) -> Result<Self> {
-        let hf: HfConfig = serde_json::from_str(text)
-            .map_err(|e| Error::BadConfig { path: path.to_path_buf(), reason: e.to_string() })?;
+        let hf: HfConfig = serde_json::from_str(text).map_err(|e| Error::BadConfig { path: path.to_path_buf(), reason: e.to_string() })?;
         Self::from_hf(path, hf)
     }
 
@@ -181,9 +183,7 @@ impl ModelConfig {
         let num_layers = need(hf.num_hidden_layers, "num_hidden_layers")?;
         let num_kv_heads = hf.num_key_value_heads.unwrap_or(num_heads);
         if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
-            return Err(bad(format!(
-                "num_attention_heads ({num_heads}) must be a positive multiple of num_key_value_heads ({num_kv_heads})"
-            )));
+            return Err(bad(format!("num_attention_heads ({num_heads}) must be a positive multiple of num_key_value_heads ({num_kv_heads})")));
         }
         let head_dim = hf.head_dim.unwrap_or(hidden_size / num_heads);
         let rope = RopeParams::from_hf(&hf).map_err(bad)?;
@@ -191,9 +191,11 @@ impl ModelConfig {
         let rotary_dim = ((head_dim as f64) * partial) as usize;
         let act_name = match arch {
             Arch::Gemma => "gelu_pytorch_tanh".to_string(),
-            _ => hf.hidden_act.clone().or(hf.hidden_activation.clone()).unwrap_or_else(|| {
-                if arch == Arch::Phi { "gelu_new".into() } else { "silu".into() }
-            }),
+            _ => hf
+                .hidden_act
+                .clone()
+                .or(hf.hidden_activation.clone())
+                .unwrap_or_else(|| if arch == Arch::Phi { "gelu_new".into() } else { "silu".into() }),
         };
         let activation = match act_name.as_str() {
             "silu" | "swish" => Activation::Silu,
@@ -255,15 +257,7 @@ impl ModelConfig {
     pub fn projection_names(&self) -> &'static [&'static str] {
         match self.arch {
             Arch::Phi => &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.dense", "mlp.fc1", "mlp.fc2"],
-            _ => &[
-                "self_attn.q_proj",
-                "self_attn.k_proj",
-                "self_attn.v_proj",
-                "self_attn.o_proj",
-                "mlp.gate_proj",
-                "mlp.up_proj",
-                "mlp.down_proj",
-            ],
+            _ => &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
         }
     }
 }
@@ -274,9 +268,7 @@ fn sliding_windows(arch: Arch, hf: &HfConfig, num_layers: usize) -> Vec<Option<u
         Arch::Mistral => vec![window; num_layers],
         Arch::Qwen2 => {
             if let Some(types) = &hf.layer_types {
-                return (0..num_layers)
-                    .map(|i| types.get(i).filter(|t| *t == "sliding_attention").and(window))
-                    .collect();
+                return (0..num_layers).map(|i| types.get(i).filter(|t| *t == "sliding_attention").and(window)).collect();
             }
             let first = hf.max_window_layers.unwrap_or(num_layers);
             let on = hf.use_sliding_window.unwrap_or(false);
@@ -298,10 +290,7 @@ impl RopeParams {
         let params = hf.rope_parameters.as_ref().or(hf.rope_scaling.as_ref());
         let get = |k: &str| params.and_then(|p| p.get(k)).and_then(|v| v.as_f64());
         let theta = get("rope_theta").or(hf.rope_theta).unwrap_or(10000.0);
-        let kind = params
-            .and_then(|p| p.get("rope_type").or_else(|| p.get("type")))
-            .and_then(|v| v.as_str())
-            .unwrap_or("default");
+        let kind = params.and_then(|p| p.get("rope_type").or_else(|| p.get("type"))).and_then(|v| v.as_str()).unwrap_or("default");
         let factor = || get("factor").ok_or_else(|| format!("rope_type '{kind}' needs a 'factor'"));
         let scaling = match kind {
             "default" => RopeScaling::None,

@@ -68,9 +68,7 @@ impl Attention {
     /// `x` is `[B, T, hidden]`; `cache` the layer's cached `(k, v)`, updated in place.
     pub fn forward(&self, x: &Tensor, step: &Step, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let heads = |p: &ArcLinear, n: usize| -> Result<Tensor> {
-            p.forward(x)?.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?.contiguous()
-        };
+        let heads = |p: &ArcLinear, n: usize| -> Result<Tensor> { p.forward(x)?.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?.contiguous() };
         let (cos, sin) = step.tables()?;
         let fused = step.training && fused_training(x.device());
         let (q, mut k) = if fused {
@@ -234,9 +232,7 @@ impl DecoderLayer {
     pub fn projections_mut(&mut self) -> Vec<(&'static str, &mut ArcLinear)> {
         let a = &mut self.attn;
         let (o_name, mut v): (&'static str, Vec<(&'static str, &mut ArcLinear)>) = match &mut self.mlp {
-            Mlp::Gated { gate, up, down, .. } => {
-                ("self_attn.o_proj", vec![("mlp.gate_proj", gate), ("mlp.up_proj", up), ("mlp.down_proj", down)])
-            }
+            Mlp::Gated { gate, up, down, .. } => ("self_attn.o_proj", vec![("mlp.gate_proj", gate), ("mlp.up_proj", up), ("mlp.down_proj", down)]),
             Mlp::Plain { fc1, fc2, .. } => ("self_attn.dense", vec![("mlp.fc1", fc1), ("mlp.fc2", fc2)]),
         };
         let mut out: Vec<(&'static str, &mut ArcLinear)> = vec![

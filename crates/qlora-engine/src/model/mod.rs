@@ -16,9 +16,9 @@ pub mod config;
 mod decode_graph;
 #[cfg(feature = "cuda")]
 mod fast;
+pub mod layers;
 #[cfg(feature = "cuda")]
 mod prefill;
-pub mod layers;
 pub mod rope;
 
 use crate::error::{Error, Result};
@@ -125,9 +125,7 @@ pub struct DecodeGraphStats {
 /// Whether `QLORA_CUDA_GRAPHS` leaves CUDA graphs on (anything but `0`, `false`, `off`).
 pub fn cuda_graphs_enabled_by_env() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var("QLORA_CUDA_GRAPHS").map_or(true, |v| !matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "off"))
-    })
+    *ON.get_or_init(|| std::env::var("QLORA_CUDA_GRAPHS").map_or(true, |v| !matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "off")))
 }
 
 impl KvCache {
@@ -561,12 +559,7 @@ impl Model {
     }
 }
 
-fn load_layer(
-    cfg: &ModelConfig,
-    l: &LinearLoader,
-    i: usize,
-    norm_at: &dyn Fn(&str) -> Result<Norm>,
-) -> Result<DecoderLayer> {
+fn load_layer(cfg: &ModelConfig, l: &LinearLoader, i: usize, norm_at: &dyn Fn(&str) -> Result<Norm>) -> Result<DecoderLayer> {
     let p = format!("model.layers.{i}");
     let (h, hd, im) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
     let (q_out, kv_out) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
@@ -582,11 +575,7 @@ fn load_layer(
         sliding_window: cfg.sliding_window.get(i).copied().flatten(),
     };
     let mlp = if cfg.arch == Arch::Phi {
-        Mlp::Plain {
-            fc1: l.load(&format!("{p}.mlp.fc1"), h, im, true)?,
-            fc2: l.load(&format!("{p}.mlp.fc2"), im, h, true)?,
-            act: cfg.activation,
-        }
+        Mlp::Plain { fc1: l.load(&format!("{p}.mlp.fc1"), h, im, true)?, fc2: l.load(&format!("{p}.mlp.fc2"), im, h, true)?, act: cfg.activation }
     } else {
         Mlp::Gated {
             gate: l.load(&format!("{p}.mlp.gate_proj"), h, im, cfg.mlp_bias)?,
@@ -595,7 +584,6 @@ fn load_layer(
             act: cfg.activation,
         }
     };
-    let post_attention_norm =
-        if cfg.parallel_block { None } else { Some(norm_at(&format!("{p}.post_attention_layernorm"))?) };
+    let post_attention_norm = if cfg.parallel_block { None } else { Some(norm_at(&format!("{p}.post_attention_layernorm"))?) };
     Ok(DecoderLayer { input_norm: norm_at(&format!("{p}.input_layernorm"))?, post_attention_norm, attn, mlp })
 }

@@ -16,28 +16,18 @@ pub struct Rope {
 
 impl Rope {
     pub fn new(cfg: &ModelConfig) -> Self {
-        Self {
-            dim: cfg.rotary_dim,
-            theta: cfg.rope_theta,
-            scaling: cfg.rope_scaling.clone(),
-            max_position_embeddings: cfg.max_position_embeddings,
-        }
+        Self { dim: cfg.rotary_dim, theta: cfg.rope_theta, scaling: cfg.rope_scaling.clone(), max_position_embeddings: cfg.max_position_embeddings }
     }
 
     fn base_inv_freq(&self, base: f64) -> Vec<f32> {
-        (0..self.dim)
-            .step_by(2)
-            .map(|i| 1.0 / (base as f32).powf(i as f32 / self.dim as f32))
-            .collect()
+        (0..self.dim).step_by(2).map(|i| 1.0 / (base as f32).powf(i as f32 / self.dim as f32)).collect()
     }
 
     /// The inverse frequencies for a sequence of `seq_len` positions.
     pub fn inv_freq(&self, seq_len: usize) -> Vec<f32> {
         match &self.scaling {
             RopeScaling::None => self.base_inv_freq(self.theta),
-            RopeScaling::Linear { factor } => {
-                self.base_inv_freq(self.theta).into_iter().map(|f| f / *factor as f32).collect()
-            }
+            RopeScaling::Linear { factor } => self.base_inv_freq(self.theta).into_iter().map(|f| f / *factor as f32).collect(),
             RopeScaling::Dynamic { factor } => {
                 let max = self.max_position_embeddings as f64;
                 let seq = (seq_len as f64).max(max);

@@ -66,9 +66,7 @@ impl AttnMask {
 
     #[cfg(feature = "cuda")]
     fn kernel(&self) -> Result<qlora_quant::cuda::train::AttnMask> {
-        let u = |v: usize, what: &str| {
-            u32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("attention softmax: {what} {v} is above u32")))
-        };
+        let u = |v: usize, what: &str| u32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("attention softmax: {what} {v} is above u32")));
         Ok(qlora_quant::cuda::train::AttnMask {
             t: u(self.t, "query count")?,
             past: u(self.past, "past length")?,
@@ -77,8 +75,6 @@ impl AttnMask {
         })
     }
 }
-
-
 
 /// CPU twin of the forward kernel: rows of `len` scores to probabilities (f32).
 fn cpu_softmax(s: &[f32], len: usize, m: &AttnMask) -> Vec<f32> {

@@ -21,8 +21,6 @@ use super::twin;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-
-
 fn same_size(a: &Layout, b: &Layout) -> Result<()> {
     if a.shape() != b.shape() {
         candle_core::bail!("swiglu: gate {:?} and up {:?} differ in shape", a.dims(), b.dims())

@@ -50,8 +50,6 @@ impl Dims {
     }
 }
 
-
-
 /// CPU twin of both kernels. Forward reads rows of `[B, T, H, hd]` and writes `[B, H, T, hd]`;
 /// backward the other way round.
 fn cpu(src: &[f32], cos: &[f32], sin: &[f32], d: Dims, bwd: bool) -> Vec<f32> {

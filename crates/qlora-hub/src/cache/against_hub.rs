@@ -64,8 +64,7 @@ impl HubCheck {
 pub async fn check_against_hub(client: &HubClient, repo: &str, revision: &str, cancel: &qlora_jobs::CancelToken) -> Result<HubCheck> {
     let cache_dir = &client.config().cache_dir;
     let what = format!("{repo}@{revision}");
-    let cached = cached_listing(cache_dir, repo, revision)
-        .ok_or_else(|| HubError::NotCached { what: what.clone(), cache: cache_dir.clone() })?;
+    let cached = cached_listing(cache_dir, repo, revision).ok_or_else(|| HubError::NotCached { what: what.clone(), cache: cache_dir.clone() })?;
     if client.config().offline {
         return Err(HubError::NeedsNetwork { what: format!("checking {what} against the Hub") });
     }

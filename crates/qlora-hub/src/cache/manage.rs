@@ -17,9 +17,16 @@ use std::path::{Path, PathBuf};
 pub enum Target {
     Repo(String),
     /// A revision by commit id, branch or tag.
-    Revision { repo: String, revision: String },
+    Revision {
+        repo: String,
+        revision: String,
+    },
     /// One file of a revision.
-    File { repo: String, revision: String, path: String },
+    File {
+        repo: String,
+        revision: String,
+        path: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -57,12 +64,8 @@ fn find_repo(cache_dir: &Path, repo: &str) -> Result<CachedRepo> {
 
 /// Blobs of `keep_out` revisions removed, unless another revision still uses them.
 fn plan_revision(plan: &mut CleanupPlan, repo: &CachedRepo, commit: &str) {
-    let others: HashSet<&Path> = repo
-        .revisions
-        .iter()
-        .filter(|r| r.commit != commit)
-        .flat_map(|r| r.files.iter().map(|f| f.blob_path.as_path()))
-        .collect();
+    let others: HashSet<&Path> =
+        repo.revisions.iter().filter(|r| r.commit != commit).flat_map(|r| r.files.iter().map(|f| f.blob_path.as_path())).collect();
     let Some(rev) = repo.revisions.iter().find(|r| r.commit == commit) else { return };
     let rc = RepoCache::new(&plan.cache_dir, &repo.repo);
     for f in &rev.files {
@@ -98,10 +101,9 @@ pub fn plan_delete(cache_dir: &Path, target: &Target) -> Result<CleanupPlan> {
             let r = find_repo(cache_dir, repo)?;
             let commit = resolve(cache_dir, repo, revision)?;
             let rev = r.revisions.iter().find(|x| x.commit == commit);
-            let f = rev.and_then(|x| x.files.iter().find(|f| &f.path == path)).ok_or_else(|| HubError::NotCached {
-                what: format!("{repo}@{revision}/{path}"),
-                cache: cache_dir.to_path_buf(),
-            })?;
+            let f = rev
+                .and_then(|x| x.files.iter().find(|f| &f.path == path))
+                .ok_or_else(|| HubError::NotCached { what: format!("{repo}@{revision}/{path}"), cache: cache_dir.to_path_buf() })?;
             let used_elsewhere = r.revisions.iter().flat_map(|x| &x.files).filter(|g| g.blob_path == f.blob_path).count() > 1;
             if !used_elsewhere {
                 plan.add(f.blob_path.clone(), f.size, format!("blob of {path} ({} bytes)", f.size));
@@ -205,7 +207,13 @@ pub fn verify(cache_dir: &Path, repo: Option<&str>, cancel: &qlora_jobs::CancelT
             report.files_checked += 1;
             report.bytes_checked += f.size;
             if actual != f.etag {
-                report.corrupt.push(Corrupt { repo: r.repo.clone(), path: f.path.clone(), blob: f.blob_path.clone(), expected: f.etag.clone(), actual });
+                report.corrupt.push(Corrupt {
+                    repo: r.repo.clone(),
+                    path: f.path.clone(),
+                    blob: f.blob_path.clone(),
+                    expected: f.etag.clone(),
+                    actual,
+                });
             }
         }
     }

@@ -53,7 +53,10 @@ pub fn plan_move(from: &Path, to: &Path) -> Result<MovePlan> {
         return Err(HubError::OutsideCache { path: to.to_path_buf(), cache: from.to_path_buf() });
     }
     if to.exists() && std::fs::read_dir(to).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        return Err(HubError::io(to, std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the target folder is not empty; pick an empty or new folder")));
+        return Err(HubError::io(
+            to,
+            std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the target folder is not empty; pick an empty or new folder"),
+        ));
     }
     let mut entries = Vec::new();
     walk(&from_c, &mut entries)?;
@@ -128,8 +131,7 @@ fn copy_tree(plan: &MovePlan, staging: &Path, cancel: &CancelToken, sink: &dyn P
                     sink.emit(MoveEvent::Progress { done: base + p.copied_bytes, total: plan.bytes });
                 }
             };
-            fs_extra::file::copy_with_progress(&src, &dst, &opts, handler)
-                .map_err(|e| HubError::io(&src, std::io::Error::other(e.to_string())))?;
+            fs_extra::file::copy_with_progress(&src, &dst, &opts, handler).map_err(|e| HubError::io(&src, std::io::Error::other(e.to_string())))?;
             std::fs::File::open(&dst).and_then(|f| f.sync_all()).map_err(|e| HubError::io(&dst, e))?;
             done += meta.len();
         }

@@ -11,8 +11,18 @@ use std::path::PathBuf;
 pub enum DownloadEvent {
     /// What will be fetched: `to_fetch_bytes` excludes what the cache already holds (whole
     /// blobs and the partial bytes a resume keeps).
-    Planned { repo: String, commit: String, files: usize, total_bytes: u64, to_fetch_bytes: u64 },
-    FileStarted { path: String, size: u64, resume_from: u64 },
+    Planned {
+        repo: String,
+        commit: String,
+        files: usize,
+        total_bytes: u64,
+        to_fetch_bytes: u64,
+    },
+    FileStarted {
+        path: String,
+        size: u64,
+        resume_from: u64,
+    },
     Progress {
         path: String,
         file_done: u64,
@@ -25,8 +35,20 @@ pub enum DownloadEvent {
         eta_secs: Option<f64>,
     },
     /// A connection dropped or stalled; the download resumes after `wait_secs`.
-    Retrying { path: String, attempt: u32, reason: String, wait_secs: f64 },
+    Retrying {
+        path: String,
+        attempt: u32,
+        reason: String,
+        wait_secs: f64,
+    },
     /// Size and checksum verified, linked into the snapshot.
-    FileDone { path: String, size: u64 },
-    Finished { snapshot: PathBuf, fetched_bytes: u64, secs: f64 },
+    FileDone {
+        path: String,
+        size: u64,
+    },
+    Finished {
+        snapshot: PathBuf,
+        fetched_bytes: u64,
+        secs: f64,
+    },
 }

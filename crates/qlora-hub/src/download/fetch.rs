@@ -67,7 +67,10 @@ pub(crate) fn hash_prefix(path: &Path, len: u64, h: &mut Hasher) -> Result<()> {
 /// Why one attempt stopped.
 enum Stop {
     /// Worth another try: the bytes so far are kept.
-    Retry { reason: String, stalled: bool },
+    Retry {
+        reason: String,
+        stalled: bool,
+    },
     Fatal(HubError),
 }
 

@@ -20,8 +20,8 @@ use crate::client::HubClient;
 use crate::remote::{RemoteFile, RepoListing, list_files};
 use crate::select::{SelectOptions, Skipped, files_for_load};
 use crate::{HubError, Result};
-use qlora_jobs::{CancelToken, ProgressSink, RateLimiter, Throughput};
 use futures::StreamExt;
+use qlora_jobs::{CancelToken, ProgressSink, RateLimiter, Throughput};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -100,8 +100,7 @@ pub fn plan_from_listing(cache_dir: &Path, listing: &RepoListing, select: &Selec
     let total_bytes = files.iter().map(|f| f.file.size).sum();
     // Files with the same content share one blob: it is fetched (and counted) once.
     let mut seen = std::collections::HashSet::new();
-    let to_fetch_bytes =
-        files.iter().filter(|f| !f.cached && seen.insert(f.file.etag())).map(|f| f.file.size - f.partial_bytes).sum();
+    let to_fetch_bytes = files.iter().filter(|f| !f.cached && seen.insert(f.file.etag())).map(|f| f.file.size - f.partial_bytes).sum();
     Ok(DownloadPlan {
         repo: listing.repo.clone(),
         revision: listing.revision.clone(),
@@ -194,12 +193,7 @@ async fn fetch_group(fetch: &fetch::Fetch<'_>, meter: &Meter<'_>, plan: &Downloa
 }
 
 /// Fetches what the plan says is missing, verifies it and links the snapshot.
-pub async fn run(
-    client: &HubClient,
-    plan: &DownloadPlan,
-    opts: &DownloadOptions,
-    sink: &dyn ProgressSink<DownloadEvent>,
-) -> Result<DownloadOutcome> {
+pub async fn run(client: &HubClient, plan: &DownloadPlan, opts: &DownloadOptions, sink: &dyn ProgressSink<DownloadEvent>) -> Result<DownloadOutcome> {
     let started = Instant::now();
     let rc = RepoCache::new(&plan.cache_dir, &plan.repo);
     for f in &plan.files {

@@ -47,11 +47,7 @@ impl Env {
 
     /// GETs of file content (resolve or CDN) for `file` (None: any).
     pub fn content_gets(&self) -> Vec<qlora_hub_testserver::LogEntry> {
-        self.hub
-            .log()
-            .into_iter()
-            .filter(|e| e.method == "GET" && (e.path.contains("/resolve/") || e.path.starts_with("/_cdn/")))
-            .collect()
+        self.hub.log().into_iter().filter(|e| e.method == "GET" && (e.path.contains("/resolve/") || e.path.starts_with("/_cdn/"))).collect()
     }
 }
 

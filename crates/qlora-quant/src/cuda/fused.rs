@@ -32,7 +32,7 @@
 //! gate-up product).
 
 use super::pdl::{self, arg};
-use super::{gemv, gemv_unsupported, scale_params, tables, MODULE, PTX};
+use super::{MODULE, PTX, gemv, gemv_unsupported, scale_params, tables};
 use crate::nf4::{Absmax, Nf4Tensor};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig};
@@ -635,7 +635,13 @@ struct GemvNormOp {
 }
 
 impl GemvNormOp {
-    fn launch<T: CudaDType + DeviceRepr>(&self, x: (&CudaStorage, &Layout), r: (&CudaStorage, &Layout), w: (&CudaStorage, &Layout), sfx: &str) -> Result<CudaStorage> {
+    fn launch<T: CudaDType + DeviceRepr>(
+        &self,
+        x: (&CudaStorage, &Layout),
+        r: (&CudaStorage, &Layout),
+        w: (&CudaStorage, &Layout),
+        sfx: &str,
+    ) -> Result<CudaStorage> {
         let (m, _) = rows_and_k(std::slice::from_ref(&self.proj), x.1, x.0.dtype())?;
         let n = self.proj.w.shape().dims()[0];
         let dev = x.0.device().clone();
@@ -660,7 +666,12 @@ impl GemvNormOp {
         let (m, k) = rows_and_k(projs, x.1, x.0.dtype())?;
         let n = self.proj.w.shape().dims()[0];
         if r.1.shape().elem_count() != m * n || r.0.dtype() != x.0.dtype() || w.1.shape().elem_count() != n || w.0.dtype() != x.0.dtype() {
-            candle_core::bail!("fused nf4 norm: residual {:?} and norm weight {:?} do not fit {m} rows of {n} {:?}", r.1.dims(), w.1.dims(), x.0.dtype())
+            candle_core::bail!(
+                "fused nf4 norm: residual {:?} and norm weight {:?} do not fit {m} rows of {n} {:?}",
+                r.1.dims(),
+                w.1.dims(),
+                x.0.dtype()
+            )
         }
         let dev = x.0.device().clone();
         let mut multi = Multi { seg: [seg::<T>(&self.proj, 0)?, Seg::default(), Seg::default()], tables: 0, nseg: 1, ntotal: n as u32, prefetch: 0 };
@@ -794,7 +805,12 @@ pub fn normin_unsupported(n: &NormedInput, projs: &[Nf4Proj], weight_rows: usize
         return Some("the residual is not on a CUDA device".into());
     }
     if n.pending.dims() != n.resid.dims() || n.pending.dtype() != dt || n.weight.dtype() != dt || n.weight.elem_count() != k {
-        return Some(format!("pending {:?} and norm weight {:?} do not fit the residual {:?} {dt:?}", n.pending.dims(), n.weight.dims(), n.resid.dims()));
+        return Some(format!(
+            "pending {:?} and norm weight {:?} do not fit the residual {:?} {dt:?}",
+            n.pending.dims(),
+            n.weight.dims(),
+            n.resid.dims()
+        ));
     }
     if m == 0 || m > NORMIN_MAX_ROWS || !k.is_multiple_of(8) || k > 8192 {
         return Some(format!("{m} rows of {k} (the prologue takes 1 to {NORMIN_MAX_ROWS} rows of a multiple of 8 up to 8192)"));
@@ -884,7 +900,14 @@ pub fn norm_gemv_multi_into(n: &NormedInput, projs: &[Nf4Proj], y_out: &Tensor, 
     }
 }
 
-fn normin_multi<T: CudaDType + DeviceRepr>(n: &NormedInput, projs: &[Nf4Proj], cols: usize, y_out: &Tensor, s_out: &Tensor, sfx: &str) -> Result<(Tensor, Tensor)> {
+fn normin_multi<T: CudaDType + DeviceRepr>(
+    n: &NormedInput,
+    projs: &[Nf4Proj],
+    cols: usize,
+    y_out: &Tensor,
+    s_out: &Tensor,
+    sfx: &str,
+) -> Result<(Tensor, Tensor)> {
     let pro = prologue::<T>(n, projs, 1, (y_out, cols), s_out, "norm_gemv_multi_into")?;
     let dev = match n.resid.device() {
         candle_core::Device::Cuda(d) => d.clone(),
@@ -919,7 +942,15 @@ pub fn norm_gemv_glu_into(n: &NormedInput, gate: &Nf4Proj, up: &Nf4Proj, act: Gl
     }
 }
 
-fn normin_glu<T: CudaDType + DeviceRepr>(n: &NormedInput, gate: &Nf4Proj, up: &Nf4Proj, act: GluAct, y_out: &Tensor, s_out: &Tensor, sfx: &str) -> Result<(Tensor, Tensor)> {
+fn normin_glu<T: CudaDType + DeviceRepr>(
+    n: &NormedInput,
+    gate: &Nf4Proj,
+    up: &Nf4Proj,
+    act: GluAct,
+    y_out: &Tensor,
+    s_out: &Tensor,
+    sfx: &str,
+) -> Result<(Tensor, Tensor)> {
     if gate.w.shape() != up.w.shape() {
         candle_core::bail!("norm_gemv_glu_into: gate {:?} and up {:?} differ in shape", gate.w.shape(), up.w.shape())
     }
@@ -1004,9 +1035,7 @@ pub struct FoldedNorm<'a> {
 /// [`FOLD_MAX_WIDTH`].
 pub fn fold_unsupported(rows: usize, n: usize, dtype: DType) -> Option<String> {
     if rows != 1 || !matches!(dtype, DType::BF16 | DType::F16) || !n.is_multiple_of(16) || n > FOLD_MAX_WIDTH {
-        return Some(format!(
-            "{rows} rows of {n} {dtype:?} (the folded norm takes one row of bf16 or f16, a multiple of 16 up to {FOLD_MAX_WIDTH})"
-        ));
+        return Some(format!("{rows} rows of {n} {dtype:?} (the folded norm takes one row of bf16 or f16, a multiple of 16 up to {FOLD_MAX_WIDTH})"));
     }
     None
 }
@@ -1035,7 +1064,13 @@ pub fn gemv_add_sumsq_into(
         candle_core::bail!("{what}: {why}")
     }
     if resid.elem_count() != n || resid.dtype() != dt || weight.elem_count() != n || weight.dtype() != dt {
-        candle_core::bail!("{what}: the residual {:?} {:?} or the norm weight {:?} {:?} does not fit one row of {n} {dt:?}", resid.dims(), resid.dtype(), weight.dims(), weight.dtype())
+        candle_core::bail!(
+            "{what}: the residual {:?} {:?} or the norm weight {:?} {:?} does not fit one row of {n} {dt:?}",
+            resid.dims(),
+            resid.dtype(),
+            weight.dims(),
+            weight.dtype()
+        )
     }
     if let Some(why) = fused_unsupported(m, k, dt, std::slice::from_ref(proj)) {
         candle_core::bail!("{what}: {why}")

@@ -27,11 +27,11 @@
 //! attention in `model/layers.rs`), whose rounding they follow; `tests/gpu_kernels.rs` checks
 //! each against it.
 
+use super::pdl::{self, arg};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, InplaceOp1, InplaceOp3, Layout, Result, Shape, Storage, Tensor};
-use super::pdl::{self, arg};
 use std::sync::OnceLock;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/infer.ptx"));
@@ -256,15 +256,7 @@ impl CustomOp3 for RmsNormOp {
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
         Err(cuda_only("add-rms-norm-fused"))
     }
-    fn cuda_fwd(
-        &self,
-        x: &CudaStorage,
-        xl: &Layout,
-        a: &CudaStorage,
-        al: &Layout,
-        w: &CudaStorage,
-        wl: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout, a: &CudaStorage, al: &Layout, w: &CudaStorage, wl: &Layout) -> Result<(CudaStorage, Shape)> {
         self.launch((x, xl), Some((a, al)), (w, wl))
     }
 }

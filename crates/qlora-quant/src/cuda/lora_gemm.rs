@@ -11,7 +11,7 @@
 //! same bits as the scale applied after. Used by `qlora-train`'s `TrainLora` with
 //! on by default (`QLORA_LORA_GEMM=0` turns it off).
 
-use super::gemm::{gemm_f32, ColMajor};
+use super::gemm::{ColMajor, gemm_f32};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cublas::sys;
 use candle_core::cuda_backend::cudarc::driver::DevicePtr;

@@ -23,26 +23,26 @@ use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Layout, Result, Sha
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-mod twin;
 /// Fused NF4 projections for decode (q/k/v in one launch, gate/up with the activation).
 pub mod fused;
-/// The NF4 product for many rows (prefill, training's forward): dequantize slabs + cuBLAS.
-pub mod prefill;
+/// The one `gemm_ex` call (f32 scalars and accumulation) of `lora_gemm` and `train_gemm`.
+mod gemm;
 /// Inference-only kernels: RMSNorm + residual, KV-cache append, decode attention, prefill softmax.
 pub mod infer;
-pub(crate) mod pdl;
-/// Training kernels (LoRA dropout, fused cross-entropy), launched by qlora-train.
-pub mod train;
-/// `y += a · bᵀ` in place through cuBLAS (a LoRA update accumulated into the base product).
-pub mod train_gemm;
+/// `alpha · op(a) · op(b)` in one cuBLAS call, 16-bit operands into 16-bit or f32 (LoRA training).
+pub mod lora_gemm;
 /// Tensors parked in pinned host memory on a second stream (checkpointed layer inputs).
 pub mod offload;
 /// Multi-tensor AdamW and gradient norm: one launch over every LoRA tensor (`kernels/optim.cu`).
 pub mod optim;
-/// `alpha · op(a) · op(b)` in one cuBLAS call, 16-bit operands into 16-bit or f32 (LoRA training).
-pub mod lora_gemm;
-/// The one `gemm_ex` call (f32 scalars and accumulation) of `lora_gemm` and `train_gemm`.
-mod gemm;
+pub(crate) mod pdl;
+/// The NF4 product for many rows (prefill, training's forward): dequantize slabs + cuBLAS.
+pub mod prefill;
+/// Training kernels (LoRA dropout, fused cross-entropy), launched by qlora-train.
+pub mod train;
+/// `y += a · bᵀ` in place through cuBLAS (a LoRA update accumulated into the base product).
+pub mod train_gemm;
+mod twin;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/nf4.ptx"));
 const MODULE: &str = "qlora_quant_nf4";
@@ -111,9 +111,7 @@ fn scale_params(w: &Nf4Tensor) -> ScaleParams {
     let bs_log2 = w.blocksize().trailing_zeros();
     match w.absmax() {
         Absmax::Plain(_) => ScaleParams { offset: 0.0, bs_log2, nbs_log2: 0, dq: 0 },
-        Absmax::Double(d) => {
-            ScaleParams { offset: d.offset, bs_log2, nbs_log2: d.nested_blocksize.trailing_zeros(), dq: 1 }
-        }
+        Absmax::Double(d) => ScaleParams { offset: d.offset, bs_log2, nbs_log2: d.nested_blocksize.trailing_zeros(), dq: 1 },
     }
 }
 

@@ -23,7 +23,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::{CUdeviceptr, CUevent_flags};
-use candle_core::cuda_backend::cudarc::driver::{result, CudaEvent, CudaStream, DevicePtr};
+use candle_core::cuda_backend::cudarc::driver::{CudaEvent, CudaStream, DevicePtr, result};
 use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice, DeviceId, WrapErr};
 use candle_core::op::BackpropOp;
 use candle_core::{CudaStorage, DType, Device, Result, Shape, Storage, Tensor};
@@ -150,9 +150,17 @@ enum Slot {
     /// Kept on the device (the last one pushed).
     Device(Tensor),
     /// Downloaded (or being downloaded) to `buf`.
-    Host { buf: Pinned, dtype: DType, shape: Shape },
+    Host {
+        buf: Pinned,
+        dtype: DType,
+        shape: Shape,
+    },
     /// Being uploaded into `t`; `ready` fires when done.
-    Uploading { t: Tensor, ready: CudaEvent, buf: Pinned },
+    Uploading {
+        t: Tensor,
+        ready: CudaEvent,
+        buf: Pinned,
+    },
     Taken,
 }
 

@@ -25,9 +25,9 @@
 //! machine, NF4 b1, bench/gpu/results/h100-2026-11-27-s4-a2-*): TinyLlama 887.1 vs 816.0 tok/s
 //! (1042.7 vs 1160.7 µs a step), Mistral-7B 285.6 vs 272.6 (3379.1 vs 3515.5 µs).
 
-use candle_core::cuda_backend::cudarc::driver::{sys, LaunchConfig};
-use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::Result;
+use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, sys};
+use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use std::ffi::c_void;
 use std::sync::OnceLock;
 
@@ -50,7 +50,14 @@ fn supported(dev: &CudaDevice) -> bool {
 /// `args` must match the kernel's parameters in number, order and layout, every device
 /// address among them must stay valid until the kernel has run, and the kernel must wait
 /// (`griddepcontrol.wait`) before its first read of another kernel's output and its first write.
-pub(crate) unsafe fn launch(dev: &CudaDevice, module: &str, ptx: &'static str, name: &str, cfg: LaunchConfig, args: &mut [*mut c_void]) -> Result<()> {
+pub(crate) unsafe fn launch(
+    dev: &CudaDevice,
+    module: &str,
+    ptx: &'static str,
+    name: &str,
+    cfg: LaunchConfig,
+    args: &mut [*mut c_void],
+) -> Result<()> {
     let func = dev.get_or_load_custom_func(name, module, ptx)?;
     let stream = dev.cuda_stream();
     stream.context().bind_to_thread().w()?;

@@ -14,7 +14,7 @@
 //! 66.0 ms. Smaller products lose more to cuBLAS than the L2 saves. Kept, tested, for the
 //! measurement; the two-stream overlap of `prefill/overlap.rs` measured slower as well.
 
-use super::{dequant_into, DequantKernel};
+use super::{DequantKernel, dequant_into};
 use crate::nf4::Nf4Tensor;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cublas::{result::gemm_ex, sys};
@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod overlap;
 pub use overlap::{
-    dequantize_prefill, linear_overlapped, linear_prefill, nf4_linear_overlapped, overlap_slabs, set_overlap_slabs, set_wide_dequant,
-    wide_dequant, DEFAULT_OVERLAP_SLABS, DEFAULT_WIDE_DEQUANT,
+    DEFAULT_OVERLAP_SLABS, DEFAULT_WIDE_DEQUANT, dequantize_prefill, linear_overlapped, linear_prefill, nf4_linear_overlapped, overlap_slabs,
+    set_overlap_slabs, set_wide_dequant, wide_dequant,
 };
 
 /// Default slab size in bytes of the dense weight: 0 = no slabs (measured faster, above).

@@ -8,8 +8,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
 use candle_core::{CudaStorage, DType, Layout, Result};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/train.ptx"));
 const MODULE: &str = "qlora_quant_train";
@@ -321,7 +321,9 @@ pub fn attn_softmax(x: (&CudaStorage, &Layout), bwd: Option<(&CudaStorage, &Layo
         b.arg(&m.window);
         b.arg(&m.scale);
         let cfg = match per_lane {
-            Some(_) => LaunchConfig { grid_dim: (rows.div_ceil(WARP_ROWS) as u32, 1, 1), block_dim: (32 * WARP_ROWS as u32, 1, 1), shared_mem_bytes: 0 },
+            Some(_) => {
+                LaunchConfig { grid_dim: (rows.div_ceil(WARP_ROWS) as u32, 1, 1), block_dim: (32 * WARP_ROWS as u32, 1, 1), shared_mem_bytes: 0 }
+            }
             None => softmax_cfg(rows, len),
         };
         unsafe { b.launch(cfg) }.w()?;

@@ -11,14 +11,14 @@
 //! temporary. The sum is taken in f32 inside cuBLAS and rounded once (the separate add rounds
 //! the delta to bf16 first): not bit-identical to `y + d`, a little closer to the exact sum.
 
+use super::gemm::{ColMajor, gemm_f32};
+use super::{DequantKernel, dequant_into};
+use crate::nf4::Nf4Tensor;
 use candle_core::backend::BackendStorage;
-use super::gemm::{gemm_f32, ColMajor};
 use candle_core::cuda_backend::cudarc::cublas::sys;
 use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
-use candle_core::cuda_backend::{CudaDType, WrapErr};
-use super::{dequant_into, DequantKernel};
-use crate::nf4::Nf4Tensor;
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{CpuStorage, CudaStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Storage, Tensor};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/train.ptx"));
@@ -66,7 +66,15 @@ impl InplaceOp3 for AddMatmulT {
     }
 }
 
-fn go<T: CudaDType + DeviceRepr>(y: &mut CudaStorage, yl: &Layout, a: &CudaStorage, al: &Layout, b: &CudaStorage, bl: &Layout, dt: sys::cudaDataType_t) -> Result<()> {
+fn go<T: CudaDType + DeviceRepr>(
+    y: &mut CudaStorage,
+    yl: &Layout,
+    a: &CudaStorage,
+    al: &Layout,
+    b: &CudaStorage,
+    bl: &Layout,
+    dt: sys::cudaDataType_t,
+) -> Result<()> {
     let (n, r) = (bl.dims()[0], bl.dims()[1]);
     let m = yl.shape().elem_count() / n.max(1);
     if m == 0 || n == 0 || r == 0 {
@@ -120,7 +128,11 @@ pub fn nf4_backward_add(acc: &Tensor, dy: &Tensor, w: &Nf4Tensor) -> Result<()> 
 pub fn backward_slab_bytes() -> usize {
     static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *BYTES.get_or_init(|| {
-        std::env::var("QLORA_TRAIN_BWD_SLAB_MIB").ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|&m| m > 0).map_or(BACKWARD_SLAB_BYTES, |m| m << 20)
+        std::env::var("QLORA_TRAIN_BWD_SLAB_MIB")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&m| m > 0)
+            .map_or(BACKWARD_SLAB_BYTES, |m| m << 20)
     })
 }
 

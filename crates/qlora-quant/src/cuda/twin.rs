@@ -61,4 +61,3 @@ pub(super) fn gemv(w: &Nf4Tensor, s: &CpuStorage, l: &Layout) -> Result<(CpuStor
     };
     Ok((out, Shape::from(dims)))
 }
-

@@ -55,12 +55,7 @@ pub struct Dataset {
 }
 
 /// Reads, shapes, tokenizes, truncates and splits the data the config names.
-pub fn prepare(
-    cfg: &DataConfig,
-    seed: u64,
-    renderer: &dyn ChatRenderer,
-    enc: &dyn TextEncoder,
-) -> Result<Dataset, DataError> {
+pub fn prepare(cfg: &DataConfig, seed: u64, renderer: &dyn ChatRenderer, enc: &dyn TextEncoder) -> Result<Dataset, DataError> {
     let mut bad = Vec::new();
     let mut records = Vec::new();
     for f in &cfg.files {
@@ -76,8 +71,8 @@ pub fn prepare(
                 None => *shape.insert(Shape::detect(&r)?),
             };
             let sample = shape::to_sample(&r, s, cfg.system_prompt.as_deref())?;
-            let tokens = tokenize::tokenize(&sample, renderer, enc, cfg.loss_on)
-                .map_err(|message| DataError::BadRecord { at: r.source.clone(), message })?;
+            let tokens =
+                tokenize::tokenize(&sample, renderer, enc, cfg.loss_on).map_err(|message| DataError::BadRecord { at: r.source.clone(), message })?;
             Ok::<_, DataError>(Prepared { source: r.source.clone(), sample, tokens })
         })();
         let mut p = match result {

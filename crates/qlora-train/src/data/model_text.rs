@@ -52,10 +52,7 @@ impl ChatRenderer for EngineTemplate {
 }
 
 /// Tokenizer and renderer for a model folder.
-pub fn load(
-    dir: &Path,
-    fallback_name: Option<&str>,
-) -> Result<(EngineEncoder, Box<dyn ChatRenderer + Send + Sync>), String> {
+pub fn load(dir: &Path, fallback_name: Option<&str>) -> Result<(EngineEncoder, Box<dyn ChatRenderer + Send + Sync>), String> {
     let tok = Tokenizer::from_dir(dir).map_err(|e| e.to_string())?;
     let tmpl = ChatTemplate::from_dir(dir, &tok).map_err(|e| e.to_string())?;
     let renderer: Box<dyn ChatRenderer + Send + Sync> = match (tmpl, fallback_name) {

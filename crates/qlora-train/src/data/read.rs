@@ -83,19 +83,13 @@ fn read_json(path: &Path) -> Result<Vec<Record>, DataError> {
     let items = match value {
         Value::Array(items) => items,
         // `{"data": [...]}` or `{"train": [...]}`, as some exports write it.
-        Value::Object(mut m) if m.len() == 1 && m.values().next().is_some_and(Value::is_array) => {
-            match m.values_mut().next().map(Value::take) {
-                Some(Value::Array(items)) => items,
-                _ => unreachable_shape(path)?,
-            }
-        }
+        Value::Object(mut m) if m.len() == 1 && m.values().next().is_some_and(Value::is_array) => match m.values_mut().next().map(Value::take) {
+            Some(Value::Array(items)) => items,
+            _ => unreachable_shape(path)?,
+        },
         _ => unreachable_shape(path)?,
     };
-    Ok(items
-        .into_iter()
-        .enumerate()
-        .map(|(index, value)| Record { source: Source { file: path.to_path_buf(), line: None, index }, value })
-        .collect())
+    Ok(items.into_iter().enumerate().map(|(index, value)| Record { source: Source { file: path.to_path_buf(), line: None, index }, value }).collect())
 }
 
 fn unreachable_shape(path: &Path) -> Result<Vec<Value>, DataError> {
@@ -208,11 +202,7 @@ mod tests {
     #[test]
     fn csv_rows_become_objects_and_json_cells_are_parsed() {
         let d = tempfile::tempdir().unwrap();
-        let p = write(
-            d.path(),
-            "a.csv",
-            "instruction,output\nhi,\"hello, you\"\nm,\"[{\"\"role\"\":\"\"user\"\"}]\"\n",
-        );
+        let p = write(d.path(), "a.csv", "instruction,output\nhi,\"hello, you\"\nm,\"[{\"\"role\"\":\"\"user\"\"}]\"\n");
         let r = read_file(&p, false, &mut vec![]).unwrap();
         assert_eq!(r[0].value["output"], "hello, you");
         assert_eq!(r[1].value["output"][0]["role"], "user");
@@ -240,9 +230,7 @@ mod tests {
         use std::sync::Arc;
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("a.parquet");
-        let schema = Arc::new(
-            parquet::schema::parser::parse_message_type("message s { REQUIRED BYTE_ARRAY text (UTF8); }").unwrap(),
-        );
+        let schema = Arc::new(parquet::schema::parser::parse_message_type("message s { REQUIRED BYTE_ARRAY text (UTF8); }").unwrap());
         let props = Arc::new(parquet::file::properties::WriterProperties::builder().build());
         let mut w = SerializedFileWriter::new(std::fs::File::create(&p).unwrap(), schema, props).unwrap();
         let mut rg = w.next_row_group().unwrap();

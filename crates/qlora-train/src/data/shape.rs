@@ -115,10 +115,7 @@ pub fn to_sample(record: &Record, shape: Shape, system_prompt: Option<&str>) -> 
 fn string_field<'a>(obj: &'a serde_json::Map<String, Value>, key: &str, src: &Source) -> Result<&'a str, DataError> {
     match obj.get(key) {
         Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(DataError::BadRecord {
-            at: src.clone(),
-            message: format!("`{key}` must be a string, found {}", kind(other)),
-        }),
+        Some(other) => Err(DataError::BadRecord { at: src.clone(), message: format!("`{key}` must be a string, found {}", kind(other)) }),
         None => Err(DataError::BadRecord { at: src.clone(), message: format!("missing `{key}`") }),
     }
 }
@@ -134,13 +131,7 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn message_list(
-    obj: &serde_json::Map<String, Value>,
-    key: &str,
-    role_key: &str,
-    content_key: &str,
-    src: &Source,
-) -> Result<Vec<Message>, DataError> {
+fn message_list(obj: &serde_json::Map<String, Value>, key: &str, role_key: &str, content_key: &str, src: &Source) -> Result<Vec<Message>, DataError> {
     let bad = |message: String| DataError::BadRecord { at: src.clone(), message };
     let list = match obj.get(key) {
         Some(Value::Array(a)) => a,

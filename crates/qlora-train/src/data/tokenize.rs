@@ -31,12 +31,7 @@ impl Tokenized {
 
 /// Renders and tokenizes one sample (no truncation yet). Errors are messages for the caller
 /// to attach to the record's source.
-pub fn tokenize(
-    sample: &Sample,
-    renderer: &dyn ChatRenderer,
-    enc: &dyn TextEncoder,
-    loss_on: LossOn,
-) -> Result<Tokenized, String> {
+pub fn tokenize(sample: &Sample, renderer: &dyn ChatRenderer, enc: &dyn TextEncoder, loss_on: LossOn) -> Result<Tokenized, String> {
     match sample {
         Sample::Text(text) => {
             let mut e = enc.encode(text, true)?;
@@ -52,12 +47,7 @@ pub fn tokenize(
     }
 }
 
-fn tokenize_chat(
-    msgs: &[Message],
-    renderer: &dyn ChatRenderer,
-    enc: &dyn TextEncoder,
-    loss_on: LossOn,
-) -> Result<Tokenized, String> {
+fn tokenize_chat(msgs: &[Message], renderer: &dyn ChatRenderer, enc: &dyn TextEncoder, loss_on: LossOn) -> Result<Tokenized, String> {
     let full = renderer.render(msgs, false).map_err(|e| format!("chat template failed: {e}"))?;
     // The template writes BOS itself where the model wants one (as transformers does with
     // `apply_chat_template(tokenize=True)`), so the tokenizer adds nothing.

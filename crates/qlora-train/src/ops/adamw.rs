@@ -133,10 +133,9 @@ pub fn step_multi(ws: &[&Tensor], m: &[Tensor], v: &[Tensor], grads: &[Tensor], 
     }
     #[cfg(feature = "cuda")]
     {
-        use qlora_quant::cuda::optim::{adamw_multi, AdamWSlot};
+        use qlora_quant::cuda::optim::{AdamWSlot, adamw_multi};
         let gs = grads.iter().map(|g| g.to_dtype(candle_core::DType::F32)?.contiguous()).collect::<Result<Vec<_>>>()?;
-        let slots: Vec<AdamWSlot> =
-            (0..ws.len()).map(|i| AdamWSlot { w: ws[i], m: &m[i], v: &v[i], g: &gs[i], shadow: None }).collect();
+        let slots: Vec<AdamWSlot> = (0..ws.len()).map(|i| AdamWSlot { w: ws[i], m: &m[i], v: &v[i], g: &gs[i], shadow: None }).collect();
         let k = Consts { gscale: grad_scale.unwrap_or(1.0) as f32, gscale_on: grad_scale.is_some() as u32, shadow_kind: 0, ..c };
         adamw_multi(&slots, &k)
     }

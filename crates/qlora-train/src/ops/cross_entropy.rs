@@ -167,7 +167,7 @@ pub fn ce_grad(logits: &Tensor, labels: &Tensor, weights: &Tensor, coef: f64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, D};
+    use candle_core::{D, Device};
 
     #[test]
     fn matches_log_softmax_and_its_gradient() {

@@ -48,9 +48,7 @@ impl CustomOp1 for Dropout {
         let (thr, scale) = self.keep();
         let out = match s {
             CpuStorage::F32(v) => CpuStorage::F32(twin(&v[a..b], self.seed, thr, scale, |x| x, |x| x)),
-            CpuStorage::BF16(v) => {
-                CpuStorage::BF16(twin(&v[a..b], self.seed, thr, scale, |x| x.to_f32(), half::bf16::from_f32))
-            }
+            CpuStorage::BF16(v) => CpuStorage::BF16(twin(&v[a..b], self.seed, thr, scale, |x| x.to_f32(), half::bf16::from_f32)),
             CpuStorage::F16(v) => CpuStorage::F16(twin(&v[a..b], self.seed, thr, scale, |x| x.to_f32(), half::f16::from_f32)),
             other => candle_core::bail!("lora-dropout takes f32, bf16 or f16, got {:?}", other.dtype()),
         };

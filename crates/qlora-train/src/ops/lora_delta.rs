@@ -29,7 +29,12 @@ impl LoraDelta {
             candle_core::bail!("lora update: x {:?}, A {:?}, B {:?}: A and B must be 2-d", lx.dims(), la.dims(), lb.dims())
         };
         if a_in != n_in || b_r != r || !lx.is_contiguous() || !la.is_contiguous() || !lb.is_contiguous() {
-            candle_core::bail!("lora update: x {:?}, A {:?}, B {:?} do not chain (contiguous [.., in], [r, in], [out, r])", lx.dims(), la.dims(), lb.dims())
+            candle_core::bail!(
+                "lora update: x {:?}, A {:?}, B {:?} do not chain (contiguous [.., in], [r, in], [out, r])",
+                lx.dims(),
+                la.dims(),
+                lb.dims()
+            )
         }
         Ok((lead.iter().product(), n_in, r, out))
     }
@@ -182,7 +187,8 @@ mod tests {
         let z = |s: (usize, usize)| Tensor::zeros(s, DType::F32, &Device::Cpu).unwrap();
         let e = lora_delta(&z((3, 8)), &z((2, 7)), &z((5, 2)), LoraDelta { dropout: None, scale: 1.0 }).unwrap_err();
         assert!(e.to_string().contains("do not chain"), "{e}");
-        let e = lora_delta(&z((3, 7)), &z((2, 7)), &Tensor::zeros(5, DType::F32, &Device::Cpu).unwrap(), LoraDelta { dropout: None, scale: 1.0 }).unwrap_err();
+        let e = lora_delta(&z((3, 7)), &z((2, 7)), &Tensor::zeros(5, DType::F32, &Device::Cpu).unwrap(), LoraDelta { dropout: None, scale: 1.0 })
+            .unwrap_err();
         assert!(e.to_string().contains("must be 2-d"), "{e}");
         let e = lora_delta(&z((3, 8)), &z((2, 7)), &z((5, 2)), LoraDelta { dropout: None, scale: 1.0 }).unwrap_err();
         assert!(e.to_string().contains("do not chain"), "{e}");

@@ -127,8 +127,7 @@ impl Trainer {
             (QuantKind::Nf4, true) => Quant::Nf4DoubleQuant,
         };
         let opts = LoadOptions { dtype: compute_dtype(cfg.compute_dtype), quant, device: device.clone() };
-        let mut model = Model::load(&cfg.model, &opts)
-            .map_err(|e| TrainError::Model { path: cfg.model.clone(), message: e.to_string() })?;
+        let mut model = Model::load(&cfg.model, &opts).map_err(|e| TrainError::Model { path: cfg.model.clone(), message: e.to_string() })?;
         model.set_training(true);
         let lora = attach(&mut model, &cfg)?;
         let ds = &data.dataset;
@@ -139,8 +138,7 @@ impl Trainer {
             if cfg.data.packing { batch::packed(&refs(v), cfg.data.max_len, seed) } else { batch::unpacked(&refs(v)) }
         };
         let train = Batcher::new(rows(&ds.train, cfg.seed), cfg.micro_batch, cfg.seed, data.pad_id);
-        let valid = (!ds.valid.is_empty())
-            .then(|| Batcher::new(rows(&ds.valid, cfg.seed), cfg.micro_batch, cfg.seed, data.pad_id));
+        let valid = (!ds.valid.is_empty()).then(|| Batcher::new(rows(&ds.valid, cfg.seed), cfg.micro_batch, cfg.seed, data.pad_id));
         let total_steps = total_steps(&cfg, train.batches_per_epoch());
         Ok(Self { cfg, model, lora, preflight: data.preflight, train, valid, total_steps })
     }
@@ -149,9 +147,7 @@ impl Trainer {
     pub fn params(&self) -> Vec<Param> {
         self.lora
             .iter()
-            .flat_map(|(p, l)| {
-                [Param { name: format!("{p}.lora_A"), var: l.a.clone() }, Param { name: format!("{p}.lora_B"), var: l.b.clone() }]
-            })
+            .flat_map(|(p, l)| [Param { name: format!("{p}.lora_A"), var: l.a.clone() }, Param { name: format!("{p}.lora_B"), var: l.b.clone() }])
             .collect()
     }
 
@@ -177,12 +173,7 @@ impl Trainer {
 
     /// Runs to the end (or until cancelled). With `resume`, continues from the newest
     /// checkpoint in `output_dir/checkpoints`.
-    pub fn run(
-        &mut self,
-        resume: bool,
-        sink: &dyn ProgressSink<TrainEvent>,
-        cancel: &CancelToken,
-    ) -> Result<Outcome, TrainError> {
+    pub fn run(&mut self, resume: bool, sink: &dyn ProgressSink<TrainEvent>, cancel: &CancelToken) -> Result<Outcome, TrainError> {
         let root = self.checkpoint_root();
         checkpoint::clean_partial(&root).map_err(|e| TrainError::io(&root, e))?;
         let mut opt = AdamW::new(self.params(), (&self.cfg.optimizer).into())?;
@@ -251,8 +242,7 @@ impl Trainer {
         let dir = self.cfg.output_dir.join("adapter");
         adapter::save(&dir, &self.lora, &self.cfg.lora, &self.cfg.model.display().to_string())?;
         let log = serde_json::to_vec_pretty(&st.log_history).map_err(|e| TrainError::io(&dir, e.into()))?;
-        checkpoint::write_file_atomic(&self.cfg.output_dir.join("log_history.json"), &log)
-            .map_err(|e| TrainError::io(&self.cfg.output_dir, e))?;
+        checkpoint::write_file_atomic(&self.cfg.output_dir.join("log_history.json"), &log).map_err(|e| TrainError::io(&self.cfg.output_dir, e))?;
         sink.emit(TrainEvent::End { step: st.step, interrupted: false, adapter_dir: Some(dir.clone()) });
         Ok(Outcome { step: st.step, interrupted: false, adapter_dir: Some(dir), log: st.log_history })
     }
@@ -261,10 +251,7 @@ impl Trainer {
         let existing = checkpoint::list(root).map_err(|e| TrainError::io(root, e))?;
         match (resume, existing.last()) {
             (true, Some(&s)) => state::load(&checkpoint::dir_for(root, s), &self.cfg, &self.lora, opt),
-            (true, None) => Err(TrainError::Resume {
-                path: root.to_path_buf(),
-                message: "no checkpoint there; start without --resume".into(),
-            }),
+            (true, None) => Err(TrainError::Resume { path: root.to_path_buf(), message: "no checkpoint there; start without --resume".into() }),
             (false, Some(_)) => Err(TrainError::Resume {
                 path: root.to_path_buf(),
                 message: "output_dir already holds checkpoints of a run; pass --resume to continue it, \
@@ -301,8 +288,7 @@ impl Trainer {
         last_ckpt: &Option<PathBuf>,
     ) -> Result<(LogEntry, usize, usize), TrainError> {
         let lr = sched.lr(st.step);
-        let batches: Vec<_> =
-            (st.micro_batches..st.micro_batches + self.cfg.grad_accum).map(|k| self.train.micro_batch(k)).collect();
+        let batches: Vec<_> = (st.micro_batches..st.micro_batches + self.cfg.grad_accum).map(|k| self.train.micro_batch(k)).collect();
         st.micro_batches += self.cfg.grad_accum;
         let norm = batches.iter().map(|(b, _)| b.target_count()).sum::<usize>().max(1) as f64;
         let f16 = self.cfg.compute_dtype == ComputeDtype::F16;
@@ -360,8 +346,7 @@ fn initial_scale(cfg: &TrainConfig) -> f64 {
 
 /// Optimizer steps of the run: `max_steps`, or what `epochs` make, whichever is smaller.
 pub fn total_steps(cfg: &TrainConfig, batches_per_epoch: usize) -> usize {
-    let from_epochs =
-        cfg.epochs.map(|e| ((e * batches_per_epoch as f64) / cfg.grad_accum as f64).ceil().max(1.0) as usize);
+    let from_epochs = cfg.epochs.map(|e| ((e * batches_per_epoch as f64) / cfg.grad_accum as f64).ceil().max(1.0) as usize);
     match (cfg.max_steps, from_epochs) {
         (Some(m), Some(e)) => m.min(e),
         (Some(m), None) => m,
@@ -388,9 +373,7 @@ pub fn attach(model: &mut Model, cfg: &TrainConfig) -> Result<Attached, TrainErr
         }
         let seed = cfg.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
         let l = Arc::new(TrainLora::new(base, cfg.lora.rank, cfg.lora.scaling(), cfg.lora.dropout, seed, &device)?);
-        model
-            .replace_projection(&path, l.clone())
-            .map_err(|e| TrainError::Model { path: cfg.model.clone(), message: e.to_string() })?;
+        model.replace_projection(&path, l.clone()).map_err(|e| TrainError::Model { path: cfg.model.clone(), message: e.to_string() })?;
         out.push((path, l));
     }
     Ok(out)

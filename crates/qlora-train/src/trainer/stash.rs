@@ -110,7 +110,8 @@ mod tests {
     #[test]
     fn gives_back_what_was_put_in_on_the_cpu() {
         let dev = Device::Cpu;
-        let xs: Vec<Tensor> = (0..4).map(|i| Tensor::arange(i as f32 * 10.0, i as f32 * 10.0 + 6.0, &dev).unwrap().reshape((1, 2, 3)).unwrap()).collect();
+        let xs: Vec<Tensor> =
+            (0..4).map(|i| Tensor::arange(i as f32 * 10.0, i as f32 * 10.0 + 6.0, &dev).unwrap().reshape((1, 2, 3)).unwrap()).collect();
         let mut s = Stash::new(&dev, xs.len(), Checkpointing::Offload).unwrap();
         assert!(!s.offloads(), "the CPU keeps inputs where they are");
         for x in &xs {

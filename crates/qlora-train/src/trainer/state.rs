@@ -77,13 +77,8 @@ pub fn load(dir: &Path, cfg: &TrainConfig, lora: &Attached, opt: &mut AdamW) -> 
     let state: TrainerState = serde_json::from_str(&text).map_err(|e| bad(format!("{STATE_FILE} is not valid: {e}")))?;
     let now = fingerprint(cfg);
     if state.fingerprint != now {
-        let differs: Vec<String> = now
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter(|(k, v)| state.fingerprint.get(k.as_str()) != Some(v))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let differs: Vec<String> =
+            now.as_object().into_iter().flatten().filter(|(k, v)| state.fingerprint.get(k.as_str()) != Some(v)).map(|(k, _)| k.clone()).collect();
         return Err(bad(format!(
             "the checkpoint was made with other settings ({}); resume with the same config or start a new output_dir",
             differs.join(", ")

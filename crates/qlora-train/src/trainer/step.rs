@@ -12,8 +12,8 @@
 //!   the recompute keeps what their backward reads and the gradients come through a sink.
 
 use crate::data::batch::Batch;
-use crate::loss::{self, Loss};
 use crate::lora::Attached;
+use crate::loss::{self, Loss};
 use crate::trainer::stash::{Checkpointing, Stash};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Result, Tensor, Var};
@@ -72,11 +72,7 @@ pub fn micro_step_pending(
 /// `[B, T]` ids (u32), labels (u32) and weights (f32) on the device.
 pub fn batch_tensors(batch: &Batch, dev: &Device) -> Result<(Tensor, Tensor, Tensor)> {
     let shape = (batch.rows, batch.seq);
-    Ok((
-        Tensor::from_slice(&batch.ids, shape, dev)?,
-        Tensor::from_slice(&batch.labels, shape, dev)?,
-        Tensor::from_slice(&batch.weights, shape, dev)?,
-    ))
+    Ok((Tensor::from_slice(&batch.ids, shape, dev)?, Tensor::from_slice(&batch.labels, shape, dev)?, Tensor::from_slice(&batch.weights, shape, dev)?))
 }
 
 fn param(lora: &Attached, i: usize) -> &Tensor {

@@ -18,14 +18,12 @@
 //! product of slab i-2 (same buffer); slab i's product waits for its dequantize. The scratch is
 //! freed on candle's stream after the last product, which waited for the last dequantize.
 
-use super::super::{dequant_on, tables, MODULE, PTX};
+use super::super::{MODULE, PTX, dequant_on, tables};
 use super::{gemm_slab, kernel_for};
 use crate::nf4::Nf4Tensor;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cublas::sys;
-use candle_core::cuda_backend::cudarc::driver::{
-    sys as dsys, CudaEvent, CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr,
-};
+use candle_core::cuda_backend::cudarc::driver::{CudaEvent, CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, sys as dsys};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId, WrapErr};
 use candle_core::{CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
 use std::collections::HashMap;
@@ -211,7 +209,9 @@ impl candle_core::CustomOp1 for Overlapped {
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         match linear_slabbed(&self.w, s, l, self.slabs)? {
             Some(r) => Ok(r),
-            None => candle_core::bail!("nf4-linear-overlapped: needs bf16/f16 contiguous x, the weight on CUDA, at least 128 rows of W and slabs >= 1"),
+            None => {
+                candle_core::bail!("nf4-linear-overlapped: needs bf16/f16 contiguous x, the weight on CUDA, at least 128 rows of W and slabs >= 1")
+            }
         }
     }
 }
