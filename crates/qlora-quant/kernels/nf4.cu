@@ -744,9 +744,8 @@ __device__ __forceinline__ void fold_load(const FoldIn& f, float4* s_part) {
     }
     asm volatile("cp.async.commit_group;" ::: "memory");
 }
-// 1 / rms(s) from the partials, block-wide (every thread gets it).
-__device__ __forceinline__ float fold_rinv(const FoldIn& f, const float4* s_part, unsigned k) {
-    __shared__ float s_ss[GW];
+// Once fold_load's copy has landed, each warp's sum of its threads' partials into s_ss[warp].
+__device__ __forceinline__ void fold_warp_sums(const float4* s_part, float* s_ss) {
     asm volatile("cp.async.wait_all;" ::: "memory");
     float ss = 0.f;
 #pragma unroll
@@ -756,11 +755,20 @@ __device__ __forceinline__ float fold_rinv(const FoldIn& f, const float4* s_part
     }
     ss = warp_sum_bfly(ss);
     if ((threadIdx.x & 31u) == 0) s_ss[threadIdx.x >> 5] = ss;
-    __syncthreads();
+}
+// 1 / rms(s) from the warp sums in s_ss (after a barrier), in a fixed order.
+__device__ __forceinline__ float fold_rinv_of(const float* s_ss, unsigned k, float eps) {
     float t = 0.f;
 #pragma unroll
     for (int w = 0; w < GW; w++) t += s_ss[w];
-    return __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(t, (float)k), f.eps)));
+    return __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(t, (float)k), eps)));
+}
+// 1 / rms(s) from the partials, block-wide (every thread gets it).
+__device__ __forceinline__ float fold_rinv(const FoldIn& f, const float4* s_part, unsigned k) {
+    __shared__ float s_ss[GW];
+    fold_warp_sums(s_part, s_ss);
+    __syncthreads();
+    return fold_rinv_of(s_ss, k, f.eps);
 }
 
 // res[0 .. NR) times 1 / rms(s), once the partials' copy (fold_load) is issued and res filled.
@@ -785,30 +793,15 @@ __device__ __forceinline__ void fold_dot_rows(const RowRef (&rows)[NR], const fl
 // The folded norm in the lane-scale core: the partials' copy goes out right after the wait,
 // behind the first step's weight loads; each warp sums them into s_ss before the core's
 // reduction barrier, and the threads that add up a row's warp sums multiply it by 1 / rms(s)
-// (fold_rinv's arithmetic, step for step, without its two barriers).
+// (fold_rinv's two halves, without its two barriers).
 struct FoldHook {
     const FoldIn* f;
     float4* s_part;
     float* s_ss;
     unsigned k;
     __device__ void after_wait() const { fold_load(*f, s_part); }
-    __device__ void before_reduce() const {
-        asm volatile("cp.async.wait_all;" ::: "memory");
-        float ss = 0.f;
-#pragma unroll
-        for (int i = 0; i < FOLD_P4; i++) {
-            const float4 v = s_part[threadIdx.x + i * blockDim.x];
-            ss = ss + v.x + v.y + v.z + v.w;
-        }
-        ss = warp_sum_bfly(ss);
-        if ((threadIdx.x & 31u) == 0) s_ss[threadIdx.x >> 5] = ss;
-    }
-    __device__ float finish(float v) const {
-        float t = 0.f;
-#pragma unroll
-        for (int w = 0; w < GW; w++) t += s_ss[w];
-        return __fmul_rn(v, __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(t, (float)k), f->eps))));
-    }
+    __device__ void before_reduce() const { fold_warp_sums(s_part, s_ss); }
+    __device__ float finish(float v) const { return __fmul_rn(v, fold_rinv_of(s_ss, k, f->eps)); }
 };
 template <typename T, int NR, typename SegAt, int LSU>
 __device__ __forceinline__ void fold_dot_rows_ls(const RowRef (&rows)[NR], const float* s_code, const T* __restrict__ x,
