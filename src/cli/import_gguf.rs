@@ -2,7 +2,8 @@
 //! Face-style folder (f32 safetensors, config, tokenizer).
 
 use anyhow::Context;
-use std::path::PathBuf;
+use qlora_studio::hub::{disk, human};
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -13,6 +14,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    // The disk first: a quantized GGUF grows about 7x as f32, and a full disk found half-way
+    // through a 28 GB write costs the user the time it took.
+    let need = qlora_studio::engine::gguf::import_bytes(&args.file).with_context(|| format!("importing {}", args.file.display()))?;
+    let free = disk::free_space(&args.out_dir)?;
+    check_space(need, free, &args.out_dir)?;
     // A line per 5% on stderr: a 7B import writes 28 GB.
     let mut shown = 0u64;
     let mut progress = |done: u64, total: u64| {
@@ -34,4 +40,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         report.out_dir.display()
     );
     Ok(())
+}
+
+/// Refuses an import of `need` bytes into `out_dir` with `free` bytes available there, keeping
+/// the downloads' margin spare (1%, at least 64 MiB).
+fn check_space(need: u64, free: u64, out_dir: &Path) -> anyhow::Result<()> {
+    if need.saturating_add(disk::default_margin(need)) > free {
+        anyhow::bail!(
+            "importing writes {} of f32 weights to {}, which has {} free: free some space there, or give an OUT_DIR on a larger disk",
+            human(need),
+            out_dir.display(),
+            human(free)
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_import_that_does_not_fit_is_refused_with_both_numbers_and_the_fix() {
+        let out = Path::new("/models/smol");
+        let e = check_space(538_060_000, 500_000_000, out).unwrap_err().to_string();
+        assert!(e.contains("538.06 MB") && e.contains("500.00 MB") && e.contains("/models/smol") && e.contains("larger disk"), "{e}");
+        // The margin counts: exactly the bytes, with nothing spare, is refused too.
+        assert!(check_space(538_060_000, 538_060_000, out).is_err());
+        check_space(538_060_000, 1 << 30, out).unwrap();
+    }
 }
