@@ -218,6 +218,17 @@ fn greedy_vs_eager(name: &str, quant: Quant, dtype: DType, b: usize, steps: usiz
         })
         .unwrap();
     assert_eq!((ran, cache.len()), (stop - 1, 8 + stop - 1), "{name} b{b}: greedy_decode did not stop where its callback said");
+    // A callback that fails ends the decoding like a stop, and its error comes back: the steps
+    // queued past it are waited for and taken off the cache, which holds exactly the ids fed.
+    let (before, fail_after) = (got.len(), 3);
+    let err = model
+        .greedy_decode(&as_input(got.last().unwrap()), &mut cache, steps - before, |row| {
+            got.push(row.to_vec());
+            if got.len() - before == fail_after { Err(qlora_studio::engine::Error::InvalidOption("the callback failed".into())) } else { Ok(true) }
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("the callback failed"), "{name} b{b}: {err}");
+    assert_eq!(cache.len(), 8 + got.len() - 1, "{name} b{b}: a failed callback left queued steps in the cache");
     let more = steps - got.len();
     let resume = as_input(got.last().unwrap());
     let ran = model

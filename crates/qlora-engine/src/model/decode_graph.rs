@@ -375,6 +375,9 @@ impl Model {
         let src = cs.as_cuda_slice::<u32>()?.slice(l.start_offset()..l.start_offset() + b);
         let (mut launched, mut consumed) = (0usize, 0usize);
         let mut row = vec![0u32; b];
+        // An error from `emit` ends the loop like a stop: the queued steps are still waited
+        // for and taken off the cache below, then the error is returned.
+        let mut failed = None;
         while consumed < n {
             if launched < n && launched - consumed < 2 {
                 c.graph.launch().w()?;
@@ -388,13 +391,21 @@ impl Model {
             done[consumed % 2].synchronize().w()?;
             row.copy_from_slice(host[consumed % 2].as_slice().w()?);
             consumed += 1;
-            if !emit(&row)? {
-                break;
+            match emit(&row) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
         }
         // Steps queued past the one that stopped: not part of the sequence.
         stream.synchronize().w()?;
         cache.len -= launched - consumed;
-        Ok(Some(consumed))
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(Some(consumed)),
+        }
     }
 }
