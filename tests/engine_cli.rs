@@ -103,3 +103,29 @@ fn device_choice_is_checked() {
         assert!(err.contains("cuda:0") && err.contains("--features cuda") && err.contains("--device cpu"), "{err}");
     }
 }
+
+/// `import-gguf` into a filesystem too small for what it writes (a 32 MB tmpfs against the
+/// test model's 538 MB of f32) is refused before anything is written, naming both numbers,
+/// the folder and the fix. Needs root, as the hub's disk-full tests (mount -t tmpfs).
+#[test]
+fn import_refuses_a_disk_too_small_before_writing() {
+    let m = model_dir();
+    let gguf = m.parent().unwrap().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(gguf.is_file(), "{} is missing: run scripts/fetch-test-model.sh", gguf.display());
+    let dir = tempfile::tempdir().unwrap();
+    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=32m", "tmpfs"]).arg(dir.path()).status();
+    assert!(st.is_ok_and(|s| s.success()), "mounting a tmpfs failed: this test needs root (mount -t tmpfs) to make a small filesystem");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.path());
+    let out_dir = dir.path().join("smol");
+    let out = qlora(&["import-gguf", gguf.to_str().unwrap(), out_dir.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("538.06 MB") && err.contains("free") && err.contains(&*out_dir.to_string_lossy()) && err.contains("larger disk"), "{err}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing is written before the check");
+}
