@@ -89,11 +89,10 @@ fn folder_name(file: &Path) -> CmdResult<String> {
     Ok(name)
 }
 
-/// Refuses an import that would not fit: `need` bytes into `dir` with `free` available, with
-/// 1% or 64 MiB kept spare.
+/// Refuses an import that would not fit: `need` bytes into `dir` with `free` available, keeping
+/// the downloads' margin spare ([`qlora_hub::disk::fits`], as the CLI's import does).
 fn check_disk(need: u64, free: u64, dir: &Path) -> CmdResult<()> {
-    let spare = (free / 100).max(64 << 20);
-    if need.saturating_add(spare) > free {
+    if !qlora_hub::disk::fits(need, free) {
         return Err(AppError::new(
             ErrorCode::DoesNotFit,
             format!(

@@ -43,9 +43,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Refuses an import of `need` bytes into `out_dir` with `free` bytes available there, keeping
-/// the downloads' margin spare (1%, at least 64 MiB).
+/// the downloads' margin spare ([`disk::fits`], as the app's import does).
 fn check_space(need: u64, free: u64, out_dir: &Path) -> anyhow::Result<()> {
-    if need.saturating_add(disk::default_margin(need)) > free {
+    if !disk::fits(need, free) {
         anyhow::bail!(
             "importing writes {} of f32 weights to {}, which has {} free: free some space there, or give an OUT_DIR on a larger disk",
             human(need),

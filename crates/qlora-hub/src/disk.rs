@@ -26,6 +26,12 @@ pub fn default_margin(bytes: u64) -> u64 {
     (bytes / 100).clamp(64 << 20, 2 << 30)
 }
 
+/// Whether writing `needed` bytes leaves the [`default_margin`] of `available` free: the rule
+/// of a download's [`preflight`], for other writers (a GGUF import) that word their own refusal.
+pub fn fits(needed: u64, available: u64) -> bool {
+    needed.saturating_add(default_margin(needed)) <= available
+}
+
 /// `Err(NotEnoughSpace)` when `needed + margin` does not fit on `dir`'s filesystem.
 pub fn preflight(dir: &Path, needed: u64, margin: u64) -> Result<()> {
     if needed == 0 {
@@ -50,5 +56,13 @@ mod tests {
         assert!(preflight(d.path(), 1, 0).is_ok());
         let e = preflight(d.path(), free, 1 << 20).unwrap_err();
         assert!(matches!(e, HubError::NotEnoughSpace { available, .. } if available > 0), "{e}");
+    }
+
+    #[test]
+    fn fits_keeps_the_default_margin_free() {
+        assert!(fits(1 << 30, (1 << 30) + (64 << 20)));
+        assert!(!fits(1 << 30, (1 << 30) + (64 << 20) - 1));
+        assert!(!fits(500, 500), "the margin is at least 64 MiB");
+        assert!(fits(300 << 30, (300 << 30) + (2 << 30)), "and at most 2 GiB");
     }
 }
