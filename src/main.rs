@@ -17,7 +17,7 @@ enum Command {
     // Each subcommand: one line here, one arm in `main`, one file in src/cli/.
     /// Disk and memory needs of a model (download, inference, QLoRA training) before fetching it.
     Plan(cli::plan::Args),
-    /// Turn a Llama-architecture GGUF file into a Hugging Face-style model folder.
+    /// Turn a Llama- or Qwen2-architecture GGUF file into a Hugging Face-style model folder.
     ImportGguf(cli::import_gguf::Args),
     /// Generate a completion (only the generated text on stdout).
     Generate(cli::generate::Args),
